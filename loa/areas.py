@@ -1,0 +1,137 @@
+"""Areas are data: provinces, districts, communes, whatever the data set carries.
+
+Names are matched ignoring case and diacritics ("Son La" finds "Sơn La"), and,
+failing an exact match, without the administrative prefix ("Mai Son" finds
+"Huyện Mai Sơn").
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
+from unidecode import unidecode
+
+from loa import db
+
+ADMIN_PREFIXES = (
+    "thanh pho", "thi xa", "thi tran", "tinh", "huyen", "quan", "xa", "phuong", "tp.", "tp",
+)
+_NON_WORD = re.compile(r"[^0-9a-z]+")
+
+
+def fold(name: str) -> str:
+    """Case- and diacritic-insensitive key: "Đắk R'lấp" -> "dak rlap"."""
+    ascii_ = unidecode(unicodedata.normalize("NFC", name)).casefold().replace("'", "")
+    return _NON_WORD.sub(" ", ascii_).strip()
+
+
+def short_fold(name: str) -> str:
+    key = fold(name)
+    for prefix in ADMIN_PREFIXES:
+        p = fold(prefix)
+        if key.startswith(p + " "):
+            return key[len(p) + 1:]
+    return key
+
+
+class AreaLookupError(LookupError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Area:
+    id: int
+    code: str
+    name: str
+    parent_id: int | None
+    level: str
+    path: str
+    population: int | None
+
+
+class AreaIndex:
+    """All areas in memory (tens of thousands at most), for lookups during import."""
+
+    def __init__(self, rows: list[Area]) -> None:
+        self.by_id: dict[int, Area] = {}
+        self.by_code: dict[str, Area] = {}
+        self._by_name: dict[str, list[Area]] = defaultdict(list)
+        self._by_short: dict[str, list[Area]] = defaultdict(list)
+        for area in rows:
+            self.add(area)
+
+    @classmethod
+    def load(cls, conn: Connection) -> AreaIndex:
+        t = db.areas
+        rows = conn.execute(
+            select(t.c.id, t.c.code, t.c.name, t.c.parent_id, t.c.level, t.c.path, t.c.population)
+        )
+        return cls([Area(*row) for row in rows])
+
+    def add(self, area: Area) -> None:
+        old = self.by_code.get(area.code.casefold())
+        if old is not None:
+            self._by_name[fold(old.name)].remove(old)
+            self._by_short[short_fold(old.name)].remove(old)
+        self.by_id[area.id] = area
+        self.by_code[area.code.casefold()] = area
+        self._by_name[fold(area.name)].append(area)
+        self._by_short[short_fold(area.name)].append(area)
+
+    def __len__(self) -> int:
+        return len(self.by_code)
+
+    def resolve(self, text: str) -> Area:
+        """An area by code or by name; raise AreaLookupError saying why not."""
+        text = text.strip()
+        if not text:
+            raise AreaLookupError("empty area")
+        hit = self.by_code.get(text.casefold())
+        if hit is not None:
+            return hit
+        for candidates in (self._by_name.get(fold(text)), self._by_short.get(short_fold(text))):
+            if candidates and len(candidates) == 1:
+                return candidates[0]
+            if candidates:
+                names = "; ".join(f"{a.name} ({a.code})" for a in candidates[:5])
+                raise AreaLookupError(f"area {text!r} is ambiguous: {names}; use the code")
+        raise AreaLookupError(f"no area with code or name {text!r}")
+
+    def children(self, area_id: int) -> list[Area]:
+        return [a for a in self.by_id.values() if a.parent_id == area_id]
+
+
+def recompute_paths(conn: Connection) -> None:
+    """Materialise each area's ancestry as "/root/.../self/" for subtree queries."""
+    t = db.areas
+    parents = dict(conn.execute(select(t.c.id, t.c.parent_id)).all())
+    current = dict(conn.execute(select(t.c.id, t.c.path)).all())
+    paths: dict[int, str] = {}
+
+    def path_of(area_id: int) -> str:
+        chain: list[int] = []
+        node: int | None = area_id
+        while node is not None and node not in paths:
+            if node in chain:
+                raise AreaLookupError(f"areas form a cycle through id {node}")
+            chain.append(node)
+            node = parents.get(node)
+        prefix = paths[node] if node is not None else "/"
+        for member in reversed(chain):
+            prefix = f"{prefix}{member}/"
+            paths[member] = prefix
+        return paths[area_id]
+
+    changed = [{"b_id": i, "b_path": path_of(i)} for i in parents if path_of(i) != current.get(i)]
+    if changed:
+        from sqlalchemy import bindparam
+
+        conn.execute(
+            update(t).where(t.c.id == bindparam("b_id")).values(path=bindparam("b_path")),
+            changed,
+        )

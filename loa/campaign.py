@@ -1,0 +1,351 @@
+"""Campaign definitions: one TOML file each in the campaigns folder.
+
+:func:`load_all` parses every file and :func:`problems` lists every error with
+file, key path and reason.  Parsing is strict: an unknown key is an error, so a
+typo never silently changes who gets a message.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any
+
+from loa.errors import CampaignError, NotFound
+
+CHANNELS = ("sms", "zalo")
+TRIGGERS = ("manual", "schedule", "arrival")
+TOP_KEYS = {
+    "name", "description", "advertising", "channels", "holdout", "suppress_events", "validity_hours",
+    "trigger", "segment", "sms", "zalo", "window", "dates", "goal", "schedule",
+}
+CHANNEL_KEYS = {"sms": {"template", "gateway", "unaccented", "max_parts"}, "zalo": {"template", "gateway"}}
+SEGMENT_KEYS = {"areas", "rules", "events"}
+RULE_OPS = {"eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "between", "exists"}
+EVENT_KEYS = {"type", "has", "since"}
+WINDOW_KEYS = {"start", "end"}
+DATES_KEYS = {"start", "end"}
+GOAL_KEYS = {"event", "share", "of", "by"}
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
+DURATION = re.compile(r"^(\d+)\s*([dhm])$")
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    channel: str
+    template: str
+    gateway: str | None = None
+    unaccented: bool = False
+    max_parts: int = 6
+
+
+@dataclass(frozen=True)
+class Goal:
+    event: str = "installed"
+    share: float = 0.5
+    of: str = "population"
+    by: date | None = None
+
+
+@dataclass(frozen=True)
+class Campaign:
+    name: str
+    path: Path
+    description: str
+    advertising: bool
+    channels: tuple[ChannelSpec, ...]
+    segment: dict[str, Any]
+    holdout: float
+    suppress_events: tuple[str, ...]
+    validity_hours: float
+    trigger: str
+    window: tuple[time, time]
+    start: date | None
+    end: date | None
+    goal: Goal | None
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def channel(self, name: str) -> ChannelSpec:
+        return next(c for c in self.channels if c.channel == name)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a run stores: the definition as it was when the run was planned."""
+        return _jsonable(self.raw) | {"name": self.name}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, date | time | datetime):
+        return value.isoformat()
+    return value
+
+
+class _Problems:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: list[str] = []
+
+    def add(self, key: str, reason: str) -> None:
+        self.items.append(f"{self.path}: {key}: {reason}" if key else f"{self.path}: {reason}")
+
+    def unknown(self, table: dict[str, Any], known: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in known:
+                self.add(prefix + key, f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def parse_file(path: Path) -> tuple[Campaign | None, list[str]]:
+    problems = _Problems(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except tomllib.TOMLDecodeError as exc:
+        problems.add("", f"not valid TOML: {exc}")
+        return None, problems.items
+    except OSError as exc:
+        problems.add("", f"cannot read: {exc.strerror}")
+        return None, problems.items
+    campaign = parse(raw, path, problems)
+    return (campaign if not problems.items else None), problems.items
+
+
+def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | None:
+    problems.unknown(raw, TOP_KEYS, "")
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not NAME.match(name):
+        problems.add("name", f"must be lowercase letters, digits, '-', '_' or '.', got {name!r}")
+    channels = _channels(raw, problems)
+    segment = _segment(raw.get("segment"), problems)
+    holdout = raw.get("holdout", 0.0)
+    if not isinstance(holdout, int | float) or not 0 <= holdout < 1:
+        problems.add("holdout", f"must be a fraction in [0, 1), got {holdout!r}")
+        holdout = 0.0
+    suppress = raw.get("suppress_events", [])
+    if not isinstance(suppress, list) or not all(isinstance(s, str) and s for s in suppress):
+        problems.add("suppress_events", "must be a list of event types, e.g. [\"installed\"]")
+        suppress = []
+    validity = raw.get("validity_hours", 24)
+    if not isinstance(validity, int | float) or validity <= 0:
+        problems.add("validity_hours", f"must be a positive number, got {validity!r}")
+    trigger = raw.get("trigger", "manual")
+    if trigger not in TRIGGERS:
+        problems.add("trigger", f"must be one of {', '.join(TRIGGERS)}, got {trigger!r}")
+    advertising = raw.get("advertising", False)
+    if not isinstance(advertising, bool):
+        problems.add("advertising", "must be true or false")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        problems.add("description", "must be a string")
+    window = _window(raw.get("window", {}), problems)
+    start, end = _dates(raw.get("dates", {}), problems)
+    goal = _goal(raw.get("goal"), problems)
+    if problems.items:
+        return None
+    return Campaign(
+        name=name, path=path, description=description, advertising=advertising,
+        channels=channels, segment=segment, holdout=float(holdout), suppress_events=tuple(suppress),
+        validity_hours=float(validity), trigger=trigger, window=window, start=start, end=end,
+        goal=goal, raw=raw,
+    )
+
+
+def _channels(raw: dict[str, Any], problems: _Problems) -> tuple[ChannelSpec, ...]:
+    names = raw.get("channels")
+    if not isinstance(names, list) or not names:
+        problems.add("channels", "must be a non-empty list, e.g. [\"zalo\", \"sms\"]")
+        return ()
+    specs = []
+    for i, name in enumerate(names):
+        if name not in CHANNELS:
+            problems.add(f"channels[{i}]", f"unknown channel {name!r} (known: {', '.join(CHANNELS)})")
+            continue
+        if names.count(name) > 1 and names.index(name) != i:
+            problems.add(f"channels[{i}]", f"channel {name!r} is listed twice")
+            continue
+        table = raw.get(name)
+        if not isinstance(table, dict):
+            problems.add(name, f"missing [{name}] table with at least template = \"{name}/....\"")
+            continue
+        problems.unknown(table, CHANNEL_KEYS[name], f"{name}.")
+        template = table.get("template")
+        if not isinstance(template, str) or not template:
+            problems.add(f"{name}.template", "missing template path (relative to the templates folder)")
+            continue
+        gateway = table.get("gateway")
+        if gateway is not None and not isinstance(gateway, str):
+            problems.add(f"{name}.gateway", "must be the name of a gateway in the configuration")
+        max_parts = table.get("max_parts", 6)
+        if not isinstance(max_parts, int) or not 1 <= max_parts <= 10:
+            problems.add(f"{name}.max_parts", f"must be a whole number from 1 to 10, got {max_parts!r}")
+            max_parts = 6
+        unaccented = table.get("unaccented", False)
+        if not isinstance(unaccented, bool):
+            problems.add(f"{name}.unaccented", "must be true or false")
+        specs.append(ChannelSpec(name, template, gateway, bool(unaccented), max_parts))
+    for name in CHANNELS:
+        if name in raw and name not in names:
+            problems.add(name, f"[{name}] is configured but {name!r} is not in channels")
+    return tuple(specs)
+
+
+def _segment(seg: Any, problems: _Problems) -> dict[str, Any]:
+    if seg is None:
+        return {}
+    if not isinstance(seg, dict):
+        problems.add("segment", "must be a table")
+        return {}
+    problems.unknown(seg, SEGMENT_KEYS, "segment.")
+    areas = seg.get("areas", [])
+    if not isinstance(areas, list) or not all(isinstance(a, str) and a.strip() for a in areas):
+        problems.add("segment.areas", "must be a list of area codes or names")
+    for i, rule in enumerate(seg.get("rules", [])):
+        where = f"segment.rules[{i}]"
+        if not isinstance(rule, dict):
+            problems.add(where, "must be a table")
+            continue
+        from loa.segments import field_problem  # segments owns the field list
+
+        ops = [k for k in rule if k in RULE_OPS]
+        problems.unknown(rule, RULE_OPS | {"field"}, where + ".")
+        if "field" not in rule:
+            problems.add(where, "missing field (e.g. field = \"attributes.smartphone\")")
+        elif reason := field_problem(rule["field"]):
+            problems.add(where + ".field", reason)
+        if len(ops) != 1:
+            problems.add(where, f"needs exactly one operator of {', '.join(sorted(RULE_OPS))}")
+            continue
+        op, value = ops[0], rule[ops[0]]
+        if op in ("in", "not_in") and (not isinstance(value, list) or not value):
+            problems.add(f"{where}.{op}", "must be a non-empty list")
+        elif op == "between" and (not isinstance(value, list) or len(value) != 2):
+            problems.add(f"{where}.{op}", "must be a list of two bounds, e.g. [18, 60]")
+        elif op == "exists" and not isinstance(value, bool):
+            problems.add(f"{where}.{op}", "must be true or false")
+        elif op in ("gt", "gte", "lt", "lte") and not isinstance(value, int | float | date):
+            problems.add(f"{where}.{op}", f"must be a number or a date, got {value!r}")
+    for i, ev in enumerate(seg.get("events", [])):
+        where = f"segment.events[{i}]"
+        if not isinstance(ev, dict):
+            problems.add(where, "must be a table")
+            continue
+        problems.unknown(ev, EVENT_KEYS, where + ".")
+        if not isinstance(ev.get("type"), str):
+            problems.add(where + ".type", "missing event type (e.g. type = \"installed\")")
+        if not isinstance(ev.get("has", True), bool):
+            problems.add(where + ".has", "must be true or false")
+        since = ev.get("since")
+        if since is not None and not isinstance(since, date | datetime) and not (
+            isinstance(since, str) and DURATION.match(since)
+        ):
+            problems.add(where + ".since", f"must be a date, a time or a duration like \"30d\", got {since!r}")
+    return seg
+
+
+def _window(table: Any, problems: _Problems) -> tuple[time, time]:
+    if not isinstance(table, dict):
+        problems.add("window", "must be a table with start and end, e.g. start = \"07:00\"")
+        return time(7), time(22)
+    problems.unknown(table, WINDOW_KEYS, "window.")
+    bounds = []
+    for key, default in (("start", "07:00"), ("end", "22:00")):
+        value = table.get(key, default)
+        try:
+            bounds.append(value if isinstance(value, time) else time.fromisoformat(str(value)))
+        except ValueError:
+            problems.add(f"window.{key}", f"not a time of day (HH:MM), got {value!r}")
+            bounds.append(time(7) if key == "start" else time(22))
+    if bounds[0] >= bounds[1]:
+        problems.add("window", "start must be before end")
+    return bounds[0], bounds[1]
+
+
+def _dates(table: Any, problems: _Problems) -> tuple[date | None, date | None]:
+    if not isinstance(table, dict):
+        problems.add("dates", "must be a table with start and end dates")
+        return None, None
+    problems.unknown(table, DATES_KEYS, "dates.")
+    out: list[date | None] = []
+    for key in ("start", "end"):
+        value = table.get(key)
+        if value is not None and not isinstance(value, date):
+            problems.add(f"dates.{key}", f"must be a date like 2020-08-20, got {value!r}")
+            value = None
+        out.append(value)
+    if out[0] and out[1] and out[0] > out[1]:
+        problems.add("dates", "start is after end")
+    return out[0], out[1]
+
+
+def _goal(table: Any, problems: _Problems) -> Goal | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        problems.add("goal", "must be a table")
+        return None
+    problems.unknown(table, GOAL_KEYS, "goal.")
+    share = table.get("share", 0.5)
+    if not isinstance(share, int | float) or not 0 < share <= 1:
+        problems.add("goal.share", f"must be a fraction in (0, 1], got {share!r}")
+        share = 0.5
+    of = table.get("of", "population")
+    if of not in ("population", "audience"):
+        problems.add("goal.of", f"must be \"population\" or \"audience\", got {of!r}")
+    by = table.get("by")
+    if by is not None and not isinstance(by, date):
+        problems.add("goal.by", f"must be a date, got {by!r}")
+    return Goal(str(table.get("event", "installed")), float(share), str(of), by)
+
+
+def files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise NotFound(f"campaigns folder {folder} does not exist")
+    return sorted(folder.glob("*.toml"))
+
+
+def load_all(folder: Path) -> tuple[dict[str, Campaign], list[str]]:
+    """Every campaign in ``folder`` and every problem found; names must be unique."""
+    found: dict[str, Campaign] = {}
+    problems: list[str] = []
+    for path in files(folder):
+        campaign, errs = parse_file(path)
+        problems += errs
+        if campaign is None:
+            continue
+        if campaign.name in found:
+            problems.append(f"{path}: name: {campaign.name!r} is also defined in {found[campaign.name].path}")
+            continue
+        found[campaign.name] = campaign
+    return found, problems
+
+
+def load_one(folder: Path, name: str) -> Campaign:
+    """The campaign called ``name`` (or in file NAME.toml); raise if absent or invalid."""
+    candidates = [p for p in files(folder)]
+    for path in candidates:
+        campaign, errs = parse_file(path)
+        if campaign is not None and campaign.name == name:
+            return campaign
+        if errs and (path.stem == name or _declared_name(path) == name):
+            raise CampaignError(errs)
+    known = ", ".join(sorted(p.stem for p in candidates)) or "none"
+    raise NotFound(f"no campaign named {name!r} in {folder} (files: {known})")
+
+
+def _declared_name(path: Path) -> str | None:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8-sig")).get("name")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+
+
+def parse_duration(text: str) -> float:
+    """"30d" / "12h" / "45m" -> seconds."""
+    m = DURATION.match(text)
+    if not m:
+        raise ValueError(text)
+    return int(m.group(1)) * {"d": 86400, "h": 3600, "m": 60}[m.group(2)]

@@ -1,0 +1,395 @@
+"""The ``loa`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from loa import __version__
+from loa.errors import LoaError
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class App:
+    """What every command needs, loaded on first use."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._config: Any = None
+        self._engine: Any = None
+
+    @property
+    def config(self) -> Any:
+        if self._config is None:
+            from loa import config
+
+            self._config = config.load(self.config_path)
+        return self._config
+
+    def engine(self, *, check: bool = True) -> Any:
+        if self._engine is None:
+            from loa import db
+
+            self._engine = db.make_engine(self.config.database_url)
+            if check:
+                db.check_schema(self._engine)
+        return self._engine
+
+
+def fail_cleanly(fn: F) -> F:
+    """Every error the user can act on is one line on stderr and a non-zero exit."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LoaError as exc:
+            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except OperationalError as exc:
+            err.print(f"[red]error:[/red] database: {str(exc.orig).splitlines()[0]}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+        except SQLAlchemyError as exc:
+            err.print(f"[red]error:[/red] database: {str(exc).splitlines()[0]}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Configuration file (default: $LOA_CONFIG, then ./config.toml).")
+@click.option("-v", "--verbose", count=True, help="Log more (-vv for debug).")
+@click.version_option(__version__, prog_name="loa")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+    """loa: SMS and Zalo campaigns for Vietnam, measured per area."""
+    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = App(config_path)
+
+
+# -- init ---------------------------------------------------------------------
+
+@main.command()
+@click.pass_obj
+@fail_cleanly
+def init(app: App) -> None:
+    """Create the database schema (safe to run again)."""
+    from loa import db
+
+    new = db.create_schema(app.engine(check=False))
+    where = db.redact(app.config.database_url)
+    out.print(f"{'created' if new else 'checked'} loa schema in {where}", highlight=False)
+
+
+# -- import -------------------------------------------------------------------
+
+@main.command("import")
+@click.argument("kind", type=click.Choice(["areas", "subscribers", "events"]))
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--rejects", type=click.Path(path_type=Path), default=None,
+              help="Where to write rejected rows (default: FILE.rejects.csv beside FILE).")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True)
+@click.option("--show-rejects", type=int, default=10, show_default=True, help="Print this many rejects.")
+@click.pass_obj
+@fail_cleanly
+def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: int, show_rejects: int) -> None:
+    """Import a CSV of areas, subscribers or events (UTF-8, with or without BOM)."""
+    from loa import importer
+
+    if not file.is_file():
+        raise LoaError(f"{file}: no such file")
+    engine = app.engine()
+    handler: Any = {
+        "areas": lambda: importer.AreasHandler(engine, file),
+        "subscribers": lambda: importer.SubscribersHandler(engine, file),
+        "events": lambda: importer.EventsHandler(engine, file, app.config.timezone),
+    }[kind]()
+    shown: list[str] = []
+
+    def on_reject(line: str) -> None:
+        if len(shown) < show_rejects:
+            shown.append(line)
+            err.print(f"[yellow]rejected[/yellow] {line}", highlight=False, soft_wrap=True)
+
+    with _progress(f"importing {kind}") as advance:
+        summary = importer.run_import(engine, handler, file, rejects_path=rejects, batch_size=batch_size,
+                                      progress=advance, on_reject=on_reject)
+    if summary.rejected > len(shown):
+        err.print(f"... and {summary.rejected - len(shown)} more rejects", highlight=False)
+    out.print(summary.line(), highlight=False, soft_wrap=True)
+    if summary.failure:
+        raise LoaError(summary.failure)
+
+
+def _progress(label: str) -> Any:
+    from contextlib import contextmanager
+
+    @contextmanager
+    def ctx() -> Any:
+        bar = Progress(TextColumn(label), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                       console=err, transient=True, disable=not err.is_terminal)
+        with bar:
+            task = bar.add_task(label, total=None)
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+
+    return ctx()
+
+
+# -- campaigns ----------------------------------------------------------------
+
+@main.group()
+def campaigns() -> None:
+    """List, check, preview and run campaigns."""
+
+
+@campaigns.command("list")
+@click.pass_obj
+@fail_cleanly
+def campaigns_list(app: App) -> None:
+    """The campaigns in the campaigns folder."""
+    from loa.campaign import load_all
+
+    found, problems = load_all(app.config.campaigns_dir)
+    table = Table("name", "channels", "trigger", "advertising", "holdout", "file")
+    for c in found.values():
+        table.add_row(c.name, ", ".join(s.channel for s in c.channels), c.trigger, "yes" if c.advertising else "no",
+                      f"{c.holdout:.0%}", str(c.path.name))
+    out.print(table)
+    for p in problems:
+        err.print(f"[red]invalid:[/red] {p}", highlight=False, soft_wrap=True)
+
+
+@campaigns.command("validate")
+@click.pass_obj
+@fail_cleanly
+def campaigns_validate(app: App) -> None:
+    """Check every campaign: keys, templates, variables, gateways, segments."""
+    from loa.checks import validate_all
+
+    engine = _engine_if_ready(app)
+    found, problems = validate_all(app.config, engine)
+    for p in problems:
+        err.print(p, highlight=False, soft_wrap=True)
+    if problems:
+        raise LoaError(f"{len(problems)} problem(s) in {app.config.campaigns_dir}")
+    note = "" if engine else " (attributes not checked: no database yet)"
+    out.print(f"{len(found)} campaign(s) valid{note}", highlight=False)
+
+
+def _engine_if_ready(app: App) -> Any:
+    try:
+        return app.engine()
+    except LoaError:
+        return None
+
+
+def _load_valid(app: App, name: str) -> Any:
+    from loa.campaign import load_one
+    from loa.checks import attribute_keys, campaign_problems
+    from loa.errors import CampaignError
+
+    campaign = load_one(app.config.campaigns_dir, name)
+    problems = campaign_problems(app.config, campaign, attribute_keys(app.engine()))
+    if problems:
+        raise CampaignError(problems)
+    return campaign
+
+
+@campaigns.command("preview")
+@click.argument("name")
+@click.option("-n", "--count", type=click.IntRange(1, 100), default=3, show_default=True)
+@click.pass_obj
+@fail_cleanly
+def campaigns_preview(app: App, name: str, count: int) -> None:
+    """Render a few real recipients and count the audience."""
+    from loa.preview import preview
+
+    campaign = _load_valid(app, name)
+    result = preview(app.engine(), app.config, campaign, count)
+    out.print(f"[bold]{campaign.name}[/bold]: {campaign.description}", highlight=False)
+    for sample in result.samples:
+        out.print(f"\n[cyan]{sample.who}[/cyan] ({sample.area}) · {sample.channel} · {sample.detail}",
+                  highlight=False)
+        out.print(sample.text, highlight=False, markup=False)
+    if result.errors:
+        for e in result.errors:
+            err.print(f"[red]template error:[/red] {e}", highlight=False, soft_wrap=True)
+    table = Table("audience", "to send", "held out", "suppressed", "estimated parts", title="If run now")
+    table.add_row(f"{result.audience:,}", f"{result.planned:,}", f"{result.held_out:,}",
+                  ", ".join(f"{n:,} {r}" for r, n in result.reasons.items()) or "0",
+                  f"{result.estimated_parts:,}")
+    out.print(table)
+
+
+@campaigns.command("run")
+@click.argument("name")
+@click.option("--at", "at", default=None, help="The run's scheduled time (ISO 8601); the same time is the same run.")
+@click.pass_obj
+@fail_cleanly
+def campaigns_run(app: App, name: str, at: str | None) -> None:
+    """Plan a run: fill its outbox (nothing is sent until `loa send`)."""
+    from loa.importer import RowError, parse_time
+    from loa.plan import plan_run
+
+    campaign = _load_valid(app, name)
+    when = None
+    if at:
+        try:
+            when = parse_time("--at", at, app.config.timezone)
+        except RowError as exc:
+            raise LoaError(f"--at: {exc.reason}") from None
+    result = plan_run(app.engine(), app.config, campaign, scheduled_for=when)
+    verb = "planned" if result.created else "already planned; added"
+    reasons = ", ".join(f"{n:,} {r}" for r, n in sorted(result.reasons.items())) or "none"
+    out.print(
+        f"run {result.run_id} of {campaign.name} {verb} {result.added:,} rows: audience {result.audience:,}, "
+        f"to send {result.states['planned']:,}, held out {result.states['held_out']:,}, "
+        f"suppressed {result.states['suppressed']:,} ({reasons})", highlight=False, soft_wrap=True,
+    )
+
+
+# -- send ---------------------------------------------------------------------
+
+@main.command()
+@click.option("--campaign", default=None, help="Only this campaign's messages.")
+@click.option("--until-empty/--no-until-empty", default=True, show_default=True,
+              help="Stop when nothing is due.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None)
+@click.pass_obj
+@fail_cleanly
+def send(app: App, campaign: str | None, until_empty: bool, threads: int | None) -> None:
+    """Send every due message through its gateway, then collect receipts."""
+    from loa.dispatch import Dispatcher
+
+    dispatcher = Dispatcher(app.engine(), app.config, threads=threads, campaign=campaign)
+    try:
+        summary = dispatcher.run_until_empty()
+    finally:
+        dispatcher.pool.close()
+    outcomes = ", ".join(f"{n:,} {s}" for s, n in sorted(summary.outcomes.items())) or "nothing was due"
+    out.print(f"sent: {outcomes}; {summary.receipts:,} receipts, {summary.responses:,} responses"
+              + (f"; {summary.expired:,} expired" if summary.expired else ""), highlight=False, soft_wrap=True)
+    for gateway, reason in summary.paused.items():
+        err.print(f"[red]gateway {gateway} paused:[/red] {reason}; its messages stay planned", highlight=False,
+                  soft_wrap=True)
+    if summary.paused:
+        sys.exit(1)
+
+
+# -- report -------------------------------------------------------------------
+
+@main.command()
+@click.argument("campaign", required=False)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--level", default=None, help="Area level to group by (default: the level the audience lives at).")
+@click.pass_obj
+@fail_cleanly
+def report(app: App, campaign: str | None, fmt: str, level: str | None) -> None:
+    """Per-area report of a campaign: reach, installs, uplift, progress to goal."""
+    from loa import report as rep
+    from loa.campaign import load_one
+
+    engine = app.engine()
+    name = campaign or _latest_campaign(engine)
+    try:
+        goal = load_one(app.config.campaigns_dir, name).goal
+    except LoaError:
+        goal = None
+    result = rep.build(engine, name, goal, level)
+    if fmt == "csv":
+        click.echo(rep.to_csv(result), nl=False)
+    elif fmt == "json":
+        click.echo(rep.to_json(result))
+    else:
+        from loa.reportview import render_table
+
+        render_table(out, result)
+
+
+def _latest_campaign(engine: Any) -> str:
+    from sqlalchemy import select
+
+    from loa import db
+
+    name = None
+    with engine.connect() as conn:
+        name = conn.scalar(
+            select(db.campaigns.c.name).join(db.runs, db.runs.c.campaign_id == db.campaigns.c.id)
+            .order_by(db.runs.c.created_at.desc()).limit(1)
+        )
+    if name is None:
+        raise LoaError("no campaign has run yet; name one, or run `loa campaigns run NAME`")
+    return str(name)
+
+
+# -- gateways -------------------------------------------------------------------
+
+@main.group()
+def gateways() -> None:
+    """Configured gateways."""
+
+
+@gateways.command("list")
+@click.pass_obj
+@fail_cleanly
+def gateways_list(app: App) -> None:
+    """Configured gateways and the gateway types loa knows."""
+    from providers import registry
+
+    table = Table("name", "type", "rate (parts/s)", "settings")
+    for spec in app.config.gateways.values():
+        table.add_row(spec.name, spec.type, str(spec.rate or "default"), ", ".join(sorted(spec.settings)))
+    out.print(table)
+    out.print(f"known types: {', '.join(registry.known_types())}", highlight=False)
+
+
+@gateways.command("check")
+@click.argument("name")
+@click.pass_obj
+@fail_cleanly
+def gateways_check(app: App, name: str) -> None:
+    """Verify a gateway's settings, secrets and reachability without sending."""
+    from loa.gateways import build
+    from providers.base import ProviderError
+
+    gw = build(app.config, name)
+    try:
+        out.print(f"{name}: {gw.provider.check()}", highlight=False)
+    except ProviderError as exc:
+        raise LoaError(f"gateway {name}: {exc}") from None
+    finally:
+        gw.provider.close()
+
+
+# -- demo -----------------------------------------------------------------------
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Work here instead of a temporary directory (kept afterwards).")
+@click.option("--subscribers", type=click.IntRange(1000, 2_000_000), default=60_000, show_default=True)
+@click.option("--seed", type=int, default=2020, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@fail_cleanly
+def demo(directory: Path | None, subscribers: int, seed: int, fmt: str) -> None:
+    """A whole campaign on SQLite: Sơn La's Bluezone reminder through the simulator."""
+    from loa.demo import run_demo
+
+    run_demo(directory, subscribers=subscribers, seed=seed, fmt=fmt, console=out)
+
+

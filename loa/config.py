@@ -1,0 +1,238 @@
+"""Configuration: one TOML file, secrets named by environment variable.
+
+Discovery order: ``--config``, then ``$LOA_CONFIG``, then ``./config.toml``.
+``$LOA_DATABASE_URL`` overrides the file's database URL (containers, CI).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from loa.errors import ConfigError, SecretMissing
+
+DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
+TOP_LEVEL_KEYS = {
+    "database_url", "database_url_env", "timezone", "campaigns_dir", "templates_dir",
+    "defaults", "gateways", "send",
+}
+DEFAULT_KEYS = {"sms_gateway", "zalo_gateway"}
+SEND_KEYS = {"threads", "batch_size", "lease_seconds"}
+COMMON_GATEWAY_KEYS = {"type", "rate", "burst", "description"}
+# Names that hold a secret whatever the gateway type: a literal value is refused.
+SECRET_NAME = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|secret_?key|auth)(_|$)", re.I)
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+URL_PASSWORD = re.compile(r"^[a-z0-9+]+://[^/@:]*:[^/@]+@", re.I)
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewaySpec:
+    """A configured gateway, secrets still unresolved (named by env var)."""
+
+    name: str
+    type: str
+    settings: Mapping[str, Any]       # plain settings, without type/rate/burst
+    rate: float | None
+    burst: int | None
+    source: str                       # "config.toml: gateways.NAME" for messages
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    path: Path | None
+    database_url: str
+    timezone: ZoneInfo
+    campaigns_dir: Path
+    templates_dir: Path
+    gateways: Mapping[str, GatewaySpec]
+    defaults: Mapping[str, str]
+    send: Mapping[str, Any]
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.path else "built-in defaults"
+
+    def gateway(self, name: str) -> GatewaySpec:
+        try:
+            return self.gateways[name]
+        except KeyError:
+            known = ", ".join(sorted(self.gateways)) or "none configured"
+            raise ConfigError(f"{self.label}: unknown gateway {name!r} (configured: {known})") from None
+
+    def default_gateway(self, channel: str) -> str | None:
+        return self.defaults.get(f"{channel}_gateway")
+
+
+def discover(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Find the configuration file, or say how to provide one."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    env = os.environ.get("LOA_CONFIG")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"$LOA_CONFIG points to {path}, which does not exist")
+        return path
+    path = Path("config.toml")
+    if path.is_file():
+        return path
+    raise ConfigError(
+        "no configuration found: pass --config FILE, set $LOA_CONFIG, "
+        "or copy config.example.toml to ./config.toml"
+    )
+
+
+def load(explicit: str | os.PathLike[str] | None = None) -> Config:
+    path = discover(explicit)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return from_mapping(raw, path)
+
+
+def from_mapping(raw: Mapping[str, Any], path: Path | None = None, root: Path | None = None) -> Config:
+    label = str(path) if path else "config"
+    base = root or (path.parent if path else Path.cwd())
+    _reject_unknown(raw, TOP_LEVEL_KEYS, label, "")
+    gateways = {
+        name: _gateway_spec(name, table, label)
+        for name, table in _table(raw, "gateways", label).items()
+    }
+    defaults = {str(k): str(v) for k, v in _table(raw, "defaults", label).items()}
+    _reject_unknown(defaults, DEFAULT_KEYS, label, "defaults.")
+    for key, gw in defaults.items():
+        if gw not in gateways:
+            raise ConfigError(f"{label}: defaults.{key}: no gateway named {gw!r} in [gateways]")
+    send = dict(_table(raw, "send", label))
+    _reject_unknown(send, SEND_KEYS, label, "send.")
+    return Config(
+        path=path,
+        database_url=_database_url(raw, label, base),
+        timezone=_timezone(raw.get("timezone", DEFAULT_TIMEZONE), label),
+        campaigns_dir=_folder(raw.get("campaigns_dir", "campaigns"), base),
+        templates_dir=_folder(raw.get("templates_dir", "templates"), base),
+        gateways=gateways,
+        defaults=defaults,
+        send=send,
+    )
+
+
+def _table(raw: Mapping[str, Any], key: str, label: str) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{label}: {key} must be a table")
+    return value
+
+
+def _reject_unknown(table: Mapping[str, Any], known: set[str], label: str, prefix: str) -> None:
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{label}: {prefix}{key}: unknown key (known: {', '.join(sorted(known))})")
+
+
+def _database_url(raw: Mapping[str, Any], label: str, base: Path) -> str:
+    env_override = os.environ.get("LOA_DATABASE_URL")
+    if env_override:
+        return env_override
+    if "database_url_env" in raw:
+        return _env(str(raw["database_url_env"]), f"{label}: database_url_env")
+    url = str(raw.get("database_url", "sqlite:///loa.db"))
+    if URL_PASSWORD.match(url):
+        raise ConfigError(
+            f"{label}: database_url: contains a password; put the URL in an environment "
+            "variable and name it with database_url_env"
+        )
+    return resolve_sqlite_path(url, base)
+
+
+def resolve_sqlite_path(url: str, base: Path) -> str:
+    """Make a relative SQLite path relative to the configuration's folder."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        rest = url[len(prefix):]
+        return prefix + str((base / rest).resolve())
+    return url
+
+
+def _timezone(name: Any, label: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{label}: timezone: unknown time zone {name!r}") from None
+
+
+def _folder(value: Any, base: Path) -> Path:
+    path = Path(str(value))
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _gateway_spec(name: str, table: Any, label: str) -> GatewaySpec:
+    where = f"{label}: gateways.{name}"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    if "type" not in table:
+        raise ConfigError(f"{where}: missing 'type' (e.g. type = \"simulator\")")
+    for key, value in table.items():
+        if key.endswith("_env"):
+            if not isinstance(value, str) or not ENV_NAME.match(value):
+                raise ConfigError(f"{where}.{key}: must name an environment variable, got {value!r}")
+        elif SECRET_NAME.search(key) and value not in ("", None):
+            raise ConfigError(
+                f"{where}.{key}: literal secrets are not allowed in configuration files; "
+                f"export the secret and write {key}_env = \"VARIABLE_NAME\""
+            )
+    rate = table.get("rate")
+    burst = table.get("burst")
+    if rate is not None and (not isinstance(rate, int | float) or rate <= 0):
+        raise ConfigError(f"{where}.rate: must be a positive number of SMS parts per second")
+    if burst is not None and (not isinstance(burst, int) or burst < 1):
+        raise ConfigError(f"{where}.burst: must be a positive integer")
+    settings = {k: v for k, v in table.items() if k not in COMMON_GATEWAY_KEYS}
+    return GatewaySpec(name, str(table["type"]), settings, rate, burst, where)
+
+
+def _env(var: str, where: str) -> str:
+    value = os.environ.get(var)
+    if not value:
+        raise SecretMissing(f"{where}: environment variable {var} is not set")
+    return value
+
+
+def resolve_settings(spec: GatewaySpec, declared: list[Any]) -> dict[str, Any]:
+    """Check ``spec`` against a provider's declared settings and read its secrets.
+
+    ``declared`` is the provider class's ``settings`` (``providers.base.Setting``).
+    """
+    by_name = {s.name: s for s in declared}
+    options: dict[str, Any] = {}
+    for key, value in spec.settings.items():
+        name = key[:-4] if key.endswith("_env") else key
+        setting = by_name.get(name)
+        if setting is None:
+            known = ", ".join(sorted(by_name)) or "none"
+            raise ConfigError(f"{spec.source}.{key}: unknown setting for gateway type {spec.type!r} (known: {known})")
+        if setting.secret and not key.endswith("_env"):
+            raise ConfigError(
+                f"{spec.source}.{key}: literal secrets are not allowed; write {key}_env = \"VARIABLE_NAME\""
+            )
+        options[name] = _env(value, f"{spec.source}.{key}") if key.endswith("_env") else value
+    for setting in declared:
+        if setting.name not in options:
+            if setting.required:
+                how = f"{setting.name}_env = \"VARIABLE\"" if setting.secret else f"{setting.name} = ..."
+                raise ConfigError(f"{spec.source}: missing required setting {setting.name!r} ({how})")
+            if setting.default is not None:
+                options[setting.name] = setting.default
+    return options

@@ -1,0 +1,274 @@
+"""The schema and the engine: one schema for SQLite (embedded) and PostgreSQL.
+
+Tables are SQLAlchemy Core: every hot path (import, planning, claiming) is a
+set-based statement, and the ORM's unit of work would only stand in the way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    inspect,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+from loa.errors import ConfigError, LoaError
+
+SCHEMA_VERSION = 1
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC in Python on every backend; naive input is refused.
+
+    SQLite has no time zone type, so values are stored as naive UTC there and
+    made aware again on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: loa stores aware UTC times only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite only makes INTEGER PRIMARY KEY an alias of the rowid (fast, autoincrementing).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Json = JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+meta = Table(
+    "loa_meta", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+areas = Table(
+    "areas", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("code", String(32), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("name_key", String(200), nullable=False, index=True),   # folded: case and diacritics
+    Column("short_key", String(200), nullable=False, index=True),  # folded, without "Huyện", "Tỉnh"...
+    Column("parent_id", Integer, ForeignKey("areas.id"), nullable=True, index=True),
+    Column("level", String(32), nullable=False, default=""),
+    Column("path", String(1000), nullable=False, default="", index=True),  # "/1/7/": subtree by prefix
+    Column("population", BigInteger, nullable=True),
+    Column("population_as_of", Date, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+subscribers = Table(
+    "subscribers", metadata,
+    Column("id", BigId, primary_key=True),
+    Column("phone", String(16), nullable=False, unique=True),
+    Column("carrier", String(40), nullable=False, default=""),
+    Column("area_id", Integer, ForeignKey("areas.id"), nullable=True, index=True),
+    Column("name", String(200), nullable=False, default=""),
+    Column("language", String(8), nullable=False, default="vi"),
+    Column("attributes", Json, nullable=False, default=dict),
+    Column("opted_out_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Every attribute name any subscriber carries: lets validation say "no subscriber
+# can have attr.X" without scanning a million JSON documents.
+attribute_keys = Table(
+    "attribute_keys", metadata,
+    Column("name", String(100), primary_key=True),
+)
+
+campaigns = Table(
+    "campaigns", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("advertising", Boolean, nullable=False, default=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+runs = Table(
+    "runs", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("campaign_id", Integer, ForeignKey("campaigns.id"), nullable=False),
+    Column("scheduled_for", UTCDateTime, nullable=False),
+    Column("trigger", String(32), nullable=False, default="manual"),
+    Column("status", String(16), nullable=False),        # planning, planned, done, failed, missed
+    Column("definition", Json, nullable=False),           # the campaign as it was planned
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("planned_at", UTCDateTime, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("note", Text, nullable=False, default=""),
+    UniqueConstraint("campaign_id", "scheduled_for"),
+)
+
+outbox = Table(
+    "outbox", metadata,
+    Column("id", BigId, primary_key=True),
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    Column("subscriber_id", BigInteger, ForeignKey("subscribers.id"), nullable=False),
+    Column("area_id", Integer, nullable=True),            # the area at planning time, for reports
+    Column("state", String(16), nullable=False),
+    Column("reason", String(200), nullable=True),
+    Column("channel", String(8), nullable=True),
+    Column("gateway", String(64), nullable=True),
+    Column("due_at", UTCDateTime, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("worker", String(64), nullable=True),
+    Column("provider_id", String(100), nullable=True),
+    Column("encoding", String(8), nullable=True),
+    Column("parts", Integer, nullable=True),
+    Column("error_code", String(40), nullable=True),
+    Column("error_text", String(500), nullable=True),
+    Column("updated_at", UTCDateTime, nullable=True),
+    Column("sent_at", UTCDateTime, nullable=True),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    UniqueConstraint("run_id", "subscriber_id"),
+    Index("ix_outbox_state_due", "state", "due_at"),
+    Index("ix_outbox_provider_id", "provider_id"),
+)
+
+events = Table(
+    "events", metadata,
+    Column("id", BigId, primary_key=True),
+    Column("subscriber_id", BigInteger, ForeignKey("subscribers.id"), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("source", String(64), nullable=False, default=""),
+    Column("outbox_id", BigInteger, nullable=True),       # the message that prompted it, if known
+    Column("attributes", Json, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("subscriber_id", "type", "occurred_at", "source"),
+    Index("ix_events_type_subscriber", "type", "subscriber_id", "occurred_at"),
+)
+
+
+def utcnow() -> datetime:
+    """The one clock: tests move it with time-machine."""
+    return datetime.now(UTC)
+
+
+def message_key(run_id: int, subscriber_id: int) -> str:
+    """Our idempotency key for one (run, subscriber): stable across retries and crashes."""
+    return f"loa-{run_id}-{subscriber_id}"
+
+
+def make_engine(url: str, **kw: Any) -> Engine:
+    try:
+        engine = create_engine(url, **kw)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise ConfigError(f"database URL {redact(url)!r} is not usable: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        _tune_sqlite(engine)
+    elif engine.dialect.name != "postgresql":
+        raise ConfigError(f"database {engine.dialect.name!r} is not supported; use SQLite or PostgreSQL")
+    return engine
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, issue BEGIN, so that we can make it IMMEDIATE:
+        # a deferred transaction that later writes can fail with "database is locked".
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
+
+
+def create_schema(engine: Engine) -> bool:
+    """Create missing tables; return True if the database was new."""
+    with engine.begin() as conn:
+        new = not inspect(conn).has_table("loa_meta")
+        metadata.create_all(conn)
+        if new:
+            conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+    return new
+
+
+def check_schema(engine: Engine) -> None:
+    """Fail with one line if ``loa init`` has not been run on this database."""
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("loa_meta"):
+                raise LoaError(f"database {redact(str(engine.url))} has no loa schema; run `loa init` first")
+    except OperationalError as exc:
+        raise LoaError(f"cannot open database {redact(str(engine.url))}: {exc.orig}") from None
+
+
+def insert_for(conn: Connection, table: Table) -> Any:
+    """The dialect's INSERT, which has ``on_conflict_do_nothing``/``do_update``."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    with engine.begin() as conn:
+        yield conn
+
+
+__all__ = [
+    "Float", "areas", "attribute_keys", "campaigns", "check_schema", "create_schema", "events",
+    "insert_for", "make_engine", "message_key", "metadata", "outbox", "runs", "subscribers", "utcnow",
+]

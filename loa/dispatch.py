@@ -1,0 +1,429 @@
+"""Sending: drain due outbox rows through each message's gateway.
+
+The life of a row::
+
+    planned/deferred --claim--> claimed --mark--> sending --gateway--> sent | delivered
+                                                               |--> deferred (retry later)
+                                                               |--> failed (code, text)
+                                                               |--> unknown (may have arrived)
+                                                               '--> planned on the next channel
+
+Rows are claimed under a lease.  A window of them is marked ``sending`` in one
+committed statement *before* any gateway call, so a crash leaves evidence: on
+recovery, ``claimed`` rows (never sent) go back to ``planned``; ``sending`` rows
+go back only for a gateway that deduplicates by our key, and otherwise become
+``unknown`` — nobody gets the same message twice because loa crashed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import socket
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from loa import db
+from loa.config import Config
+from loa.errors import LoaError
+from loa.gateways import Gateway, GatewayPool
+from loa.phones import mask
+from loa.receipts import apply_receipts, apply_responses
+from loa.render import Renderer
+from providers.base import (
+    AuthError,
+    ConfigError,
+    MoneyError,
+    NotReachableError,
+    OutgoingMessage,
+    PermanentError,
+    ProviderError,
+    SendResult,
+    ThrottledError,
+)
+
+log = logging.getLogger("loa.dispatch")
+O = db.outbox
+DUE = ("planned", "deferred")
+BACKOFF = (30, 300, 1800)          # seconds before attempts 2, 3, 4; then the message fails
+MAX_ATTEMPTS = len(BACKOFF) + 1
+PAUSING = (AuthError, ConfigError, MoneyError)
+
+
+@dataclass
+class SendSummary:
+    outcomes: Counter[str] = field(default_factory=Counter)
+    paused: dict[str, str] = field(default_factory=dict)     # gateway -> reason
+    receipts: int = 0
+    responses: int = 0
+    expired: int = 0
+
+    @property
+    def attempted(self) -> int:
+        return sum(self.outcomes.values())
+
+
+@dataclass
+class _Item:
+    id: int
+    run_id: int
+    subscriber_id: int
+    channel: str
+    gateway: str
+    attempts: int
+    definition: dict[str, Any]
+    context: dict[str, Any]
+    phone: str
+    message: OutgoingMessage | None = None
+    outcome: dict[str, Any] | None = None
+
+
+class Dispatcher:
+    def __init__(self, engine: Engine, config: Config, *, threads: int | None = None,
+                 batch_size: int | None = None, lease_seconds: float | None = None,
+                 campaign: str | None = None, pool: GatewayPool | None = None) -> None:
+        self.engine = engine
+        self.config = config
+        self.threads = threads or int(config.send.get("threads", 8))
+        self.batch_size = batch_size or int(config.send.get("batch_size", 500))
+        self.lease = timedelta(seconds=lease_seconds or float(config.send.get("lease_seconds", 300)))
+        self.campaign = campaign
+        self.pool = pool or GatewayPool(config)
+        self.renderer = Renderer(config.templates_dir)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.summary = SendSummary()
+        self._rng = random.Random()
+
+    # -- the loop -------------------------------------------------------------
+    def run_until_empty(self) -> SendSummary:
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="loa-send") as executor:
+            self._executor = executor
+            while True:
+                self.recover()
+                self.expire()
+                items = self.claim()
+                if not items:
+                    break
+                self._process(items)
+                self.poll()
+        self.finish_runs()
+        self.poll(drain=True)
+        return self.summary
+
+    # -- claiming -------------------------------------------------------------
+    def _campaign_filter(self) -> Any:
+        if self.campaign is None:
+            return None
+        r, c = db.runs, db.campaigns
+        return O.c.run_id.in_(select(r.c.id).join(c, c.c.id == r.c.campaign_id).where(c.c.name == self.campaign))
+
+    def claim(self) -> list[_Item]:
+        now = db.utcnow()
+        with self.engine.begin() as conn:
+            due = select(O.c.id).where(O.c.state.in_(DUE), O.c.due_at <= now)
+            if self.summary.paused:
+                due = due.where(O.c.gateway.not_in(list(self.summary.paused)))
+            if (flt := self._campaign_filter()) is not None:
+                due = due.where(flt)
+            due = due.order_by(O.c.due_at, O.c.id).limit(self.batch_size)
+            if conn.dialect.name == "postgresql":
+                due = due.with_for_update(skip_locked=True)
+            claimed = conn.execute(
+                update(O).where(O.c.id.in_(due.scalar_subquery()))
+                .values(state="claimed", worker=self.worker, lease_until=now + self.lease, updated_at=now)
+                .returning(O.c.id)
+            ).scalars().all()
+            return self._load(conn, sorted(claimed)) if claimed else []
+
+    def _load(self, conn: Connection, ids: list[int]) -> list[_Item]:
+        s, a, r, c = db.subscribers, db.areas, db.runs, db.campaigns
+        parent = a.alias("parent")
+        rows = conn.execute(
+            select(O.c.id, O.c.run_id, O.c.subscriber_id, O.c.channel, O.c.gateway, O.c.attempts,
+                   r.c.definition, c.c.name.label("campaign"), c.c.description,
+                   s.c.phone, s.c.name, s.c.language, s.c.carrier, s.c.attributes,
+                   a.c.code, a.c.name.label("area_name"), a.c.level, a.c.population,
+                   parent.c.code.label("p_code"), parent.c.name.label("p_name"), parent.c.level.label("p_level"),
+                   parent.c.population.label("p_population"))
+            .join(r, r.c.id == O.c.run_id).join(c, c.c.id == r.c.campaign_id)
+            .join(s, s.c.id == O.c.subscriber_id)
+            .outerjoin(a, a.c.id == s.c.area_id).outerjoin(parent, parent.c.id == a.c.parent_id)
+            .where(O.c.id.in_(ids))
+        ).mappings().all()
+        return [
+            _Item(row["id"], row["run_id"], row["subscriber_id"], row["channel"], row["gateway"],
+                  row["attempts"], row["definition"], _context(row), row["phone"])
+            for row in rows
+        ]
+
+    # -- one claimed batch ------------------------------------------------------
+    def _process(self, items: list[_Item]) -> None:
+        ready = [item for item in items if self._prepare(item)]
+        failed_early = [item for item in items if item.outcome is not None]
+        if failed_early:
+            self._record(failed_early)
+        # The window bounds what a crash can leave ambiguous, and amortises two commits over it.
+        window = max(self.threads * 16, 64)
+        for start in range(0, len(ready), window):
+            chunk = [i for i in ready[start:start + window] if i.gateway not in self.summary.paused]
+            skipped = [i for i in ready[start:start + window] if i.gateway in self.summary.paused]
+            if skipped:
+                self._release(skipped)
+            if not chunk:
+                continue
+            chunk = self._mark_sending(chunk)
+            list(self._executor.map(self._send, chunk))
+            self._record(chunk)
+
+    def _prepare(self, item: _Item) -> bool:
+        """Render the message; a template error fails this message only."""
+        definition = item.definition
+        spec = definition.get(item.channel, {})
+        try:
+            if item.channel == "sms":
+                sms = self.renderer.render_sms(
+                    spec["template"], item.context, unaccented=bool(spec.get("unaccented", False)),
+                    max_parts=int(spec.get("max_parts", 6)),
+                )
+                item.message = OutgoingMessage(
+                    key=db.message_key(item.run_id, item.subscriber_id), to=item.phone, channel="sms",
+                    text=sms.text, encoding=sms.info.encoding, parts=sms.info.parts,
+                    advertising=bool(definition.get("advertising", False)),
+                )
+            else:
+                payload = self.renderer.render_zalo(spec["template"], item.context)
+                item.message = OutgoingMessage(
+                    key=db.message_key(item.run_id, item.subscriber_id), to=item.phone, channel=item.channel,
+                    template_id=payload.template_id, template_data=payload.data,
+                    advertising=bool(definition.get("advertising", False)),
+                )
+        except LoaError as exc:
+            item.outcome = _failed("template", str(exc))
+            return False
+        return True
+
+    def _mark_sending(self, chunk: list[_Item]) -> list[_Item]:
+        now = db.utcnow()
+        with self.engine.begin() as conn:
+            marked = set(conn.execute(
+                update(O).where(O.c.id.in_([i.id for i in chunk]), O.c.state == "claimed",
+                                O.c.worker == self.worker)
+                .values(state="sending", attempts=O.c.attempts + 1, updated_at=now,
+                        encoding=None, parts=None)
+                .returning(O.c.id)
+            ).scalars())
+        for item in chunk:
+            item.attempts += 1
+        return [i for i in chunk if i.id in marked]   # rows whose lease we lost are left alone
+
+    def _send(self, item: _Item) -> None:
+        assert item.message is not None
+        gw: Gateway | None = None
+        try:
+            gw = self.pool.get(item.gateway)
+            gw.limiter.acquire(item.message.parts)
+            handed_over = db.utcnow()
+            result = gw.provider.send(item.message)
+            item.outcome = _sent(result, item.message, handed_over)
+        except ProviderError as exc:
+            item.outcome = self._classify(item, gw, exc)
+        except LoaError as exc:   # the gateway cannot even be built: a missing secret, a bad setting
+            self.summary.paused[item.gateway] = str(exc)
+            item.outcome = {"state": "planned", "attempts": item.attempts - 1, "error_code": "config",
+                            "error_text": str(exc)[:500]}
+        except Exception as exc:  # a bug in an adapter must not lose the row: treat as ambiguous
+            log.exception("gateway %s raised unexpectedly for %s", item.gateway, mask(item.phone))
+            item.outcome = {"state": "unknown", "error_code": "exception", "error_text": repr(exc)[:500]}
+
+    def _classify(self, item: _Item, gw: Gateway | None, exc: ProviderError) -> dict[str, Any]:
+        code, text = exc.code, str(exc)[:500]
+        log.info("gateway %s refused %s: %s", item.gateway, mask(item.phone), text)
+        if isinstance(exc, PAUSING):
+            self.summary.paused.setdefault(item.gateway, f"{exc.kind} error: {text}")
+            # nothing was sent: the row goes back, and this attempt does not count
+            return {"state": "planned", "attempts": item.attempts - 1, "error_code": code, "error_text": text}
+        if isinstance(exc, NotReachableError):
+            return self._fallback(item, code, text)
+        if isinstance(exc, PermanentError):
+            return _failed(code, text)
+        if exc.ambiguous and not (gw and gw.provider.dedupes_by_key):
+            return {"state": "unknown", "error_code": code, "error_text": f"outcome unknown: {text}"}
+        if isinstance(exc, ThrottledError) and gw is not None:
+            gw.limiter.slow_down(exc.retry_after or 1.0)
+        if item.attempts >= MAX_ATTEMPTS:
+            return _failed(code, f"gave up after {item.attempts} attempts: {text}")
+        delay = exc.retry_after or BACKOFF[item.attempts - 1] * self._rng.uniform(0.8, 1.2)
+        return {"state": "deferred", "due_at": db.utcnow() + timedelta(seconds=delay),
+                "error_code": code, "error_text": text}
+
+    def _fallback(self, item: _Item, code: str | None, text: str) -> dict[str, Any]:
+        channels = list(item.definition.get("channels", []))
+        later = channels[channels.index(item.channel) + 1:] if item.channel in channels else []
+        if not later:
+            return _failed(code, text)
+        nxt = later[0]
+        gateway = item.definition.get(nxt, {}).get("gateway") or self.config.default_gateway(nxt)
+        if gateway is None:
+            return _failed(code, f"{text}; no gateway for fallback channel {nxt}")
+        return {"state": "planned", "channel": nxt, "gateway": gateway, "due_at": db.utcnow(),
+                "attempts": 0, "error_code": code, "error_text": f"moved to {nxt}: {text}"}
+
+    def _record(self, items: list[_Item]) -> None:
+        now = db.utcnow()
+        by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for item in items:
+            outcome = dict(item.outcome or {})
+            self.summary.outcomes[outcome.get("state", "?")] += 1
+            outcome.setdefault("attempts", item.attempts)
+            outcome |= {"lease_until": None, "updated_at": now}
+            if outcome["state"] in ("planned", "deferred"):
+                outcome["worker"] = None
+            shape = tuple(sorted(outcome))
+            by_shape.setdefault(shape, []).append({"b_id": item.id, **{f"v_{k}": v for k, v in outcome.items()}})
+        with self.engine.begin() as conn:
+            for shape, params in by_shape.items():
+                conn.execute(_update_for(shape), params)
+
+    def _release(self, items: list[_Item]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(O).where(O.c.id.in_([i.id for i in items]), O.c.state == "claimed")
+                         .values(state="planned", worker=None, lease_until=None, updated_at=db.utcnow()))
+
+    # -- housekeeping ----------------------------------------------------------
+    def recover(self) -> int:
+        """Return rows of workers whose lease expired (crashed or killed)."""
+        now = db.utcnow()
+        n = 0
+        with self.engine.begin() as conn:
+            n += conn.execute(update(O).where(O.c.state == "claimed", O.c.lease_until < now)
+                              .values(state="planned", worker=None, lease_until=None, updated_at=now)).rowcount
+            stuck = conn.execute(select(O.c.gateway).where(O.c.state == "sending", O.c.lease_until < now)
+                                 .group_by(O.c.gateway)).scalars().all()
+            for gateway in stuck:
+                dedupes = self._dedupes(gateway)
+                values: dict[str, Any] = (
+                    {"state": "planned", "due_at": now} if dedupes else
+                    {"state": "unknown", "error_code": "ambiguous",
+                     "error_text": "the worker stopped during the gateway call; not re-sent"}
+                )
+                n += conn.execute(update(O).where(O.c.state == "sending", O.c.lease_until < now,
+                                                  O.c.gateway == gateway)
+                                  .values(worker=None, lease_until=None, updated_at=now, **values)).rowcount
+        return n
+
+    def _dedupes(self, gateway: str) -> bool:
+        try:
+            return bool(self.pool.get(gateway).provider.dedupes_by_key)
+        except LoaError:
+            return False
+
+    def expire(self) -> int:
+        """Messages not sent within their campaign's validity expire with that reason."""
+        now = db.utcnow()
+        r = db.runs
+        n = 0
+        with self.engine.begin() as conn:
+            for run_id, scheduled_for, definition in conn.execute(
+                select(r.c.id, r.c.scheduled_for, r.c.definition).where(r.c.status == "planned")
+            ):
+                hours = float(definition.get("validity_hours", 24))
+                if scheduled_for + timedelta(hours=hours) < now:
+                    n += conn.execute(
+                        update(O).where(O.c.run_id == run_id, O.c.state.in_(DUE))
+                        .values(state="expired", error_text=f"not sent within the validity of {hours:g} h",
+                                updated_at=now)
+                    ).rowcount
+        self.summary.expired += n
+        return n
+
+    def finish_runs(self) -> None:
+        r = db.runs
+        now = db.utcnow()
+        open_states = ("planned", "deferred", "claimed", "sending")
+        with self.engine.begin() as conn:
+            pending = select(O.c.id).where(O.c.run_id == r.c.id, O.c.state.in_(open_states)).exists()
+            conn.execute(update(r).where(r.c.status == "planned", ~pending).values(status="done", finished_at=now))
+
+    def poll(self, drain: bool = False, timeout: float = 10.0) -> None:
+        """Fetch receipts and responses from gateways that offer them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = 0
+            for gw in self.pool:
+                try:
+                    receipts = list(gw.provider.fetch_receipts())
+                    responses = list(gw.provider.fetch_responses())
+                except ProviderError as exc:
+                    log.warning("gateway %s: cannot fetch receipts: %s", gw.name, exc)
+                    continue
+                if receipts or responses:
+                    with self.engine.begin() as conn:
+                        self.summary.receipts += apply_receipts(conn, gw.name, receipts)
+                        self.summary.responses += apply_responses(conn, gw.name, responses)
+                    got += len(receipts) + len(responses)
+            if not drain or (got == 0 and not self._awaiting_receipts()) or time.monotonic() > deadline:
+                return
+            if got == 0:
+                time.sleep(0.05)
+
+    def _awaiting_receipts(self) -> bool:
+        for gw in self.pool:
+            pending = getattr(getattr(gw.provider, "network", None), "pending", None)
+            if callable(pending) and any(pending()):
+                return True
+        return False
+
+
+@functools.lru_cache(maxsize=64)
+def _update_for(shape: tuple[str, ...]) -> Any:
+    """One UPDATE per set of columns, built once: executemany reuses its compiled form."""
+    return update(O).where(O.c.id == bindparam("b_id")).values(
+        **{k: bindparam(f"v_{k}", type_=O.c[k].type) for k in shape}
+    )
+
+
+def _context(row: Any) -> dict[str, Any]:
+    parent = None
+    if row["p_code"] is not None:
+        parent = {"code": row["p_code"], "name": row["p_name"], "level": row["p_level"],
+                  "population": row["p_population"], "parent": None}
+    area = {"code": row["code"] or "", "name": row["area_name"] or "", "level": row["level"] or "",
+            "population": row["population"], "parent": parent}
+    return {
+        "subscriber": {"name": row["name"], "phone": row["phone"], "language": row["language"],
+                       "carrier": row["carrier"]},
+        "attr": dict(row["attributes"] or {}),
+        "area": area,
+        "campaign": {"name": row["campaign"], "description": row["description"]},
+    }
+
+
+def _sent(result: SendResult, message: OutgoingMessage, handed_over: datetime) -> dict[str, Any]:
+    now = handed_over
+    outcome = {"state": "delivered" if result.status == "delivered" else "sent", "provider_id": result.provider_id,
+               "parts": result.parts or message.parts, "encoding": message.encoding if message.channel == "sms" else None,
+               "sent_at": now, "error_code": None, "error_text": None}
+    if outcome["state"] == "delivered":
+        outcome["delivered_at"] = now
+    return outcome
+
+
+def _failed(code: str | None, text: str) -> dict[str, Any]:
+    return {"state": "failed", "error_code": code, "error_text": text[:500]}
+
+
+def pending_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(select(func.count()).select_from(O).where(O.c.state.in_(DUE))) or 0
+
+
+__all__ = ["Dispatcher", "SendSummary", "pending_count"]

@@ -1,0 +1,48 @@
+"""Errors that reach the user as one clear line.
+
+Everything the CLI reports without a traceback derives from :class:`LoaError`.
+"""
+
+from __future__ import annotations
+
+
+class LoaError(Exception):
+    """A problem the user can fix; ``str()`` is the one line they see."""
+
+    exit_code = 1
+
+
+class ConfigError(LoaError):
+    """The configuration file or environment is wrong (exit code 2)."""
+
+    exit_code = 2
+
+
+class SecretMissing(ConfigError):
+    pass
+
+
+class InputError(LoaError):
+    """A file given to loa cannot be used as it is (wrong header, unreadable)."""
+
+    exit_code = 2
+
+
+class CampaignError(LoaError):
+    """A campaign definition is invalid.  ``problems`` lists every one found."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        head = problems[0] if problems else "invalid campaign"
+        more = f" (and {len(problems) - 1} more problem(s); run `loa campaigns validate`)" if len(problems) > 1 else ""
+        super().__init__(head + more)
+
+
+class NotFound(LoaError):
+    exit_code = 2
+
+
+class TemplateError(LoaError):
+    """A template could not be rendered for a recipient."""

@@ -1,0 +1,551 @@
+"""Streaming CSV import of areas, subscribers and events.
+
+Files are read row by row and written in batches, one transaction each, so a
+million-row file imports in flat memory.  A row that fails validation is
+rejected with its line, column and reason, and copied to a rejects CSV; the
+other rows go in.  If a batch fails in the database, that batch is rolled back,
+the import stops, and the summary says exactly what was kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from loa import db
+from loa.areas import Area, AreaIndex, AreaLookupError, fold, recompute_paths
+from loa.errors import InputError
+from loa.phones import PhoneError, normalize
+
+BATCH_SIZE = 5000
+Progress = Callable[[int, int], None]   # (bytes read, total bytes)
+Late = tuple[dict[str, Any], str, str]  # a record refused while writing: (record, column, reason)
+
+
+class RowError(Exception):
+    def __init__(self, column: str, reason: str) -> None:
+        super().__init__(reason)
+        self.column = column
+        self.reason = reason
+
+
+@dataclass
+class ImportSummary:
+    kind: str
+    path: Path
+    read: int = 0
+    imported: int = 0
+    new: int = 0
+    rejected: int = 0
+    batches: int = 0
+    rejects_path: Path | None = None
+    failure: str | None = None          # set when a batch failed and the import stopped
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def updated(self) -> int:
+        return self.imported - self.new
+
+    def line(self) -> str:
+        parts = [f"{self.path.name}: {self.read} rows read, {self.imported} imported"]
+        if self.kind != "events":
+            parts.append(f"({self.new} new, {self.updated} updated)")
+        parts.append(f"{self.rejected} rejected")
+        text = " ".join(parts[:2]) + ", " + parts[-1] if self.kind != "events" else ", ".join(parts)
+        if self.rejects_path:
+            text += f"; rejects in {self.rejects_path}"
+        return text
+
+
+class Handler(Protocol):
+    kind: str
+    required: tuple[str, ...]
+
+    def check_header(self, header: Sequence[str]) -> None: ...
+    def prepare(self, row: Mapping[str, str]) -> dict[str, Any]: ...
+    def write(self, conn: Connection, records: list[dict[str, Any]]) -> tuple[int, list[Late]]: ...
+    def count(self, conn: Connection) -> int: ...
+    def finish(self, conn: Connection) -> None: ...
+
+
+# -- the generic reader ---------------------------------------------------------
+
+def _records(path: Path, progress: Progress | None) -> tuple[list[str], Iterator[tuple[int, dict[str, str], list[str]]]]:
+    try:
+        raw = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    total = path.stat().st_size
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+    reader = csv.reader(text)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raw.close()
+        raise InputError(f"{path}: the file is empty; expected a header row") from None
+    except UnicodeDecodeError as exc:
+        raw.close()
+        raise InputError(f"{path}:1: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+    def rows() -> Iterator[tuple[int, dict[str, str], list[str]]]:
+        start = reader.line_num + 1
+        try:
+            for values in reader:
+                if progress:
+                    progress(raw.tell(), total)
+                if any(v.strip() for v in values):
+                    yield start, dict(zip(header, values, strict=False)), values
+                start = reader.line_num + 1
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}:{start}: not UTF-8 text ({exc.reason}); rows before it were imported") from None
+        except csv.Error as exc:
+            raise InputError(f"{path}:{start}: malformed CSV: {exc}; rows before it were imported") from None
+        finally:
+            if progress:
+                progress(total, total)
+            raw.close()
+
+    return header, rows()
+
+
+class _Rejects:
+    """A rejects CSV: line, column, reason, then the row as it was."""
+
+    def __init__(self, path: Path, header: list[str]) -> None:
+        self.path = path
+        self.header = header
+        self._writer: Any = None
+        self._file: Any = None
+
+    def add(self, line: int, column: str, reason: str, values: list[str]) -> None:
+        if self._writer is None:
+            self._file = self.path.open("w", encoding="utf-8", newline="")
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(["line", "column", "reason", *self.header])
+        self._writer.writerow([line, column, reason, *values])
+
+    def close(self) -> Path | None:
+        if self._file is None:
+            return None
+        self._file.close()
+        return self.path
+
+
+def run_import(
+    engine: Engine,
+    handler: Handler,
+    path: Path,
+    *,
+    rejects_path: Path | None = None,
+    batch_size: int = BATCH_SIZE,
+    progress: Progress | None = None,
+    on_reject: Callable[[str], None] | None = None,
+) -> ImportSummary:
+    path = Path(path)
+    header, rows = _records(path, progress)
+    handler.check_header(header)
+    summary = ImportSummary(handler.kind, path)
+    rejects = _Rejects(rejects_path or path.with_name(path.stem + ".rejects.csv"), header)
+    with engine.connect() as conn:
+        before = handler.count(conn)
+    batch: list[dict[str, Any]] = []
+    first_line = 0
+    try:
+        for line, row, values in rows:
+            summary.read += 1
+            try:
+                record = handler.prepare(row)
+            except RowError as exc:
+                summary.rejected += 1
+                rejects.add(line, exc.column, exc.reason, values)
+                if on_reject:
+                    on_reject(f"{path}:{line}: {exc.column}: {exc.reason}")
+                continue
+            record["_line"], record["_values"] = line, values
+            first_line = first_line or line
+            batch.append(record)
+            if len(batch) >= batch_size:
+                _commit(engine, handler, batch, summary, rejects, path, first_line, line, on_reject)
+                batch, first_line = [], 0
+        if batch:
+            _commit(engine, handler, batch, summary, rejects, path, first_line, batch[-1]["_line"], on_reject)
+        with engine.begin() as conn:
+            handler.finish(conn)
+            summary.new = handler.count(conn) - before
+    except _BatchFailed as exc:
+        summary.failure = str(exc)
+        with engine.connect() as conn:
+            summary.new = handler.count(conn) - before
+    finally:
+        summary.rejects_path = rejects.close()
+    return summary
+
+
+class _BatchFailed(Exception):
+    pass
+
+
+def _commit(engine: Engine, handler: Handler, batch: list[dict[str, Any]], summary: ImportSummary,
+            rejects: _Rejects, path: Path, first: int, last: int,
+            on_reject: Callable[[str], None] | None) -> None:
+    try:
+        with engine.begin() as conn:
+            written, late = handler.write(conn, batch)
+    except SQLAlchemyError as exc:
+        reason = getattr(exc, "orig", None) or exc
+        kept = f"{summary.imported} rows from earlier batches were kept" if summary.imported else "nothing was kept"
+        raise _BatchFailed(
+            f"{path}: lines {first}-{last}: the database refused the batch ({str(reason).splitlines()[0]}); "
+            f"that batch was rolled back and the import stopped; {kept}"
+        ) from exc
+    summary.imported += written
+    summary.batches += 1
+    for record, column, reason in late:
+        summary.rejected += 1
+        rejects.add(record["_line"], column, reason, record["_values"])
+        if on_reject:
+            on_reject(f"{path}:{record['_line']}: {column}: {reason}")
+
+
+# -- field parsers ------------------------------------------------------------
+
+_INT = re.compile(r"^-?(0|[1-9][0-9]*)$")
+_FLOAT = re.compile(r"^-?(0|[1-9][0-9]*)\.[0-9]+$")
+_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+TRUE = {"1", "true", "yes", "y", "x", "có", "co"}
+FALSE = {"", "0", "false", "no", "n", "không", "khong"}
+
+
+def attribute_value(text: str) -> Any:
+    """Numbers become JSON numbers so segments can compare ranges; "0123" stays text."""
+    if _INT.match(text):
+        return int(text)
+    if _FLOAT.match(text):
+        return float(text)
+    return text
+
+
+def parse_bool(column: str, text: str) -> bool:
+    value = text.strip().casefold()
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise RowError(column, f"expected yes/no, got {text!r}")
+
+
+def parse_time(column: str, text: str, tz: ZoneInfo) -> datetime:
+    """ISO 8601; a time without zone is local time, a bare date is local midnight."""
+    value = text.strip()
+    if not value:
+        raise RowError(column, "empty time")
+    try:
+        parsed = datetime.fromisoformat(value.replace(" ", "T", 1) if len(value) > 10 else value)
+    except ValueError:
+        raise RowError(column, f"not an ISO 8601 time: {text!r} (e.g. 2020-08-17T08:30:00+07:00)") from None
+    if len(value) == 10:
+        parsed = datetime.combine(parsed.date(), time(0))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=tz)
+    return parsed.astimezone(UTC)
+
+
+def _missing(header: Sequence[str], needed: Sequence[str]) -> list[str]:
+    return [n for n in needed if n not in header]
+
+
+def _header_error(path_hint: str, kind: str, header: Sequence[str], missing: list[str], expected: str) -> InputError:
+    return InputError(
+        f"{path_hint}: wrong header for {kind}: missing {', '.join(missing)} "
+        f"(found: {', '.join(h for h in header if h) or 'nothing'}; expected {expected})"
+    )
+
+
+# -- areas --------------------------------------------------------------------
+
+class AreasHandler:
+    kind = "areas"
+    required = ("code", "name")
+    expected = "code,name[,parent,level,population,population_as_of]"
+
+    def __init__(self, engine: Engine, path: Path) -> None:
+        self.path = path
+        with engine.connect() as conn:
+            self.index = AreaIndex.load(conn)
+        self._next_id = max(self.index.by_id, default=0) + 1
+
+    def check_header(self, header: Sequence[str]) -> None:
+        if missing := _missing(header, self.required):
+            raise _header_error(str(self.path), self.kind, header, missing, self.expected)
+
+    def prepare(self, row: Mapping[str, str]) -> dict[str, Any]:
+        code = row.get("code", "").strip()
+        name = " ".join(row.get("name", "").split())
+        if not code:
+            raise RowError("code", "empty code")
+        if not name:
+            raise RowError("name", "empty name")
+        parent_id = None
+        if parent := row.get("parent", "").strip():
+            try:
+                parent_id = self.index.resolve(parent).id
+            except AreaLookupError as exc:
+                raise RowError("parent", f"{exc} (a parent must come earlier in the file or exist already)") from None
+        population = None
+        if text := row.get("population", "").strip().replace(",", "").replace("_", ""):
+            if not text.isdigit():
+                raise RowError("population", f"not a whole number: {row['population']!r}")
+            population = int(text)
+        as_of = None
+        if text := row.get("population_as_of", "").strip():
+            try:
+                as_of = date.fromisoformat(text)
+            except ValueError:
+                raise RowError("population_as_of", f"not a date (YYYY-MM-DD): {text!r}") from None
+        existing = self.index.by_code.get(code.casefold())
+        area_id = existing.id if existing else self._take_id()
+        if parent_id == area_id:
+            raise RowError("parent", "an area cannot be its own parent")
+        level = row.get("level", "").strip() or (existing.level if existing else "")
+        self.index.add(Area(area_id, code, name, parent_id, level, "", population))
+        return {
+            "id": area_id, "code": code, "name": name, "name_key": fold(name),
+            "short_key": _short(name), "parent_id": parent_id, "level": level,
+            "population": population, "population_as_of": as_of,
+        }
+
+    def _take_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def write(self, conn: Connection, records: list[dict[str, Any]]) -> int:
+        now = db.utcnow()
+        rows = [{k: v for k, v in r.items() if not k.startswith("_")} | {"updated_at": now, "path": ""} for r in records]
+        stmt = db.insert_for(conn, db.areas)
+        excluded = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["code"],
+            set_={c: excluded[c] for c in ("name", "name_key", "short_key", "parent_id", "level",
+                                             "population", "population_as_of", "updated_at")},
+        )
+        conn.execute(stmt, rows)
+        return len(rows), []
+
+    def count(self, conn: Connection) -> int:
+        return conn.scalar(select(func.count()).select_from(db.areas)) or 0
+
+    def finish(self, conn: Connection) -> None:
+        recompute_paths(conn)
+
+
+def _short(name: str) -> str:
+    from loa.areas import short_fold
+
+    return short_fold(name)
+
+
+# -- subscribers --------------------------------------------------------------
+
+RESERVED_SUBSCRIBER_COLUMNS = {"phone", "area", "area_code", "area_name", "name", "language", "opted_out"}
+
+
+class SubscribersHandler:
+    kind = "subscribers"
+    required = ("phone",)
+    expected = "phone[,area|area_code|area_name,name,language,opted_out,<attributes>...]"
+
+    def __init__(self, engine: Engine, path: Path) -> None:
+        self.path = path
+        self.dialect = engine.dialect.name
+        with engine.connect() as conn:
+            self.index = AreaIndex.load(conn)
+            self.known_keys = set(conn.scalars(select(db.attribute_keys.c.name)))
+        self.area_column: str | None = None
+        self.attribute_columns: list[str] = []
+
+    def check_header(self, header: Sequence[str]) -> None:
+        if missing := _missing(header, self.required):
+            raise _header_error(str(self.path), self.kind, header, missing, self.expected)
+        self.area_column = next((c for c in ("area", "area_code", "area_name") if c in header), None)
+        if self.area_column and len(self.index) == 0:
+            raise InputError(f"{self.path}: has an {self.area_column} column but no areas are loaded; run `loa import areas FILE` first")
+        blank = [i + 1 for i, h in enumerate(header) if not h]
+        if blank:
+            raise InputError(f"{self.path}:1: header column {blank[0]} has no name")
+        self.attribute_columns = [h for h in header if h not in RESERVED_SUBSCRIBER_COLUMNS]
+
+    def prepare(self, row: Mapping[str, str]) -> dict[str, Any]:
+        try:
+            phone = normalize(row.get("phone", ""))
+        except PhoneError as exc:
+            raise RowError("phone", str(exc)) from None
+        area_id = None
+        if self.area_column and (text := row.get(self.area_column, "").strip()):
+            try:
+                area_id = self.index.resolve(text).id
+            except AreaLookupError as exc:
+                raise RowError(self.area_column, str(exc)) from None
+        language = row.get("language", "").strip().lower() or None
+        if language is not None and not re.fullmatch(r"[a-z]{2,3}(-[a-z0-9]{2,8})?", language):
+            raise RowError("language", f"not a language code: {language!r} (e.g. vi, en)")
+        opted_out = parse_bool("opted_out", row["opted_out"]) if "opted_out" in row else None
+        attributes = {c: attribute_value(v.strip()) for c in self.attribute_columns if (v := row.get(c, "")).strip()}
+        return {
+            "phone": phone.e164, "carrier": phone.carrier, "area_id": area_id,
+            "name": " ".join(row.get("name", "").split()), "language": language,
+            "attributes": attributes, "opted_out": opted_out,
+        }
+
+    def write(self, conn: Connection, records: list[dict[str, Any]]) -> int:
+        now = db.utcnow()
+        latest: dict[str, dict[str, Any]] = {}
+        for r in records:   # the same phone twice in one batch: the later row wins
+            latest[r["phone"]] = r
+        rows = [
+            {
+                "phone": r["phone"], "carrier": r["carrier"], "area_id": r["area_id"], "name": r["name"],
+                "language": r["language"] or "vi", "attributes": r["attributes"],
+                "opted_out_at": now if r["opted_out"] else None,
+                "created_at": now, "updated_at": now,
+                "_lang_given": r["language"] is not None, "_opt_given": r["opted_out"] is not None,
+            }
+            for r in latest.values()
+        ]
+        self._upsert(conn, rows)
+        self._remember_keys(conn, rows)
+        return len(records), []
+
+    def _upsert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        t = db.subscribers
+        stmt = db.insert_for(conn, t)
+        ex = stmt.excluded
+        merge = (
+            t.c.attributes.op("||")(ex.attributes)
+            if self.dialect == "postgresql"
+            else func.json_patch(t.c.attributes, ex.attributes)
+        )
+        keep_if_blank = {  # an empty cell on re-import keeps what was there
+            "area_id": func.coalesce(ex.area_id, t.c.area_id),
+            "name": func.coalesce(func.nullif(ex.name, ""), t.c.name),
+        }
+        # language and opt-out are only updated by files that carry those columns,
+        # so two statements: rows that say and rows that do not.
+        for lang_given in (True, False):
+            for opt_given in (True, False):
+                part = [
+                    {k: v for k, v in r.items() if not k.startswith("_")}
+                    for r in rows if r["_lang_given"] is lang_given and r["_opt_given"] is opt_given
+                ]
+                if not part:
+                    continue
+                set_: dict[str, Any] = {
+                    **keep_if_blank, "carrier": ex.carrier, "attributes": merge, "updated_at": ex.updated_at,
+                }
+                if lang_given:
+                    set_["language"] = ex.language
+                if opt_given:
+                    # opting in clears the date; opting out keeps the first refusal's date
+                    set_["opted_out_at"] = func.coalesce(t.c.opted_out_at, ex.opted_out_at) \
+                        if any(r["opted_out_at"] for r in part) else ex.opted_out_at
+                conn.execute(stmt.on_conflict_do_update(index_elements=["phone"], set_=set_), part)
+
+    def _remember_keys(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        new = {k for r in rows for k in r["attributes"]} - self.known_keys
+        if new:
+            stmt = db.insert_for(conn, db.attribute_keys).on_conflict_do_nothing()
+            conn.execute(stmt, [{"name": k} for k in sorted(new)])
+            self.known_keys |= new
+
+    def count(self, conn: Connection) -> int:
+        return conn.scalar(select(func.count()).select_from(db.subscribers)) or 0
+
+    def finish(self, conn: Connection) -> None:
+        pass
+
+
+# -- events -------------------------------------------------------------------
+
+RESERVED_EVENT_COLUMNS = {"phone", "type", "time", "source"}
+
+
+class EventsHandler:
+    kind = "events"
+    required = ("phone", "type", "time")
+    expected = "phone,type,time[,source,<attributes>...]"
+
+    def __init__(self, engine: Engine, path: Path, tz: ZoneInfo) -> None:
+        self.path = path
+        self.tz = tz
+        self.extra: list[str] = []
+
+    def check_header(self, header: Sequence[str]) -> None:
+        if missing := _missing(header, self.required):
+            raise _header_error(str(self.path), self.kind, header, missing, self.expected)
+        self.extra = [h for h in header if h and h not in RESERVED_EVENT_COLUMNS]
+
+    def prepare(self, row: Mapping[str, str]) -> dict[str, Any]:
+        try:
+            phone = normalize(row.get("phone", "")).e164
+        except PhoneError as exc:
+            raise RowError("phone", str(exc)) from None
+        kind = row.get("type", "").strip().lower()
+        if not _EVENT_TYPE.match(kind):
+            raise RowError("type", f"not an event type: {kind!r} (lowercase letters, digits, _; e.g. installed)")
+        at = parse_time("time", row.get("time", ""), self.tz)
+        attributes = {c: attribute_value(v.strip()) for c in self.extra if (v := row.get(c, "")).strip()}
+        return {"phone": phone, "type": kind, "occurred_at": at,
+                "source": row.get("source", "").strip() or "import", "attributes": attributes or None}
+
+    def write(self, conn: Connection, records: list[dict[str, Any]]) -> tuple[int, list[Late]]:
+        unknown: list[Late] = []
+        written = record_events(
+            conn, records,
+            on_unknown=lambda r: unknown.append((r, "phone", "no subscriber has this phone; import subscribers first")),
+        )
+        return written, unknown
+
+    def count(self, conn: Connection) -> int:
+        return conn.scalar(select(func.count()).select_from(db.events)) or 0
+
+    def finish(self, conn: Connection) -> None:
+        pass
+
+
+def record_events(conn: Connection, records: list[dict[str, Any]], on_unknown: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """Insert events (phone, type, occurred_at, source, attributes[, outbox_id]) idempotently.
+
+    Returns how many rows were accepted (including ones already present).  An
+    ``opted_out`` event opts the subscriber out at once.
+    """
+    s = db.subscribers
+    phones = {r["phone"] for r in records}
+    ids = dict(conn.execute(select(s.c.phone, s.c.id).where(s.c.phone.in_(phones))).all())
+    now = db.utcnow()
+    rows = []
+    for r in records:
+        sid = ids.get(r["phone"])
+        if sid is None:
+            if on_unknown:
+                on_unknown(r)
+            continue
+        rows.append({"subscriber_id": sid, "type": r["type"], "occurred_at": r["occurred_at"],
+                     "source": r.get("source", ""), "attributes": r.get("attributes"),
+                     "outbox_id": r.get("outbox_id"), "created_at": now})
+    if rows:
+        conn.execute(db.insert_for(conn, db.events).on_conflict_do_nothing(), rows)
+        opted = [r for r in rows if r["type"] == "opted_out"]
+        for r in opted:
+            conn.execute(update(s).where(s.c.id == r["subscriber_id"], s.c.opted_out_at.is_(None))
+                         .values(opted_out_at=r["occurred_at"], updated_at=now))
+    return len(rows)

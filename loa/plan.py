@@ -1,0 +1,162 @@
+"""Planning: a run's whole outbox written inside the database in one statement.
+
+``INSERT INTO outbox SELECT ... FROM subscribers WHERE <segment> ON CONFLICT DO
+NOTHING``: no row travels through Python, planning the same run twice adds
+nothing, and a failure rolls the whole run back.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import (
+    Integer,
+    and_,
+    case,
+    exists,
+    func,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql import Select
+
+from loa import db
+from loa.campaign import Campaign
+from loa.config import Config
+from loa.errors import CampaignError
+from loa.segments import compile_segment
+
+S = db.subscribers
+O = db.outbox
+HASH_MULTIPLIER = 2654435761      # Knuth's multiplicative hash: a Weyl sequence over ids
+HASH_RANGE = 2**32
+
+
+@dataclass
+class PlanResult:
+    run_id: int
+    campaign: str
+    scheduled_for: datetime
+    created: bool                                   # False: the run existed already
+    added: int = 0                                  # rows this call inserted
+    states: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def audience(self) -> int:
+        return sum(self.states.values())
+
+
+def holdout_salt(campaign_name: str) -> int:
+    return zlib.crc32(campaign_name.encode("utf-8"))
+
+
+def holdout_expr(subscriber_id: object, campaign: Campaign) -> object:
+    """True for the campaign's held-out subscribers: deterministic per (campaign,
+    subscriber) and evenly spread over any run of ids, hence over areas."""
+    threshold = int(campaign.holdout * HASH_RANGE)
+    mixed = (subscriber_id * literal(HASH_MULTIPLIER, Integer) + holdout_salt(campaign.name)) % HASH_RANGE
+    return mixed < threshold
+
+
+def audience_select(conn: Connection, config: Config, campaign: Campaign, now: datetime) -> Select:
+    """(subscriber_id, area_id, state, reason) for everyone in the segment."""
+    e = db.events
+    whens = [(S.c.opted_out_at.is_not(None), "opted_out")]
+    for kind in campaign.suppress_events:
+        had = exists().where(and_(e.c.subscriber_id == S.c.id, e.c.type == kind))
+        whens.append((had, f"event:{kind}"))
+    reason = case(*whens, else_=None)
+    states = [(cond, "suppressed") for cond, _ in whens]
+    if campaign.holdout > 0:
+        states.append((holdout_expr(S.c.id, campaign), "held_out"))
+    state = case(*states, else_="planned")
+    where = compile_segment(campaign.segment, conn, config.timezone, now)
+    return select(S.c.id, S.c.area_id, state.label("state"), reason.label("reason")).where(where)
+
+
+def gateway_for(config: Config, campaign: Campaign, channel: str) -> str:
+    spec = campaign.channel(channel)
+    name = spec.gateway or config.default_gateway(channel)
+    if name is None:
+        raise CampaignError([f"{campaign.path}: {channel}.gateway: no gateway set and no "
+                             f"defaults.{channel}_gateway in {config.label}"])
+    config.gateway(name)   # raises for an unknown gateway
+    return name
+
+
+def ensure_campaign(conn: Connection, campaign: Campaign) -> int:
+    c = db.campaigns
+    now = db.utcnow()
+    stmt = db.insert_for(conn, c).values(
+        name=campaign.name, description=campaign.description, advertising=campaign.advertising,
+        created_at=now, updated_at=now,
+    )
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=["name"],
+        set_={"description": stmt.excluded.description, "advertising": stmt.excluded.advertising,
+              "updated_at": stmt.excluded.updated_at},
+    ))
+    return conn.scalar(select(c.c.id).where(c.c.name == campaign.name))
+
+
+def plan_run(engine: Engine, config: Config, campaign: Campaign, *,
+             scheduled_for: datetime | None = None, trigger: str = "manual") -> PlanResult:
+    """Create (or complete) the run of ``campaign`` for ``scheduled_for`` and fill its outbox."""
+    now = db.utcnow()
+    scheduled_for = scheduled_for or now
+    first = campaign.channels[0]
+    gateway = gateway_for(config, campaign, first.channel)
+    r = db.runs
+    with engine.begin() as conn:
+        campaign_id = ensure_campaign(conn, campaign)
+        run_id = conn.scalar(select(r.c.id).where(r.c.campaign_id == campaign_id, r.c.scheduled_for == scheduled_for))
+        created = run_id is None
+        if created:
+            run_id = conn.execute(
+                r.insert().values(campaign_id=campaign_id, scheduled_for=scheduled_for, trigger=trigger,
+                                  status="planning", definition=campaign.snapshot(), created_at=now)
+                .returning(r.c.id)
+            ).scalar_one()
+        audience = audience_select(conn, config, campaign, now).subquery()
+        rows = select(
+            literal(run_id, Integer), audience.c.id, audience.c.area_id, audience.c.state, audience.c.reason,
+            literal(first.channel), literal(gateway), literal(scheduled_for, db.UTCDateTime), literal(0, Integer),
+            literal(now, db.UTCDateTime),
+        ).where(literal(1, Integer) == 1)  # SQLite needs a WHERE on INSERT ... SELECT ... ON CONFLICT to parse it
+        stmt = db.insert_for(conn, O).from_select(
+            ["run_id", "subscriber_id", "area_id", "state", "reason", "channel", "gateway", "due_at",
+             "attempts", "updated_at"],
+            rows,
+        ).on_conflict_do_nothing(index_elements=["run_id", "subscriber_id"])
+        added = conn.execute(stmt).rowcount
+        conn.execute(update(r).where(r.c.id == run_id).values(status="planned", planned_at=now))
+        result = PlanResult(run_id, campaign.name, scheduled_for, created, max(added, 0))
+        for state, reason, n in conn.execute(
+            select(O.c.state, O.c.reason, func.count()).where(O.c.run_id == run_id).group_by(O.c.state, O.c.reason)
+        ):
+            result.states[state] += n
+            if reason:
+                result.reasons[reason] += n
+    return result
+
+
+def preview_counts(engine: Engine, config: Config, campaign: Campaign) -> tuple[Counter[str], Counter[str]]:
+    """What planning now would produce, without writing anything."""
+    states: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    with engine.connect() as conn:
+        audience = audience_select(conn, config, campaign, db.utcnow()).subquery()
+        for state, reason, n in conn.execute(
+            select(audience.c.state, audience.c.reason, func.count()).group_by(audience.c.state, audience.c.reason)
+        ):
+            states[state] += n
+            if reason:
+                reasons[reason] += n
+    return states, reasons
+

@@ -1,0 +1,92 @@
+"""``loa campaigns preview``: real recipients rendered, and the run's size."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from loa import db
+from loa.campaign import Campaign
+from loa.config import Config
+from loa.errors import LoaError
+from loa.phones import mask
+from loa.plan import audience_select, preview_counts
+from loa.render import Renderer
+
+
+@dataclass
+class Sample:
+    who: str
+    area: str
+    channel: str
+    text: str
+    detail: str
+
+
+@dataclass
+class PreviewResult:
+    samples: list[Sample] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    states: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    estimated_parts: int = 0
+
+    @property
+    def audience(self) -> int:
+        return sum(self.states.values())
+
+    @property
+    def planned(self) -> int:
+        return self.states["planned"]
+
+    @property
+    def held_out(self) -> int:
+        return self.states["held_out"]
+
+
+def preview(engine: Engine, config: Config, campaign: Campaign, count: int = 3) -> PreviewResult:
+    from loa.dispatch import _context
+
+    result = PreviewResult()
+    result.states, result.reasons = preview_counts(engine, config, campaign)
+    renderer = Renderer(config.templates_dir)
+    spec = campaign.channels[0]
+    s, a, c = db.subscribers, db.areas, db.campaigns
+    parent = a.alias("parent")
+    with engine.connect() as conn:
+        audience = audience_select(conn, config, campaign, db.utcnow()).subquery()
+        rows = conn.execute(
+            select(s.c.phone, s.c.name, s.c.language, s.c.carrier, s.c.attributes,
+                   a.c.code, a.c.name.label("area_name"), a.c.level, a.c.population,
+                   parent.c.code.label("p_code"), parent.c.name.label("p_name"), parent.c.level.label("p_level"),
+                   parent.c.population.label("p_population"))
+            .join(audience, audience.c.id == s.c.id)
+            .outerjoin(a, a.c.id == s.c.area_id).outerjoin(parent, parent.c.id == a.c.parent_id)
+            .where(audience.c.state == "planned").order_by(s.c.id).limit(count)
+        ).mappings().all()
+    sample_parts = []
+    for row in rows:
+        ctx = _context(dict(row) | {"campaign": campaign.name, "description": campaign.description})
+        who = f"{row['name'] or '(no name)'} {mask(row['phone'])}"
+        try:
+            if spec.channel == "sms":
+                sms = renderer.render_sms(spec.template, ctx, unaccented=spec.unaccented, max_parts=spec.max_parts)
+                sample_parts.append(sms.info.parts)
+                detail = f"{sms.info.encoding}, {sms.info.units} units, {sms.info.parts} part(s)"
+                result.samples.append(Sample(who, row["area_name"] or "-", "sms", sms.text, detail))
+            else:
+                z = renderer.render_zalo(spec.template, ctx)
+                text = "\n".join(f"{k}: {v}" for k, v in z.data.items())
+                result.samples.append(Sample(who, row["area_name"] or "-", spec.channel, text,
+                                             f"ZNS template {z.template_id}"))
+        except LoaError as exc:
+            result.errors.append(f"{who}: {exc}")
+    if sample_parts:
+        result.estimated_parts = round(result.planned * sum(sample_parts) / len(sample_parts))
+    return result
+
+
+__all__ = ["preview"]

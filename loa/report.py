@@ -1,0 +1,281 @@
+"""The per-area report: computed from the ledger and the events, never typed in.
+
+For one campaign (all its runs) and each area:
+
+* population (with its date) and audience (people in any run's outbox);
+* held out, suppressed, sent, delivered, failed (people, not messages);
+* installed after their first message, as a share of the delivered, and
+  installed after planning among the held out; uplift is the difference
+  between everyone targeted (intent to treat) and the held out, in points;
+* everyone installed in the area (whatever prompted it) as a share of the
+  population, and the progress towards the campaign's goal.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from typing import Any
+
+from sqlalchemy import and_, case, func, select
+from sqlalchemy.engine import Connection, Engine
+
+from loa import db
+from loa.areas import Area, AreaIndex
+from loa.campaign import Goal
+from loa.errors import NotFound
+
+O, R, E, S = db.outbox, db.runs, db.events, db.subscribers
+SENT_STATES = ("sent", "delivered", "undelivered")
+
+
+@dataclass
+class Row:
+    code: str
+    area: str
+    level: str
+    population: int | None = None
+    population_as_of: date | None = None
+    audience: int = 0
+    held_out: int = 0
+    suppressed: int = 0
+    targeted: int = 0
+    sent: int = 0
+    delivered: int = 0
+    failed: int = 0
+    installed_delivered: int = 0
+    installed_targeted: int = 0
+    installed_held_out: int = 0
+    installed_total: int = 0
+
+    def add(self, other: Row) -> None:
+        for name in COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def rate_delivered(self) -> float | None:
+        return _ratio(self.installed_delivered, self.delivered)
+
+    @property
+    def rate_held_out(self) -> float | None:
+        return _ratio(self.installed_held_out, self.held_out)
+
+    @property
+    def rate_targeted(self) -> float | None:
+        return _ratio(self.installed_targeted, self.targeted)
+
+    @property
+    def uplift_points(self) -> float | None:
+        if self.rate_targeted is None or self.rate_held_out is None:
+            return None
+        return 100 * (self.rate_targeted - self.rate_held_out)
+
+    @property
+    def installed_share(self) -> float | None:
+        return _ratio(self.installed_total, self.population)
+
+
+COUNTS = ("audience", "held_out", "suppressed", "targeted", "sent", "delivered", "failed",
+          "installed_delivered", "installed_targeted", "installed_held_out", "installed_total")
+
+
+def _ratio(a: int, b: int | None) -> float | None:
+    return a / b if b else None
+
+
+@dataclass
+class Report:
+    campaign: str
+    event: str
+    goal: Goal | None
+    level: str
+    rows: list[Row]
+    total: Row
+    notes: list[str] = field(default_factory=list)
+
+    def progress(self, row: Row) -> float | None:
+        if self.goal is None:
+            return None
+        base = row.installed_share if self.goal.of == "population" else _ratio(row.installed_total, row.audience)
+        return None if base is None else base / self.goal.share
+
+
+def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = None) -> Report:
+    event = goal.event if goal else "installed"
+    with engine.connect() as conn:
+        campaign_id = conn.scalar(select(db.campaigns.c.id).where(db.campaigns.c.name == campaign))
+        if campaign_id is None:
+            raise NotFound(f"campaign {campaign!r} has no runs yet; run `loa campaigns run {campaign}` first")
+        index = AreaIndex.load(conn)
+        per_area = _per_area(conn, campaign_id, event)
+        installed = _installed_by_area(conn, event)
+        as_of = dict(conn.execute(select(db.areas.c.id, db.areas.c.population_as_of)).all())
+    used = {a for a in per_area if a is not None}
+    level = level or _deepest_level(index, used)
+    rows: dict[int | None, Row] = {}
+    for area_id, counts in per_area.items():
+        target = _ancestor_at(index, area_id, level)
+        row = rows.get(target.id if target else None) or _new_row(target, as_of)
+        rows[target.id if target else None] = row
+        row.add(counts)
+    for area_id, n in installed.items():
+        target = _ancestor_at(index, area_id, level)
+        key = target.id if target else None
+        if key in rows:
+            rows[key].installed_total += n
+    ordered = sorted(rows.values(), key=lambda r: (r.code == "", -(r.population or 0), r.area))
+    total = Row(code="", area="Total", level="")
+    for row in ordered:
+        total.add(row)
+    total.population = sum(r.population or 0 for r in ordered) or None
+    report = Report(campaign, event, goal, level, ordered, total)
+    report.notes = _disagreements(index, ordered, level)
+    if any(r.population is None for r in ordered):
+        missing = ", ".join(r.area for r in ordered if r.population is None)
+        report.notes.append(f"no population for: {missing}; their shares are left blank")
+    return report
+
+
+def _per_area(conn: Connection, campaign_id: int, event: str) -> dict[int | None, Row]:
+    """People per area: one line per (subscriber, area) over all runs, then summed."""
+    first_install = (
+        select(E.c.subscriber_id, func.min(E.c.occurred_at).label("at"))
+        .where(E.c.type == event).group_by(E.c.subscriber_id).subquery()
+    )
+    person = (
+        select(
+            O.c.subscriber_id, O.c.area_id,
+            func.max(case((O.c.state == "held_out", 1), else_=0)).label("held"),
+            func.max(case((O.c.state == "suppressed", 1), else_=0)).label("supp"),
+            func.max(case((O.c.state.not_in(("held_out", "suppressed")), 1), else_=0)).label("targeted"),
+            func.max(case((O.c.state.in_(SENT_STATES), 1), else_=0)).label("sent"),
+            func.max(case((O.c.state == "delivered", 1), else_=0)).label("delivered"),
+            func.max(case((O.c.state.in_(("failed", "expired")), 1), else_=0)).label("failed"),
+            func.min(case((O.c.state.in_(SENT_STATES), O.c.sent_at), else_=None)).label("first_sent"),
+            func.min(R.c.planned_at).label("first_planned"),
+        )
+        .join(R, R.c.id == O.c.run_id)
+        .where(R.c.campaign_id == campaign_id)
+        .group_by(O.c.subscriber_id, O.c.area_id)
+        .subquery()
+    )
+    inst = first_install.c.at
+    stmt = (
+        select(
+            person.c.area_id,
+            func.count(),
+            func.sum(person.c.held), func.sum(person.c.supp), func.sum(person.c.targeted),
+            func.sum(person.c.sent), func.sum(person.c.delivered), func.sum(person.c.failed),
+            func.sum(case((and_(person.c.delivered == 1, inst > person.c.first_sent), 1), else_=0)),
+            func.sum(case((and_(person.c.targeted == 1, inst > person.c.first_planned), 1), else_=0)),
+            func.sum(case((and_(person.c.held == 1, inst > person.c.first_planned), 1), else_=0)),
+        )
+        .select_from(person.outerjoin(first_install, first_install.c.subscriber_id == person.c.subscriber_id))
+        .group_by(person.c.area_id)
+    )
+    out: dict[int | None, Row] = {}
+    for area_id, *numbers in conn.execute(stmt):
+        row = Row("", "", "")
+        for name, value in zip(COUNTS[:-1], numbers, strict=True):
+            setattr(row, name, int(value or 0))
+        out[area_id] = row
+    return out
+
+
+def _installed_by_area(conn: Connection, event: str) -> dict[int | None, int]:
+    stmt = (
+        select(S.c.area_id, func.count(func.distinct(E.c.subscriber_id)))
+        .join(S, S.c.id == E.c.subscriber_id).where(E.c.type == event).group_by(S.c.area_id)
+    )
+    return dict(conn.execute(stmt).all())
+
+
+def _deepest_level(index: AreaIndex, used: Iterable[int]) -> str:
+    levels = {index.by_id[a].level for a in used if a in index.by_id}
+    if len(levels) == 1:
+        return levels.pop()
+    # mixed levels: pick the shallowest so every row rolls up into one level
+    depth = {index.by_id[a].level: index.by_id[a].path.count("/") for a in used if a in index.by_id}
+    return min(depth, key=depth.get) if depth else ""  # type: ignore[arg-type]
+
+
+def _ancestor_at(index: AreaIndex, area_id: int | None, level: str) -> Area | None:
+    area = index.by_id.get(area_id) if area_id is not None else None
+    node = area
+    while node is not None:
+        if node.level == level:
+            return node
+        node = index.by_id.get(node.parent_id) if node.parent_id is not None else None
+    return area
+
+
+def _new_row(area: Area | None, as_of: dict[int, date | None]) -> Row:
+    if area is None:
+        return Row(code="", area="(no area)", level="")
+    return Row(code=area.code, area=area.name, level=area.level, population=area.population,
+               population_as_of=as_of.get(area.id))
+
+
+def _disagreements(index: AreaIndex, rows: list[Row], level: str) -> list[str]:
+    """Where a parent's given population differs from the sum of its children's."""
+    notes = []
+    parents: dict[int, list[Row]] = {}
+    for row in rows:
+        area = index.by_code.get(row.code.casefold()) if row.code else None
+        if area is not None and area.parent_id is not None:
+            parents.setdefault(area.parent_id, []).append(row)
+    for parent_id, children in parents.items():
+        parent = index.by_id[parent_id]
+        all_children = index.children(parent_id)
+        if parent.population is None or not all_children or any(c.population is None for c in all_children):
+            continue
+        summed = sum(c.population or 0 for c in all_children)
+        if summed != parent.population:
+            notes.append(
+                f"{parent.name}: population given as {parent.population:,}, but its {len(all_children)} "
+                f"{level or 'child'} areas add up to {summed:,} (difference {parent.population - summed:+,}); "
+                "shares here use each area's own figure"
+            )
+    return notes
+
+
+# -- output -------------------------------------------------------------------
+
+FIELDS = ("code", "area", "population", "population_as_of", "audience", "held_out", "suppressed", "sent",
+          "delivered", "failed", "installed_delivered", "rate_delivered", "installed_held_out",
+          "rate_held_out", "uplift_points", "installed_total", "installed_share", "progress")
+
+
+def as_records(report: Report) -> list[dict[str, Any]]:
+    records = []
+    for row in [*report.rows, report.total]:
+        rec = asdict(row) | {
+            "rate_delivered": row.rate_delivered, "rate_held_out": row.rate_held_out,
+            "rate_targeted": row.rate_targeted, "uplift_points": row.uplift_points,
+            "installed_share": row.installed_share, "progress": report.progress(row),
+        }
+        rec["population_as_of"] = row.population_as_of.isoformat() if row.population_as_of else None
+        records.append(rec)
+    return records
+
+
+def to_csv(report: Report) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for rec in as_records(report):
+        writer.writerow({k: ("" if v is None else round(v, 6) if isinstance(v, float) else v) for k, v in rec.items()})
+    return buf.getvalue()
+
+
+def to_json(report: Report) -> str:
+    goal = asdict(report.goal) if report.goal else None
+    if goal and goal["by"]:
+        goal["by"] = goal["by"].isoformat()
+    return json.dumps({"campaign": report.campaign, "event": report.event, "level": report.level, "goal": goal,
+                       "rows": as_records(report)[:-1], "total": as_records(report)[-1], "notes": report.notes},
+                      ensure_ascii=False, indent=2)

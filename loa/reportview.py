@@ -1,0 +1,61 @@
+"""The report as a Rich table, with a bar per area towards the goal."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from loa.report import Report
+
+BAR = 12
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def _num(value: int | None) -> str:
+    return "—" if value is None else f"{value:,}"
+
+
+def _bar(progress: float | None) -> str:
+    if progress is None:
+        return ""
+    filled = min(BAR, round(BAR * progress))
+    return "█" * filled + "·" * (BAR - filled) + f" {100 * progress:.0f}%"
+
+
+def render_table(console: Console, report: Report) -> None:
+    goal = report.goal
+    title = f"{report.campaign}: per {report.level or 'area'}"
+    caption = None
+    if goal:
+        by = f" by {goal.by.isoformat()}" if goal.by else ""
+        caption = f"goal: {goal.share:.0%} of {goal.of} with '{goal.event}'{by}"
+    table = Table(title=title, caption=caption, show_footer=True, header_style="bold")
+    columns = [
+        ("area", lambda r: r.area, "left"),
+        ("population", lambda r: _num(r.population), "right"),
+        ("audience", lambda r: _num(r.audience), "right"),
+        ("held out", lambda r: _num(r.held_out), "right"),
+        ("suppr.", lambda r: _num(r.suppressed), "right"),
+        ("sent", lambda r: _num(r.sent), "right"),
+        ("deliv.", lambda r: _num(r.delivered), "right"),
+        ("failed", lambda r: _num(r.failed), "right"),
+        (f"{report.event} | deliv.", lambda r: f"{_num(r.installed_delivered)} {_pct(r.rate_delivered)}", "right"),
+        (f"{report.event} | held", lambda r: f"{_num(r.installed_held_out)} {_pct(r.rate_held_out)}", "right"),
+        ("uplift", lambda r: "—" if r.uplift_points is None else f"{r.uplift_points:+.1f} pt", "right"),
+        (f"{report.event} / pop.", lambda r: _pct(r.installed_share, 2), "right"),
+    ]
+    if goal:
+        columns.append(("to goal", lambda r: _bar(report.progress(r)), "left"))
+    for name, fn, justify in columns:
+        table.add_column(name, footer=fn(report.total), justify=justify)  # type: ignore[arg-type]
+    for row in report.rows:
+        table.add_row(*(fn(row) for _, fn, _ in columns))
+    console.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+
+
+__all__ = ["render_table"]

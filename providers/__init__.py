@@ -1,0 +1,39 @@
+"""Gateway adapters for loa.
+
+This package is a leaf: it depends on requests, twilio and smpplib only, never on
+the ``loa`` engine.  Each gateway is one module holding one small ``Provider``
+subclass; :mod:`providers.registry` finds them by name or through the
+``loa.providers`` entry-point group.
+"""
+
+from providers.base import (
+    AuthError,
+    ConfigError,
+    DeliveryReceipt,
+    MoneyError,
+    NotReachableError,
+    OutgoingMessage,
+    PermanentError,
+    Provider,
+    ProviderError,
+    Response,
+    RetryableError,
+    SendResult,
+    ThrottledError,
+)
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "DeliveryReceipt",
+    "MoneyError",
+    "NotReachableError",
+    "OutgoingMessage",
+    "PermanentError",
+    "Provider",
+    "ProviderError",
+    "Response",
+    "RetryableError",
+    "SendResult",
+    "ThrottledError",
+]

@@ -1,0 +1,190 @@
+"""The contract between loa's dispatcher and a gateway adapter.
+
+A provider turns one :class:`OutgoingMessage` into one gateway call and answers
+with a :class:`SendResult` or raises one :class:`ProviderError` subclass.  The
+error class, not the gateway's own code, decides what the dispatcher does next:
+
+==================  =====================================================
+class               dispatcher's reaction
+==================  =====================================================
+RetryableError      back off with jitter and try again later
+ThrottledError      slow the gateway's rate limiter, then try again
+PermanentError      fail this message with the gateway's code and text
+NotReachableError   this recipient is not on this channel: try the next one
+AuthError           pause the gateway: credentials are wrong or expired
+ConfigError         pause the gateway: sender, template or setting is wrong
+MoneyError          pause the gateway: balance or quota is exhausted
+==================  =====================================================
+
+``ambiguous=True`` on an error means the request may have reached the gateway
+(a timeout after the request was written).  The dispatcher then re-sends only
+through a gateway whose ``dedupes_by_key`` is true.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, ClassVar
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One rendered message for one recipient on one channel."""
+
+    key: str                      # our idempotency key, unique per (run, subscriber)
+    to: str                       # E.164, e.g. "+84912345678"
+    channel: str                  # "sms" or "zalo"
+    text: str = ""                # rendered SMS text (NFC), empty for template channels
+    encoding: str = "GSM-7"       # "GSM-7" or "UCS-2"
+    parts: int = 1                # SMS parts the text needs
+    advertising: bool = False
+    template_id: str | None = None                       # Zalo ZNS template id
+    template_data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SendResult:
+    """The gateway accepted the message."""
+
+    provider_id: str              # the gateway's id for the message (SID, SMSID, msg_id)
+    status: str = "sent"          # "sent", or "delivered" when the gateway confirms at once
+    parts: int | None = None      # parts the gateway billed, if it says
+    price: float | None = None
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeliveryReceipt:
+    """A delivery report, matched to the outbox by provider id or by our key."""
+
+    status: str                   # "delivered" or "undelivered"
+    provider_id: str | None = None
+    key: str | None = None
+    at: datetime | None = None    # aware UTC
+    error_code: str | None = None
+    error_text: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Response:
+    """Something a recipient did after a message: installed, clicked, replied."""
+
+    phone: str                    # E.164
+    type: str
+    at: datetime                  # aware UTC
+    key: str | None = None        # the message that prompted it, when known
+    source: str = ""
+
+
+class ProviderError(Exception):
+    """A gateway refused or failed a message.  Subclasses say what to do next."""
+
+    kind: ClassVar[str] = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | int | None = None,
+        gateway: str = "",
+        retry_after: float | None = None,
+        ambiguous: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = None if code is None else str(code)
+        self.gateway = gateway
+        self.retry_after = retry_after
+        self.ambiguous = ambiguous
+
+    def __str__(self) -> str:
+        where = f"{self.gateway}: " if self.gateway else ""
+        code = f" (code {self.code})" if self.code is not None else ""
+        return f"{where}{self.message}{code}"
+
+
+class RetryableError(ProviderError):
+    kind = "retryable"
+
+
+class ThrottledError(RetryableError):
+    kind = "throttled"
+
+
+class PermanentError(ProviderError):
+    kind = "permanent"
+
+
+class NotReachableError(PermanentError):
+    """The recipient cannot be reached on this channel (e.g. not a Zalo user)."""
+
+    kind = "not_reachable"
+
+
+class AuthError(ProviderError):
+    kind = "auth"
+
+
+class ConfigError(ProviderError):
+    kind = "config"
+
+
+class MoneyError(ProviderError):
+    kind = "money"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Setting:
+    """A declared provider setting.  ``secret`` settings are read from the
+    environment variable named by ``<name>_env`` in the configuration."""
+
+    name: str
+    required: bool = True
+    secret: bool = False
+    default: Any = None
+    help: str = ""
+
+
+class Provider:
+    """Base class of a gateway adapter.
+
+    Subclasses declare ``type`` (the name used in configuration), the
+    ``channels`` they serve, their ``settings`` and a default ``rate`` in SMS
+    parts per second, then implement :meth:`send`.
+    """
+
+    type: ClassVar[str] = ""
+    channels: ClassVar[tuple[str, ...]] = ("sms",)
+    settings: ClassVar[tuple[Setting, ...]] = ()
+    rate: ClassVar[float] = 10.0          # parts per second unless configured
+    dedupes_by_key: ClassVar[bool] = False  # a re-send with the same key cannot duplicate
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        self.name = name
+        self.options = dict(options)
+
+    # -- the one required call -------------------------------------------------
+    def send(self, message: OutgoingMessage) -> SendResult:
+        raise NotImplementedError
+
+    # -- optional hooks -------------------------------------------------------
+    def fetch_receipts(self) -> Iterable[DeliveryReceipt]:
+        """Receipts the gateway has for us now (polling gateways, simulator)."""
+        return ()
+
+    def fetch_responses(self) -> Iterable[Response]:
+        """Recipient responses the gateway observed (simulator only, in practice)."""
+        return ()
+
+    def check(self) -> str:
+        """Verify credentials and reachability without sending; return a summary."""
+        return "no check available"
+
+    def close(self) -> None:
+        """Release connections."""
+
+    def error(self, cls: type[ProviderError], message: str, **kw: Any) -> ProviderError:
+        return cls(message, gateway=self.name, **kw)

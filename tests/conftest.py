@@ -1,0 +1,117 @@
+"""Shared fixtures: a real database (SQLite file, or PostgreSQL when
+$LOA_TEST_DATABASE_URL is set) and a configuration folder per test."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine, make_url
+
+from loa import db
+from loa.config import Config, load
+
+PG_URL = os.environ.get("LOA_TEST_DATABASE_URL")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"loa database: {db.redact(PG_URL) if PG_URL else 'SQLite (temporary files)'}"
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str | None]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    if not PG_URL:
+        yield None
+        return
+    admin = db.make_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    name = f"loa_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    engine = db.make_engine(url)
+    db.create_schema(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def database_url(pg_database: str | None, tmp_path: Path) -> Iterator[str]:
+    if pg_database is None:
+        yield f"sqlite:///{tmp_path / 'loa.db'}"
+        return
+    engine = db.make_engine(pg_database)
+    tables = ", ".join(t.name for t in db.metadata.sorted_tables if t.name != "loa_meta")
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    yield pg_database
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    eng = db.make_engine(database_url)
+    db.create_schema(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder with config.toml (simulator gateways), campaigns/ and templates/."""
+    monkeypatch.delenv("LOA_CONFIG", raising=False)
+    monkeypatch.setenv("LOA_DATABASE_URL", database_url)
+    (tmp_path / "campaigns").mkdir()
+    (tmp_path / "templates" / "sms").mkdir(parents=True)
+    (tmp_path / "templates" / "zalo").mkdir(parents=True)
+    (tmp_path / "config.toml").write_text(textwrap.dedent("""
+        timezone = "Asia/Ho_Chi_Minh"
+        [defaults]
+        sms_gateway = "sim"
+        zalo_gateway = "sim"
+        [gateways.sim]
+        type = "simulator"
+        rate = 100000
+        seed = 7
+        delivery_rate = 0.9
+        install_rate = 0.2
+        [gateways.jsonl]
+        type = "file"
+        path = "sent.jsonl"
+        [send]
+        threads = 4
+        batch_size = 200
+    """), encoding="utf-8")
+    return tmp_path
+
+
+@pytest.fixture
+def config(workdir: Path) -> Config:
+    return load(workdir / "config.toml")
+
+
+AREAS_CSV = """code,name,parent,level,population,population_as_of
+14,Sơn La,,province,1000,2020-08-17
+116,Thành phố Sơn La,14,district,400,2020-08-17
+125,Huyện Mai Sơn,14,district,600,2020-08-17
+66,Đắk Nông,,province,500,2020-08-11
+"""
+
+
+def write(path: Path, content: str, encoding: str = "utf-8") -> Path:
+    path.write_text(textwrap.dedent(content).lstrip("\n"), encoding=encoding)
+    return path
+
+
+@pytest.fixture
+def areas_csv(tmp_path: Path) -> Path:
+    return write(tmp_path / "areas.csv", AREAS_CSV)
