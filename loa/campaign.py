@@ -29,6 +29,7 @@ EVENT_KEYS = {"type", "has", "since"}
 WINDOW_KEYS = {"start", "end"}
 DATES_KEYS = {"start", "end"}
 GOAL_KEYS = {"event", "share", "of", "by"}
+SCHEDULE_KEYS = {"cron", "at", "every", "grace", "stop_at_goal"}
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 DURATION = re.compile(r"^(\d+)\s*([dhm])$")
 
@@ -51,6 +52,17 @@ class Goal:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """When a scheduled campaign runs, in the configured time zone."""
+
+    cron: str | None = None           # five fields: "0 8 * * *" is every day at 08:00
+    at: datetime | None = None        # once
+    every: float | None = None        # seconds between runs
+    grace: float = 3600.0             # a run missed by less than this still fires on restart
+    stop_at_goal: bool = False        # stop scheduling once the goal is met
+
+
+@dataclass(frozen=True)
 class Campaign:
     name: str
     path: Path
@@ -66,6 +78,7 @@ class Campaign:
     start: date | None
     end: date | None
     goal: Goal | None
+    schedule: Schedule | None = None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def channel(self, name: str) -> ChannelSpec:
@@ -110,6 +123,9 @@ def parse_file(path: Path) -> tuple[Campaign | None, list[str]]:
     except OSError as exc:
         problems.add("", f"cannot read: {exc.strerror}")
         return None, problems.items
+    except UnicodeDecodeError as exc:
+        problems.add("", f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+        return None, problems.items
     campaign = parse(raw, path, problems)
     return (campaign if not problems.items else None), problems.items
 
@@ -122,7 +138,7 @@ def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | No
     channels = _channels(raw, problems)
     segment = _segment(raw.get("segment"), problems)
     holdout = raw.get("holdout", 0.0)
-    if not isinstance(holdout, int | float) or not 0 <= holdout < 1:
+    if not _number(holdout) or not 0 <= holdout < 1:
         problems.add("holdout", f"must be a fraction in [0, 1), got {holdout!r}")
         holdout = 0.0
     suppress = raw.get("suppress_events", [])
@@ -130,7 +146,7 @@ def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | No
         problems.add("suppress_events", "must be a list of event types, e.g. [\"installed\"]")
         suppress = []
     validity = raw.get("validity_hours", 24)
-    if not isinstance(validity, int | float) or validity <= 0:
+    if not _number(validity) or validity <= 0:
         problems.add("validity_hours", f"must be a positive number, got {validity!r}")
     trigger = raw.get("trigger", "manual")
     if trigger not in TRIGGERS:
@@ -144,13 +160,18 @@ def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | No
     window = _window(raw.get("window", {}), problems)
     start, end = _dates(raw.get("dates", {}), problems)
     goal = _goal(raw.get("goal"), problems)
+    schedule = _schedule(raw.get("schedule"), problems)
+    if trigger == "schedule" and schedule is None:
+        problems.add("schedule", "trigger = \"schedule\" needs a [schedule] table (cron, at or every)")
+    if schedule is not None and trigger != "schedule":
+        problems.add("trigger", f"a [schedule] table needs trigger = \"schedule\", got {trigger!r}")
     if problems.items:
         return None
     return Campaign(
         name=name, path=path, description=description, advertising=advertising,
         channels=channels, segment=segment, holdout=float(holdout), suppress_events=tuple(suppress),
         validity_hours=float(validity), trigger=trigger, window=window, start=start, end=end,
-        goal=goal, raw=raw,
+        goal=goal, schedule=schedule, raw=raw,
     )
 
 
@@ -180,7 +201,7 @@ def _channels(raw: dict[str, Any], problems: _Problems) -> tuple[ChannelSpec, ..
         if gateway is not None and not isinstance(gateway, str):
             problems.add(f"{name}.gateway", "must be the name of a gateway in the configuration")
         max_parts = table.get("max_parts", 6)
-        if not isinstance(max_parts, int) or not 1 <= max_parts <= 10:
+        if not isinstance(max_parts, int) or isinstance(max_parts, bool) or not 1 <= max_parts <= 10:
             problems.add(f"{name}.max_parts", f"must be a whole number from 1 to 10, got {max_parts!r}")
             max_parts = 6
         unaccented = table.get("unaccented", False)
@@ -203,7 +224,10 @@ def _segment(seg: Any, problems: _Problems) -> dict[str, Any]:
     areas = seg.get("areas", [])
     if not isinstance(areas, list) or not all(isinstance(a, str) and a.strip() for a in areas):
         problems.add("segment.areas", "must be a list of area codes or names")
-    for i, rule in enumerate(seg.get("rules", [])):
+    for key in ("rules", "events"):
+        if not isinstance(seg.get(key, []), list):
+            problems.add(f"segment.{key}", f"must be an array of tables: write [[segment.{key}]], not [segment.{key}]")
+    for i, rule in enumerate(seg.get("rules", []) if isinstance(seg.get("rules", []), list) else []):
         where = f"segment.rules[{i}]"
         if not isinstance(rule, dict):
             problems.add(where, "must be a table")
@@ -224,11 +248,13 @@ def _segment(seg: Any, problems: _Problems) -> dict[str, Any]:
             problems.add(f"{where}.{op}", "must be a non-empty list")
         elif op == "between" and (not isinstance(value, list) or len(value) != 2):
             problems.add(f"{where}.{op}", "must be a list of two bounds, e.g. [18, 60]")
+        elif op in ("eq", "ne") and isinstance(value, list | dict):
+            problems.add(f"{where}.{op}", f"must be a single value (for a list use {'in' if op == 'eq' else 'not_in'})")
         elif op == "exists" and not isinstance(value, bool):
             problems.add(f"{where}.{op}", "must be true or false")
         elif op in ("gt", "gte", "lt", "lte") and not isinstance(value, int | float | date):
             problems.add(f"{where}.{op}", f"must be a number or a date, got {value!r}")
-    for i, ev in enumerate(seg.get("events", [])):
+    for i, ev in enumerate(seg.get("events", []) if isinstance(seg.get("events", []), list) else []):
         where = f"segment.events[{i}]"
         if not isinstance(ev, dict):
             problems.add(where, "must be a table")
@@ -244,6 +270,11 @@ def _segment(seg: Any, problems: _Problems) -> dict[str, Any]:
         ):
             problems.add(where + ".since", f"must be a date, a time or a duration like \"30d\", got {since!r}")
     return seg
+
+
+def _number(value: Any) -> bool:
+    """An int or float; TOML's true/false are bools, which Python counts as ints."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _window(table: Any, problems: _Problems) -> tuple[time, time]:
@@ -289,7 +320,7 @@ def _goal(table: Any, problems: _Problems) -> Goal | None:
         return None
     problems.unknown(table, GOAL_KEYS, "goal.")
     share = table.get("share", 0.5)
-    if not isinstance(share, int | float) or not 0 < share <= 1:
+    if not _number(share) or not 0 < share <= 1:
         problems.add("goal.share", f"must be a fraction in (0, 1], got {share!r}")
         share = 0.5
     of = table.get("of", "population")
@@ -299,6 +330,52 @@ def _goal(table: Any, problems: _Problems) -> Goal | None:
     if by is not None and not isinstance(by, date):
         problems.add("goal.by", f"must be a date, got {by!r}")
     return Goal(str(table.get("event", "installed")), float(share), str(of), by)
+
+
+def _schedule(table: Any, problems: _Problems) -> Schedule | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        problems.add("schedule", "must be a table with cron, at or every")
+        return None
+    problems.unknown(table, SCHEDULE_KEYS, "schedule.")
+    given = [k for k in ("cron", "at", "every") if k in table]
+    if len(given) != 1:
+        problems.add("schedule", "needs exactly one of cron = \"0 8 * * *\", at = 2020-08-18T08:00:00 "
+                     "or every = \"6h\"")
+        return None
+    cron = table.get("cron")
+    if cron is not None:
+        if not isinstance(cron, str) or len(cron.split()) != 5:
+            problems.add("schedule.cron", f"must have five fields (minute hour day month weekday), got {cron!r}")
+            return None
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(cron)
+        except ValueError as exc:
+            problems.add("schedule.cron", f"{exc}")
+            return None
+    at = table.get("at")
+    if at is not None and not isinstance(at, datetime):
+        problems.add("schedule.at", f"must be a date and time like 2020-08-18T08:00:00, got {at!r}")
+        return None
+    every = _duration(table, "every", problems)
+    grace = _duration(table, "grace", problems)
+    stop = table.get("stop_at_goal", False)
+    if not isinstance(stop, bool):
+        problems.add("schedule.stop_at_goal", "must be true or false")
+    return Schedule(cron, at, every, 3600.0 if grace is None else grace, bool(stop))
+
+
+def _duration(table: dict[str, Any], key: str, problems: _Problems) -> float | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str) and DURATION.match(value) and parse_duration(value) > 0:
+        return parse_duration(value)
+    problems.add(f"schedule.{key}", f"must be a duration like \"30m\", \"6h\" or \"1d\", got {value!r}")
+    return None
 
 
 def files(folder: Path) -> list[Path]:
@@ -339,7 +416,7 @@ def load_one(folder: Path, name: str) -> Campaign:
 def _declared_name(path: Path) -> str | None:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8-sig")).get("name")
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
 
 

@@ -22,8 +22,9 @@ def campaign_problems(config: Config, campaign: Campaign, attribute_keys: set[st
             paths = renderer.variables(spec.template, spec.channel)
         except LoaError as exc:
             problems.append(f"{where}.template: {exc}")
-            continue
-        problems += [f"{where}.template ({spec.template}): {p}" for p in variable_problems(paths, attribute_keys)]
+        else:
+            problems += [f"{where}.template ({spec.template}): {p}" for p in variable_problems(paths, attribute_keys)]
+        # the gateway is checked even when the template is broken: every problem is listed
         gateway = spec.gateway or config.default_gateway(spec.channel)
         if gateway is None:
             problems.append(f"{where}.gateway: no gateway set and no defaults.{spec.channel}_gateway in {config.label}")

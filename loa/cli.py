@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -20,6 +21,8 @@ from loa import __version__
 from loa.errors import LoaError
 
 out = Console()
+if not out.is_terminal:   # piped or in CI: tables keep their width instead of wrapping at 80
+    out = Console(width=170)
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,13 +61,18 @@ def fail_cleanly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LoaError as exc:
-            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         except OperationalError as exc:
-            err.print(f"[red]error:[/red] database: {str(exc.orig).splitlines()[0]}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] database: {escape(str(exc.orig).splitlines()[0])}", highlight=False, soft_wrap=True)
             sys.exit(1)
         except SQLAlchemyError as exc:
-            err.print(f"[red]error:[/red] database: {str(exc).splitlines()[0]}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] database: {escape(str(exc).splitlines()[0])}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+        except OSError as exc:   # a file loa must write or create: a rejects file, a --dir
+            where = f"{exc.filename}: " if exc.filename else ""
+            err.print(f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", highlight=False,
+                      soft_wrap=True)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
@@ -94,7 +102,7 @@ def init(app: App) -> None:
 
     new = db.create_schema(app.engine(check=False))
     where = db.redact(app.config.database_url)
-    out.print(f"{'created' if new else 'checked'} loa schema in {where}", highlight=False)
+    out.print(f"{'created' if new else 'checked'} loa schema in {where}", highlight=False, markup=False)
 
 
 # -- import -------------------------------------------------------------------
@@ -113,7 +121,7 @@ def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: i
     from loa import importer
 
     if not file.is_file():
-        raise LoaError(f"{file}: no such file")
+        raise LoaError(f"{file}: {'not a file' if file.exists() else 'no such file'}")
     engine = app.engine()
     handler: Any = {
         "areas": lambda: importer.AreasHandler(engine, file),
@@ -125,14 +133,14 @@ def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: i
     def on_reject(line: str) -> None:
         if len(shown) < show_rejects:
             shown.append(line)
-            err.print(f"[yellow]rejected[/yellow] {line}", highlight=False, soft_wrap=True)
+            err.print(f"[yellow]rejected[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
 
     with _progress(f"importing {kind}") as advance:
         summary = importer.run_import(engine, handler, file, rejects_path=rejects, batch_size=batch_size,
                                       progress=advance, on_reject=on_reject)
     if summary.rejected > len(shown):
         err.print(f"... and {summary.rejected - len(shown)} more rejects", highlight=False)
-    out.print(summary.line(), highlight=False, soft_wrap=True)
+    out.print(summary.line(), highlight=False, soft_wrap=True, markup=False)
     if summary.failure:
         raise LoaError(summary.failure)
 
@@ -172,7 +180,7 @@ def campaigns_list(app: App) -> None:
                       f"{c.holdout:.0%}", str(c.path.name))
     out.print(table)
     for p in problems:
-        err.print(f"[red]invalid:[/red] {p}", highlight=False, soft_wrap=True)
+        err.print(f"[red]invalid:[/red] {escape(p)}", highlight=False, soft_wrap=True)
 
 
 @campaigns.command("validate")
@@ -185,7 +193,7 @@ def campaigns_validate(app: App) -> None:
     engine = _engine_if_ready(app)
     found, problems = validate_all(app.config, engine)
     for p in problems:
-        err.print(p, highlight=False, soft_wrap=True)
+        err.print(p, highlight=False, soft_wrap=True, markup=False)
     if problems:
         raise LoaError(f"{len(problems)} problem(s) in {app.config.campaigns_dir}")
     note = "" if engine else " (attributes not checked: no database yet)"
@@ -222,14 +230,14 @@ def campaigns_preview(app: App, name: str, count: int) -> None:
 
     campaign = _load_valid(app, name)
     result = preview(app.engine(), app.config, campaign, count)
-    out.print(f"[bold]{campaign.name}[/bold]: {campaign.description}", highlight=False)
+    out.print(f"[bold]{campaign.name}[/bold]: {escape(campaign.description)}", highlight=False)
     for sample in result.samples:
-        out.print(f"\n[cyan]{sample.who}[/cyan] ({sample.area}) · {sample.channel} · {sample.detail}",
+        out.print(f"\n[cyan]{escape(sample.who)}[/cyan] ({escape(sample.area)}) · {sample.channel} · {sample.detail}",
                   highlight=False)
         out.print(sample.text, highlight=False, markup=False)
     if result.errors:
         for e in result.errors:
-            err.print(f"[red]template error:[/red] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]template error:[/red] {escape(e)}", highlight=False, soft_wrap=True)
     table = Table("audience", "to send", "held out", "suppressed", "estimated parts", title="If run now")
     table.add_row(f"{result.audience:,}", f"{result.planned:,}", f"{result.held_out:,}",
                   ", ".join(f"{n:,} {r}" for r, n in result.reasons.items()) or "0",
@@ -260,7 +268,7 @@ def campaigns_run(app: App, name: str, at: str | None) -> None:
     out.print(
         f"run {result.run_id} of {campaign.name} {verb} {result.added:,} rows: audience {result.audience:,}, "
         f"to send {result.states['planned']:,}, held out {result.states['held_out']:,}, "
-        f"suppressed {result.states['suppressed']:,} ({reasons})", highlight=False, soft_wrap=True,
+        f"suppressed {result.states['suppressed']:,} ({reasons})", highlight=False, soft_wrap=True, markup=False,
     )
 
 
@@ -286,7 +294,7 @@ def send(app: App, campaign: str | None, until_empty: bool, threads: int | None)
     out.print(f"sent: {outcomes}; {summary.receipts:,} receipts, {summary.responses:,} responses"
               + (f"; {summary.expired:,} expired" if summary.expired else ""), highlight=False, soft_wrap=True)
     for gateway, reason in summary.paused.items():
-        err.print(f"[red]gateway {gateway} paused:[/red] {reason}; its messages stay planned", highlight=False,
+        err.print(f"[red]gateway {gateway} paused:[/red] {escape(reason)}; its messages stay planned", highlight=False,
                   soft_wrap=True)
     if summary.paused:
         sys.exit(1)
@@ -370,9 +378,9 @@ def gateways_check(app: App, name: str) -> None:
 
     gw = build(app.config, name)
     try:
-        out.print(f"{name}: {gw.provider.check()}", highlight=False)
+        out.print(f"{name}: {gw.provider.check()}", highlight=False, markup=False)
     except ProviderError as exc:
-        raise LoaError(f"gateway {name}: {exc}") from None
+        raise LoaError(f"gateway {exc}" if exc.gateway == name else f"gateway {name}: {exc}") from None
     finally:
         gw.provider.close()
 
@@ -393,3 +401,50 @@ def demo(directory: Path | None, subscribers: int, seed: int, fmt: str) -> None:
     run_demo(directory, subscribers=subscribers, seed=seed, fmt=fmt, console=out)
 
 
+
+
+# -- schedule -------------------------------------------------------------------
+
+@main.group()
+def schedule() -> None:
+    """Scheduled campaigns: next runs, and the scheduler itself."""
+
+
+@schedule.command("list")
+@click.option("-n", "--count", type=click.IntRange(1, 50), default=3, show_default=True)
+@click.pass_obj
+@fail_cleanly
+def schedule_list(app: App, count: int) -> None:
+    """The next runs of every scheduled campaign, in local time."""
+    import scheduler
+
+    table = Table("campaign", "next runs")
+    for name, times in scheduler.next_runs(app.config, count).items():
+        table.add_row(name, ", ".join(t.strftime("%Y-%m-%d %H:%M %Z") for t in times) or "none (dates over)")
+    out.print(table)
+
+
+@schedule.command("run")
+@click.pass_obj
+@fail_cleanly
+def schedule_run(app: App) -> None:
+    """Run the scheduler in the foreground: plans each scheduled run (SIGHUP reloads campaigns)."""
+    import signal
+    import threading
+
+    import scheduler
+
+    sched = scheduler.CampaignScheduler(app.engine(), app.config)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: out.print(f"reloaded: {', '.join(sched.reload()) or 'no jobs'}"))
+    sched.start()
+    out.print(f"scheduling: {', '.join(j.id for j in sched.scheduler.get_jobs()) or 'no scheduled campaigns'}",
+              highlight=False)
+    for problem in sched.problems:
+        err.print(f"[red]not scheduled:[/red] {problem}", highlight=False, soft_wrap=True)
+    try:
+        stop.wait()
+    finally:
+        sched.shutdown()

@@ -28,6 +28,7 @@ COMMON_GATEWAY_KEYS = {"type", "rate", "burst", "description"}
 # Names that hold a secret whatever the gateway type: a literal value is refused.
 SECRET_NAME = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|secret_?key|auth)(_|$)", re.I)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SQLITE_URL = re.compile(r"^sqlite(\+\w+)?:///")
 URL_PASSWORD = re.compile(r"^[a-z0-9+]+://[^/@:]*:[^/@]+@", re.I)
 
 
@@ -99,6 +100,8 @@ def load(explicit: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return from_mapping(raw, path)
 
 
@@ -143,26 +146,27 @@ def _reject_unknown(table: Mapping[str, Any], known: set[str], label: str, prefi
 
 
 def _database_url(raw: Mapping[str, Any], label: str, base: Path) -> str:
-    env_override = os.environ.get("LOA_DATABASE_URL")
-    if env_override:
-        return env_override
-    if "database_url_env" in raw:
-        return _env(str(raw["database_url_env"]), f"{label}: database_url_env")
     url = str(raw.get("database_url", "sqlite:///loa.db"))
+    # checked before the override: a password in the file is refused whatever the environment
     if URL_PASSWORD.match(url):
         raise ConfigError(
             f"{label}: database_url: contains a password; put the URL in an environment "
             "variable and name it with database_url_env"
         )
+    env_override = os.environ.get("LOA_DATABASE_URL")
+    if env_override:
+        return env_override
+    if "database_url_env" in raw:
+        return _env(str(raw["database_url_env"]), f"{label}: database_url_env")
     return resolve_sqlite_path(url, base)
 
 
 def resolve_sqlite_path(url: str, base: Path) -> str:
     """Make a relative SQLite path relative to the configuration's folder."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
-        rest = url[len(prefix):]
-        return prefix + str((base / rest).resolve())
+    match = _SQLITE_URL.match(url)   # sqlite:/// or sqlite+driver:///
+    if match and not url.startswith(match[0] + "/") and not url[match.end():].startswith(":memory:"):
+        rest = url[match.end():]
+        return match[0] + str((base / rest).resolve())
     return url
 
 

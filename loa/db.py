@@ -31,6 +31,7 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -168,8 +169,14 @@ outbox = Table(
     Column("sent_at", UTCDateTime, nullable=True),
     Column("delivered_at", UTCDateTime, nullable=True),
     UniqueConstraint("run_id", "subscriber_id"),
-    Index("ix_outbox_state_due", "state", "due_at"),
-    Index("ix_outbox_provider_id", "provider_id"),
+    # Partial indexes: claiming only ever looks at due rows, receipts only at sent ones,
+    # and planning a million rows need not maintain entries nobody will read.
+    Index("ix_outbox_due", "due_at", sqlite_where=text("state IN ('planned', 'deferred')"),
+          postgresql_where=text("state IN ('planned', 'deferred')")),
+    Index("ix_outbox_provider_id", "provider_id", sqlite_where=text("provider_id IS NOT NULL"),
+          postgresql_where=text("provider_id IS NOT NULL")),
+    Index("ix_outbox_state", "state", "lease_until", sqlite_where=text("state IN ('claimed', 'sending')"),
+          postgresql_where=text("state IN ('claimed', 'sending')")),
 )
 
 events = Table(
@@ -184,6 +191,35 @@ events = Table(
     Column("created_at", UTCDateTime, nullable=False),
     UniqueConstraint("subscriber_id", "type", "occurred_at", "source"),
     Index("ix_events_type_subscriber", "type", "subscriber_id", "occurred_at"),
+)
+
+
+# Per-gateway shared state: pause flag, the GCRA's theoretical arrival time, and
+# what adapters keep through providers.base.StateStore (e.g. rotating OAuth tokens).
+gateways = Table(
+    "gateways", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("paused_reason", Text, nullable=True),
+    Column("paused_at", UTCDateTime, nullable=True),
+    Column("tat", Float, nullable=False, default=0.0),     # GCRA, seconds since the epoch
+    Column("slowed_until", Float, nullable=False, default=0.0),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+gateway_state = Table(
+    "gateway_state", metadata,
+    Column("gateway", String(64), primary_key=True),
+    Column("key", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Do-not-contact: the national DNC list and local refusals, by phone.
+dnc = Table(
+    "dnc", metadata,
+    Column("phone", String(16), primary_key=True),
+    Column("source", String(64), nullable=False, default=""),
+    Column("added_at", UTCDateTime, nullable=False),
 )
 
 

@@ -230,6 +230,9 @@ def run_demo(directory: Path | None, *, subscribers: int, seed: int, fmt: str, c
         else:
             console.print()
             render_table(console, result)
+            share = subscribers / sum(int(d["population"]) for d in districts())
+            say(f"The {subscribers:,} synthetic subscribers stand for {share:.1%} of the population, so "
+                "'installed of pop.' counts only them; with a real subscriber base it is the province's figure.")
             say(f"\ndone in {time.perf_counter() - started:.1f} s. Explore: "
                 f"loa --config {folder / 'config.toml'} report --format csv")
         engine.dispose()

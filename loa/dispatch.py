@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, case, func, literal, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from loa import db
@@ -54,6 +54,7 @@ from providers.base import (
 log = logging.getLogger("loa.dispatch")
 O = db.outbox
 DUE = ("planned", "deferred")
+RECEIPTED = ("delivered", "undelivered")
 BACKOFF = (30, 300, 1800)          # seconds before attempts 2, 3, 4; then the message fails
 MAX_ATTEMPTS = len(BACKOFF) + 1
 PAUSING = (AuthError, ConfigError, MoneyError)
@@ -386,9 +387,15 @@ class Dispatcher:
 @functools.lru_cache(maxsize=64)
 def _update_for(shape: tuple[str, ...]) -> Any:
     """One UPDATE per set of columns, built once: executemany reuses its compiled form."""
-    return update(O).where(O.c.id == bindparam("b_id")).values(
-        **{k: bindparam(f"v_{k}", type_=O.c[k].type) for k in shape}
-    )
+    values: dict[str, Any] = {k: bindparam(f"v_{k}", type_=O.c[k].type) for k in shape}
+    # Another worker polling the same gateway may have applied this message's receipt
+    # while we were still in the call: the receipt is the later news, so keep its
+    # state and error (the provider id, parts and times are still written).
+    receipted = O.c.state.in_([literal(s) for s in RECEIPTED])   # executemany cannot expand an IN
+    for k in ("state", "error_code", "error_text"):
+        if k in values:
+            values[k] = case((receipted, O.c[k]), else_=values[k])
+    return update(O).where(O.c.id == bindparam("b_id")).values(**values)
 
 
 def _context(row: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -81,22 +81,42 @@ class Handler(Protocol):
 
 # -- the generic reader ---------------------------------------------------------
 
-def _records(path: Path, progress: Progress | None) -> tuple[list[str], Iterator[tuple[int, dict[str, str], list[str]]]]:
+def _check_utf8(path: Path, line: int, values: list[str]) -> None:
+    """Undecodable bytes arrive as lone surrogates (surrogateescape): refuse them on their own line."""
+    joined = "".join(values)
+    if not joined.isascii():
+        try:
+            joined.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(
+                f"{path}:{line}: not UTF-8 text (save the file as \"CSV UTF-8\")"
+            ) from None
+
+
+def _records(
+    path: Path, progress: Progress | None,
+) -> tuple[list[str], Iterator[tuple[int, dict[str, str], list[str]]], Callable[[], None]]:
     try:
         raw = path.open("rb")
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from None
     total = path.stat().st_size
-    text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+    # surrogateescape: the text decoder reads ahead in chunks, so a strict decoder would
+    # report a bad byte at the wrong line (often line 1); _check_utf8 finds the right one.
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
     reader = csv.reader(text)
     try:
         header = [h.strip() for h in next(reader)]
+        _check_utf8(path, 1, header)
     except StopIteration:
         raw.close()
         raise InputError(f"{path}: the file is empty; expected a header row") from None
-    except UnicodeDecodeError as exc:
+    except csv.Error as exc:
         raw.close()
-        raise InputError(f"{path}:1: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise InputError(f"{path}:1: malformed CSV: {exc}") from None
+    except InputError:
+        raw.close()
+        raise
 
     def rows() -> Iterator[tuple[int, dict[str, str], list[str]]]:
         start = reader.line_num + 1
@@ -104,19 +124,18 @@ def _records(path: Path, progress: Progress | None) -> tuple[list[str], Iterator
             for values in reader:
                 if progress:
                     progress(raw.tell(), total)
+                _check_utf8(path, start, values)
                 if any(v.strip() for v in values):
                     yield start, dict(zip(header, values, strict=False)), values
                 start = reader.line_num + 1
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path}:{start}: not UTF-8 text ({exc.reason}); rows before it were imported") from None
         except csv.Error as exc:
-            raise InputError(f"{path}:{start}: malformed CSV: {exc}; rows before it were imported") from None
+            raise InputError(f"{path}:{start}: malformed CSV: {exc}") from None
         finally:
             if progress:
                 progress(total, total)
             raw.close()
 
-    return header, rows()
+    return header, rows(), raw.close
 
 
 class _Rejects:
@@ -153,16 +172,30 @@ def run_import(
     on_reject: Callable[[str], None] | None = None,
 ) -> ImportSummary:
     path = Path(path)
-    header, rows = _records(path, progress)
-    handler.check_header(header)
+    header, rows, close = _records(path, progress)
+    try:
+        handler.check_header(header)
+    except BaseException:
+        close()
+        raise
     summary = ImportSummary(handler.kind, path)
     rejects = _Rejects(rejects_path or path.with_name(path.stem + ".rejects.csv"), header)
     with engine.connect() as conn:
         before = handler.count(conn)
     batch: list[dict[str, Any]] = []
     first_line = 0
+    unreadable: list[InputError] = []
+
+    def readable_rows() -> Iterator[tuple[int, dict[str, str], list[str]]]:
+        # The file turns out unreadable part-way: stop reading, but finish the rows
+        # before it like a normal end of file, so that what the error says was kept is.
+        try:
+            yield from rows
+        except InputError as exc:
+            unreadable.append(exc)
+
     try:
-        for line, row, values in rows:
+        for line, row, values in readable_rows():
             summary.read += 1
             try:
                 record = handler.prepare(row)
@@ -185,10 +218,18 @@ def run_import(
             summary.new = handler.count(conn) - before
     except _BatchFailed as exc:
         summary.failure = str(exc)
-        with engine.connect() as conn:
+        # what was kept must still be complete (area paths), so finish it
+        with engine.begin() as conn:
+            handler.finish(conn)
             summary.new = handler.count(conn) - before
     finally:
+        close()
         summary.rejects_path = rejects.close()
+    if unreadable and not summary.failure:
+        raise InputError(
+            f"{unreadable[0]}; the import stopped there: {summary.imported} rows before it were imported"
+            f", {summary.rejected} rejected"
+        )
     return summary
 
 
@@ -261,6 +302,13 @@ def parse_time(column: str, text: str, tz: ZoneInfo) -> datetime:
     return parsed.astimezone(UTC)
 
 
+def _fit(column: str, text: str, limit: int) -> str:
+    """Refuse a value longer than its database column (PostgreSQL would fail the whole batch)."""
+    if len(text) > limit:
+        raise RowError(column, f"too long: {len(text)} characters, at most {limit}")
+    return text
+
+
 def _missing(header: Sequence[str], needed: Sequence[str]) -> list[str]:
     return [n for n in needed if n not in header]
 
@@ -290,8 +338,8 @@ class AreasHandler:
             raise _header_error(str(self.path), self.kind, header, missing, self.expected)
 
     def prepare(self, row: Mapping[str, str]) -> dict[str, Any]:
-        code = row.get("code", "").strip()
-        name = " ".join(row.get("name", "").split())
+        code = _fit("code", row.get("code", "").strip(), 32)
+        name = _fit("name", " ".join(row.get("name", "").split()), 200)
         if not code:
             raise RowError("code", "empty code")
         if not name:
@@ -304,7 +352,7 @@ class AreasHandler:
                 raise RowError("parent", f"{exc} (a parent must come earlier in the file or exist already)") from None
         population = None
         if text := row.get("population", "").strip().replace(",", "").replace("_", ""):
-            if not text.isdigit():
+            if not re.fullmatch(r"[0-9]{1,18}", text):
                 raise RowError("population", f"not a whole number: {row['population']!r}")
             population = int(text)
         as_of = None
@@ -317,7 +365,13 @@ class AreasHandler:
         area_id = existing.id if existing else self._take_id()
         if parent_id == area_id:
             raise RowError("parent", "an area cannot be its own parent")
-        level = row.get("level", "").strip() or (existing.level if existing else "")
+        node, seen = parent_id, set()
+        while node is not None and node not in seen:   # re-parenting under a descendant
+            if node == area_id:
+                raise RowError("parent", f"{parent!r} lies inside {code} itself; that would make a cycle")
+            seen.add(node)
+            node = self.index.by_id[node].parent_id if node in self.index.by_id else None
+        level = _fit("level", row.get("level", "").strip() or (existing.level if existing else ""), 32)
         self.index.add(Area(area_id, code, name, parent_id, level, "", population))
         return {
             "id": area_id, "code": code, "name": name, "name_key": fold(name),
@@ -384,6 +438,8 @@ class SubscribersHandler:
         if blank:
             raise InputError(f"{self.path}:1: header column {blank[0]} has no name")
         self.attribute_columns = [h for h in header if h not in RESERVED_SUBSCRIBER_COLUMNS]
+        if long := [h for h in self.attribute_columns if len(h) > 100]:
+            raise InputError(f"{self.path}:1: column name {long[0][:40]!r}... is too long (at most 100 characters)")
 
     def prepare(self, row: Mapping[str, str]) -> dict[str, Any]:
         try:
@@ -399,11 +455,14 @@ class SubscribersHandler:
         language = row.get("language", "").strip().lower() or None
         if language is not None and not re.fullmatch(r"[a-z]{2,3}(-[a-z0-9]{2,8})?", language):
             raise RowError("language", f"not a language code: {language!r} (e.g. vi, en)")
-        opted_out = parse_bool("opted_out", row["opted_out"]) if "opted_out" in row else None
+        if language is not None:
+            _fit("language", language, 8)
+        # a blank cell keeps what was there, like name and area: it must not opt anyone back in
+        opted_out = parse_bool("opted_out", text) if (text := row.get("opted_out", "")).strip() else None
         attributes = {c: attribute_value(v.strip()) for c in self.attribute_columns if (v := row.get(c, "")).strip()}
         return {
             "phone": phone.e164, "carrier": phone.carrier, "area_id": area_id,
-            "name": " ".join(row.get("name", "").split()), "language": language,
+            "name": _fit("name", " ".join(row.get("name", "").split()), 200), "language": language,
             "attributes": attributes, "opted_out": opted_out,
         }
 
@@ -456,8 +515,11 @@ class SubscribersHandler:
                     set_["language"] = ex.language
                 if opt_given:
                     # opting in clears the date; opting out keeps the first refusal's date
-                    set_["opted_out_at"] = func.coalesce(t.c.opted_out_at, ex.opted_out_at) \
-                        if any(r["opted_out_at"] for r in part) else ex.opted_out_at
+                    # (per row: one batch can hold both)
+                    set_["opted_out_at"] = case(
+                        (ex.opted_out_at.is_(None), None),
+                        else_=func.coalesce(t.c.opted_out_at, ex.opted_out_at),
+                    )
                 conn.execute(stmt.on_conflict_do_update(index_elements=["phone"], set_=set_), part)
 
     def _remember_keys(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -505,7 +567,8 @@ class EventsHandler:
         at = parse_time("time", row.get("time", ""), self.tz)
         attributes = {c: attribute_value(v.strip()) for c in self.extra if (v := row.get(c, "")).strip()}
         return {"phone": phone, "type": kind, "occurred_at": at,
-                "source": row.get("source", "").strip() or "import", "attributes": attributes or None}
+                "source": _fit("source", row.get("source", "").strip() or "import", 64),
+                "attributes": attributes or None}
 
     def write(self, conn: Connection, records: list[dict[str, Any]]) -> tuple[int, list[Late]]:
         unknown: list[Late] = []

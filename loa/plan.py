@@ -11,12 +11,12 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Integer,
-    and_,
     case,
-    exists,
     func,
     literal,
     select,
@@ -33,8 +33,9 @@ from loa.segments import compile_segment
 
 S = db.subscribers
 O = db.outbox
-HASH_MULTIPLIER = 2654435761      # Knuth's multiplicative hash: a Weyl sequence over ids
-HASH_RANGE = 2**32
+HASH_PRIME = 2_147_483_647          # 2^31 - 1: every product below stays under 2^62
+HASH_A = 1_103_515_245
+HASH_B = 48_271
 
 
 @dataclass
@@ -53,31 +54,50 @@ class PlanResult:
 
 
 def holdout_salt(campaign_name: str) -> int:
-    return zlib.crc32(campaign_name.encode("utf-8"))
+    return zlib.crc32(campaign_name.encode("utf-8")) % HASH_PRIME
 
 
-def holdout_expr(subscriber_id: object, campaign: Campaign) -> object:
-    """True for the campaign's held-out subscribers: deterministic per (campaign,
-    subscriber) and evenly spread over any run of ids, hence over areas."""
-    threshold = int(campaign.holdout * HASH_RANGE)
-    mixed = (subscriber_id * literal(HASH_MULTIPLIER, Integer) + holdout_salt(campaign.name)) % HASH_RANGE
-    return mixed < threshold
+def holdout_hash(subscriber_id: Any, salt: int) -> Any:
+    """A value in [0, 2^31 - 1) per (campaign, subscriber), computed the same way in SQL
+    on SQLite and PostgreSQL and in Python.
+
+    x = (id * A + salt) mod p, then h = (x^2 mod p) * B mod p.  The square makes
+    it non-linear, so two campaigns' held-out groups are independent (a purely
+    linear hash gives every campaign a shifted copy of the same group); quadratic
+    sequences are still evenly spread over any run of ids, hence over areas.
+    """
+    p = HASH_PRIME
+    x = (subscriber_id * HASH_A + salt) % p
+    return ((x * x) % p * HASH_B) % p
+
+
+def holdout_expr(subscriber_id: Any, campaign: Campaign) -> Any:
+    """True for the campaign's held-out subscribers: deterministic per (campaign, subscriber)."""
+    threshold = int(campaign.holdout * HASH_PRIME)
+    # BigInteger: the constants do not fit a 32-bit INTEGER, which PostgreSQL would refuse.
+    sid = subscriber_id * literal(1, BigInteger)
+    return holdout_hash(sid, holdout_salt(campaign.name)) < threshold
 
 
 def audience_select(conn: Connection, config: Config, campaign: Campaign, now: datetime) -> Select:
     """(subscriber_id, area_id, state, reason) for everyone in the segment."""
     e = db.events
-    whens = [(S.c.opted_out_at.is_not(None), "opted_out")]
-    for kind in campaign.suppress_events:
-        had = exists().where(and_(e.c.subscriber_id == S.c.id, e.c.type == kind))
-        whens.append((had, f"event:{kind}"))
+    source: Any = S
+    whens: list[tuple[Any, str]] = [(S.c.opted_out_at.is_not(None), "opted_out")]
+    for i, kind in enumerate(campaign.suppress_events):
+        # One LEFT JOIN per event type: the database builds the set once, where a
+        # correlated EXISTS would probe the events index again for every subscriber.
+        had = select(e.c.subscriber_id.label("sid")).where(e.c.type == kind).distinct().subquery(f"sup{i}")
+        source = source.outerjoin(had, had.c.sid == S.c.id)
+        whens.append((had.c.sid.is_not(None), f"event:{kind}"))
     reason = case(*whens, else_=None)
     states = [(cond, "suppressed") for cond, _ in whens]
     if campaign.holdout > 0:
         states.append((holdout_expr(S.c.id, campaign), "held_out"))
     state = case(*states, else_="planned")
     where = compile_segment(campaign.segment, conn, config.timezone, now)
-    return select(S.c.id, S.c.area_id, state.label("state"), reason.label("reason")).where(where)
+    return (select(S.c.id, S.c.area_id, state.label("state"), reason.label("reason"))
+            .select_from(source).where(where))
 
 
 def gateway_for(config: Config, campaign: Campaign, channel: str) -> str:
@@ -134,7 +154,9 @@ def plan_run(engine: Engine, config: Config, campaign: Campaign, *,
              "attempts", "updated_at"],
             rows,
         ).on_conflict_do_nothing(index_elements=["run_id", "subscriber_id"])
-        added = conn.execute(stmt).rowcount
+        # preserve_rowcount: SQLAlchemy 2.1 does not keep an INSERT's rowcount otherwise, and
+        # PostgreSQL (psycopg) then reports -1, i.e. "added 0" for every run.
+        added = conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount
         conn.execute(update(r).where(r.c.id == run_id).values(status="planned", planned_at=now))
         result = PlanResult(run_id, campaign.name, scheduled_for, created, max(added, 0))
         for state, reason, n in conn.execute(

@@ -29,7 +29,8 @@ class MemoryGCRA:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.interval = 1.0 / rate
-        self.tolerance = max(burst - 1, 0) * self.interval
+        self.burst = max(int(burst), 1)
+        self.tolerance = (self.burst - 1) * self.interval
         self._tat = 0.0
         self._lock = threading.Lock()
         self._clock = clock
@@ -40,8 +41,11 @@ class MemoryGCRA:
         with self._lock:
             now = self._clock()
             tat = max(self._tat, now)
-            # The first part may leave at `tat - tolerance`; the booking moves TAT by the whole cost.
-            start = tat - self.tolerance
+            # The parts leave together, so the message waits until its last part conforms:
+            # never more than `burst` parts back to back.  A message longer than the burst
+            # waits for an empty bucket instead (it cannot conform, but rides with nothing).
+            ahead = max(min(cost, self.burst), 1.0) - 1.0
+            start = tat + ahead * self.interval - self.tolerance
             wait = max(0.0, start - now)
             self._tat = tat + cost * self.interval
             return wait
@@ -54,4 +58,5 @@ class MemoryGCRA:
 
     def slow_down(self, seconds: float) -> None:
         with self._lock:
-            self._tat = max(self._tat, self._clock() + seconds)
+            # TAT minus the tolerance is when the next part may leave: push that past `seconds`.
+            self._tat = max(self._tat, self._clock() + seconds + self.tolerance)

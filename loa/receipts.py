@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from sqlalchemy import and_, bindparam, func, literal, select, update
+from sqlalchemy import and_, bindparam, func, literal, or_, select, update
 from sqlalchemy.engine import Connection
 
 from loa import db
@@ -38,13 +38,20 @@ def apply_receipts(conn: Connection, gateway: str, receipts: Iterable[DeliveryRe
         params = {"b_state": r.status, "b_at": r.at or now, "b_now": now,
                   "b_code": r.error_code if r.status == "undelivered" else None,
                   "b_text": (r.error_text or "")[:500] or None if r.status == "undelivered" else None}
+        pair = parse_key(r.key)
         if r.provider_id:
-            by_id.append(params | {"b_pid": r.provider_id})
-        elif (pair := parse_key(r.key)) is not None:
+            # the key too: the receipt can come before the sender has written the provider id
+            by_id.append(params | {"b_pid": r.provider_id, "b_run": pair[0] if pair else None,
+                                   "b_sub": pair[1] if pair else None})
+        elif pair is not None:
             by_key.append(params | {"b_run": pair[0], "b_sub": pair[1]})
     moved = 0
     if by_id:
-        moved += _executemany(conn, and_(O.c.gateway == gateway, O.c.provider_id == bindparam("b_pid")), by_id)
+        not_yet_recorded = and_(O.c.provider_id.is_(None), O.c.run_id == bindparam("b_run"),
+                                O.c.subscriber_id == bindparam("b_sub"))
+        moved += _executemany(
+            conn, and_(O.c.gateway == gateway, or_(O.c.provider_id == bindparam("b_pid"), not_yet_recorded)), by_id
+        )
     if by_key:
         moved += _executemany(
             conn, and_(O.c.run_id == bindparam("b_run"), O.c.subscriber_id == bindparam("b_sub")), by_key

@@ -50,7 +50,8 @@ class Renderer:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.env = SandboxedEnvironment(
-            loader=jinja2.FileSystemLoader(str(folder)),
+            # utf-8-sig: a BOM (Windows editors) must not become a U+FEFF sent to handsets
+            loader=jinja2.FileSystemLoader(str(folder), encoding="utf-8-sig"),
             undefined=StrictUndefined,
             autoescape=False,
             keep_trailing_newline=False,
@@ -66,6 +67,8 @@ class Renderer:
             return path.read_text(encoding="utf-8-sig")
         except OSError as exc:
             raise TemplateError(f"template {name!r}: cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise TemplateError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
     def sms_template(self, name: str) -> jinja2.Template:
         try:
@@ -74,6 +77,8 @@ class Renderer:
             raise TemplateError(f"no template {name!r} in {self.folder}") from None
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(f"{self.folder / name}:{exc.lineno}: template syntax error: {exc.message}") from None
+        except UnicodeDecodeError as exc:
+            raise TemplateError(f"{self.folder / name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
     def zalo_template(self, name: str) -> tuple[str, dict[str, jinja2.Template]]:
         if name not in self._zalo:

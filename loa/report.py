@@ -164,15 +164,22 @@ def _per_area(conn: Connection, campaign_id: int, event: str) -> dict[int | None
         .subquery()
     )
     inst = first_install.c.at
+    p = person.c
+    # Over several runs one person can be targeted in one and suppressed (or held out)
+    # in another: count each person once, as targeted, else held out, else suppressed;
+    # and as failed only if no message of theirs was ever sent.
+    held = and_(p.held == 1, p.targeted == 0)
+    supp = and_(p.supp == 1, p.targeted == 0, p.held == 0)
+    failed = and_(p.failed == 1, p.sent == 0)
     stmt = (
         select(
-            person.c.area_id,
+            p.area_id,
             func.count(),
-            func.sum(person.c.held), func.sum(person.c.supp), func.sum(person.c.targeted),
-            func.sum(person.c.sent), func.sum(person.c.delivered), func.sum(person.c.failed),
-            func.sum(case((and_(person.c.delivered == 1, inst > person.c.first_sent), 1), else_=0)),
-            func.sum(case((and_(person.c.targeted == 1, inst > person.c.first_planned), 1), else_=0)),
-            func.sum(case((and_(person.c.held == 1, inst > person.c.first_planned), 1), else_=0)),
+            func.sum(case((held, 1), else_=0)), func.sum(case((supp, 1), else_=0)), func.sum(p.targeted),
+            func.sum(p.sent), func.sum(p.delivered), func.sum(case((failed, 1), else_=0)),
+            func.sum(case((and_(p.delivered == 1, inst > p.first_sent), 1), else_=0)),
+            func.sum(case((and_(p.targeted == 1, inst > p.first_planned), 1), else_=0)),
+            func.sum(case((and_(held, inst > p.first_planned), 1), else_=0)),
         )
         .select_from(person.outerjoin(first_install, first_install.c.subscriber_id == person.c.subscriber_id))
         .group_by(person.c.area_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from loa.report import Report
@@ -33,8 +34,10 @@ def render_table(console: Console, report: Report) -> None:
         by = f" by {goal.by.isoformat()}" if goal.by else ""
         caption = f"goal: {goal.share:.0%} of {goal.of} with '{goal.event}'{by}"
     table = Table(title=title, caption=caption, show_footer=True, header_style="bold")
+    # Two header rows: who was reached, then who did what the campaign asks.
+    event = report.event
     columns = [
-        ("area", lambda r: r.area, "left"),
+        ("area", lambda r: escape(r.area), "left"),   # names are data, not markup
         ("population", lambda r: _num(r.population), "right"),
         ("audience", lambda r: _num(r.audience), "right"),
         ("held out", lambda r: _num(r.held_out), "right"),
@@ -42,20 +45,21 @@ def render_table(console: Console, report: Report) -> None:
         ("sent", lambda r: _num(r.sent), "right"),
         ("deliv.", lambda r: _num(r.delivered), "right"),
         ("failed", lambda r: _num(r.failed), "right"),
-        (f"{report.event} | deliv.", lambda r: f"{_num(r.installed_delivered)} {_pct(r.rate_delivered)}", "right"),
-        (f"{report.event} | held", lambda r: f"{_num(r.installed_held_out)} {_pct(r.rate_held_out)}", "right"),
+        ("after msg", lambda r: f"{_num(r.installed_delivered)} {_pct(r.rate_delivered)}", "right"),
+        ("held out", lambda r: f"{_num(r.installed_held_out)} {_pct(r.rate_held_out)}", "right"),
         ("uplift", lambda r: "—" if r.uplift_points is None else f"{r.uplift_points:+.1f} pt", "right"),
-        (f"{report.event} / pop.", lambda r: _pct(r.installed_share, 2), "right"),
+        ("of pop.", lambda r: _pct(r.installed_share, 2), "right"),
     ]
     if goal:
         columns.append(("to goal", lambda r: _bar(report.progress(r)), "left"))
-    for name, fn, justify in columns:
-        table.add_column(name, footer=fn(report.total), justify=justify)  # type: ignore[arg-type]
+    for i, (name, fn, justify) in enumerate(columns):
+        header = f"{event}\n{name}" if i >= 8 and name != "to goal" else name
+        table.add_column(header, footer=fn(report.total), justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in report.rows:
         table.add_row(*(fn(row) for _, fn, _ in columns))
     console.print(table)
     for note in report.notes:
-        console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
 
 
 __all__ = ["render_table"]

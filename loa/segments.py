@@ -70,7 +70,7 @@ def compile_segment(segment: dict[str, Any], conn: Connection, tz: ZoneInfo,
     if segment.get("areas"):
         clauses.append(_areas(segment["areas"], conn))
     for rule in segment.get("rules", []):
-        clauses.append(_rule(rule, conn.dialect.name))
+        clauses.append(_rule(rule, conn.dialect.name, tz))
     for ev in segment.get("events", []):
         clauses.append(_event(ev, tz, now))
     return and_(*clauses)
@@ -85,7 +85,10 @@ def _areas(names: list[str], conn: Connection) -> ColumnElement[bool]:
         except AreaLookupError as exc:
             raise SegmentError(f"segment.areas: {exc}") from None
     inner = select(db.areas.c.id).where(or_(*(db.areas.c.path.startswith(p) for p in paths)))
-    return S.c.area_id.in_(inner)
+    # On SQLite, "+ 0" keeps the planner from walking the area index (a random read
+    # per subscriber) when a sequential scan of the table is several times faster.
+    column = S.c.area_id + 0 if conn.dialect.name == "sqlite" else S.c.area_id
+    return column.in_(inner)
 
 
 def _attribute(name: str, dialect: str) -> tuple[ColumnElement[Any], ColumnElement[Any], ColumnElement[Any]]:
@@ -107,7 +110,7 @@ def _attribute(name: str, dialect: str) -> tuple[ColumnElement[Any], ColumnEleme
     return text, number, kind
 
 
-def _rule(rule: dict[str, Any], dialect: str) -> ColumnElement[bool]:
+def _rule(rule: dict[str, Any], dialect: str, tz: ZoneInfo) -> ColumnElement[bool]:
     field = rule["field"]
     op = next(k for k in rule if k != "field")
     value = rule[op]
@@ -115,8 +118,10 @@ def _rule(rule: dict[str, Any], dialect: str) -> ColumnElement[bool]:
     if attr is None:
         column = FIELDS[field]
         if op == "exists":
-            present = column.is_not(None) & (column != "") if field not in ("created_at", "opted_out_at") else column.is_not(None)
+            present = column.is_not(None) & (column != "") if field not in TIME_FIELDS else column.is_not(None)
             return present if value else not_(present)
+        if field in TIME_FIELDS:
+            return _time_rule(field, column, op, value, tz)
         return _compare(column, column, op, value)
     text, number, kind = _attribute(attr, dialect)
     if op == "exists":
@@ -157,6 +162,54 @@ def _compare(column: ColumnElement[Any], text_column: ColumnElement[Any], op: st
         return column.between(value[0], value[1])
     compare = {"gt": column.__gt__, "gte": column.__ge__, "lt": column.__lt__, "lte": column.__le__}[op]
     return compare(value)
+
+
+TIME_FIELDS = ("created_at", "opted_out_at")
+
+
+def _time_rule(field: str, column: ColumnElement[Any], op: str, value: Any, tz: ZoneInfo) -> ColumnElement[bool]:
+    """A rule on a timestamp column: a date is a whole local day, a time without
+    zone is local time; both are compared as aware UTC (the column refuses naive
+    times and plain dates)."""
+    values = [_as_time_value(field, op, v, tz) for v in _values(value)]
+    if not all(isinstance(v, date) and not isinstance(v, datetime) for v in values):
+        bounds = [v if isinstance(v, datetime) else since_time(v, tz, db.utcnow()) for v in values]
+        return _compare(column, column, op, bounds if isinstance(value, list) else bounds[0])
+
+    def lo(d: date) -> datetime:
+        return since_time(d, tz, db.utcnow())
+
+    def hi(d: date) -> datetime:
+        return since_time(d + timedelta(days=1), tz, db.utcnow())
+
+    def on(d: date) -> ColumnElement[bool]:
+        return and_(column >= lo(d), column < hi(d))
+
+    if op == "eq":
+        return on(values[0])
+    if op == "ne":
+        return or_(not_(on(values[0])), column.is_(None))
+    if op == "in":
+        return or_(*(on(d) for d in values))
+    if op == "not_in":
+        return or_(not_(or_(*(on(d) for d in values))), column.is_(None))
+    if op == "between":
+        return and_(column >= lo(values[0]), column < hi(values[1]))
+    return {"gt": lambda d: column >= hi(d), "gte": lambda d: column >= lo(d),
+            "lt": lambda d: column < lo(d), "lte": lambda d: column < hi(d)}[op](values[0])
+
+
+def _as_time_value(field: str, op: str, v: Any, tz: ZoneInfo) -> date:
+    if isinstance(v, str):
+        try:
+            v = date.fromisoformat(v.strip()) if len(v.strip()) == 10 else datetime.fromisoformat(v.strip())
+        except ValueError:
+            pass
+    if isinstance(v, datetime):
+        return v if v.tzinfo else v.replace(tzinfo=tz)
+    if isinstance(v, date):
+        return v
+    raise SegmentError(f"segment.rules: {field} {op}: expected a date or a time, got {v!r}")
 
 
 def _event(ev: dict[str, Any], tz: ZoneInfo, now: datetime) -> ColumnElement[bool]:

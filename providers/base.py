@@ -9,6 +9,7 @@ class               dispatcher's reaction
 ==================  =====================================================
 RetryableError      back off with jitter and try again later
 ThrottledError      slow the gateway's rate limiter, then try again
+DeferredError       try again at ``retry_after`` (e.g. Zalo's night rule); not a failure
 PermanentError      fail this message with the gateway's code and text
 NotReachableError   this recipient is not on this channel: try the next one
 AuthError           pause the gateway: credentials are wrong or expired
@@ -23,10 +24,13 @@ through a gateway whose ``dedupes_by_key`` is true.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,6 +83,86 @@ class Response:
     source: str = ""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A message a subscriber sent us (a reply, "TC", "STOP")."""
+
+    phone: str                    # E.164
+    text: str
+    at: datetime                  # aware UTC
+    provider_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhookRequest:
+    """An HTTP request to one of loa's gateway endpoints, as the web layer received it."""
+
+    method: str
+    url: str                      # the full public URL the gateway called (signatures cover it)
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]    # case-insensitive lookups: use header()
+    body: bytes
+    form: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == lowered), None)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhookResult:
+    receipts: tuple[DeliveryReceipt, ...] = ()
+    inbound: tuple[InboundMessage, ...] = ()
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+
+
+class WebhookRejected(Exception):
+    """A webhook request that must change nothing: forged (403) or malformed (400)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class StateStore(Protocol):
+    """Durable, shared key-value state for a gateway (e.g. rotating OAuth tokens).
+
+    loa implements it on its database, so every worker on every machine sees
+    the same value; ``locked`` holds a lock across processes while the caller
+    reads, refreshes and writes.
+    """
+
+    def get(self, key: str) -> str | None: ...
+    def set(self, key: str, value: str) -> None: ...
+    def locked(self, key: str) -> AbstractContextManager[None]: ...
+
+
+class MemoryStateStore:
+    """A StateStore for one process: tests and single-process tools."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, str] = {}
+        self._locks: dict[str, threading.RLock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        return self._data.get(key)
+
+    def set(self, key: str, value: str) -> None:
+        self._data[key] = value
+
+    @contextlib.contextmanager
+    def locked(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.RLock())
+        with lock:
+            yield
+
+
 class ProviderError(Exception):
     """A gateway refused or failed a message.  Subclasses say what to do next."""
 
@@ -112,6 +196,16 @@ class RetryableError(ProviderError):
 
 class ThrottledError(RetryableError):
     kind = "throttled"
+
+
+class DeferredError(RetryableError):
+    """The gateway will take the message later (night rule, daily limit): not a failure.
+
+    ``retry_after`` says when, in seconds; the attempt is not counted against
+    the message's retry budget.
+    """
+
+    kind = "deferred"
 
 
 class PermanentError(ProviderError):
@@ -162,9 +256,10 @@ class Provider:
     rate: ClassVar[float] = 10.0          # parts per second unless configured
     dedupes_by_key: ClassVar[bool] = False  # a re-send with the same key cannot duplicate
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: Mapping[str, Any], state: StateStore | None = None) -> None:
         self.name = name
         self.options = dict(options)
+        self.state: StateStore = state if state is not None else MemoryStateStore()
 
     # -- the one required call -------------------------------------------------
     def send(self, message: OutgoingMessage) -> SendResult:
@@ -182,6 +277,14 @@ class Provider:
     def check(self) -> str:
         """Verify credentials and reachability without sending; return a summary."""
         return "no check available"
+
+    def lookup(self, message_key: str, provider_id: str | None) -> DeliveryReceipt | SendResult | None:
+        """The gateway's own record of a message whose send outcome is unknown, if it offers one."""
+        return None
+
+    def webhook(self, request: WebhookRequest) -> WebhookResult:
+        """Verify and parse a callback (receipt or inbound SMS); raise WebhookRejected if forged."""
+        raise WebhookRejected(404, f"gateway {self.name} takes no callbacks")
 
     def close(self) -> None:
         """Release connections."""

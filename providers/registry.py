@@ -17,6 +17,10 @@ BUILTIN: dict[str, str] = {
     "simulator": "providers.simulator:SimulatorProvider",
     "simulator_http": "providers.simulator:SimulatorHTTPProvider",
     "file": "providers.file:FileProvider",
+    "twilio": "providers.twilio_sms:TwilioProvider",
+    "zalo_zns": "providers.zalo_zns:ZaloZNSProvider",
+    "esms": "providers.esms:ESMSProvider",
+    "smpp": "providers.smpp:SMPPProvider",
 }
 
 _registered: dict[str, type[Provider]] = {}

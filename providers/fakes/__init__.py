@@ -1,0 +1,6 @@
+"""Loopback fakes of the real gateways, for tests and `loa demo --gateway ...`.
+
+Each fake is a real server on 127.0.0.1 (port 0 by default) that answers as the
+service documents: its paths, status codes, bodies and error codes.  Each one
+records every request it receives, so tests can assert what reached the wire.
+"""

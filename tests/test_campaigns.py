@@ -1,0 +1,314 @@
+"""Campaign files: the shipped ones are valid, and every error is listed with
+file, key path and reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from loa.campaign import Campaign, load_all, load_one, parse_file
+from loa.checks import attribute_keys, campaign_problems, validate_all
+from loa.config import Config, from_mapping
+from loa.errors import CampaignError, NotFound
+from loa.importer import AreasHandler, SubscribersHandler, run_import
+from loa.render import Renderer
+from conftest import ROOT, write
+
+SHIPPED = ROOT / "campaigns"
+SHIPPED_TEMPLATES = ROOT / "templates"
+
+
+@pytest.fixture
+def shipped_config(tmp_path: Path) -> Config:
+    return from_mapping(
+        {
+            "campaigns_dir": str(SHIPPED),
+            "templates_dir": str(SHIPPED_TEMPLATES),
+            "gateways": {"simulator": {"type": "simulator"}},
+            "defaults": {"sms_gateway": "simulator", "zalo_gateway": "simulator"},
+        },
+        root=tmp_path,
+    )
+
+
+# -- the shipped campaigns ------------------------------------------------------
+
+def test_shipped_campaigns_parse(shipped_config: Config) -> None:
+    campaigns, problems = load_all(shipped_config.campaigns_dir)
+    assert problems == []
+    assert set(campaigns) == {"bluezone-reminder", "tourist-greeting"}
+
+    reminder = campaigns["bluezone-reminder"]
+    assert reminder.holdout == pytest.approx(0.10)
+    assert reminder.suppress_events == ("installed",)
+    assert [c.channel for c in reminder.channels] == ["sms"]
+    assert reminder.channel("sms").max_parts == 4
+    assert reminder.segment == {"areas": ["Sơn La"]}
+    assert reminder.goal is not None and reminder.goal.share == 0.5
+
+    greeting = campaigns["tourist-greeting"]
+    assert [c.channel for c in greeting.channels] == ["zalo", "sms"]
+    assert greeting.trigger == "arrival"
+    assert greeting.segment["events"] == [{"type": "arrived", "since": "1d"}]
+
+
+@pytest.mark.parametrize("keys", [None, set(), {"smartphone"}])
+def test_shipped_campaigns_validate_against_shipped_templates(shipped_config: Config, keys: set[str] | None) -> None:
+    campaigns, problems = load_all(shipped_config.campaigns_dir)
+    assert problems == []
+    for campaign in campaigns.values():
+        assert campaign_problems(shipped_config, campaign, keys) == [], campaign.name
+    assert validate_all(shipped_config, None)[1] == []
+
+
+def test_shipped_sms_templates_fit_their_max_parts(shipped_config: Config) -> None:
+    """Validation is static; render the shipped SMS templates with a long name too."""
+    campaigns, _ = load_all(shipped_config.campaigns_dir)
+    renderer = Renderer(shipped_config.templates_dir)
+    context = {
+        "subscriber": {"name": "Nguyễn Thị Phương Thảo", "phone": "+84912345678", "language": "vi",
+                       "carrier": "Vinaphone"},
+        "attr": {},
+        "area": {"code": "125", "name": "Huyện Mai Sơn", "level": "district", "population": 1,
+                 "parent": None},
+        "campaign": {"name": "x", "description": ""},
+    }
+    for campaign in campaigns.values():
+        spec = campaign.channel("sms")
+        sms = renderer.render_sms(spec.template, context, unaccented=spec.unaccented, max_parts=spec.max_parts)
+        assert sms.info.parts <= spec.max_parts
+    for campaign in campaigns.values():
+        if any(c.channel == "zalo" for c in campaign.channels):
+            z = renderer.render_zalo(campaign.channel("zalo").template, context)
+            assert z.data["customer_name"] == "Nguyễn Thị Phương Thảo"
+
+
+# -- errors: file, key path and reason -----------------------------------------
+
+GOOD = """
+name = "{name}"
+channels = ["sms"]
+[sms]
+template = "sms/ok.j2"
+"""
+
+
+@pytest.fixture
+def folder(workdir: Path) -> Path:
+    write(workdir / "templates" / "sms" / "ok.j2", "Chào {{ subscriber.name }} ở {{ area.name }}")
+    return workdir / "campaigns"
+
+
+def _one(folder: Path, body: str, stem: str = "c") -> tuple[Campaign | None, list[str]]:
+    path = write(folder / f"{stem}.toml", body)
+    return parse_file(path)
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "reason"),
+    [
+        ("holdot = 0.1\n" + GOOD.format(name="c"), "holdot", "unknown key"),
+        (GOOD.format(name="c") + "tempalte = \"x\"\n", "sms.tempalte", "unknown key"),
+        (GOOD.format(name="c") + "[segment]\nareas = [\"14\"]\nregion = \"x\"\n", "segment.region", "unknown key"),
+        (GOOD.format(name="c") + "[[segment.rules]]\nfield = \"age\"\ngt = 18\n",
+         "segment.rules[0].field", "unknown segment field 'age'"),
+        (GOOD.format(name="c") + "[[segment.rules]]\nfield = \"attr.age\"\ngreater = 18\n",
+         "segment.rules[0].greater", "unknown key"),
+        (GOOD.format(name="c") + "[[segment.events]]\ntype = \"installed\"\nsince = \"yesterday\"\n",
+         "segment.events[0].since", "duration like \"30d\""),
+        ("holdout = 1.5\n" + GOOD.format(name="c"), "holdout", "must be a fraction in [0, 1), got 1.5"),
+        ("holdout = -0.1\n" + GOOD.format(name="c"), "holdout", "must be a fraction"),
+        ("holdout = \"10%\"\n" + GOOD.format(name="c"), "holdout", "got '10%'"),
+        (GOOD.format(name="c").replace('["sms"]', '["zalo", "sms"]'), "zalo", "missing [zalo] table"),
+        (GOOD.format(name="c").replace('["sms"]', '["sms", "mms"]'), "channels[1]", "unknown channel 'mms'"),
+        (GOOD.format(name="c").replace('["sms"]', '[]'), "channels", "non-empty list"),
+        (GOOD.format(name="c") + "max_parts = 11\n", "sms.max_parts", "from 1 to 10"),
+        (GOOD.format(name="Bad Name"), "name", "must be lowercase"),
+        # TOML true is a Python int: it must not pass for a number
+        (GOOD.format(name="c") + "max_parts = true\n", "sms.max_parts", "got True"),
+        ("validity_hours = true\n" + GOOD.format(name="c"), "validity_hours", "got True"),
+        ("holdout = false\n" + GOOD.format(name="c"), "holdout", "got False"),
+        (GOOD.format(name="c") + "[segment.rules]\nfield = \"attr.age\"\ngt = 18\n",
+         "segment.rules", "write [[segment.rules]], not [segment.rules]"),
+        (GOOD.format(name="c") + "[[segment.rules]]\nfield = \"language\"\neq = [\"vi\", \"en\"]\n",
+         "segment.rules[0].eq", "must be a single value (for a list use in)"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and "\n" not in v else "",
+)
+def test_parse_errors_name_file_key_and_reason(folder: Path, body: str, key: str, reason: str) -> None:
+    campaign, problems = _one(folder, body)
+    path = folder / "c.toml"
+    assert campaign is None
+    matching = [p for p in problems if p.startswith(f"{path}: {key}: ")]
+    assert matching, problems
+    assert reason in matching[0]
+
+
+def test_sms_tempalte_typo_also_reports_the_missing_template(folder: Path) -> None:
+    _, problems = _one(folder, 'name = "c"\nchannels = ["sms"]\n[sms]\ntempalte = "sms/ok.j2"\n')
+    path = folder / "c.toml"
+    assert problems == [
+        f"{path}: sms.tempalte: unknown key (known: gateway, max_parts, template, unaccented)",
+        f"{path}: sms.template: missing template path (relative to the templates folder)",
+    ]
+
+
+def test_every_problem_in_a_file_is_listed(folder: Path) -> None:
+    body = """
+        name = "c"
+        holdout = 2
+        trigger = "sometimes"
+        channels = ["sms"]
+        colour = "red"
+        [sms]
+        template = "sms/ok.j2"
+        unaccented = "yes"
+        [segment]
+        [[segment.rules]]
+        field = "attributes.age"
+        between = [18]
+        [window]
+        start = "22:00"
+        end = "07:00"
+    """
+    _, problems = _one(folder, body)
+    keys = [p.split(": ")[1] for p in problems]
+    assert sorted(keys) == sorted(["colour", "sms.unaccented", "segment.rules[0].between", "holdout",
+                                   "trigger", "window"])
+
+
+def test_not_toml_and_not_utf8(folder: Path) -> None:
+    campaign, problems = _one(folder, "name = \n")
+    assert campaign is None and len(problems) == 1
+    assert problems[0].startswith(f"{folder / 'c.toml'}: not valid TOML")
+    (folder / "latin.toml").write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    campaign, problems = parse_file(folder / "latin.toml")
+    assert campaign is None and problems == [f"{folder / 'latin.toml'}: not UTF-8 text (invalid continuation byte at byte 11)"]
+
+
+def test_duplicate_names_across_files(folder: Path) -> None:
+    write(folder / "a.toml", GOOD.format(name="dup"))
+    write(folder / "b.toml", GOOD.format(name="dup"))
+    write(folder / "c.toml", GOOD.format(name="other"))
+    campaigns, problems = load_all(folder)
+    assert set(campaigns) == {"dup", "other"}
+    assert campaigns["dup"].path == folder / "a.toml"
+    assert problems == [f"{folder / 'b.toml'}: name: 'dup' is also defined in {folder / 'a.toml'}"]
+
+
+def test_load_one(folder: Path) -> None:
+    write(folder / "alpha.toml", GOOD.format(name="alpha"))
+    write(folder / "file-name.toml", GOOD.format(name="declared"))
+    write(folder / "broken.toml", "holdout = 7\n" + GOOD.format(name="broken"))
+    assert load_one(folder, "alpha").name == "alpha"
+    assert load_one(folder, "declared").path == folder / "file-name.toml"
+    with pytest.raises(CampaignError) as err:
+        load_one(folder, "broken")
+    assert err.value.problems == [f"{folder / 'broken.toml'}: holdout: must be a fraction in [0, 1), got 7"]
+    with pytest.raises(NotFound) as nf:
+        load_one(folder, "nope")
+    assert str(nf.value) == f"no campaign named 'nope' in {folder} (files: alpha, broken, file-name)"
+    with pytest.raises(NotFound, match="does not exist"):
+        load_one(folder / "missing", "alpha")
+
+
+# -- whole-campaign checks: templates, variables, gateways ----------------------
+
+def _problems(config: Config, body: str, keys: set[str] | None = None) -> list[str]:
+    path = write(config.campaigns_dir / "c.toml", body)
+    campaign, errs = parse_file(path)
+    assert errs == [] and campaign is not None
+    return campaign_problems(config, campaign, keys)
+
+
+def test_valid_campaign_has_no_problems(config: Config, folder: Path) -> None:
+    assert _problems(config, GOOD.format(name="c"), set()) == []
+
+
+def test_missing_template_file(config: Config, folder: Path) -> None:
+    problems = _problems(config, GOOD.format(name="c").replace("sms/ok.j2", "sms/nope.j2"))
+    path = config.campaigns_dir / "c.toml"
+    assert problems == [f"{path}: sms.template: no template 'sms/nope.j2' in {config.templates_dir}"]
+
+
+def test_missing_zalo_template_file(config: Config, folder: Path) -> None:
+    body = 'name = "c"\nchannels = ["zalo"]\n[zalo]\ntemplate = "zalo/nope.toml"\n'
+    problems = _problems(config, body)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{config.campaigns_dir / 'c.toml'}: zalo.template: template 'zalo/nope.toml': cannot read")
+
+
+def test_template_syntax_error_names_file_and_line(config: Config, folder: Path) -> None:
+    write(config.templates_dir / "sms" / "bad.j2", "Dòng một\nDòng hai\nXin chào {{ subscriber.name }\n")
+    problems = _problems(config, GOOD.format(name="c").replace("ok.j2", "bad.j2"))
+    assert len(problems) == 1
+    assert f"{config.templates_dir / 'sms' / 'bad.j2'}:3: template syntax error" in problems[0]
+    assert problems[0].startswith(f"{config.campaigns_dir / 'c.toml'}: sms.template: ")
+
+
+def test_zalo_template_syntax_error(config: Config, folder: Path) -> None:
+    write(config.templates_dir / "zalo" / "bad.toml", 'template_id = "1"\n[data]\nname = "{{ subscriber.name "\n')
+    problems = _problems(config, 'name = "c"\nchannels = ["zalo"]\n[zalo]\ntemplate = "zalo/bad.toml"\n')
+    assert len(problems) == 1 and "data.name: template syntax error" in problems[0]
+
+
+def _import_attribute_keys(engine: Engine, tmp_path: Path, areas_csv: Path) -> set[str] | None:
+    run_import(engine, AreasHandler(engine, areas_csv), areas_csv)
+    subs = write(tmp_path / "subs.csv", """
+        phone,area,smartphone,age
+        0912000001,116,yes,30
+        0912000002,125,,41
+    """)
+    summary = run_import(engine, SubscribersHandler(engine, subs), subs)
+    assert summary.imported == 2 and summary.rejected == 0
+    return attribute_keys(engine)
+
+
+def test_variables_no_subscriber_can_have(config: Config, folder: Path, engine: Engine, tmp_path: Path,
+                                          areas_csv: Path) -> None:
+    keys = _import_attribute_keys(engine, tmp_path, areas_csv)
+    assert keys == {"smartphone", "age"}
+    write(config.templates_dir / "sms" / "vars.j2", """
+        {{ subscriber.name }} {{ attr.smartphone }} {{ attr["age"] }}
+        {{ attr.zalo_id }} {{ subscriber.foo }} {{ user.name }} {{ area.parent.name }} {{ campaign.title }}
+    """)
+    problems = _problems(config, GOOD.format(name="c").replace("ok.j2", "vars.j2"), keys)
+    prefix = f"{config.campaigns_dir / 'c.toml'}: sms.template (sms/vars.j2): "
+    assert problems == [prefix + p for p in [
+        "attr.zalo_id: no subscriber has an attribute 'zalo_id' (known: age, smartphone)",
+        "campaign.title: campaign has no field 'title' (known: description, name)",
+        "subscriber.foo: subscriber has no field 'foo' (known: carrier, language, name, phone)",
+        "unknown variable 'user' (known: area, attr, campaign, subscriber)",
+    ]]
+    # without a database, attributes cannot be checked, the rest still is
+    assert len(_problems(config, GOOD.format(name="c").replace("ok.j2", "vars.j2"), None)) == 3
+
+
+def test_unknown_gateway(config: Config, folder: Path) -> None:
+    problems = _problems(config, GOOD.format(name="c") + 'gateway = "nope"\n')
+    assert problems == [f"{config.campaigns_dir / 'c.toml'}: sms.gateway: unknown gateway 'nope' (configured: jsonl, sim)"]
+
+
+def test_template_and_gateway_problems_are_both_listed(config: Config, folder: Path) -> None:
+    body = GOOD.format(name="c").replace("sms/ok.j2", "sms/nope.j2") + 'gateway = "nope"\n'
+    problems = _problems(config, body)
+    assert [p.split(": ")[1] for p in problems] == ["sms.template", "sms.gateway"]
+
+
+def test_no_default_gateway(tmp_path: Path, folder: Path) -> None:
+    config = from_mapping({"gateways": {"sim": {"type": "simulator"}}}, root=folder.parent)
+    problems = _problems(config, GOOD.format(name="c"))
+    assert problems == [f"{config.campaigns_dir / 'c.toml'}: sms.gateway: no gateway set and no "
+                        f"defaults.sms_gateway in built-in defaults"]
+
+
+def test_validate_all_collects_parse_and_check_problems(config: Config, folder: Path) -> None:
+    write(folder / "a.toml", GOOD.format(name="a") + 'gateway = "nope"\n')
+    write(folder / "b.toml", "holdot = 1\n" + GOOD.format(name="b"))
+    write(folder / "c.toml", GOOD.format(name="c"))
+    campaigns, problems = validate_all(config, None)
+    assert set(campaigns) == {"a", "c"}
+    assert [p.split(": ")[:2] for p in problems] == [[str(folder / "b.toml"), "holdot"],
+                                                      [str(folder / "a.toml"), "sms.gateway"]]

@@ -1,0 +1,702 @@
+"""Sending: the dispatcher against the real database and the in-process simulator.
+
+Every test plans a real run (areas and subscribers imported through the
+importer, a campaign file on disk, ``plan_run``) and then drives
+``Dispatcher.run_until_empty``.  What reached a gateway is read from the
+simulator network's own ledger (``received``/``accepted``) or from the file
+gateway's JSON lines, never from the dispatcher's opinion of itself.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import time_machine
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+
+from conftest import AREAS_CSV, write
+from loa import db, importer
+from loa.campaign import Campaign, load_one
+from loa.config import Config, load
+from loa.dispatch import BACKOFF, MAX_ATTEMPTS, Dispatcher
+from loa.gateways import Gateway, GatewayPool
+from loa.plan import plan_run
+from loa.ratelimit import MemoryGCRA
+from loa.receipts import apply_receipts
+from providers import registry
+from providers.base import (
+    AuthError,
+    DeliveryReceipt,
+    NotReachableError,
+    OutgoingMessage,
+    Provider,
+    RetryableError,
+    SendResult,
+    ThrottledError,
+)
+from providers.simulator import SimulatedNetwork, SimulatorProvider
+
+O = db.outbox
+
+
+# -- scripted gateways ---------------------------------------------------------
+
+class _Counting(Provider):
+    channels: ClassVar[tuple[str, ...]] = ("sms", "zalo")
+    rate: ClassVar[float] = 100_000.0
+    calls: ClassVar[Counter[str]]
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        type(self).calls[message.key] += 1
+        raise self.failure()
+
+    def failure(self) -> Exception:
+        raise NotImplementedError
+
+
+class AuthFails(_Counting):
+    type = "test-dispatch-auth-fails"
+    calls = Counter()
+
+    def failure(self) -> Exception:
+        return self.error(AuthError, "token expired", code="401")
+
+
+class Ambiguous(_Counting):
+    type = "test-dispatch-ambiguous"
+    calls = Counter()
+
+    def failure(self) -> Exception:
+        return self.error(RetryableError, "read timeout after the request was written",
+                          code="TIMEOUT", ambiguous=True)
+
+
+class AmbiguousDeduping(Ambiguous):
+    type = "test-dispatch-ambiguous-dedupe"
+    calls = Counter()
+    dedupes_by_key = True
+
+
+class NoZalo(_Counting):
+    type = "test-dispatch-no-zalo"
+    channels = ("zalo",)
+    calls = Counter()
+
+    def failure(self) -> Exception:
+        return self.error(NotReachableError, "recipient is not a Zalo user", code="ZNS-NOTUSER")
+
+
+class Throttled(_Counting):
+    """Throttles the first call for each message, accepts the next."""
+
+    type = "test-dispatch-throttled"
+    calls = Counter()
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        type(self).calls[message.key] += 1
+        if type(self).calls[message.key] == 1:
+            raise self.error(ThrottledError, "too many requests", code="429", retry_after=2.0)
+        return SendResult(provider_id=f"thr-{message.key}", parts=message.parts)
+
+
+class EarlyReceipt(_Counting):
+    """Accepts, and before answering lets "another worker" apply the receipt: the race
+    between a gateway's receipt queue, polled by every sender, and the sender's own write."""
+
+    type = "test-dispatch-early-receipt"
+    calls = Counter()
+    engine: ClassVar[Engine | None] = None
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        type(self).calls[message.key] += 1
+        pid = f"early-{message.key}"
+        fate = "undelivered" if message.to.endswith("1") else "delivered"
+        assert self.engine is not None
+        with self.engine.begin() as conn:
+            moved = apply_receipts(conn, self.name, [DeliveryReceipt(
+                fate, provider_id=pid, key=message.key, at=db.utcnow(),
+                error_code="E-GONE" if fate == "undelivered" else None)])
+        assert moved == 1
+        return SendResult(provider_id=pid, parts=message.parts)
+
+
+SCRIPTED = (AuthFails, Ambiguous, AmbiguousDeduping, NoZalo, Throttled, EarlyReceipt)
+
+
+@pytest.fixture(autouse=True)
+def scripted_gateways(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(registry, "_registered", dict(registry._registered))
+    for cls in SCRIPTED:
+        registry.register(cls)
+        cls.calls = Counter()
+    yield
+
+
+EXTRA_GATEWAYS = """
+[gateways.badauth]
+type = "test-dispatch-auth-fails"
+[gateways.amb]
+type = "test-dispatch-ambiguous"
+[gateways.amb-dedupe]
+type = "test-dispatch-ambiguous-dedupe"
+[gateways.nozalo]
+type = "test-dispatch-no-zalo"
+[gateways.early]
+type = "test-dispatch-early-receipt"
+[gateways.throttled]
+type = "test-dispatch-throttled"
+burst = 3
+[gateways.remote]
+type = "simulator_http"
+url = "http://127.0.0.1:9"
+token_env = "LOA_TEST_DISPATCH_TOKEN"
+"""
+
+
+# -- helpers -------------------------------------------------------------------
+
+def make_config(workdir: Path) -> Config:
+    path = workdir / "config.toml"
+    if "gateways.badauth" not in path.read_text(encoding="utf-8"):
+        with path.open("a", encoding="utf-8") as f:
+            f.write(EXTRA_GATEWAYS)
+    return load(path)
+
+
+def phone(i: int) -> str:
+    return f"+84912{i:06d}"
+
+
+def import_people(engine: Engine, folder: Path, n: int = 30, with_x: Any = lambda i: i % 3 != 0) -> None:
+    """n subscribers, alternately in districts 116 and 125; attribute x only where with_x(i)."""
+    areas = write(folder / "areas.csv", AREAS_CSV)
+    assert importer.run_import(engine, importer.AreasHandler(engine, areas), areas).imported == 4
+    lines = ["phone,name,area,x"]
+    for i in range(n):
+        lines.append(f"0912{i:06d},Người {i},{'116' if i % 2 else '125'},{f'v{i}' if with_x(i) else ''}")
+    subs = folder / "subscribers.csv"
+    subs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = importer.run_import(engine, importer.SubscribersHandler(engine, subs), subs)
+    assert (summary.imported, summary.rejected) == (n, 0)
+
+
+def add_events(engine: Engine, phones: list[str], kind: str = "installed", at: Any = None) -> None:
+    with engine.begin() as conn:
+        importer.record_events(conn, [{"phone": p, "type": kind, "occurred_at": at or db.utcnow(),
+                                       "source": "test"} for p in phones])
+
+
+def make_campaign(workdir: Path, name: str = "c", *, channels: tuple[str, ...] = ("sms",),
+                  holdout: float = 0.0, suppress: tuple[str, ...] = (),
+                  sms_text: str = "Xin chào {{ subscriber.name }}", sms_gateway: str | None = None,
+                  zalo_gateway: str | None = None, validity_hours: int = 24) -> Campaign:
+    write(workdir / "templates" / "sms" / f"{name}.j2", sms_text + "\n")
+    lines = [
+        f'name = "{name}"',
+        f"channels = {json.dumps(list(channels))}",
+        f"holdout = {holdout}",
+        f"suppress_events = {json.dumps(list(suppress))}",
+        f"validity_hours = {validity_hours}",
+    ]
+    if "sms" in channels:
+        lines += ["[sms]", f'template = "sms/{name}.j2"']
+        if sms_gateway:
+            lines.append(f'gateway = "{sms_gateway}"')
+    if "zalo" in channels:
+        write(workdir / "templates" / "zalo" / f"{name}.toml", """
+            template_id = "9001"
+            [data]
+            customer_name = "{{ subscriber.name }}"
+        """)
+        lines += ["[zalo]", f'template = "zalo/{name}.toml"']
+        if zalo_gateway:
+            lines.append(f'gateway = "{zalo_gateway}"')
+    (workdir / "campaigns" / f"{name}.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return load_one(workdir / "campaigns", name)
+
+
+def sim_pool(config: Config, net: SimulatedNetwork, name: str = "sim") -> GatewayPool:
+    """A pool whose simulator gateway sends into ``net``, so the test can inspect it."""
+    pool = GatewayPool(config)
+    pool._built[name] = Gateway(name, SimulatorProvider(name, {"network": net}), MemoryGCRA(100_000, 100),
+                                100_000.0)
+    return pool
+
+
+def outbox(engine: Engine, run_id: int | None = None) -> list[dict[str, Any]]:
+    stmt = select(O, db.subscribers.c.phone).join(db.subscribers, db.subscribers.c.id == O.c.subscriber_id)
+    if run_id is not None:
+        stmt = stmt.where(O.c.run_id == run_id)
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(stmt.order_by(O.c.id)).mappings()]
+
+
+def key(row: dict[str, Any]) -> str:
+    return db.message_key(row["run_id"], row["subscriber_id"])
+
+
+def by_state(rows: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(r["state"] for r in rows)
+
+
+# -- the normal path ---------------------------------------------------------------
+
+def test_every_planned_row_is_sent_once_and_nobody_else_is(engine: Engine, workdir: Path, tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=40)
+    add_events(engine, [phone(0), phone(1), phone(2)], at=db.utcnow() - timedelta(days=1))
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir, holdout=0.25, suppress=("installed",)))
+    before = outbox(engine)
+    planned = [r for r in before if r["state"] == "planned"]
+    others = [r for r in before if r["state"] != "planned"]
+    assert plan.states["suppressed"] == 3 and plan.states["held_out"] > 0 and len(planned) > 20
+    assert {r["phone"] for r in before if r["state"] == "suppressed"} == {phone(0), phone(1), phone(2)}
+
+    net = SimulatedNetwork(seed=7, delivery_rate=0.9, install_rate=0.2)
+    start = db.utcnow()
+    summary = Dispatcher(engine, config, pool=sim_pool(config, net)).run_until_empty()
+    end = db.utcnow()
+
+    assert summary.outcomes == Counter({"sent": len(planned)})
+    assert summary.receipts == len(planned)
+    assert summary.paused == {}
+    assert set(net.received) == {key(r) for r in planned}
+    assert set(net.received.values()) == {1}
+    sent_messages = {m.key: m for m in net.messages}
+    after = {r["id"]: r for r in outbox(engine)}
+    for row in planned:
+        now = after[row["id"]]
+        k = key(now)
+        message = sent_messages[k]
+        assert now["state"] == ("delivered" if net.delivers(k) else "undelivered")
+        assert now["provider_id"] == net._by_key[k].provider_id
+        assert now["attempts"] == 1
+        assert now["lease_until"] is None
+        assert start <= now["sent_at"] <= end
+        assert (now["parts"], now["encoding"]) == (message.parts, message.encoding) == (1, "UCS-2")
+        assert message.text == f"Xin chào Người {int(now['phone'][-6:])}"
+        assert message.to == now["phone"]
+    for row in others:
+        assert after[row["id"]]["state"] == row["state"]
+        assert after[row["id"]]["provider_id"] is None and after[row["id"]]["sent_at"] is None
+        assert key(row) not in net.received
+    assert by_state(list(after.values()))["undelivered"] > 0          # the seed gives both fates
+    with engine.connect() as conn:
+        assert conn.scalar(select(db.runs.c.status).where(db.runs.c.id == plan.run_id)) == "done"
+
+    again = Dispatcher(engine, config, pool=sim_pool(config, net)).run_until_empty()
+    assert again.attempted == 0
+    assert set(net.received.values()) == {1}
+    assert outbox(engine) == list(after.values())
+
+
+def test_template_is_rendered_at_send_time(engine: Engine, workdir: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(workdir)   # the file gateway's path is relative to the working directory
+    import_people(engine, tmp_path, n=6)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir, sms_text="old text", sms_gateway="jsonl"))
+    write(workdir / "templates" / "sms" / "c.j2", "Mới: chào {{ subscriber.name }} ở {{ area.name }}\n")
+
+    dispatcher = Dispatcher(engine, config)
+    summary = dispatcher.run_until_empty()
+    dispatcher.pool.close()
+
+    lines = [json.loads(x) for x in (workdir / "sent.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert summary.outcomes == Counter({"sent": 6})
+    assert Counter(line["key"] for line in lines) == Counter({key(r): 1 for r in outbox(engine, plan.run_id)})
+    areas = {"116": "Thành phố Sơn La", "125": "Huyện Mai Sơn"}
+    for line in lines:
+        i = int(line["to"][-6:])
+        assert line["text"] == f"Mới: chào Người {i} ở {areas['116' if i % 2 else '125']}"
+        assert line["encoding"] == "UCS-2" and line["channel"] == "sms"
+    rows = outbox(engine, plan.run_id)
+    assert {r["state"] for r in rows} == {"sent"}   # the file gateway sends no receipts
+    assert {r["provider_id"] for r in rows} == {f"file-{key(r)}" for r in rows}
+
+
+def test_a_template_error_fails_only_that_recipient(engine: Engine, workdir: Path, tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=12, with_x=lambda i: i % 3 != 0)   # 0, 3, 6, 9 have no x
+    config = make_config(workdir)
+    make_campaign(workdir, sms_text="Chào {{ subscriber.name }}, mã {{ attr.x }}")
+    plan = plan_run(engine, config, load_one(workdir / "campaigns", "c"))
+    net = SimulatedNetwork(seed=7, delivery_rate=1.0)
+
+    summary = Dispatcher(engine, config, pool=sim_pool(config, net)).run_until_empty()
+
+    rows = outbox(engine, plan.run_id)
+    failed = [r for r in rows if r["state"] == "failed"]
+    assert sorted(int(r["phone"][-6:]) for r in failed) == [0, 3, 6, 9]
+    for r in failed:
+        assert r["error_code"] == "template"
+        assert "x" in r["error_text"] and r["attempts"] == 0 and r["sent_at"] is None
+        assert key(r) not in net.received
+    ok = [r for r in rows if r["state"] != "failed"]
+    assert len(ok) == 8 and {r["state"] for r in ok} == {"delivered"}
+    assert {m.text for m in net.messages} == {f"Chào Người {i}, mã v{i}" for i in range(12) if i % 3}
+    assert summary.outcomes == Counter({"failed": 4, "sent": 8})
+
+
+# -- gateway failures --------------------------------------------------------------
+
+def test_transient_failures_are_deferred_then_retried(engine: Engine, workdir: Path, tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=30)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir))
+    net = SimulatedNetwork(seed=7, failure_rate=0.5, delivery_rate=1.0)
+    pool = sim_pool(config, net)
+    keys = [key(r) for r in outbox(engine, plan.run_id)]
+    # when each key's send first succeeds, by the simulator's own dice (None: never)
+    first_ok = {k: next((a for a in range(1, MAX_ATTEMPTS + 1) if not net.fails_transiently(k, a)), None)
+                for k in keys}
+    assert any(v == 1 for v in first_ok.values()) and any(v and v > 1 for v in first_ok.values())
+
+    start = db.utcnow()
+    Dispatcher(engine, config, pool=pool).run_until_empty()
+    rows = {key(r): r for r in outbox(engine, plan.run_id)}
+    for k, r in rows.items():
+        if first_ok[k] == 1:
+            assert r["state"] == "delivered" and r["attempts"] == 1
+        else:
+            assert r["state"] == "deferred"
+            assert r["error_code"] == "SIM-503"
+            assert r["attempts"] == 1 and r["worker"] is None and r["lease_until"] is None
+            assert r["due_at"] >= start + timedelta(seconds=BACKOFF[0] * 0.8)
+            assert r["due_at"] <= db.utcnow() + timedelta(seconds=BACKOFF[0] * 1.2)
+
+    # nothing is due yet: sending again now changes nothing
+    assert Dispatcher(engine, config, pool=pool).run_until_empty().attempted == 0
+    assert sum(net.received.values()) == len(keys)
+
+    for hop in range(1, MAX_ATTEMPTS):
+        with time_machine.travel(start + timedelta(hours=hop), tick=True):
+            Dispatcher(engine, config, pool=pool).run_until_empty()
+        rows = {key(r): r for r in outbox(engine, plan.run_id)}
+        for k, r in rows.items():
+            ok_at = first_ok[k]
+            if ok_at is not None and ok_at <= hop + 1:
+                assert (r["state"], r["attempts"], net.received[k], net.accepted[k]) == ("delivered", ok_at, ok_at, 1)
+            elif hop + 1 < MAX_ATTEMPTS:
+                assert (r["state"], r["attempts"], r["error_code"]) == ("deferred", hop + 1, "SIM-503")
+            else:
+                assert (r["state"], r["error_code"], net.received[k]) == ("failed", "SIM-503", MAX_ATTEMPTS)
+                assert r["error_text"].startswith(f"gave up after {MAX_ATTEMPTS} attempts")
+    assert {r["state"] for r in rows.values()} <= {"delivered", "failed"}
+
+
+def test_permanent_refusal_fails_with_the_gateway_code(engine: Engine, workdir: Path, tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=30)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir))
+    net = SimulatedNetwork(seed=7, permanent_rate=0.3, delivery_rate=1.0)
+
+    summary = Dispatcher(engine, config, pool=sim_pool(config, net)).run_until_empty()
+
+    rows = outbox(engine, plan.run_id)
+    refused = [r for r in rows if net.refuses(r["phone"])]
+    assert 0 < len(refused) < len(rows)
+    for r in rows:
+        assert net.received[key(r)] == 1
+        if r in refused:
+            assert (r["state"], r["error_code"], r["attempts"]) == ("failed", "SIM-INVALID", 1)
+            assert "refused" in r["error_text"] and r["provider_id"] is None
+        else:
+            assert r["state"] == "delivered"
+    assert summary.outcomes == Counter({"failed": len(refused), "sent": len(rows) - len(refused)})
+
+
+def test_ambiguous_error_without_dedupe_is_unknown_and_never_resent(engine: Engine, workdir: Path,
+                                                                     tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=8)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir, sms_gateway="amb"))
+    keys = {key(r) for r in outbox(engine, plan.run_id)}
+
+    Dispatcher(engine, config).run_until_empty()
+    rows = outbox(engine, plan.run_id)
+    assert {r["state"] for r in rows} == {"unknown"}
+    assert {r["error_code"] for r in rows} == {"TIMEOUT"}
+    assert all(r["error_text"].startswith("outcome unknown") for r in rows)
+    assert Ambiguous.calls == Counter({k: 1 for k in keys})
+
+    start = db.utcnow()
+    for hop in (1, 3):
+        with time_machine.travel(start + timedelta(hours=hop), tick=True):
+            assert Dispatcher(engine, config).run_until_empty().attempted == 0
+    assert Ambiguous.calls == Counter({k: 1 for k in keys})
+    assert {r["state"] for r in outbox(engine, plan.run_id)} == {"unknown"}
+
+
+def test_ambiguous_error_with_dedupe_is_retried(engine: Engine, workdir: Path, tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=4)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir, sms_gateway="amb-dedupe"))
+    Dispatcher(engine, config).run_until_empty()
+    rows = outbox(engine, plan.run_id)
+    assert {r["state"] for r in rows} == {"deferred"}
+    assert {r["attempts"] for r in rows} == {1}
+
+
+def test_auth_error_pauses_the_gateway_without_using_attempts(engine: Engine, workdir: Path,
+                                                              tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=10)
+    config = make_config(workdir)
+    bad = plan_run(engine, config, make_campaign(workdir, "bad", sms_gateway="badauth"))
+    good = plan_run(engine, config, make_campaign(workdir, "good"))
+    net = SimulatedNetwork(seed=7, delivery_rate=1.0)
+
+    summary = Dispatcher(engine, config, pool=sim_pool(config, net)).run_until_empty()
+
+    assert list(summary.paused) == ["badauth"]
+    assert "auth error" in summary.paused["badauth"] and "token expired" in summary.paused["badauth"]
+    bad_rows = outbox(engine, bad.run_id)
+    assert {r["state"] for r in bad_rows} == {"planned"}
+    assert {r["attempts"] for r in bad_rows} == {0}
+    assert all(r["worker"] is None and r["lease_until"] is None and r["sent_at"] is None for r in bad_rows)
+    assert 1 <= sum(AuthFails.calls.values()) <= len(bad_rows)
+    assert max(AuthFails.calls.values()) == 1
+    good_rows = outbox(engine, good.run_id)
+    assert {r["state"] for r in good_rows} == {"delivered"}
+    assert set(net.received) == {key(r) for r in good_rows}
+    with engine.connect() as conn:
+        status = dict(conn.execute(select(db.runs.c.id, db.runs.c.status)).all())
+    assert status == {bad.run_id: "planned", good.run_id: "done"}
+
+
+def test_a_gateway_that_cannot_be_built_is_paused(engine: Engine, workdir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOA_TEST_DISPATCH_TOKEN", raising=False)
+    import_people(engine, tmp_path, n=4)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir, sms_gateway="remote"))
+
+    summary = Dispatcher(engine, config).run_until_empty()
+
+    assert list(summary.paused) == ["remote"]
+    assert "LOA_TEST_DISPATCH_TOKEN" in summary.paused["remote"]
+    rows = outbox(engine, plan.run_id)
+    assert {(r["state"], r["attempts"], r["error_code"]) for r in rows} == {("planned", 0, "config")}
+
+
+def test_throttling_defers_by_retry_after_and_slows_the_gateway(engine: Engine, workdir: Path,
+                                                                 tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=1)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir, sms_gateway="throttled"))
+    dispatcher = Dispatcher(engine, config, threads=1)
+    start = db.utcnow()
+    dispatcher.run_until_empty()
+
+    [row] = outbox(engine, plan.run_id)
+    assert (row["state"], row["error_code"], row["attempts"]) == ("deferred", "429", 1)
+    # the gateway's Retry-After, not the generic 30 s backoff
+    assert start + timedelta(seconds=2) <= row["due_at"] <= db.utcnow() + timedelta(seconds=2)
+    # and the limiter holds the whole gateway back for as long, whatever its burst (3 here)
+    assert dispatcher.pool.get("throttled").limiter.reserve(1) == pytest.approx(2.0, abs=0.5)
+
+    with time_machine.travel(start + timedelta(minutes=1), tick=True):
+        Dispatcher(engine, config, threads=1).run_until_empty()
+    [row] = outbox(engine, plan.run_id)
+    assert (row["state"], row["attempts"], row["provider_id"]) == ("sent", 2, f"thr-{key(row)}")
+    assert Throttled.calls == Counter({key(row): 2})
+
+
+def test_a_receipt_that_comes_before_the_send_is_recorded_is_kept(engine: Engine, workdir: Path,
+                                                                  tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(EarlyReceipt, "engine", engine)
+    import_people(engine, tmp_path, n=4)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir, sms_gateway="early"))
+    start = db.utcnow()
+
+    Dispatcher(engine, config).run_until_empty()
+
+    for r in outbox(engine, plan.run_id):
+        fate = "undelivered" if r["phone"].endswith("1") else "delivered"
+        assert (r["state"], r["provider_id"], r["attempts"]) == (fate, f"early-{key(r)}", 1)
+        assert r["error_code"] == ("E-GONE" if fate == "undelivered" else None)
+        assert start <= r["sent_at"] <= r["delivered_at"]
+        assert r["parts"] == 1 and r["encoding"] == "UCS-2"
+
+
+def test_concurrent_dispatchers_send_each_message_once(engine: Engine, workdir: Path, tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=300)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir))
+    net = SimulatedNetwork(seed=7, delivery_rate=1.0, latency_ms=1)
+    pool = sim_pool(config, net)
+    dispatchers = [Dispatcher(engine, config, threads=3, batch_size=25, pool=pool) for _ in range(3)]
+    for i, d in enumerate(dispatchers):
+        d.worker = f"host-{i}:1"          # as if three processes
+    errors: list[BaseException] = []
+
+    def go(d: Dispatcher) -> None:
+        try:
+            d.run_until_empty()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(d,)) for d in dispatchers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    rows = outbox(engine, plan.run_id)
+    assert net.received == Counter({key(r): 1 for r in rows})
+    assert {r["state"] for r in rows} == {"delivered"}
+    assert sum(d.summary.outcomes["sent"] for d in dispatchers) == 300
+    assert sum(1 for d in dispatchers if d.summary.outcomes["sent"]) >= 2   # the work was shared
+
+
+def test_not_reachable_on_zalo_falls_back_to_sms_once(engine: Engine, workdir: Path, tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=10)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir, channels=("zalo", "sms"), zalo_gateway="nozalo"))
+    assert {(r["channel"], r["gateway"]) for r in outbox(engine, plan.run_id)} == {("zalo", "nozalo")}
+    net = SimulatedNetwork(seed=7, delivery_rate=1.0)
+
+    Dispatcher(engine, config, pool=sim_pool(config, net)).run_until_empty()
+    Dispatcher(engine, config, pool=sim_pool(config, net)).run_until_empty()
+
+    rows = outbox(engine, plan.run_id)
+    keys = {key(r) for r in rows}
+    assert NoZalo.calls == Counter({k: 1 for k in keys})
+    assert net.received == Counter({k: 1 for k in keys})
+    assert {m.channel for m in net.messages} == {"sms"}
+    for r in rows:
+        assert (r["state"], r["channel"], r["gateway"], r["attempts"]) == ("delivered", "sms", "sim", 1)
+        assert r["encoding"] == "UCS-2"
+
+
+# -- crash recovery and expiry --------------------------------------------------------
+
+def test_recover_returns_expired_leases_by_what_may_have_been_sent(engine: Engine, workdir: Path,
+                                                                   tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=5)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir))
+    ids = [r["id"] for r in outbox(engine, plan.run_id)]
+    now = db.utcnow()
+    past, future = now - timedelta(minutes=1), now + timedelta(minutes=10)
+    setups = {
+        ids[0]: ("claimed", past, "sim"),     # claimed, never sent: back to planned
+        ids[1]: ("claimed", future, "sim"),   # a live worker's claim: left alone
+        ids[2]: ("sending", past, "sim"),     # the simulator dedupes by key: safe to send again
+        ids[3]: ("sending", past, "jsonl"),   # the file gateway does not: unknown
+        ids[4]: ("sending", future, "jsonl"),
+    }
+    with engine.begin() as conn:
+        for oid, (state, lease, gateway) in setups.items():
+            conn.execute(update(O).where(O.c.id == oid).values(state=state, lease_until=lease, gateway=gateway,
+                                                               worker="dead-host:1", attempts=1))
+
+    assert Dispatcher(engine, config).recover() == 3
+
+    rows = {r["id"]: r for r in outbox(engine, plan.run_id)}
+    assert (rows[ids[0]]["state"], rows[ids[0]]["worker"], rows[ids[0]]["lease_until"]) == ("planned", None, None)
+    assert (rows[ids[1]]["state"], rows[ids[1]]["worker"]) == ("claimed", "dead-host:1")
+    assert (rows[ids[2]]["state"], rows[ids[2]]["worker"]) == ("planned", None)
+    assert rows[ids[2]]["due_at"] <= db.utcnow()
+    assert (rows[ids[3]]["state"], rows[ids[3]]["error_code"], rows[ids[3]]["worker"]) == ("unknown", "ambiguous",
+                                                                                            None)
+    assert rows[ids[4]]["state"] == "sending"
+    assert Dispatcher(engine, config).recover() == 0
+
+
+def test_messages_expire_after_the_validity(engine: Engine, workdir: Path, tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=20)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir, holdout=0.3, validity_hours=12))
+    states = by_state(outbox(engine, plan.run_id))
+    net = SimulatedNetwork(seed=7)
+
+    with time_machine.travel(db.utcnow() + timedelta(hours=11), tick=True):
+        assert Dispatcher(engine, config, pool=sim_pool(config, SimulatedNetwork())).expire() == 0
+    with time_machine.travel(db.utcnow() + timedelta(hours=12, minutes=5), tick=True):
+        summary = Dispatcher(engine, config, pool=sim_pool(config, net)).run_until_empty()
+
+    assert summary.expired == states["planned"] and summary.attempted == 0
+    assert net.total_received == 0
+    rows = outbox(engine, plan.run_id)
+    assert by_state(rows) == Counter({"expired": states["planned"], "held_out": states["held_out"]})
+    assert all("12 h" in r["error_text"] for r in rows if r["state"] == "expired")
+
+
+# -- receipts and responses ----------------------------------------------------------
+
+def test_receipts_only_move_forward_and_are_idempotent(engine: Engine, workdir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(workdir)
+    import_people(engine, tmp_path, n=3)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir, sms_gateway="jsonl"))
+    dispatcher = Dispatcher(engine, config)
+    dispatcher.run_until_empty()
+    dispatcher.pool.close()
+    a, b, c = outbox(engine, plan.run_id)
+    assert {a["state"], b["state"], c["state"]} == {"sent"}
+    at = db.utcnow()
+
+    def state(row: dict[str, Any]) -> dict[str, Any]:
+        return next(r for r in outbox(engine, plan.run_id) if r["id"] == row["id"])
+
+    delivered_a = DeliveryReceipt("delivered", provider_id=a["provider_id"], at=at)
+    undelivered_a = DeliveryReceipt("undelivered", provider_id=a["provider_id"], error_code="X1")
+    undelivered_b = DeliveryReceipt("undelivered", key=key(b), error_code="E-77", error_text="absent")
+    with engine.begin() as conn:
+        assert apply_receipts(conn, "sim", [delivered_a]) == 0        # another gateway's id space
+        assert apply_receipts(conn, "jsonl", [delivered_a, undelivered_b]) == 2
+    with engine.begin() as conn:
+        assert apply_receipts(conn, "jsonl", [delivered_a, undelivered_b]) == 0
+        assert apply_receipts(conn, "jsonl", [undelivered_a]) == 0
+        assert apply_receipts(conn, "jsonl", [DeliveryReceipt("delivered", key=key(b))]) == 0
+        assert apply_receipts(conn, "jsonl", [DeliveryReceipt("accepted", key=key(c))]) == 0
+
+    a2, b2, c2 = state(a), state(b), state(c)
+    assert (a2["state"], a2["delivered_at"], a2["error_code"]) == ("delivered", at, None)
+    assert (b2["state"], b2["error_code"], b2["error_text"]) == ("undelivered", "E-77", "absent")
+    assert c2["state"] == "sent"
+
+
+def test_responses_are_recorded_as_events_of_their_message(engine: Engine, workdir: Path, tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=40)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir))
+    net = SimulatedNetwork(seed=7, delivery_rate=0.9, install_rate=0.3)
+
+    summary = Dispatcher(engine, config, pool=sim_pool(config, net)).run_until_empty()
+
+    rows = outbox(engine, plan.run_id)
+    expected = {r["id"]: r for r in rows if net.delivers(key(r)) and net.installs(key(r))}
+    assert expected and summary.responses == len(expected)
+    e = db.events
+    with engine.connect() as conn:
+        events = conn.execute(select(e.c.subscriber_id, e.c.type, e.c.outbox_id, e.c.source, e.c.occurred_at)).all()
+    assert len(events) == len(expected)
+    for subscriber_id, kind, outbox_id, source, occurred_at in events:
+        assert kind == "installed" and source == "simulator"
+        assert outbox_id in expected and expected[outbox_id]["subscriber_id"] == subscriber_id
+        assert occurred_at >= expected[outbox_id]["sent_at"]
+
+
+def test_campaign_filter_sends_only_that_campaign(engine: Engine, workdir: Path, tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=6)
+    config = make_config(workdir)
+    first = plan_run(engine, config, make_campaign(workdir, "first"))
+    second = plan_run(engine, config, make_campaign(workdir, "second"))
+    net = SimulatedNetwork(seed=7, delivery_rate=1.0)
+    Dispatcher(engine, config, campaign="second", pool=sim_pool(config, net)).run_until_empty()
+    assert {r["state"] for r in outbox(engine, first.run_id)} == {"planned"}
+    assert {r["state"] for r in outbox(engine, second.run_id)} == {"delivered"}
+    assert set(net.received) == {key(r) for r in outbox(engine, second.run_id)}
+

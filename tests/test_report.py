@@ -1,0 +1,292 @@
+"""The per-area report on a scenario whose every number is known by construction.
+
+The run is planned for real (so audience, suppression and the snapshot are the
+planner's); the fates of the messages are then written into the ledger at
+chosen times, and events are recorded at chosen times relative to the run's
+``planned_at`` and the messages' ``sent_at``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+
+from conftest import write
+from loa import db, importer
+from loa import report as rep
+from loa.campaign import Campaign, load_one
+from loa.config import Config
+from loa.errors import NotFound
+from loa.plan import plan_run
+
+O = db.outbox
+
+# The province's own figure (1,100) differs from its districts' sum (1,000).
+AREAS = """
+code,name,parent,level,population,population_as_of
+14,Sơn La,,province,1100,2020-08-17
+116,Thành phố Sơn La,14,district,400,2020-08-17
+125,Huyện Mai Sơn,14,district,600,2020-08-16
+66,Đắk Nông,,province,500,2020-08-11
+"""
+
+CAMPAIGN = """
+name = "remind"
+channels = ["sms"]
+holdout = 0.0
+suppress_events = ["installed"]
+[segment]
+areas = ["Sơn La"]
+[[segment.rules]]
+field = "attributes.smartphone"
+eq = "yes"
+[sms]
+template = "sms/remind.j2"
+[goal]
+event = "installed"
+share = 0.5
+of = "population"
+by = 2020-08-20
+"""
+
+
+def person(area: str, i: int) -> str:
+    return f"+8491{area}{i:04d}"
+
+
+def setup_world(engine: Engine, workdir: Path, tmp_path: Path) -> Campaign:
+    areas = write(tmp_path / "areas.csv", AREAS)
+    importer.run_import(engine, importer.AreasHandler(engine, areas), areas)
+    lines = ["phone,name,area,smartphone"]
+    for i in range(11):   # 116: i10 has no smartphone, so is outside the audience
+        lines.append(f"091116{i:04d},A{i},116,{'no' if i == 10 else 'yes'}")
+    for j in range(20):
+        lines.append(f"091125{j:04d},B{j},125,yes")
+    lines.append("0910660000,K,66,yes")          # another province: never in this report
+    subs = tmp_path / "subscribers.csv"
+    subs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert importer.run_import(engine, importer.SubscribersHandler(engine, subs), subs).imported == 32
+    write(workdir / "templates" / "sms" / "remind.j2", "Cài Bluezone\n")
+    write(workdir / "campaigns" / "remind.toml", CAMPAIGN)
+    return load_one(workdir / "campaigns", "remind")
+
+
+def events(engine: Engine, items: list[tuple[str, str, datetime]]) -> None:
+    with engine.begin() as conn:
+        n = importer.record_events(conn, [{"phone": p, "type": t, "occurred_at": at, "source": "test"}
+                                          for p, t, at in items])
+    assert n == len(items)
+
+
+def set_fate(engine: Engine, run_id: int, phones: list[str], state: str, sent_at: datetime | None = None) -> None:
+    s = db.subscribers
+    with engine.begin() as conn:
+        ids = list(conn.scalars(select(s.c.id).where(s.c.phone.in_(phones))))
+        assert len(ids) == len(phones)
+        n = conn.execute(update(O).where(O.c.run_id == run_id, O.c.subscriber_id.in_(ids))
+                         .values(state=state, sent_at=sent_at, provider_id=f"p-{state}" if sent_at else None)
+                         ).rowcount
+    assert n == len(phones)
+
+
+def planned_at(engine: Engine, run_id: int) -> datetime:
+    with engine.connect() as conn:
+        return conn.scalar(select(db.runs.c.planned_at).where(db.runs.c.id == run_id))
+
+
+@pytest.fixture
+def scenario(engine: Engine, workdir: Path, tmp_path: Path, config: Config) -> Campaign:
+    campaign = setup_world(engine, workdir, tmp_path)
+    a = lambda i: person("116", i)  # noqa: E731
+    b = lambda j: person("125", j)  # noqa: E731
+    before = db.utcnow() - timedelta(days=1)
+    events(engine, [(a(0), "installed", before), (person("066", 0), "installed", before)])
+
+    plan = plan_run(engine, config, campaign)
+    assert plan.states == {"planned": 29, "suppressed": 1}
+    t = planned_at(engine, plan.run_id)
+    sent = t + timedelta(hours=1)
+    set_fate(engine, plan.run_id, [a(1), a(2), a(3)] + [b(j) for j in range(4)], "held_out")
+    set_fate(engine, plan.run_id, [a(4), a(5), a(6)] + [b(j) for j in range(4, 20)], "delivered", sent)
+    set_fate(engine, plan.run_id, [a(7)], "undelivered", sent)
+    set_fate(engine, plan.run_id, [a(8)], "failed")
+    set_fate(engine, plan.run_id, [a(9)], "sent", sent)
+    after = t + timedelta(hours=2)
+    events(engine, [
+        (a(1), "installed", after),                       # held out, installed after planning
+        (a(4), "installed", after),                       # delivered, then installed
+        (a(5), "installed", t + timedelta(minutes=30)),   # installed before its message went out...
+        (a(5), "installed", t + timedelta(hours=3)),      # ...so a later install does not count either
+        (a(7), "installed", after),                       # undelivered, installed anyway
+        (a(9), "clicked", after),                         # another event type
+        (a(10), "installed", after),                      # in the area, outside the audience
+        *[(b(j), "installed", after) for j in (0, *range(4, 12))],
+    ])
+    return campaign
+
+
+DISTRICT_116 = dict(
+    code="116", area="Thành phố Sơn La", level="district", population=400, population_as_of=date(2020, 8, 17),
+    audience=10, held_out=3, suppressed=1, targeted=6, sent=5, delivered=3, failed=1,
+    installed_delivered=1, installed_targeted=3, installed_held_out=1, installed_total=6,
+)
+DISTRICT_125 = dict(
+    code="125", area="Huyện Mai Sơn", level="district", population=600, population_as_of=date(2020, 8, 16),
+    audience=20, held_out=4, suppressed=0, targeted=16, sent=16, delivered=16, failed=0,
+    installed_delivered=8, installed_targeted=8, installed_held_out=1, installed_total=9,
+)
+TOTAL = dict(
+    code="", area="Total", level="", population=1000, population_as_of=None,
+    audience=30, held_out=7, suppressed=1, targeted=22, sent=21, delivered=19, failed=1,
+    installed_delivered=9, installed_targeted=11, installed_held_out=2, installed_total=15,
+)
+
+
+def counts(row: rep.Row) -> dict[str, Any]:
+    return {k: getattr(row, k) for k in DISTRICT_116}
+
+
+def test_every_column_per_district(engine: Engine, config: Config, scenario: Campaign) -> None:
+    report = rep.build(engine, "remind", scenario.goal)
+
+    assert report.level == "district" and report.event == "installed"
+    assert [r.code for r in report.rows] == ["125", "116"]          # the bigger district first
+    mai_son, city = report.rows
+    assert counts(city) == DISTRICT_116
+    assert counts(mai_son) == DISTRICT_125
+    assert counts(report.total) == TOTAL
+
+    assert city.rate_delivered == pytest.approx(1 / 3)
+    assert city.rate_held_out == pytest.approx(1 / 3)
+    assert city.rate_targeted == pytest.approx(0.5)
+    assert city.uplift_points == pytest.approx(100 * (0.5 - 1 / 3))
+    assert city.installed_share == pytest.approx(6 / 400)
+    assert report.progress(city) == pytest.approx(6 / 400 / 0.5)
+
+    assert mai_son.rate_delivered == pytest.approx(0.5)
+    assert mai_son.rate_held_out == pytest.approx(0.25)
+    assert mai_son.uplift_points == pytest.approx(25.0)
+    assert mai_son.installed_share == pytest.approx(9 / 600)
+    assert report.progress(mai_son) == pytest.approx(0.03)
+
+    total = report.total
+    assert total.uplift_points == pytest.approx(100 * (11 / 22 - 2 / 7))
+    assert total.installed_share == pytest.approx(15 / 1000)
+    assert report.progress(total) == pytest.approx(0.03)
+
+    assert report.notes == [
+        "Sơn La: population given as 1,100, but its 2 district areas add up to 1,000 (difference +100); "
+        "shares here use each area's own figure"
+    ]
+
+
+def test_rollup_to_province(engine: Engine, config: Config, scenario: Campaign) -> None:
+    report = rep.build(engine, "remind", scenario.goal, level="province")
+
+    assert report.level == "province"
+    [province] = report.rows
+    expected = TOTAL | dict(code="14", area="Sơn La", level="province", population=1100,
+                            population_as_of=date(2020, 8, 17))
+    assert counts(province) == expected
+    assert province.installed_share == pytest.approx(15 / 1100)
+    assert report.progress(province) == pytest.approx(15 / 1100 / 0.5)
+    assert counts(report.total) == expected | dict(code="", area="Total", level="", population_as_of=None)
+    assert report.notes == []
+
+
+def test_without_a_goal_there_is_no_progress(engine: Engine, config: Config, scenario: Campaign) -> None:
+    report = rep.build(engine, "remind", None)
+    assert report.goal is None
+    assert report.progress(report.total) is None
+    assert all(rec["progress"] is None for rec in rep.as_records(report))
+
+
+def test_goal_of_audience(engine: Engine, config: Config, scenario: Campaign) -> None:
+    goal = rep.Goal(event="installed", share=0.25, of="audience")
+    report = rep.build(engine, "remind", goal)
+    city = next(r for r in report.rows if r.code == "116")
+    assert report.progress(city) == pytest.approx(6 / 10 / 0.25)
+
+
+def test_csv_output_matches_the_report(engine: Engine, config: Config, scenario: Campaign) -> None:
+    report = rep.build(engine, "remind", scenario.goal)
+    rows = list(csv.DictReader(io.StringIO(rep.to_csv(report))))
+
+    assert list(rows[0]) == list(rep.FIELDS)
+    assert [r["code"] for r in rows] == ["125", "116", ""]
+    by_code = {r["code"]: r for r in rows}
+    for code, expected in (("116", DISTRICT_116), ("125", DISTRICT_125), ("", TOTAL)):
+        got = by_code[code]
+        for name in ("audience", "held_out", "suppressed", "sent", "delivered", "failed",
+                     "installed_delivered", "installed_held_out", "installed_total", "population"):
+            assert int(got[name]) == expected[name], (code, name)
+        assert got["population_as_of"] == (expected["population_as_of"].isoformat()
+                                           if expected["population_as_of"] else "")
+    city = by_code["116"]
+    assert float(city["rate_delivered"]) == pytest.approx(1 / 3, abs=1e-6)
+    assert float(city["uplift_points"]) == pytest.approx(100 * (0.5 - 1 / 3), abs=1e-6)
+    assert float(city["installed_share"]) == pytest.approx(0.015)
+    assert float(city["progress"]) == pytest.approx(0.03)
+    assert by_code[""]["area"] == "Total"
+
+
+def test_json_output_matches_the_report(engine: Engine, config: Config, scenario: Campaign) -> None:
+    data = json.loads(rep.to_json(rep.build(engine, "remind", scenario.goal)))
+
+    assert data["campaign"] == "remind" and data["level"] == "district" and data["event"] == "installed"
+    assert data["goal"] == {"event": "installed", "share": 0.5, "of": "population", "by": "2020-08-20"}
+    assert [r["code"] for r in data["rows"]] == ["125", "116"]
+    for got, expected in ((data["rows"][1], DISTRICT_116), (data["rows"][0], DISTRICT_125), (data["total"], TOTAL)):
+        for name, value in expected.items():
+            want = value.isoformat() if isinstance(value, date) else value
+            assert got[name] == want, name
+    assert data["rows"][1]["uplift_points"] == pytest.approx(100 * (0.5 - 1 / 3))
+    assert data["total"]["progress"] == pytest.approx(0.03)
+    assert len(data["notes"]) == 1 and "difference +100" in data["notes"][0]
+
+
+def test_people_are_counted_once_over_several_runs(engine: Engine, workdir: Path, tmp_path: Path,
+                                                   config: Config) -> None:
+    campaign = setup_world(engine, workdir, tmp_path)
+    first = plan_run(engine, config, campaign, scheduled_for=db.utcnow() - timedelta(days=1))
+    t = planned_at(engine, first.run_id)
+    everyone = [person("116", i) for i in range(10)] + [person("125", j) for j in range(20)]
+    held = [person("125", 0), person("125", 1)]
+    set_fate(engine, first.run_id, held, "held_out")
+    set_fate(engine, first.run_id, [p for p in everyone if p not in held], "delivered", t + timedelta(hours=1))
+    set_fate(engine, first.run_id, [person("116", 2)], "failed")     # failed once, delivered the next day
+    set_fate(engine, first.run_id, [person("116", 3)], "expired")    # never reached at all
+    # two who got the first message install, and one of the held out does too
+    events(engine, [(person("116", 1), "installed", t + timedelta(hours=2)),
+                    (person("125", 5), "installed", t + timedelta(hours=2)),
+                    (person("125", 0), "installed", t + timedelta(hours=2))])
+    # the next day's run suppresses those three; the rest get a second message
+    second = plan_run(engine, config, campaign)
+    assert second.states["suppressed"] == 3
+    set_fate(engine, second.run_id, [person("125", 1)], "held_out")
+    again = [p for p in everyone if p not in held and p not in (person("116", 1), person("125", 5))]
+    set_fate(engine, second.run_id, again, "delivered", planned_at(engine, second.run_id) + timedelta(hours=1))
+    set_fate(engine, second.run_id, [person("116", 3)], "failed")
+
+    report = rep.build(engine, "remind", None)
+
+    total = report.total
+    assert total.audience == 30
+    # each person is in exactly one of: targeted, held out, suppressed
+    assert (total.targeted, total.held_out, total.suppressed) == (28, 2, 0)
+    assert total.audience == total.targeted + total.held_out + total.suppressed
+    assert (total.sent, total.delivered, total.failed) == (27, 27, 1)
+    assert (total.installed_delivered, total.installed_held_out, total.installed_total) == (2, 1, 3)
+
+
+def test_unknown_campaign_is_not_found(engine: Engine) -> None:
+    with pytest.raises(NotFound, match="'nope' has no runs yet"):
+        rep.build(engine, "nope", None)
