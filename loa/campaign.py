@@ -20,9 +20,10 @@ CHANNELS = ("sms", "zalo")
 TRIGGERS = ("manual", "schedule", "arrival")
 TOP_KEYS = {
     "name", "description", "advertising", "channels", "holdout", "suppress_events", "validity_hours",
-    "trigger", "segment", "sms", "zalo", "window", "dates", "goal", "schedule",
+    "trigger", "segment", "sms", "zalo", "window", "dates", "goal", "schedule", "frequency_cap", "opt_out",
 }
-CHANNEL_KEYS = {"sms": {"template", "gateway", "unaccented", "max_parts"}, "zalo": {"template", "gateway"}}
+CHANNEL_KEYS = {"sms": {"template", "gateway", "unaccented", "max_parts", "fallback_after"},
+                "zalo": {"template", "gateway", "fallback_after"}}
 SEGMENT_KEYS = {"areas", "rules", "events"}
 RULE_OPS = {"eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "between", "exists"}
 EVENT_KEYS = {"type", "has", "since"}
@@ -41,6 +42,7 @@ class ChannelSpec:
     gateway: str | None = None
     unaccented: bool = False
     max_parts: int = 6
+    fallback_after: float | None = None   # seconds without a receipt before the next channel
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class Campaign:
     start: date | None
     end: date | None
     goal: Goal | None
+    frequency_cap: int | None = None      # per subscriber per 24 h; None = the configured default
+    opt_out: str = ""
     schedule: Schedule | None = None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
@@ -154,6 +158,15 @@ def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | No
     advertising = raw.get("advertising", False)
     if not isinstance(advertising, bool):
         problems.add("advertising", "must be true or false")
+    cap = raw.get("frequency_cap")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
+        problems.add("frequency_cap", f"must be a whole number of messages per 24 h (0 = no cap), got {cap!r}")
+    opt_out = raw.get("opt_out", "")
+    if not isinstance(opt_out, str):
+        problems.add("opt_out", "must be text, e.g. \"Tu choi QC soan TC gui 1234\"")
+    elif advertising is True and not opt_out.strip():
+        problems.add("opt_out", "an advertising campaign must end its messages with opt-out instructions "
+                     "(Decree 91/2020), e.g. opt_out = \"Tu choi QC soan TC gui 1234\"")
     description = raw.get("description", "")
     if not isinstance(description, str):
         problems.add("description", "must be a string")
@@ -171,7 +184,7 @@ def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | No
         name=name, path=path, description=description, advertising=advertising,
         channels=channels, segment=segment, holdout=float(holdout), suppress_events=tuple(suppress),
         validity_hours=float(validity), trigger=trigger, window=window, start=start, end=end,
-        goal=goal, schedule=schedule, raw=raw,
+        goal=goal, schedule=schedule, raw=raw, frequency_cap=cap, opt_out=opt_out.strip(),
     )
 
 
@@ -207,7 +220,12 @@ def _channels(raw: dict[str, Any], problems: _Problems) -> tuple[ChannelSpec, ..
         unaccented = table.get("unaccented", False)
         if not isinstance(unaccented, bool):
             problems.add(f"{name}.unaccented", "must be true or false")
-        specs.append(ChannelSpec(name, template, gateway, bool(unaccented), max_parts))
+        fallback = table.get("fallback_after")
+        if fallback is not None and not (isinstance(fallback, str) and DURATION.match(fallback)):
+            problems.add(f"{name}.fallback_after", f"must be a duration like \"30m\", got {fallback!r}")
+            fallback = None
+        specs.append(ChannelSpec(name, template, gateway, bool(unaccented), max_parts,
+                                 parse_duration(fallback) if fallback else None))
     for name in CHANNELS:
         if name in raw and name not in names:
             problems.add(name, f"[{name}] is configured but {name!r} is not in channels")

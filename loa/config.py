@@ -20,10 +20,11 @@ from loa.errors import ConfigError, SecretMissing
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
 TOP_LEVEL_KEYS = {
     "database_url", "database_url_env", "timezone", "campaigns_dir", "templates_dir",
-    "defaults", "gateways", "send",
+    "defaults", "gateways", "send", "policy",
 }
+POLICY_KEYS = {"advertising_frequency_cap", "public_frequency_cap", "frequency_hours"}
 DEFAULT_KEYS = {"sms_gateway", "zalo_gateway"}
-SEND_KEYS = {"threads", "batch_size", "lease_seconds"}
+SEND_KEYS = {"threads", "batch_size", "lease_seconds", "limiter", "poll_interval"}
 COMMON_GATEWAY_KEYS = {"type", "rate", "burst", "description"}
 # Names that hold a secret whatever the gateway type: a literal value is refused.
 SECRET_NAME = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|secret_?key|auth)(_|$)", re.I)
@@ -54,6 +55,7 @@ class Config:
     gateways: Mapping[str, GatewaySpec]
     defaults: Mapping[str, str]
     send: Mapping[str, Any]
+    policy: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -120,6 +122,13 @@ def from_mapping(raw: Mapping[str, Any], path: Path | None = None, root: Path | 
             raise ConfigError(f"{label}: defaults.{key}: no gateway named {gw!r} in [gateways]")
     send = dict(_table(raw, "send", label))
     _reject_unknown(send, SEND_KEYS, label, "send.")
+    if send.get("limiter", "database") not in ("database", "memory"):
+        raise ConfigError(f"{label}: send.limiter: must be \"database\" (shared by every worker) or \"memory\"")
+    policy = dict(_table(raw, "policy", label))
+    _reject_unknown(policy, POLICY_KEYS, label, "policy.")
+    for key, value in policy.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{label}: policy.{key}: must be a non-negative number")
     return Config(
         path=path,
         database_url=_database_url(raw, label, base),
@@ -129,6 +138,7 @@ def from_mapping(raw: Mapping[str, Any], path: Path | None = None, root: Path | 
         gateways=gateways,
         defaults=defaults,
         send=send,
+        policy=policy,
     )
 
 

@@ -85,6 +85,7 @@ install_rate = {CAMPAIGN_INSTALL_RATE}
 [send]
 threads = 4
 batch_size = 2000
+limiter = "memory"      # one process: no need to share the limit through the database
 """,
         encoding="utf-8",
     )
@@ -186,6 +187,21 @@ def organic_installs(engine, seed: int) -> int:  # type: ignore[no-untyped-def]
     return len(records)
 
 
+def _within_window(campaign, config, say):  # type: ignore[no-untyped-def]
+    """At night the reminder would wait for 07:00; the demo lifts the window instead, and says so."""
+    import dataclasses
+    from datetime import time as dtime
+
+    from loa.policy import Window
+
+    if Window(*campaign.window).contains(db.utcnow(), config.timezone):
+        return campaign
+    say(f"   (it is night in {config.timezone.key}: the demo lifts the campaign's "
+        f"{campaign.window[0]:%H:%M}-{campaign.window[1]:%H:%M} send window so that it can run now)")
+    raw = dict(campaign.raw) | {"window": {"start": "00:00", "end": "23:59:59"}}
+    return dataclasses.replace(campaign, window=(dtime(0), dtime(23, 59, 59)), raw=raw)
+
+
 def run_demo(directory: Path | None, *, subscribers: int, seed: int, fmt: str, console: Console) -> None:
     from loa import report as rep
     from loa.dispatch import Dispatcher
@@ -212,6 +228,7 @@ def run_demo(directory: Path | None, *, subscribers: int, seed: int, fmt: str, c
         say(f"2. subscribers: {s.line()}  (the last 3 rows are deliberately bad)")
         say(f"3. {prior_installs(engine, shares, seed):,} had installed Bluezone by 2020-08-17 (the province's rates)")
         campaign = load_one(config.campaigns_dir, CAMPAIGN)
+        campaign = _within_window(campaign, config, say)
         plan = plan_run(engine, config, campaign)
         say(f"4. run {plan.run_id} planned: {plan.audience:,} residents, {plan.states['planned']:,} to send, "
             f"{plan.states['held_out']:,} held out, {plan.states['suppressed']:,} suppressed")

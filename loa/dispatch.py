@@ -22,7 +22,9 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,13 +37,17 @@ from sqlalchemy.engine import Connection, Engine
 from loa import db
 from loa.config import Config
 from loa.errors import LoaError
+from loa import gateways as gateway_state
 from loa.gateways import Gateway, GatewayPool
 from loa.phones import mask
+from loa.policy import Policy, channel_window, parse_window
 from loa.receipts import apply_receipts, apply_responses
 from loa.render import Renderer
+from providers.base import Provider as ProviderBase
 from providers.base import (
     AuthError,
     ConfigError,
+    DeferredError,
     MoneyError,
     NotReachableError,
     OutgoingMessage,
@@ -73,7 +79,7 @@ class SendSummary:
         return sum(self.outcomes.values())
 
 
-@dataclass
+@dataclass(eq=False)   # hashable by identity: policy checks key on items
 class _Item:
     id: int
     run_id: int
@@ -91,34 +97,68 @@ class _Item:
 class Dispatcher:
     def __init__(self, engine: Engine, config: Config, *, threads: int | None = None,
                  batch_size: int | None = None, lease_seconds: float | None = None,
-                 campaign: str | None = None, pool: GatewayPool | None = None) -> None:
+                 campaign: str | None = None, pool: GatewayPool | None = None,
+                 shared_limit: bool | None = None) -> None:
         self.engine = engine
         self.config = config
         self.threads = threads or int(config.send.get("threads", 8))
         self.batch_size = batch_size or int(config.send.get("batch_size", 500))
         self.lease = timedelta(seconds=lease_seconds or float(config.send.get("lease_seconds", 300)))
         self.campaign = campaign
-        self.pool = pool or GatewayPool(config)
+        if shared_limit is None:   # several workers share one limit through the database
+            shared_limit = config.send.get("limiter", "database") == "database"
+        self.pool = pool or GatewayPool(config, engine, shared_limit=shared_limit)
         self.renderer = Renderer(config.templates_dir)
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        # unique per dispatcher: two in one process must not take each other's claims for theirs
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.summary = SendSummary()
+        self.policy = Policy.from_config(config)
+        self.stop = threading.Event()
         self._rng = random.Random()
 
-    # -- the loop -------------------------------------------------------------
+    # -- the loops ------------------------------------------------------------
     def run_until_empty(self) -> SendSummary:
+        """Send everything that is due now, then collect receipts (``loa send``)."""
         with ThreadPoolExecutor(self.threads, thread_name_prefix="loa-send") as executor:
             self._executor = executor
-            while True:
-                self.recover()
-                self.expire()
+            while not self.stop.is_set():
+                self.housekeeping()
                 items = self.claim()
                 if not items:
                     break
                 self._process(items)
                 self.poll()
         self.finish_runs()
-        self.poll(drain=True)
+        self.poll(drain=not self.stop.is_set())
         return self.summary
+
+    def run_forever(self, idle: float = 1.0, housekeeping_every: float = 5.0) -> SendSummary:
+        """A long-lived worker (``loa worker``) until :attr:`stop` is set (SIGTERM).
+
+        On stop, sends already handed to the gateway finish and are recorded; rows
+        claimed but not yet sent go back for other workers.
+        """
+        last = 0.0
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="loa-send") as executor:
+            self._executor = executor
+            while not self.stop.is_set():
+                if time.monotonic() - last >= housekeeping_every:
+                    self.housekeeping()
+                    self.finish_runs()
+                    last = time.monotonic()
+                items = self.claim()
+                if items:
+                    self._process(items)
+                self.poll()
+                if not items:
+                    self.stop.wait(idle)
+        return self.summary
+
+    def housekeeping(self) -> None:
+        self.recover()
+        self.expire()
+        self.fallback_timeouts()
+        self.reconcile()
 
     # -- claiming -------------------------------------------------------------
     def _campaign_filter(self) -> Any:
@@ -130,7 +170,8 @@ class Dispatcher:
     def claim(self) -> list[_Item]:
         now = db.utcnow()
         with self.engine.begin() as conn:
-            due = select(O.c.id).where(O.c.state.in_(DUE), O.c.due_at <= now)
+            due = select(O.c.id).where(O.c.state.in_(DUE), O.c.due_at <= now,
+                                       O.c.gateway.not_in(gateway_state.paused_names()))
             if self.summary.paused:
                 due = due.where(O.c.gateway.not_in(list(self.summary.paused)))
             if (flt := self._campaign_filter()) is not None:
@@ -168,6 +209,7 @@ class Dispatcher:
 
     # -- one claimed batch ------------------------------------------------------
     def _process(self, items: list[_Item]) -> None:
+        items = self._enforce_policy(items)
         ready = [item for item in items if self._prepare(item)]
         failed_early = [item for item in items if item.outcome is not None]
         if failed_early:
@@ -175,6 +217,9 @@ class Dispatcher:
         # The window bounds what a crash can leave ambiguous, and amortises two commits over it.
         window = max(self.threads * 16, 64)
         for start in range(0, len(ready), window):
+            if self.stop.is_set():
+                self._release(ready[start:])
+                return
             chunk = [i for i in ready[start:start + window] if i.gateway not in self.summary.paused]
             skipped = [i for i in ready[start:start + window] if i.gateway in self.summary.paused]
             if skipped:
@@ -184,6 +229,34 @@ class Dispatcher:
             chunk = self._mark_sending(chunk)
             list(self._executor.map(self._send, chunk))
             self._record(chunk)
+
+    def _enforce_policy(self, items: list[_Item]) -> list[_Item]:
+        """Decree 91 just before sending: do-not-contact, the send window, the frequency cap.
+
+        A message held back keeps its reason in the ledger and is never dropped:
+        suppressed for a refusal, deferred (with the time) for a window or a cap.
+        """
+        now = db.utcnow()
+        held: list[_Item] = []
+        blocked = self.policy.blocked(self.engine, {i.subscriber_id: i.phone for i in items})
+        for item in items:
+            if item.subscriber_id in blocked:
+                item.outcome = {"state": "suppressed", "reason": blocked[item.subscriber_id]}
+                held.append(item)
+                continue
+            window = channel_window(item.channel, parse_window(item.definition.get("window")))
+            if not window.contains(now, self.config.timezone):
+                item.outcome = {"state": "deferred", "due_at": window.next_open(now, self.config.timezone),
+                                "reason": f"outside the {item.channel} send window "
+                                          f"{window.start:%H:%M}-{window.end:%H:%M}"}
+                held.append(item)
+        rest = [i for i in items if i.outcome is None]
+        for item, until in self.policy.over_cap(self.engine, rest, now).items():
+            item.outcome = {"state": "deferred", "due_at": until, "reason": "frequency cap"}
+            held.append(item)
+        if held:
+            self._record(held)
+        return [i for i in items if i.outcome is None]
 
     def _prepare(self, item: _Item) -> bool:
         """Render the message; a template error fails this message only."""
@@ -238,7 +311,7 @@ class Dispatcher:
         except ProviderError as exc:
             item.outcome = self._classify(item, gw, exc)
         except LoaError as exc:   # the gateway cannot even be built: a missing secret, a bad setting
-            self.summary.paused[item.gateway] = str(exc)
+            self._pause(item.gateway, str(exc))
             item.outcome = {"state": "planned", "attempts": item.attempts - 1, "error_code": "config",
                             "error_text": str(exc)[:500]}
         except Exception as exc:  # a bug in an adapter must not lose the row: treat as ambiguous
@@ -249,7 +322,7 @@ class Dispatcher:
         code, text = exc.code, str(exc)[:500]
         log.info("gateway %s refused %s: %s", item.gateway, mask(item.phone), text)
         if isinstance(exc, PAUSING):
-            self.summary.paused.setdefault(item.gateway, f"{exc.kind} error: {text}")
+            self._pause(item.gateway, f"{exc.kind} error: {text}")
             # nothing was sent: the row goes back, and this attempt does not count
             return {"state": "planned", "attempts": item.attempts - 1, "error_code": code, "error_text": text}
         if isinstance(exc, NotReachableError):
@@ -258,8 +331,14 @@ class Dispatcher:
             return _failed(code, text)
         if exc.ambiguous and not (gw and gw.provider.dedupes_by_key):
             return {"state": "unknown", "error_code": code, "error_text": f"outcome unknown: {text}"}
-        if isinstance(exc, ThrottledError) and gw is not None:
-            gw.limiter.slow_down(exc.retry_after or 1.0)
+        if isinstance(exc, ThrottledError | DeferredError):
+            # pushback and deferrals (Zalo's night rule, daily quotas) are not failures: the
+            # attempt is not counted, and the message's validity bounds how long it waits
+            if isinstance(exc, ThrottledError) and gw is not None:
+                gw.limiter.slow_down(exc.retry_after or 1.0)
+            delay = exc.retry_after or BACKOFF[0] * self._rng.uniform(0.8, 1.2)
+            return {"state": "deferred", "attempts": item.attempts - 1, "error_code": code, "error_text": text,
+                    "due_at": db.utcnow() + timedelta(seconds=delay), "reason": exc.kind}
         if item.attempts >= MAX_ATTEMPTS:
             return _failed(code, f"gave up after {item.attempts} attempts: {text}")
         delay = exc.retry_after or BACKOFF[item.attempts - 1] * self._rng.uniform(0.8, 1.2)
@@ -294,6 +373,13 @@ class Dispatcher:
             for shape, params in by_shape.items():
                 conn.execute(_update_for(shape), params)
 
+    def _pause(self, gateway: str, reason: str) -> None:
+        """Pause a gateway for every worker until `loa gateways resume`."""
+        if gateway not in self.summary.paused:
+            self.summary.paused[gateway] = reason
+            if gateway_state.pause(self.engine, gateway, reason):
+                log.error("gateway %s paused: %s", gateway, reason)
+
     def _release(self, items: list[_Item]) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(O).where(O.c.id.in_([i.id for i in items]), O.c.state == "claimed")
@@ -303,16 +389,18 @@ class Dispatcher:
     def recover(self) -> int:
         """Return rows of workers whose lease expired (crashed or killed)."""
         now = db.utcnow()
+        with self.engine.connect() as conn:
+            stuck = conn.execute(select(O.c.gateway).where(O.c.state == "sending", O.c.lease_until < now)
+                                 .group_by(O.c.gateway)).scalars().all()
+        # asked before the write transaction: building a gateway may itself write (its limiter row)
+        dedupes = {gateway: self._dedupes(gateway) for gateway in stuck}
         n = 0
         with self.engine.begin() as conn:
             n += conn.execute(update(O).where(O.c.state == "claimed", O.c.lease_until < now)
                               .values(state="planned", worker=None, lease_until=None, updated_at=now)).rowcount
-            stuck = conn.execute(select(O.c.gateway).where(O.c.state == "sending", O.c.lease_until < now)
-                                 .group_by(O.c.gateway)).scalars().all()
-            for gateway in stuck:
-                dedupes = self._dedupes(gateway)
+            for gateway, safe in dedupes.items():
                 values: dict[str, Any] = (
-                    {"state": "planned", "due_at": now} if dedupes else
+                    {"state": "planned", "due_at": now} if safe else
                     {"state": "unknown", "error_code": "ambiguous",
                      "error_text": "the worker stopped during the gateway call; not re-sent"}
                 )
@@ -345,6 +433,68 @@ class Dispatcher:
                     ).rowcount
         self.summary.expired += n
         return n
+
+    def fallback_timeouts(self) -> int:
+        """A message with no receipt within its channel's ``fallback_after`` moves to the next
+        channel.  A delivered message never does, so nobody gets both channels for one run
+        unless the first channel's receipt comes later than the fallback."""
+        now = db.utcnow()
+        r = db.runs
+        moved = 0
+        with self.engine.begin() as conn:
+            for run_id, definition in conn.execute(select(r.c.id, r.c.definition).where(r.c.status == "planned")):
+                channels = list(definition.get("channels", []))
+                for channel, nxt in zip(channels, channels[1:], strict=False):
+                    after = definition.get(channel, {}).get("fallback_after")
+                    if not after:
+                        continue
+                    from loa.campaign import parse_duration
+
+                    limit = now - timedelta(seconds=parse_duration(after))
+                    gateway = definition.get(nxt, {}).get("gateway") or self.config.default_gateway(nxt)
+                    moved += conn.execute(
+                        update(O).where(O.c.run_id == run_id, O.c.channel == channel, O.c.state == "sent",
+                                        O.c.sent_at < limit)
+                        .values(state="planned", channel=nxt, gateway=gateway, due_at=now, attempts=0,
+                                provider_id=None, sent_at=None, updated_at=now,
+                                reason=f"no {channel} receipt within {after}; moved to {nxt}")
+                    ).rowcount
+        return moved
+
+    def reconcile(self, limit: int = 200) -> int:
+        """Ask gateways that keep records about messages whose outcome is unknown."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(O.c.id, O.c.run_id, O.c.subscriber_id, O.c.gateway, O.c.provider_id)
+                .where(O.c.state == "unknown", O.c.error_code.is_distinct_from("unreconciled")).limit(limit)
+            ).all()
+        settled = 0
+        for row_id, run_id, subscriber_id, gateway, provider_id in rows:
+            try:
+                gw = self.pool.get(gateway)
+            except LoaError:
+                continue
+            if type(gw.provider).lookup is ProviderBase.lookup:
+                continue
+            try:
+                found = gw.provider.lookup(db.message_key(run_id, subscriber_id), provider_id)
+            except ProviderError as exc:
+                log.info("gateway %s: lookup failed: %s", gateway, exc)
+                continue
+            now = db.utcnow()
+            if found is None:
+                values: dict[str, Any] = {"error_code": "unreconciled",
+                                          "error_text": "the gateway has no record of this message"}
+            elif isinstance(found, SendResult):
+                values = {"state": "delivered" if found.status == "delivered" else "sent",
+                          "provider_id": found.provider_id}
+            else:
+                values = {"state": found.status, "provider_id": found.provider_id or provider_id,
+                          "delivered_at": found.at or now, "error_code": found.error_code}
+            with self.engine.begin() as conn:
+                settled += conn.execute(update(O).where(O.c.id == row_id, O.c.state == "unknown")
+                                        .values(updated_at=now, **values)).rowcount
+        return settled
 
     def finish_runs(self) -> None:
         r = db.runs
@@ -418,7 +568,7 @@ def _sent(result: SendResult, message: OutgoingMessage, handed_over: datetime) -
     now = handed_over
     outcome = {"state": "delivered" if result.status == "delivered" else "sent", "provider_id": result.provider_id,
                "parts": result.parts or message.parts, "encoding": message.encoding if message.channel == "sms" else None,
-               "sent_at": now, "error_code": None, "error_text": None}
+               "sent_at": now, "error_code": None, "error_text": None, "reason": None}
     if outcome["state"] == "delivered":
         outcome["delivered_at"] = now
     return outcome

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from loa import db
 
 ADVERTISING_PREFIX = "[QC]"
 BRANDNAME = re.compile(r"^[A-Za-z0-9 ._-]{1,11}$")
@@ -36,6 +43,20 @@ class Window:
         local = at.astimezone(tz)
         day = local.date() if local.time() < self.start else local.date() + timedelta(days=1)
         return datetime.combine(day, self.start, tz).astimezone(UTC)
+
+
+DEFAULT_WINDOW = (time(7), time(22))
+
+
+def parse_window(table: Any) -> tuple[time, time]:
+    """A campaign snapshot's [window] (strings or times), or the default 07:00-22:00."""
+    if not isinstance(table, Mapping):
+        return DEFAULT_WINDOW
+    bounds = []
+    for key, default in zip(("start", "end"), DEFAULT_WINDOW, strict=True):
+        value = table.get(key)
+        bounds.append(value if isinstance(value, time) else time.fromisoformat(value) if value else default)
+    return bounds[0], bounds[1]
 
 
 def channel_window(channel: str, campaign_window: tuple[time, time]) -> Window:
@@ -72,3 +93,68 @@ def is_opt_out(text: str) -> bool:
     words = re.sub(r"[^A-Z ]+", " ", unidecode(text).upper()).split()
     joined = " ".join(words)
     return any(joined == w or joined.startswith(w + " ") for w in OPT_OUT_WORDS)
+
+
+SENT = ("sending", "sent", "delivered", "undelivered")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Caps and lists checked just before each send (planning checks them too)."""
+
+    advertising_cap: int = 3          # messages per subscriber per `cap_hours`, advertising campaigns
+    public_cap: int = 0               # the same for public-interest campaigns; 0 = no cap
+    cap_hours: float = 24.0
+
+    @classmethod
+    def from_config(cls, config: Any) -> Policy:
+        table = getattr(config, "policy", {}) or {}
+        return cls(int(table.get("advertising_frequency_cap", 3)), int(table.get("public_frequency_cap", 0)),
+                   float(table.get("frequency_hours", 24)))
+
+    def cap_for(self, definition: Mapping[str, Any]) -> int:
+        own = definition.get("frequency_cap")
+        if own is not None:
+            return int(own)
+        return self.advertising_cap if definition.get("advertising") else self.public_cap
+
+    def blocked(self, engine: Engine, phones: Mapping[int, str]) -> dict[int, str]:
+        """Subscribers who must not be contacted now, with the reason: opted out or on the DNC list."""
+        if not phones:
+            return {}
+        s, d = db.subscribers, db.dnc
+        with engine.connect() as conn:
+            opted = set(conn.scalars(select(s.c.id).where(s.c.id.in_(list(phones)), s.c.opted_out_at.is_not(None))))
+            listed = set(conn.scalars(select(d.c.phone).where(d.c.phone.in_(list(set(phones.values()))))))
+        out = {sid: "opted_out" for sid in opted}
+        out.update({sid: "dnc" for sid, phone in phones.items() if phone in listed and sid not in out})
+        return out
+
+    def over_cap(self, engine: Engine, items: Sequence[Any], now: datetime) -> dict[Any, datetime]:
+        """Items whose subscriber has had their cap of messages in the last ``cap_hours``,
+        each with the time the oldest of those leaves the window."""
+        capped = [i for i in items if self.cap_for(i.definition) > 0]
+        if not capped:
+            return {}
+        o = db.outbox
+        since = now - timedelta(hours=self.cap_hours)
+        ids = {i.subscriber_id for i in capped}
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(o.c.subscriber_id, o.c.sent_at)
+                .where(o.c.subscriber_id.in_(ids), o.c.state.in_(SENT),
+                       func.coalesce(o.c.sent_at, o.c.updated_at) >= since,
+                       o.c.id.not_in([i.id for i in capped]))
+            ).all()
+        recent: dict[int, list[datetime]] = {}
+        for sid, sent_at in rows:
+            recent.setdefault(sid, []).append(sent_at or now)
+        held: dict[Any, datetime] = {}
+        for item in capped:
+            times = sorted(recent.get(item.subscriber_id, []))
+            cap = self.cap_for(item.definition)
+            if len(times) >= cap:
+                held[item] = times[len(times) - cap] + timedelta(hours=self.cap_hours)
+            else:   # this batch's own sends count too
+                recent.setdefault(item.subscriber_id, []).append(now)
+        return held

@@ -31,8 +31,8 @@ class FileProvider(Provider):
         Setting("path", required=True, help="JSON Lines file to append to; folders are created"),
     )
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        super().__init__(name, options)
+    def __init__(self, name: str, options: Mapping[str, Any], state: StateStore | None = None) -> None:
+        super().__init__(name, options, state)
         raw = self.options.get("path")
         if not raw:
             raise self.error(ConfigError, "setting 'path' is required")

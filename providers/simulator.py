@@ -33,6 +33,7 @@ import requests
 from urllib3.exceptions import NewConnectionError  # requests' own transport
 
 from providers.base import (
+    StateStore,
     AuthError,
     ConfigError,
     DeliveryReceipt,
@@ -332,8 +333,8 @@ class SimulatorProvider(Provider):
                 help="a re-send with the same key returns the first message"),
     )
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        super().__init__(name, options)
+    def __init__(self, name: str, options: Mapping[str, Any], state: StateStore | None = None) -> None:
+        super().__init__(name, options, state)
         network = self.options.get("network")
         if network is None:
             try:
@@ -585,8 +586,8 @@ class SimulatorHTTPProvider(Provider):
         Setting("timeout", required=False, default=5.0, help="seconds per HTTP request"),
     )
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        super().__init__(name, options)
+    def __init__(self, name: str, options: Mapping[str, Any], state: StateStore | None = None) -> None:
+        super().__init__(name, options, state)
         url = str(self.options.get("url") or "").rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise self.error(ConfigError, f"setting 'url' must be an http(s) URL, got {url!r}")

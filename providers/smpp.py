@@ -960,7 +960,7 @@ class SMPPProvider(Provider):
         if digits.startswith("+"):
             digits = digits[1:]
         if not digits.isdigit() or not 3 <= len(digits) <= 20:
-            raise self.error(PermanentError, f"not a phone number: {_mask(to)!r}", code="0x0B")
+            raise self.error(PermanentError, f"not a phone number: {_mask(to)!r}")
         return digits
 
     def _submit(self, destination: str, coding: int, esm_class: int, short_message: bytes,

@@ -150,7 +150,7 @@ def test_sms_tempalte_typo_also_reports_the_missing_template(folder: Path) -> No
     _, problems = _one(folder, 'name = "c"\nchannels = ["sms"]\n[sms]\ntempalte = "sms/ok.j2"\n')
     path = folder / "c.toml"
     assert problems == [
-        f"{path}: sms.tempalte: unknown key (known: gateway, max_parts, template, unaccented)",
+        f"{path}: sms.tempalte: unknown key (known: fallback_after, gateway, max_parts, template, unaccented)",
         f"{path}: sms.template: missing template path (relative to the templates folder)",
     ]
 

@@ -496,7 +496,8 @@ def test_throttling_defers_by_retry_after_and_slows_the_gateway(engine: Engine, 
     dispatcher.run_until_empty()
 
     [row] = outbox(engine, plan.run_id)
-    assert (row["state"], row["error_code"], row["attempts"]) == ("deferred", "429", 1)
+    # pushback is not a failure: the attempt is not spent, and the ledger says why it waits
+    assert (row["state"], row["error_code"], row["attempts"], row["reason"]) == ("deferred", "429", 0, "throttled")
     # the gateway's Retry-After, not the generic 30 s backoff
     assert start + timedelta(seconds=2) <= row["due_at"] <= db.utcnow() + timedelta(seconds=2)
     # and the limiter holds the whole gateway back for as long, whatever its burst (3 here)
@@ -505,7 +506,7 @@ def test_throttling_defers_by_retry_after_and_slows_the_gateway(engine: Engine, 
     with time_machine.travel(start + timedelta(minutes=1), tick=True):
         Dispatcher(engine, config, threads=1).run_until_empty()
     [row] = outbox(engine, plan.run_id)
-    assert (row["state"], row["attempts"], row["provider_id"]) == ("sent", 2, f"thr-{key(row)}")
+    assert (row["state"], row["attempts"], row["provider_id"]) == ("sent", 1, f"thr-{key(row)}")
     assert Throttled.calls == Counter({key(row): 2})
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 import scheduler
 from loa import db, importer
 from loa.config import Config
-from tests.conftest import write
+from conftest import write
 
 CAMPAIGN = """
 name = "daily"

@@ -436,20 +436,20 @@ class FakeSMSC:
         elif command == "submit_sm":
             self._submit(conn, pdu)
         elif command == "enquire_link":
-            self._respond(conn, "enquire_link_resp", pdu)
-            with self._lock:
+            with self._lock:            # count first: the client may look as soon as it has the answer
                 self.enquire_links += 1
                 self.changed.notify_all()
+            self._respond(conn, "enquire_link_resp", pdu)
         elif command == "enquire_link_resp":
             with self._lock:
                 self.enquire_link_resps += 1
                 self.changed.notify_all()
         elif command == "unbind":
-            self._respond(conn, "unbind_resp", pdu)
             with self._lock:
                 self.unbinds += 1
                 conn.bound = False
                 self.changed.notify_all()
+            self._respond(conn, "unbind_resp", pdu)
             conn.close()
         elif command == "unbind_resp":
             with self._lock:
