@@ -33,7 +33,7 @@ def campaign_problems(config: Config, campaign: Campaign, attribute_keys: set[st
             problems.append(f"{where}.gateway: unknown gateway {gateway!r} (configured: {known})")
         else:
             problems += _gateway_problems(config, gateway, spec.channel, where)
-    return problems
+    return problems + advertising_problems(config, campaign)
 
 
 def _gateway_problems(config: Config, name: str, channel: str, where: str) -> list[str]:
@@ -48,6 +48,32 @@ def _gateway_problems(config: Config, name: str, channel: str, where: str) -> li
         return [f"{where}.gateway: gateway {name!r} ({spec.type}) does not send {channel} "
                 f"(it sends {', '.join(cls.channels)})"]
     return []
+
+
+# settings that carry an alphanumeric sender (brandname), per gateway type
+SENDER_SETTINGS = ("brandname", "source_addr", "from_number")
+
+
+def advertising_problems(config: Config, campaign: Campaign) -> list[str]:
+    """Decree 91/2020: an advertising SMS comes from a registered brandname of at most 11
+    characters without diacritics, and carries opt-out instructions (checked by the parser)."""
+    from loa.policy import brandname_problem
+
+    if not campaign.advertising:
+        return []
+    problems = []
+    for spec in campaign.channels:
+        if spec.channel != "sms":
+            continue
+        name = spec.gateway or config.default_gateway("sms")
+        if name is None or name not in config.gateways:
+            continue
+        settings = config.gateways[name].settings
+        sender = next((str(settings[k]) for k in SENDER_SETTINGS if k in settings), None)
+        if sender is not None and not sender.lstrip("+").isdigit() and (reason := brandname_problem(sender)):
+            problems.append(f"{campaign.path}: sms.gateway: advertising needs a registered brandname: {reason} "
+                            f"(gateway {name!r})")
+    return problems
 
 
 def attribute_keys(engine: Engine | None) -> set[str] | None:

@@ -108,7 +108,7 @@ def init(app: App) -> None:
 # -- import -------------------------------------------------------------------
 
 @main.command("import")
-@click.argument("kind", type=click.Choice(["areas", "subscribers", "events"]))
+@click.argument("kind", type=click.Choice(["areas", "subscribers", "events", "dnc"]))
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--rejects", type=click.Path(path_type=Path), default=None,
               help="Where to write rejected rows (default: FILE.rejects.csv beside FILE).")
@@ -117,7 +117,7 @@ def init(app: App) -> None:
 @click.pass_obj
 @fail_cleanly
 def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: int, show_rejects: int) -> None:
-    """Import a CSV of areas, subscribers or events (UTF-8, with or without BOM)."""
+    """Import a CSV of areas, subscribers, events or do-not-contact numbers (UTF-8, with or without BOM)."""
     from loa import importer
 
     if not file.is_file():
@@ -127,6 +127,7 @@ def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: i
         "areas": lambda: importer.AreasHandler(engine, file),
         "subscribers": lambda: importer.SubscribersHandler(engine, file),
         "events": lambda: importer.EventsHandler(engine, file, app.config.timezone),
+        "dnc": lambda: importer.DncHandler(engine, file),
     }[kind]()
     shown: list[str] = []
 
@@ -300,6 +301,69 @@ def send(app: App, campaign: str | None, until_empty: bool, threads: int | None)
         sys.exit(1)
 
 
+@main.command()
+@click.option("--campaign", default=None, help="Only this campaign's messages.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None)
+@click.option("--idle", type=click.FloatRange(0.05, 60), default=1.0, show_default=True,
+              help="Seconds to wait when nothing is due.")
+@click.pass_obj
+@fail_cleanly
+def worker(app: App, campaign: str | None, threads: int | None, idle: float) -> None:
+    """A long-lived sender: run any number, on one machine or several (PostgreSQL).
+
+    Workers claim due messages under a lease and share each gateway's rate limit
+    through the database.  SIGTERM finishes the sends in flight and exits.
+    """
+    import signal
+
+    from loa.dispatch import Dispatcher
+
+    dispatcher = Dispatcher(app.engine(), app.config, threads=threads, campaign=campaign)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: dispatcher.stop.set())
+    log = logging.getLogger("loa.worker")
+    log.warning("worker %s started", dispatcher.worker)
+    try:
+        summary = dispatcher.run_forever(idle=idle)
+    finally:
+        dispatcher.pool.close()
+    outcomes = ", ".join(f"{n:,} {s}" for s, n in sorted(summary.outcomes.items())) or "nothing"
+    log.warning("worker %s stopped: %s", dispatcher.worker, outcomes)
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_obj
+@fail_cleanly
+def status(app: App, fmt: str) -> None:
+    """Messages by state per campaign and run, send rates, ETAs and paused gateways."""
+    import json
+
+    from loa.status import collect
+
+    result = collect(app.engine())
+    if fmt == "json":
+        click.echo(json.dumps(result, ensure_ascii=False, indent=2, default=str))
+        return
+    runs = Table("campaign", "run", "status", "planned", "sending", "sent", "delivered", "failed", "other",
+                 title="runs")
+    for r in result["runs"]:
+        st = r["states"]
+        known = ("planned", "deferred", "claimed", "sending", "sent", "delivered", "undelivered", "failed")
+        runs.add_row(escape(r["campaign"]), str(r["run"]), r["status"], f"{st.get('planned', 0) + st.get('deferred', 0):,}",
+                     f"{st.get('claimed', 0) + st.get('sending', 0):,}", f"{st.get('sent', 0):,}",
+                     f"{st.get('delivered', 0):,}", f"{st.get('failed', 0) + st.get('undelivered', 0):,}",
+                     escape(", ".join(f"{n:,} {k}" for k, n in st.items() if k not in known)))
+    out.print(runs)
+    gws = Table("gateway", "due", "sent last minute", "rate (msg/s)", "ETA", "state", title="gateways")
+    for g in result["gateways"]:
+        eta = "—" if g["eta_seconds"] is None else f"{g['eta_seconds'] / 60:.1f} min"
+        state = f"paused: {g['paused']}" if g["paused"] else "active"
+        gws.add_row(escape(g["name"]), f"{g['due']:,}", f"{g['sent_last_minute']:,}", f"{g['rate']:.1f}", eta,
+                    escape(state))
+    out.print(gws)
+
+
 # -- report -------------------------------------------------------------------
 
 @main.command()
@@ -360,11 +424,31 @@ def gateways_list(app: App) -> None:
     """Configured gateways and the gateway types loa knows."""
     from providers import registry
 
-    table = Table("name", "type", "rate (parts/s)", "settings")
+    from loa import gateways as gw
+
+    engine = _engine_if_ready(app)
+    paused = gw.paused(engine) if engine is not None else {}
+    table = Table("name", "type", "rate (parts/s)", "settings", "state")
     for spec in app.config.gateways.values():
-        table.add_row(spec.name, spec.type, str(spec.rate or "default"), ", ".join(sorted(spec.settings)))
+        state = f"paused: {paused[spec.name]['reason']}" if spec.name in paused else "active"
+        table.add_row(escape(spec.name), spec.type, str(spec.rate or "default"),
+                      escape(", ".join(sorted(spec.settings))), escape(state))
     out.print(table)
     out.print(f"known types: {', '.join(registry.known_types())}", highlight=False)
+
+
+@gateways.command("resume")
+@click.argument("name")
+@click.pass_obj
+@fail_cleanly
+def gateways_resume(app: App, name: str) -> None:
+    """Resume a gateway paused by an authentication, configuration or money error."""
+    from loa import gateways as gw
+
+    app.config.gateway(name)
+    reason = gw.resume(app.engine(), name)
+    out.print(f"gateway {name} resumed (it was paused: {reason}); its messages go out with the next send",
+              highlight=False, markup=False)
 
 
 @gateways.command("check")

@@ -283,13 +283,18 @@ def create_schema(engine: Engine) -> bool:
 
 
 def check_schema(engine: Engine) -> None:
-    """Fail with one line if ``loa init`` has not been run on this database."""
+    """Fail with one line if ``loa init`` has not been run, or was run by an older loa."""
     try:
         with engine.connect() as conn:
-            if not inspect(conn).has_table("loa_meta"):
-                raise LoaError(f"database {redact(str(engine.url))} has no loa schema; run `loa init` first")
+            names = set(inspect(conn).get_table_names())
     except OperationalError as exc:
         raise LoaError(f"cannot open database {redact(str(engine.url))}: {exc.orig}") from None
+    if "loa_meta" not in names:
+        raise LoaError(f"database {redact(str(engine.url))} has no loa schema; run `loa init` first")
+    missing = sorted(set(metadata.tables) - names)
+    if missing:
+        raise LoaError(f"database {redact(str(engine.url))} lacks table(s) {', '.join(missing)} of this "
+                       "version of loa; run `loa init` to add them (existing data is kept)")
 
 
 def insert_for(conn: Connection, table: Table) -> Any:

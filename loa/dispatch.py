@@ -267,6 +267,7 @@ class Dispatcher:
                 sms = self.renderer.render_sms(
                     spec["template"], item.context, unaccented=bool(spec.get("unaccented", False)),
                     max_parts=int(spec.get("max_parts", 6)),
+                    advertising_opt_out=definition.get("opt_out", "") if definition.get("advertising") else None,
                 )
                 item.message = OutgoingMessage(
                     key=db.message_key(item.run_id, item.subscriber_id), to=item.phone, channel="sms",

@@ -585,6 +585,44 @@ class EventsHandler:
         pass
 
 
+class DncHandler:
+    """The do-not-contact list: the national DNC register ("DK DNC" to 5656) or local refusals.
+
+    Numbers need not be subscribers: a listed number is suppressed whenever it
+    appears, at planning and again just before sending.
+    """
+
+    kind = "dnc"
+    required = ("phone",)
+    expected = "phone[,source]"
+
+    def __init__(self, engine: Engine, path: Path) -> None:
+        self.path = path
+
+    def check_header(self, header: Sequence[str]) -> None:
+        if missing := _missing(header, self.required):
+            raise _header_error(str(self.path), self.kind, header, missing, self.expected)
+
+    def prepare(self, row: Mapping[str, str]) -> dict[str, Any]:
+        try:
+            phone = normalize(row.get("phone", "")).e164
+        except PhoneError as exc:
+            raise RowError("phone", str(exc)) from None
+        return {"phone": phone, "source": _fit("source", row.get("source", "").strip() or self.path.name, 64)}
+
+    def write(self, conn: Connection, records: list[dict[str, Any]]) -> tuple[int, list[Late]]:
+        now = db.utcnow()
+        rows = {r["phone"]: {"phone": r["phone"], "source": r["source"], "added_at": now} for r in records}
+        conn.execute(db.insert_for(conn, db.dnc).on_conflict_do_nothing(), list(rows.values()))
+        return len(records), []
+
+    def count(self, conn: Connection) -> int:
+        return conn.scalar(select(func.count()).select_from(db.dnc)) or 0
+
+    def finish(self, conn: Connection) -> None:
+        pass
+
+
 def record_events(conn: Connection, records: list[dict[str, Any]], on_unknown: Callable[[dict[str, Any]], None] | None = None) -> int:
     """Insert events (phone, type, occurred_at, source, attributes[, outbox_id]) idempotently.
 

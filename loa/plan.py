@@ -84,6 +84,9 @@ def audience_select(conn: Connection, config: Config, campaign: Campaign, now: d
     e = db.events
     source: Any = S
     whens: list[tuple[Any, str]] = [(S.c.opted_out_at.is_not(None), "opted_out")]
+    dnc = db.dnc.alias("dnc")
+    source = source.outerjoin(dnc, dnc.c.phone == S.c.phone)
+    whens.append((dnc.c.phone.is_not(None), "dnc"))
     for i, kind in enumerate(campaign.suppress_events):
         # One LEFT JOIN per event type: the database builds the set once, where a
         # correlated EXISTS would probe the events index again for every subscriber.

@@ -73,7 +73,8 @@ def preview(engine: Engine, config: Config, campaign: Campaign, count: int = 3) 
         who = f"{row['name'] or '(no name)'} {mask(row['phone'])}"
         try:
             if spec.channel == "sms":
-                sms = renderer.render_sms(spec.template, ctx, unaccented=spec.unaccented, max_parts=spec.max_parts)
+                sms = renderer.render_sms(spec.template, ctx, unaccented=spec.unaccented, max_parts=spec.max_parts,
+                                          advertising_opt_out=campaign.opt_out if campaign.advertising else None)
                 sample_parts.append(sms.info.parts)
                 detail = f"{sms.info.encoding}, {sms.info.units} units, {sms.info.parts} part(s)"
                 result.samples.append(Sample(who, row["area_name"] or "-", "sms", sms.text, detail))

@@ -26,6 +26,7 @@ from jinja2 import StrictUndefined, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from loa.errors import TemplateError
+from loa.policy import advertising_text
 from loa.text import SmsInfo, measure, nfc, unaccent
 
 SUBSCRIBER_FIELDS = {"name", "phone", "language", "carrier"}
@@ -104,14 +105,18 @@ class Renderer:
 
     # -- rendering --------------------------------------------------------
     def render_sms(self, name: str, context: Mapping[str, Any], *, unaccented: bool = False,
-                   max_parts: int = 6) -> SmsText:
+                   max_parts: int = 6, advertising_opt_out: str | None = None) -> SmsText:
+        """The SMS text; an advertising message (``advertising_opt_out`` given) is framed as
+        Decree 91/2020 requires: "[QC]" first and the opt-out instructions last."""
         template = self.sms_template(name)
         text = nfc(_render(template, context, name).strip())
+        if not text:
+            raise TemplateError(f"template {name!r} rendered an empty message")
+        if advertising_opt_out is not None:
+            text = advertising_text(text, nfc(advertising_opt_out))
         if unaccented:
             text = unaccent(text)
         info = measure(text)
-        if not text:
-            raise TemplateError(f"template {name!r} rendered an empty message")
         if info.parts > max_parts:
             raise TemplateError(
                 f"template {name!r}: message is {info.parts} {info.encoding} parts "
