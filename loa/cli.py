@@ -532,3 +532,47 @@ def schedule_run(app: App) -> None:
         stop.wait()
     finally:
         sched.shutdown()
+
+
+# -- serve ----------------------------------------------------------------------
+
+@main.command()
+@click.option("--host", default=None, help="Listen address (default: serve.host, else 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default: serve.port, else 8080).")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Dispatchers in this process (default: serve.workers, else 1; 0 = none).")
+@click.option("--scheduler/--no-scheduler", default=True, show_default=True,
+              help="Take part in the election of the one active scheduler.")
+@click.pass_obj
+@fail_cleanly
+def serve(app: App, host: str | None, port: int | None, workers: int | None, scheduler: bool) -> None:
+    """Everything on one machine: the HTTP endpoints (gateway callbacks, opt-outs, health,
+    metrics), the scheduler (one active across machines) and dispatchers.
+
+    SIGTERM finishes the sends in flight and exits; SIGHUP reloads the campaigns.
+    """
+    import signal
+    import threading
+
+    from loa.serve import Service
+
+    settings = app.config.serve
+    service = Service(
+        app.engine(), app.config,
+        host=host or str(settings.get("host", "127.0.0.1")),
+        port=int(settings.get("port", 8080)) if port is None else port,
+        workers=int(settings.get("workers", 1)) if workers is None else workers,
+        scheduler=scheduler,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: service.reload())
+    service.start()
+    out.print(f"loa serving on http://{service.host}:{service.port} "
+              f"({service.workers} dispatcher(s), scheduler {'on' if scheduler else 'off'})",
+              highlight=False, markup=False)
+    try:
+        stop.wait()
+    finally:
+        service.stop()

@@ -20,8 +20,9 @@ from loa.errors import ConfigError, SecretMissing
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
 TOP_LEVEL_KEYS = {
     "database_url", "database_url_env", "timezone", "campaigns_dir", "templates_dir",
-    "defaults", "gateways", "send", "policy",
+    "defaults", "gateways", "send", "policy", "serve",
 }
+SERVE_KEYS = {"host", "port", "public_url", "opt_out_reply", "workers"}
 POLICY_KEYS = {"advertising_frequency_cap", "public_frequency_cap", "frequency_hours"}
 DEFAULT_KEYS = {"sms_gateway", "zalo_gateway"}
 SEND_KEYS = {"threads", "batch_size", "lease_seconds", "limiter", "poll_interval"}
@@ -56,6 +57,7 @@ class Config:
     defaults: Mapping[str, str]
     send: Mapping[str, Any]
     policy: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    serve: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -126,6 +128,8 @@ def from_mapping(raw: Mapping[str, Any], path: Path | None = None, root: Path | 
         raise ConfigError(f"{label}: send.limiter: must be \"database\" (shared by every worker) or \"memory\"")
     policy = dict(_table(raw, "policy", label))
     _reject_unknown(policy, POLICY_KEYS, label, "policy.")
+    serve = dict(_table(raw, "serve", label))
+    _reject_unknown(serve, SERVE_KEYS, label, "serve.")
     for key, value in policy.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"{label}: policy.{key}: must be a non-negative number")
@@ -139,6 +143,7 @@ def from_mapping(raw: Mapping[str, Any], path: Path | None = None, root: Path | 
         defaults=defaults,
         send=send,
         policy=policy,
+        serve=serve,
     )
 
 

@@ -1,0 +1,107 @@
+"""``loa serve``: the web endpoints, the elected scheduler and dispatchers in one process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from loa.config import Config
+from loa.dispatch import Dispatcher
+from loa.leader import Leadership
+from loa.web import Web
+
+log = logging.getLogger("loa.serve")
+
+
+class Service:
+    def __init__(self, engine: Engine, config: Config, *, host: str = "127.0.0.1", port: int = 8080,
+                 workers: int = 1, scheduler: bool = True, idle: float = 1.0) -> None:
+        import waitress
+
+        import scheduler as scheduling
+
+        self.engine = engine
+        self.config = config
+        self.workers = workers
+        self.web = Web(engine, config)
+        self.server: Any = waitress.create_server(self.web, host=host, port=port, threads=8,
+                                                  clear_untrusted_proxy_headers=False, ident="loa")
+        self.host, self.port = self.server.effective_host, self.server.effective_port
+        self.dispatchers = [Dispatcher(engine, config) for _ in range(workers)]
+        self.idle = idle
+        self.scheduler = scheduling.CampaignScheduler(engine, config) if scheduler else None
+        self.leadership = Leadership(engine, self._elected, self._lost) if scheduler else None
+        self.web.extra_metrics.append(self._metrics)
+        self._threads: list[threading.Thread] = []
+        self._web_stop = threading.Event()
+
+    def _serve_web(self) -> None:
+        # waitress's own run() cannot be stopped from another thread: closing its socket
+        # under select() fails; so loop here and close from the loop's own thread
+        server = self.server
+        while not self._web_stop.is_set():
+            server.asyncore.loop(timeout=0.2, map=server._map, use_poll=True, count=1)
+        server.close()
+        server.task_dispatcher.shutdown()
+
+    # -- life ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._spawn(self._serve_web, "loa-web")
+        for d in self.dispatchers:
+            self._spawn(lambda d=d: d.run_forever(idle=self.idle), f"loa-dispatch-{d.worker}")
+        if self.leadership:
+            self.leadership.start()
+
+    def stop(self) -> None:
+        for d in self.dispatchers:
+            d.stop.set()
+        if self.leadership:
+            self.leadership.stop()
+        if self.scheduler:
+            self.scheduler.shutdown(wait=False)
+        self._web_stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+        for d in self.dispatchers:
+            d.pool.close()
+        self.web.pool.close()
+
+    def reload(self) -> None:
+        if self.scheduler and self.leadership and self.leadership.leader:
+            jobs = self.scheduler.reload()
+            log.warning("campaigns reloaded: %s", ", ".join(jobs) or "no scheduled campaigns")
+
+    def _spawn(self, target: Any, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    # -- scheduler leadership -----------------------------------------------------------
+    def _elected(self) -> None:
+        assert self.scheduler is not None
+        sched = self.scheduler.scheduler
+        if sched.running:
+            self.scheduler.reload()
+            sched.resume()
+        else:
+            self.scheduler.start()
+
+    def _lost(self) -> None:
+        if self.scheduler and self.scheduler.scheduler.running:
+            self.scheduler.scheduler.pause()
+
+    def _metrics(self) -> list[str]:
+        lines = ["# HELP loa_scheduler_leader 1 if this process runs the active scheduler.",
+                 "# TYPE loa_scheduler_leader gauge",
+                 f"loa_scheduler_leader {1 if self.leadership and self.leadership.leader else 0}",
+                 "# HELP loa_next_fire_time_seconds Next scheduled run per campaign (Unix time).",
+                 "# TYPE loa_next_fire_time_seconds gauge"]
+        if self.scheduler and self.scheduler.scheduler.running:
+            for job in self.scheduler.scheduler.get_jobs():
+                if job.next_run_time is not None:
+                    name = job.id.removeprefix("campaign:").replace('"', "")
+                    lines.append(f'loa_next_fire_time_seconds{{campaign="{name}"}} {job.next_run_time.timestamp():.0f}')
+        return lines

@@ -1,0 +1,224 @@
+"""loa's HTTP side: gateway callbacks, opt-out replies, health and metrics.
+
+A plain WSGI application, served by waitress (a production server) in
+``loa serve``.  Routes:
+
+=========================  ==========================================================
+``POST|GET /hooks/NAME``   callbacks of gateway NAME: receipts and inbound SMS, verified
+                           by the gateway's adapter (signature or token); forged -> 403
+``GET /healthz``           200 when the database answers, else 503
+``GET /metrics``           Prometheus text format
+=========================  ==========================================================
+
+An inbound "TC", "TU CHOI", "HUY" or "STOP" opts the number out at once and
+sends one confirmation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.engine import Engine
+
+from loa import db
+from loa.config import Config
+from loa.errors import LoaError
+from loa.gateways import GatewayPool
+from loa.importer import record_events
+from loa.phones import PhoneError, mask, normalize
+from loa.policy import is_opt_out
+from loa.receipts import apply_receipts
+from providers.base import InboundMessage, OutgoingMessage, ProviderError, WebhookRejected, WebhookRequest
+
+log = logging.getLogger("loa.web")
+StartResponse = Callable[..., Any]
+MAX_BODY = 1_000_000
+DEFAULT_OPT_OUT_REPLY = "Ban da tu choi nhan tin. Ban se khong nhan them tin nhan nao."
+
+
+class Web:
+    """The WSGI application."""
+
+    def __init__(self, engine: Engine, config: Config, pool: GatewayPool | None = None) -> None:
+        self.engine = engine
+        self.config = config
+        self.pool = pool or GatewayPool(config, engine)
+        self.serve = dict(getattr(config, "serve", {}) or {})
+        self.extra_metrics: list[Callable[[], Iterable[str]]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "") or "/"
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        try:
+            if path == "/healthz" and method == "GET":
+                return self._health(start_response)
+            if path == "/metrics" and method == "GET":
+                return _reply(start_response, 200, self.metrics(), "text/plain; version=0.0.4; charset=utf-8")
+            if path.startswith("/hooks/") and method in ("GET", "POST"):
+                return self._hook(path.removeprefix("/hooks/").strip("/"), method, environ, start_response)
+            return _reply(start_response, 404, "not found\n")
+        except Exception:   # one bad request must never take the service down
+            log.exception("error serving %s %s", method, path)
+            return _reply(start_response, 500, "internal error\n")
+
+    # -- gateway callbacks ------------------------------------------------------
+    def _hook(self, name: str, method: str, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if name not in self.config.gateways:
+            return _reply(start_response, 404, "no such gateway\n")
+        try:
+            gateway = self.pool.get(name)
+        except LoaError as exc:
+            log.error("callback for gateway %s, which cannot be built: %s", name, exc)
+            return _reply(start_response, 503, "gateway not configured\n")
+        request = self._request(method, environ)
+        if request is None:
+            return _reply(start_response, 413, "request too large\n")
+        try:
+            result = gateway.provider.webhook(request)
+        except WebhookRejected as exc:
+            log.warning("gateway %s: callback refused (%s): %s", name, exc.status, exc.reason)
+            return _reply(start_response, exc.status, f"{exc.reason}\n")
+        with self.engine.begin() as conn:
+            moved = apply_receipts(conn, name, result.receipts)
+        for message in result.inbound:
+            self.inbound(name, message)
+        log.info("gateway %s: %d receipt(s), %d moved a message; %d inbound", name, len(result.receipts), moved,
+                 len(result.inbound))
+        return _reply(start_response, result.status, result.body, result.content_type)
+
+    def _request(self, method: str, environ: dict[str, Any]) -> WebhookRequest | None:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if length > MAX_BODY:
+            return None
+        body = environ["wsgi.input"].read(length) if length else b""
+        query = dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True))
+        headers = {k[5:].replace("_", "-").title(): v for k, v in environ.items() if k.startswith("HTTP_")}
+        if environ.get("CONTENT_TYPE"):
+            headers["Content-Type"] = environ["CONTENT_TYPE"]
+        form: dict[str, str] = {}
+        if "application/x-www-form-urlencoded" in environ.get("CONTENT_TYPE", ""):
+            form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        return WebhookRequest(method=method, url=self.public_url(environ), path=environ.get("PATH_INFO", ""),
+                              query=query, headers=headers, body=body, form=form)
+
+    def public_url(self, environ: dict[str, Any]) -> str:
+        """The URL the gateway called, which its signature covers: behind a proxy, the
+        configured public URL, not the address loa listens on."""
+        base = str(self.serve.get("public_url", "")).rstrip("/")
+        if not base:
+            scheme = environ.get("HTTP_X_FORWARDED_PROTO") or environ.get("wsgi.url_scheme", "http")
+            host = environ.get("HTTP_X_FORWARDED_HOST") or environ.get("HTTP_HOST") or (
+                f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '80')}")
+            base = f"{scheme}://{host}"
+        query = environ.get("QUERY_STRING", "")
+        return f"{base}{environ.get('PATH_INFO', '')}" + (f"?{query}" if query else "")
+
+    # -- opt-out replies ------------------------------------------------------------
+    def inbound(self, gateway: str, message: InboundMessage) -> bool:
+        """Record a reply; an opt-out word opts the number out at once. Returns True for an opt-out."""
+        try:
+            phone = normalize(message.phone).e164
+        except PhoneError:
+            log.warning("gateway %s: reply from an unusable number %s", gateway, mask(message.phone))
+            return False
+        kind = "opted_out" if is_opt_out(message.text) else "replied"
+        source = f"{gateway}:{message.provider_id or ''}"[:64]
+        s, e = db.subscribers, db.events
+        with self.engine.begin() as conn:
+            sid = conn.scalar(select(s.c.id).where(s.c.phone == phone))
+            seen = sid is not None and conn.scalar(
+                select(func.count()).select_from(e).where(e.c.subscriber_id == sid, e.c.type == kind,
+                                                          e.c.source == source)) > 0
+            if seen and message.provider_id:   # a gateway retrying its callback: already handled
+                return kind == "opted_out"
+            if sid is not None:
+                record_events(conn, [{"phone": phone, "type": kind, "occurred_at": message.at, "source": source,
+                                      "attributes": {"text": message.text[:160]}}])
+            if kind == "opted_out":
+                # refusals take effect at once, for subscribers and for numbers loa does not know yet
+                conn.execute(db.insert_for(conn, db.dnc).values(phone=phone, source=f"reply:{gateway}"[:64],
+                                                                 added_at=db.utcnow()).on_conflict_do_nothing())
+                if sid is not None:
+                    conn.execute(update(s).where(s.c.id == sid, s.c.opted_out_at.is_(None))
+                                 .values(opted_out_at=message.at, updated_at=db.utcnow()))
+        if kind == "opted_out":
+            log.warning("gateway %s: %s opted out by reply", gateway, mask(phone))
+            self._confirm(gateway, phone, message)
+        return kind == "opted_out"
+
+    def _confirm(self, gateway: str, phone: str, message: InboundMessage) -> None:
+        reply = str(self.serve.get("opt_out_reply", DEFAULT_OPT_OUT_REPLY))
+        from loa.text import measure
+
+        info = measure(reply)
+        key = f"loa-optout-{message.provider_id or phone[-9:]}"[:64]
+        try:
+            gw = self.pool.get(gateway)
+            if "sms" not in gw.provider.channels:
+                return
+            gw.provider.send(OutgoingMessage(key=key, to=phone, channel="sms", text=reply,
+                                             encoding=info.encoding, parts=info.parts))
+        except (ProviderError, LoaError) as exc:
+            log.error("gateway %s: opt-out confirmation to %s failed: %s", gateway, mask(phone), exc)
+
+    # -- operations -------------------------------------------------------------------
+    def _health(self, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
+            return _reply(start_response, 503, json.dumps({"ok": False, "database": str(exc)[:200]}),
+                          "application/json")
+        return _reply(start_response, 200, json.dumps({"ok": True}), "application/json")
+
+    def metrics(self) -> str:
+        o = db.outbox
+        lines = [
+            "# HELP loa_messages Messages in the ledger by state and gateway.",
+            "# TYPE loa_messages gauge",
+        ]
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(o.c.state, o.c.gateway, func.count()).group_by(o.c.state, o.c.gateway)).all()
+            sent_minute = conn.scalar(select(func.count()).select_from(o).where(
+                o.c.sent_at >= db.utcnow() - timedelta(minutes=1))) or 0
+        due = 0
+        for state, gateway, n in rows:
+            lines.append(f'loa_messages{{state="{_label(state)}",gateway="{_label(gateway or "")}"}} {n}')
+            if state in ("planned", "deferred", "claimed"):
+                due += n
+        lines += [
+            "# HELP loa_queue_depth Messages waiting to be sent.", "# TYPE loa_queue_depth gauge",
+            f"loa_queue_depth {due}",
+            "# HELP loa_send_rate Messages handed to gateways per second over the last minute.",
+            "# TYPE loa_send_rate gauge", f"loa_send_rate {sent_minute / 60:.3f}",
+        ]
+        from loa import gateways as gw
+
+        paused = gw.paused(self.engine)
+        lines += ["# HELP loa_gateway_paused 1 while a gateway is paused.", "# TYPE loa_gateway_paused gauge"]
+        lines += [f'loa_gateway_paused{{gateway="{_label(name)}"}} {1 if name in paused else 0}'
+                  for name in self.config.gateways]
+        for extra in self.extra_metrics:
+            lines += list(extra())
+        return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _reply(start_response: StartResponse, status: int, body: str | bytes,
+           content_type: str = "text/plain; charset=utf-8") -> list[bytes]:
+    data = body.encode("utf-8") if isinstance(body, str) else body
+    reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large",
+              500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "")
+    start_response(f"{status} {reason}".strip(), [("Content-Type", content_type), ("Content-Length", str(len(data)))])
+    return [data]
