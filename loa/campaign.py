@@ -20,8 +20,9 @@ CHANNELS = ("sms", "zalo")
 TRIGGERS = ("manual", "schedule", "arrival")
 TOP_KEYS = {
     "name", "description", "advertising", "channels", "holdout", "suppress_events", "validity_hours",
-    "trigger", "segment", "sms", "zalo", "window", "dates", "goal", "schedule", "frequency_cap", "opt_out",
+    "trigger", "segment", "sms", "zalo", "window", "dates", "goal", "schedule", "frequency_cap", "opt_out", "arrival",
 }
+ARRIVAL_KEYS = {"delay", "regreet_after"}
 CHANNEL_KEYS = {"sms": {"template", "gateway", "unaccented", "max_parts", "fallback_after"},
                 "zalo": {"template", "gateway", "fallback_after"}}
 SEGMENT_KEYS = {"areas", "rules", "events"}
@@ -65,6 +66,14 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class ArrivalRule:
+    """How an arrival campaign greets: after ``delay``, once per ``regreet_after``."""
+
+    delay: float = 0.0                # seconds after the arrival
+    regreet_after: float = 30 * 86400.0
+
+
+@dataclass(frozen=True)
 class Campaign:
     name: str
     path: Path
@@ -80,6 +89,7 @@ class Campaign:
     start: date | None
     end: date | None
     goal: Goal | None
+    arrival: ArrivalRule | None = None
     frequency_cap: int | None = None      # per subscriber per 24 h; None = the configured default
     opt_out: str = ""
     schedule: Schedule | None = None
@@ -174,6 +184,7 @@ def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | No
     start, end = _dates(raw.get("dates", {}), problems)
     goal = _goal(raw.get("goal"), problems)
     schedule = _schedule(raw.get("schedule"), problems)
+    arrival = _arrival(raw.get("arrival"), trigger, problems)
     if trigger == "schedule" and schedule is None:
         problems.add("schedule", "trigger = \"schedule\" needs a [schedule] table (cron, at or every)")
     if schedule is not None and trigger != "schedule":
@@ -184,7 +195,7 @@ def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | No
         name=name, path=path, description=description, advertising=advertising,
         channels=channels, segment=segment, holdout=float(holdout), suppress_events=tuple(suppress),
         validity_hours=float(validity), trigger=trigger, window=window, start=start, end=end,
-        goal=goal, schedule=schedule, raw=raw, frequency_cap=cap, opt_out=opt_out.strip(),
+        goal=goal, schedule=schedule, arrival=arrival, raw=raw, frequency_cap=cap, opt_out=opt_out.strip(),
     )
 
 
@@ -386,14 +397,31 @@ def _schedule(table: Any, problems: _Problems) -> Schedule | None:
     return Schedule(cron, at, every, 3600.0 if grace is None else grace, bool(stop))
 
 
-def _duration(table: dict[str, Any], key: str, problems: _Problems) -> float | None:
+def _duration(table: dict[str, Any], key: str, problems: _Problems, where: str = "schedule",
+              zero_ok: bool = False) -> float | None:
     value = table.get(key)
     if value is None:
         return None
-    if isinstance(value, str) and DURATION.match(value) and parse_duration(value) > 0:
+    if isinstance(value, str) and DURATION.match(value) and (zero_ok or parse_duration(value) > 0):
         return parse_duration(value)
-    problems.add(f"schedule.{key}", f"must be a duration like \"30m\", \"6h\" or \"1d\", got {value!r}")
+    problems.add(f"{where}.{key}", f"must be a duration like \"30m\", \"6h\" or \"1d\", got {value!r}")
     return None
+
+
+def _arrival(table: Any, trigger: Any, problems: _Problems) -> ArrivalRule | None:
+    if table is None:
+        return ArrivalRule() if trigger == "arrival" else None
+    if not isinstance(table, dict):
+        problems.add("arrival", "must be a table with delay and regreet_after")
+        return None
+    if trigger != "arrival":
+        problems.add("arrival", f"an [arrival] table needs trigger = \"arrival\", got {trigger!r}")
+    problems.unknown(table, ARRIVAL_KEYS, "arrival.")
+    delay = _duration(table, "delay", problems, "arrival", zero_ok=True)
+    regreet = _duration(table, "regreet_after", problems, "arrival")
+    default = ArrivalRule()
+    return ArrivalRule(default.delay if delay is None else delay,
+                       default.regreet_after if regreet is None else regreet)
 
 
 def files(folder: Path) -> list[Path]:

@@ -108,7 +108,7 @@ def init(app: App) -> None:
 # -- import -------------------------------------------------------------------
 
 @main.command("import")
-@click.argument("kind", type=click.Choice(["areas", "subscribers", "events", "dnc"]))
+@click.argument("kind", type=click.Choice(["areas", "subscribers", "events", "dnc", "arrivals"]))
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--rejects", type=click.Path(path_type=Path), default=None,
               help="Where to write rejected rows (default: FILE.rejects.csv beside FILE).")
@@ -128,6 +128,7 @@ def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: i
         "subscribers": lambda: importer.SubscribersHandler(engine, file),
         "events": lambda: importer.EventsHandler(engine, file, app.config.timezone),
         "dnc": lambda: importer.DncHandler(engine, file),
+        "arrivals": lambda: _arrivals_handler(engine, file, app.config.timezone),
     }[kind]()
     shown: list[str] = []
 
@@ -144,6 +145,17 @@ def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: i
     out.print(summary.line(), highlight=False, soft_wrap=True, markup=False)
     if summary.failure:
         raise LoaError(summary.failure)
+    if kind == "arrivals":
+        from loa.arrivals import greet
+
+        for name, n in greet(engine, app.config).items():
+            out.print(f"{name}: {n:,} greeting(s) planned", highlight=False, markup=False)
+
+
+def _arrivals_handler(engine: Any, file: Path, tz: Any) -> Any:
+    from loa.arrivals import ArrivalsHandler
+
+    return ArrivalsHandler(engine, file, tz)
 
 
 def _progress(label: str) -> Any:

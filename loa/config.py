@@ -22,7 +22,8 @@ TOP_LEVEL_KEYS = {
     "database_url", "database_url_env", "timezone", "campaigns_dir", "templates_dir",
     "defaults", "gateways", "send", "policy", "serve",
 }
-SERVE_KEYS = {"host", "port", "public_url", "opt_out_reply", "workers"}
+SERVE_KEYS = {"host", "port", "public_url", "opt_out_reply", "workers", "arrivals_token_env", "arrivals_folder",
+              "greet_every"}
 POLICY_KEYS = {"advertising_frequency_cap", "public_frequency_cap", "frequency_hours"}
 DEFAULT_KEYS = {"sms_gateway", "zalo_gateway"}
 SEND_KEYS = {"threads", "batch_size", "lease_seconds", "limiter", "poll_interval"}

@@ -157,6 +157,7 @@ outbox = Table(
     Column("channel", String(8), nullable=True),
     Column("gateway", String(64), nullable=True),
     Column("due_at", UTCDateTime, nullable=True),
+    Column("expires_at", UTCDateTime, nullable=True),   # not sent by then: expired (campaign validity)
     Column("attempts", Integer, nullable=False, default=0),
     Column("lease_until", UTCDateTime, nullable=True),
     Column("worker", String(64), nullable=True),
@@ -191,6 +192,41 @@ events = Table(
     Column("created_at", UTCDateTime, nullable=False),
     UniqueConstraint("subscriber_id", "type", "occurred_at", "source"),
     Index("ix_events_type_subscriber", "type", "subscriber_id", "occurred_at"),
+)
+
+
+# A subscriber seen arriving in an area (operator registration feed, hotel check-in):
+# what "arrival" campaigns greet.
+arrivals = Table(
+    "arrivals", metadata,
+    Column("id", BigId, primary_key=True),
+    Column("subscriber_id", BigInteger, ForeignKey("subscribers.id"), nullable=False),
+    Column("area_id", Integer, ForeignKey("areas.id"), nullable=False),
+    Column("arrived_at", UTCDateTime, nullable=False),
+    Column("source", String(64), nullable=False, default=""),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("subscriber_id", "area_id", "arrived_at"),
+    Index("ix_arrivals_arrived_at", "arrived_at"),
+)
+
+
+# Aggregate counts per area at a date, as someone else counted them (a ministry's
+# registrations per district, a province's letter): kept as the source states them;
+# loa.snapshots computes rates, changes and totals and says where the statements disagree.
+snapshots = Table(
+    "snapshots", metadata,
+    Column("id", BigId, primary_key=True),
+    Column("area_id", Integer, ForeignKey("areas.id"), nullable=False),
+    Column("metric", String(32), nullable=False),             # "installed", ...
+    Column("as_of", Date, nullable=False),
+    Column("value", BigInteger, nullable=True),               # as stated for the area; NULL: not stated
+    Column("unallocated", BigInteger, nullable=True),         # in the area but in none of its children
+    Column("stated_change", BigInteger, nullable=True),       # the change the source states ...
+    Column("change_since", Date, nullable=True),              # ... since this date
+    Column("stated_rate", String(16), nullable=True),         # the rate as printed, in percent: "6.4"
+    Column("source", String(200), nullable=False, default=""),
+    Column("imported_at", UTCDateTime, nullable=False),
+    UniqueConstraint("area_id", "metric", "as_of"),
 )
 
 
@@ -273,13 +309,31 @@ def redact(url: str) -> str:
 
 
 def create_schema(engine: Engine) -> bool:
-    """Create missing tables; return True if the database was new."""
+    """Create missing tables and add missing columns; return True if the database was new.
+
+    Upgrades are additive: a newer loa adds tables and nullable columns, never
+    rewrites or drops what is there.
+    """
     with engine.begin() as conn:
         new = not inspect(conn).has_table("loa_meta")
         metadata.create_all(conn)
+        for table, column in missing_columns(conn):
+            ddl = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f'ALTER TABLE {table} ADD COLUMN "{column.name}" {ddl}')
         if new:
             conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
     return new
+
+
+def missing_columns(conn: Connection) -> list[tuple[str, Column[Any]]]:
+    inspector = inspect(conn)
+    out = []
+    for name, table in metadata.tables.items():
+        if not inspector.has_table(name):
+            continue
+        have = {c["name"] for c in inspector.get_columns(name)}
+        out += [(name, c) for c in table.columns if c.name not in have and c.nullable]
+    return out
 
 
 def check_schema(engine: Engine) -> None:
@@ -292,8 +346,11 @@ def check_schema(engine: Engine) -> None:
     if "loa_meta" not in names:
         raise LoaError(f"database {redact(str(engine.url))} has no loa schema; run `loa init` first")
     missing = sorted(set(metadata.tables) - names)
+    if not missing:
+        with engine.connect() as conn:
+            missing = [f"{t}.{c.name}" for t, c in missing_columns(conn)]
     if missing:
-        raise LoaError(f"database {redact(str(engine.url))} lacks table(s) {', '.join(missing)} of this "
+        raise LoaError(f"database {redact(str(engine.url))} lacks {', '.join(missing)} of this "
                        "version of loa; run `loa init` to add them (existing data is kept)")
 
 
@@ -311,5 +368,6 @@ def transaction(engine: Engine) -> Iterator[Connection]:
 
 __all__ = [
     "Float", "areas", "attribute_keys", "campaigns", "check_schema", "create_schema", "events",
-    "insert_for", "make_engine", "message_key", "metadata", "outbox", "runs", "subscribers", "utcnow",
+    "insert_for", "make_engine", "message_key", "metadata", "outbox", "runs", "snapshots", "subscribers",
+    "utcnow",
 ]

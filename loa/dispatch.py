@@ -426,12 +426,13 @@ class Dispatcher:
                 select(r.c.id, r.c.scheduled_for, r.c.definition).where(r.c.status == "planned")
             ):
                 hours = float(definition.get("validity_hours", 24))
-                if scheduled_for + timedelta(hours=hours) < now:
-                    n += conn.execute(
-                        update(O).where(O.c.run_id == run_id, O.c.state.in_(DUE))
-                        .values(state="expired", error_text=f"not sent within the validity of {hours:g} h",
-                                updated_at=now)
-                    ).rowcount
+                # each row carries its own deadline: a run's time plus the validity, or for an
+                # arrival greeting the arrival's time plus the validity
+                n += conn.execute(
+                    update(O).where(O.c.run_id == run_id, O.c.state.in_(DUE), O.c.expires_at < now)
+                    .values(state="expired", error_text=f"not sent within the validity of {hours:g} h",
+                            updated_at=now)
+                ).rowcount
         self.summary.expired += n
         return n
 

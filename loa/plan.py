@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -151,10 +151,11 @@ def plan_run(engine: Engine, config: Config, campaign: Campaign, *,
             literal(run_id, Integer), audience.c.id, audience.c.area_id, audience.c.state, audience.c.reason,
             literal(first.channel), literal(gateway), literal(scheduled_for, db.UTCDateTime), literal(0, Integer),
             literal(now, db.UTCDateTime),
+            literal(scheduled_for + timedelta(hours=campaign.validity_hours), db.UTCDateTime),
         ).where(literal(1, Integer) == 1)  # SQLite needs a WHERE on INSERT ... SELECT ... ON CONFLICT to parse it
         stmt = db.insert_for(conn, O).from_select(
             ["run_id", "subscriber_id", "area_id", "state", "reason", "channel", "gateway", "due_at",
-             "attempts", "updated_at"],
+             "attempts", "updated_at", "expires_at"],
             rows,
         ).on_conflict_do_nothing(index_elements=["run_id", "subscriber_id"])
         # preserve_rowcount: SQLAlchemy 2.1 does not keep an INSERT's rowcount otherwise, and

@@ -50,6 +50,7 @@ class Service:
     # -- life ----------------------------------------------------------------------
     def start(self) -> None:
         self._spawn(self._serve_web, "loa-web")
+        self._spawn(self._arrivals_loop, "loa-arrivals")
         for d in self.dispatchers:
             self._spawn(lambda d=d: d.run_forever(idle=self.idle), f"loa-dispatch-{d.worker}")
         if self.leadership:
@@ -68,6 +69,41 @@ class Service:
         for d in self.dispatchers:
             d.pool.close()
         self.web.pool.close()
+
+    def _arrivals_loop(self) -> None:
+        """Greet arrivals every few seconds, and take in feed files dropped in the watched folder."""
+        from pathlib import Path
+
+        from loa import importer
+        from loa.arrivals import ArrivalsHandler, greet
+
+        every = float(self.config.serve.get("greet_every", 15))
+        folder = self.config.serve.get("arrivals_folder")
+        while not self._web_stop.wait(every):
+            try:
+                if folder:
+                    for path in sorted(Path(str(folder)).glob("*.csv")):
+                        self._take_feed(path, importer, ArrivalsHandler)
+                greet(self.engine, self.config)
+            except Exception:   # keep the service up; the next tick tries again
+                log.exception("arrivals: greeting failed")
+
+    def _take_feed(self, path: Any, importer: Any, handler_cls: Any) -> None:
+        """Import one feed file, then move it to done/ (or failed/) so it is read once."""
+        if path.name.endswith(".rejects.csv"):
+            return
+        done = path.parent / "done"
+        done.mkdir(exist_ok=True)
+        try:
+            summary = importer.run_import(self.engine, handler_cls(self.engine, path, self.config.timezone), path,
+                                          rejects_path=done / (path.stem + ".rejects.csv"))
+            log.warning("arrivals feed %s", summary.line())
+            target = done if not summary.failure else path.parent / "failed"
+        except Exception as exc:  # noqa: BLE001 - a bad file is set aside, not retried forever
+            log.error("arrivals feed %s refused: %s", path.name, exc)
+            target = path.parent / "failed"
+        target.mkdir(exist_ok=True)
+        path.rename(target / path.name)
 
     def reload(self) -> None:
         if self.scheduler and self.leadership and self.leadership.leader:

@@ -62,6 +62,8 @@ class Web:
                 return self._health(start_response)
             if path == "/metrics" and method == "GET":
                 return _reply(start_response, 200, self.metrics(), "text/plain; version=0.0.4; charset=utf-8")
+            if path == "/arrivals" and method == "POST":
+                return self._arrivals(environ, start_response)
             if path.startswith("/hooks/") and method in ("GET", "POST"):
                 return self._hook(path.removeprefix("/hooks/").strip("/"), method, environ, start_response)
             return _reply(start_response, 404, "not found\n")
@@ -121,6 +123,43 @@ class Web:
         query = environ.get("QUERY_STRING", "")
         return f"{base}{environ.get('PATH_INFO', '')}" + (f"?{query}" if query else "")
 
+    # -- arrivals ------------------------------------------------------------------------
+    def _arrivals(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """``POST /arrivals`` with a bearer token: one arrival {phone, area, time?, source?} or a list.
+
+        Bad items are rejected with their index and reason; the others go in."""
+        import hmac
+        import os
+
+        var = str(self.serve.get("arrivals_token_env", "LOA_ARRIVALS_TOKEN"))
+        token = os.environ.get(var, "")
+        given = (environ.get("HTTP_AUTHORIZATION") or "").removeprefix("Bearer ").strip()
+        if not token:
+            return _reply(start_response, 503, json.dumps({"error": f"arrivals are off: ${var} is not set"}),
+                          "application/json")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return _reply(start_response, 401, json.dumps({"error": "missing or wrong bearer token"}),
+                          "application/json")
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if length > MAX_BODY:
+            return _reply(start_response, 413, json.dumps({"error": "request too large"}), "application/json")
+        try:
+            payload = json.loads(environ["wsgi.input"].read(length) or b"null")
+        except ValueError as exc:
+            return _reply(start_response, 400, json.dumps({"error": f"not JSON: {exc}"}), "application/json")
+        items = payload if isinstance(payload, list) else [payload]
+        if not items or not all(isinstance(i, dict) for i in items):
+            return _reply(start_response, 400, json.dumps({"error": "send an object or a list of objects "
+                                                                     "with phone and area"}), "application/json")
+        from loa.arrivals import greet, record
+
+        outcome = record(self.engine, items, self.config.timezone, source="http")
+        planned = greet(self.engine, self.config) if outcome.accepted else {}
+        body = {"accepted": outcome.accepted, "planned": planned,
+                "rejected": [{"index": i, "field": f, "reason": r} for i, f, r in outcome.rejected]}
+        return _reply(start_response, 200 if outcome.accepted or not outcome.rejected else 422,
+                      json.dumps(body, ensure_ascii=False), "application/json")
+
     # -- opt-out replies ------------------------------------------------------------
     def inbound(self, gateway: str, message: InboundMessage) -> bool:
         """Record a reply; an opt-out word opts the number out at once. Returns True for an opt-out."""
@@ -133,7 +172,9 @@ class Web:
         source = f"{gateway}:{message.provider_id or ''}"[:64]
         s, e = db.subscribers, db.events
         with self.engine.begin() as conn:
-            sid = conn.scalar(select(s.c.id).where(s.c.phone == phone))
+            # FOR UPDATE: concurrent deliveries of one callback (a gateway that gave up waiting)
+            # take turns, so the second sees the first one's event (SQLite's BEGIN IMMEDIATE does the same)
+            sid = conn.scalar(select(s.c.id).where(s.c.phone == phone).with_for_update())
             seen = sid is not None and conn.scalar(
                 select(func.count()).select_from(e).where(e.c.subscriber_id == sid, e.c.type == kind,
                                                           e.c.source == source)) > 0
@@ -142,16 +183,22 @@ class Web:
             if sid is not None:
                 record_events(conn, [{"phone": phone, "type": kind, "occurred_at": message.at, "source": source,
                                       "attributes": {"text": message.text[:160]}}])
+            added = False
             if kind == "opted_out":
                 # refusals take effect at once, for subscribers and for numbers loa does not know yet
-                conn.execute(db.insert_for(conn, db.dnc).values(phone=phone, source=f"reply:{gateway}"[:64],
-                                                                 added_at=db.utcnow()).on_conflict_do_nothing())
+                # preserve_rowcount: SQLAlchemy 2.1 drops an INSERT's rowcount otherwise (-1 on PostgreSQL)
+                added = conn.execute(db.insert_for(conn, db.dnc).values(
+                    phone=phone, source=f"reply:{gateway}"[:64], added_at=db.utcnow()
+                ).on_conflict_do_nothing().execution_options(preserve_rowcount=True)).rowcount > 0
                 if sid is not None:
                     conn.execute(update(s).where(s.c.id == sid, s.c.opted_out_at.is_(None))
                                  .values(opted_out_at=message.at, updated_at=db.utcnow()))
         if kind == "opted_out":
             log.warning("gateway %s: %s opted out by reply", gateway, mask(phone))
-            self._confirm(gateway, phone, message)
+            # a number loa does not know has no event to recognise a retried callback by:
+            # it is confirmed only by the request that put it on the list
+            if sid is not None or added:
+                self._confirm(gateway, phone, message)
         return kind == "opted_out"
 
     def _confirm(self, gateway: str, phone: str, message: InboundMessage) -> None:
@@ -218,7 +265,7 @@ def _label(value: str) -> str:
 def _reply(start_response: StartResponse, status: int, body: str | bytes,
            content_type: str = "text/plain; charset=utf-8") -> list[bytes]:
     data = body.encode("utf-8") if isinstance(body, str) else body
-    reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large",
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 422: "Unprocessable Entity", 404: "Not Found", 413: "Payload Too Large",
               500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "")
     start_response(f"{status} {reason}".strip(), [("Content-Type", content_type), ("Content-Length", str(len(data)))])
     return [data]
