@@ -51,7 +51,8 @@ def test_shipped_campaigns_parse(shipped_config: Config) -> None:
     greeting = campaigns["tourist-greeting"]
     assert [c.channel for c in greeting.channels] == ["zalo", "sms"]
     assert greeting.trigger == "arrival"
-    assert greeting.segment["events"] == [{"type": "arrived", "since": "1d"}]
+    assert greeting.segment == {"areas": ["Sơn La"]}
+    assert greeting.arrival is not None and (greeting.arrival.delay, greeting.arrival.regreet_after) == (600, 30 * 86400)
 
 
 @pytest.mark.parametrize("keys", [None, set(), {"smartphone"}])
