@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -24,19 +25,23 @@ ADMIN_PREFIXES = (
 _NON_WORD = re.compile(r"[^0-9a-z]+")
 
 
+@lru_cache(maxsize=65536)   # imports resolve the same few area names millions of times
 def fold(name: str) -> str:
     """Case- and diacritic-insensitive key: "Đắk R'lấp" -> "dak rlap"."""
     ascii_ = unidecode(unicodedata.normalize("NFC", name)).casefold().replace("'", "")
     return _NON_WORD.sub(" ", ascii_).strip()
 
 
+@lru_cache(maxsize=65536)
 def short_fold(name: str) -> str:
     key = fold(name)
-    for prefix in ADMIN_PREFIXES:
-        p = fold(prefix)
+    for p in _FOLDED_PREFIXES:
         if key.startswith(p + " "):
             return key[len(p) + 1:]
     return key
+
+
+_FOLDED_PREFIXES = tuple(fold(p) for p in ADMIN_PREFIXES)
 
 
 class AreaLookupError(LookupError):

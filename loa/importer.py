@@ -121,8 +121,8 @@ def _records(
     def rows() -> Iterator[tuple[int, dict[str, str], list[str]]]:
         start = reader.line_num + 1
         try:
-            for values in reader:
-                if progress:
+            for n, values in enumerate(reader):
+                if progress and n % 500 == 0:   # a redraw per row costs more than the row
                     progress(raw.tell(), total)
                 _check_utf8(path, start, values)
                 if any(v.strip() for v in values):
@@ -650,3 +650,204 @@ def record_events(conn: Connection, records: list[dict[str, Any]], on_unknown: C
             conn.execute(update(s).where(s.c.id == r["subscriber_id"], s.c.opted_out_at.is_(None))
                          .values(opted_out_at=r["occurred_at"], updated_at=now))
     return len(rows)
+
+
+# -- snapshots ----------------------------------------------------------------
+
+# "(district unknown)", "không rõ", "chưa xác định": counted in the parent, in none of its children
+_UNKNOWN_AREA = re.compile(r"\b(unknown|unallocated|khong ro|chua ro|khong xac dinh|chua xac dinh)\b")
+# "Total", "Tổng cộng": the file's stated total for the parent
+_TOTAL_AREA = {"total", "grand total", "tong", "tong cong", "cong", "toan tinh", "all"}
+_METRIC = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_COUNT = re.compile(r"^-?([0-9]+|[0-9]{1,3}([,. _\u00a0][0-9]{3})+)$")
+_PERCENT = re.compile(r"^([0-9]+)(?:[.,]([0-9]+))?\s*%?$")
+
+
+def _count(column: str, text: str, *, signed: bool = False) -> int:
+    """A whole number; thousands may be grouped with ',', '.', ' ' or '_' ("84.124" is 84124)."""
+    value = text.strip()
+    if not _COUNT.match(value) or (value.startswith("-") and not signed):
+        raise RowError(column, f"not a whole number{'' if signed else ' (0 or more)'}: {text!r}")
+    number = int(re.sub(r"[,. _\u00a0]", "", value))
+    if abs(number) >= 2**63:
+        raise RowError(column, f"too large: {text!r}")
+    return number
+
+
+def _date(column: str, text: str) -> date:
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise RowError(column, f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+class SnapshotsHandler:
+    """Aggregate counts per area at a date: registrations per district from a ministry's export.
+
+    Columns: ``area`` (code or name), ``value``, ``as_of`` (a date; may be given
+    for the whole file instead), and optionally ``metric`` (default
+    "installed"), ``source``, ``parent``, ``change``, ``change_since`` and
+    ``rate``.  What the file states is kept as stated; :mod:`loa.snapshots`
+    computes its own figures and lists where the statements disagree:
+
+    * a row for an area that has children (a province above its districts) is
+      the file's stated total for it, compared with the sum of its children;
+      so is a "Total" / "Tổng cộng" row, whose ``parent`` names the area;
+    * a "(district unknown)" / "không rõ" row, with ``parent``, counts people in
+      the parent but in none of its children: kept as the parent's
+      ``unallocated`` and added to the children's sum;
+    * ``change`` (since ``change_since``) and ``rate`` (in percent, as printed)
+      are checked against the counts, never used in their place.
+
+    ``parent`` also scopes name lookups ("Thành phố Sơn La" within "Sơn La").
+    The same area, metric and date twice in one file is refused; a re-import
+    replaces what an earlier file stated.
+    """
+
+    kind = "snapshots"
+    required = ("area", "value")
+    expected = "area,value,as_of[,metric,source,parent,change,change_since,rate]"
+
+    def __init__(self, engine: Engine, path: Path, *, as_of: date | None = None, metric: str = "installed",
+                 source: str | None = None) -> None:
+        if not _METRIC.match(metric):
+            raise InputError(f"not a metric name: {metric!r} (lowercase letters, digits, _; e.g. installed)")
+        self.path = path
+        self.as_of = as_of
+        self.metric = metric
+        self.source = source if source is not None else path.name
+        with engine.connect() as conn:
+            self.index = AreaIndex.load(conn)
+        self._children: dict[int, list[Area]] = {}
+        for area in self.index.by_id.values():
+            if area.parent_id is not None:
+                self._children.setdefault(area.parent_id, []).append(area)
+        self._seen: set[tuple[int, str, date, bool]] = set()
+
+    def check_header(self, header: Sequence[str]) -> None:
+        needed = self.required if self.as_of else (*self.required, "as_of")
+        if missing := _missing(header, needed):
+            raise _header_error(str(self.path), self.kind, header, missing, self.expected)
+        if len(self.index) == 0:
+            raise InputError(f"{self.path}: no areas are loaded; run `loa import areas FILE` first")
+        if "change_since" in header and "change" not in header:
+            raise InputError(f"{self.path}:1: a change_since column needs a change column")
+
+    def prepare(self, row: Mapping[str, str]) -> dict[str, Any]:
+        metric = row.get("metric", "").strip().lower() or self.metric
+        if not _METRIC.match(metric):
+            raise RowError("metric", f"not a metric name: {metric!r} (lowercase letters, digits, _; e.g. installed)")
+        as_of = _date("as_of", text) if (text := row.get("as_of", "").strip()) else self.as_of
+        if as_of is None:
+            raise RowError("as_of", "empty date")
+        parent = None
+        if text := row.get("parent", "").strip():
+            try:
+                parent = self.index.resolve(text)
+            except AreaLookupError as exc:
+                raise RowError("parent", str(exc)) from None
+        name = " ".join(row.get("area", "").split())
+        if not name:
+            raise RowError("area", "empty area")
+        key = fold(name)
+        unknown = bool(_UNKNOWN_AREA.search(key))
+        if unknown or key in _TOTAL_AREA:
+            if parent is None:
+                what = "people in no known area" if unknown else "a total"
+                raise RowError("parent", f"{name!r} counts {what}: say in the parent column which area it belongs to")
+            area = parent
+        else:
+            area = self._resolve(name, parent)
+        value = _count("value", row.get("value", ""))
+        change, since, rate = None, None, None
+        if text := row.get("change", "").strip():
+            change = _count("change", text, signed=True)
+            if not (since_text := row.get("change_since", "").strip()):
+                raise RowError("change_since", "a change needs the date it is counted from")
+            since = _date("change_since", since_text)
+            if since >= as_of:
+                raise RowError("change_since", f"{since} is not before as_of {as_of}")
+        elif row.get("change_since", "").strip():
+            raise RowError("change", "change_since is given but the change is empty")
+        if text := row.get("rate", "").strip():
+            m = _PERCENT.match(text)
+            if not m:
+                raise RowError("rate", f"not a percentage: {text!r} (e.g. 6.4 or 6,4%)")
+            rate = m.group(1) + (f".{m.group(2)}" if m.group(2) is not None else "")
+            _fit("rate", rate, 16)
+        if unknown and (change is not None or rate is not None):
+            raise RowError("area", f"{name!r} counts people in no known area: it cannot carry a change or a rate")
+        seen = (area.id, metric, as_of, unknown)
+        if seen in self._seen:
+            what = f"people in no area of {area.name}" if unknown else f"{area.name} ({area.code})"
+            raise RowError("area", f"{what}: {metric} on {as_of} is already given earlier in this file")
+        self._seen.add(seen)
+        return {
+            "area_id": area.id, "metric": metric, "as_of": as_of, "unknown": unknown, "value": value,
+            "stated_change": change, "change_since": since, "stated_rate": rate,
+            "source": _fit("source", row.get("source", "").strip() or self.source, 200),
+        }
+
+    def _resolve(self, name: str, parent: Area | None) -> Area:
+        if parent is not None:
+            # within the parent first: "Sơn La" under "Sơn La" is the province, not the city
+            hit = self.index.by_code.get(name.casefold())
+            if hit is None:
+                inside = self._within(parent)
+                for keyfn, key in ((fold, fold(name)), (_short, _short(name))):
+                    hits = [a for a in inside if keyfn(a.name) == key]
+                    if len(hits) == 1:
+                        return hits[0]
+                    if hits:
+                        names = "; ".join(f"{a.name} ({a.code})" for a in hits[:5])
+                        raise RowError("area", f"area {name!r} is ambiguous in {parent.name}: {names}; use the code")
+        try:
+            area = self.index.resolve(name)
+        except AreaLookupError as exc:
+            raise RowError("area", str(exc)) from None
+        if parent is not None and area.id not in {a.id for a in self._within(parent)}:
+            raise RowError("area", f"{area.name} ({area.code}) is not in {parent.name} ({parent.code})")
+        return area
+
+    def _within(self, parent: Area) -> list[Area]:
+        """The parent and everything under it."""
+        out, todo = [], [parent]
+        while todo:
+            area = todo.pop()
+            out.append(area)
+            todo += self._children.get(area.id, [])
+        return out
+
+    def write(self, conn: Connection, records: list[dict[str, Any]]) -> tuple[int, list[Late]]:
+        now = db.utcnow()
+        t = db.snapshots
+        stmt = db.insert_for(conn, t)
+        ex = stmt.excluded
+        stated = [
+            {k: r[k] for k in ("area_id", "metric", "as_of", "value", "stated_change", "change_since",
+                               "stated_rate", "source")} | {"imported_at": now}
+            for r in records if not r["unknown"]
+        ]
+        if stated:
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=["area_id", "metric", "as_of"],
+                set_={c: ex[c] for c in ("value", "stated_change", "change_since", "stated_rate", "source",
+                                         "imported_at")},
+            ), stated)
+        unallocated = [
+            {"area_id": r["area_id"], "metric": r["metric"], "as_of": r["as_of"], "unallocated": r["value"],
+             "source": r["source"], "imported_at": now}
+            for r in records if r["unknown"]
+        ]
+        if unallocated:
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=["area_id", "metric", "as_of"],
+                set_={"unallocated": ex.unallocated, "imported_at": ex.imported_at},
+            ), unallocated)
+        return len(records), []
+
+    def count(self, conn: Connection) -> int:
+        return conn.scalar(select(func.count()).select_from(db.snapshots)) or 0
+
+    def finish(self, conn: Connection) -> None:
+        pass
