@@ -20,7 +20,7 @@ CHANNELS = ("sms", "zalo")
 TRIGGERS = ("manual", "schedule", "arrival")
 TOP_KEYS = {
     "name", "description", "advertising", "channels", "holdout", "suppress_events", "validity_hours",
-    "trigger", "segment", "sms", "zalo", "window", "dates", "goal", "schedule", "frequency_cap", "opt_out", "arrival",
+    "trigger", "segment", "sms", "zalo", "window", "dates", "goal", "schedule", "frequency_cap", "opt_out", "arrival", "link",
 }
 ARRIVAL_KEYS = {"delay", "regreet_after"}
 CHANNEL_KEYS = {"sms": {"template", "gateway", "unaccented", "max_parts", "fallback_after"},
@@ -168,6 +168,9 @@ def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | No
     advertising = raw.get("advertising", False)
     if not isinstance(advertising, bool):
         problems.add("advertising", "must be true or false")
+    link = raw.get("link", "")
+    if not isinstance(link, str) or (link and not link.startswith(("https://", "http://"))):
+        problems.add("link", f"must be the http(s) URL that {{{{ link }}}} redirects to, got {link!r}")
     cap = raw.get("frequency_cap")
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
         problems.add("frequency_cap", f"must be a whole number of messages per 24 h (0 = no cap), got {cap!r}")

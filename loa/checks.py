@@ -24,6 +24,9 @@ def campaign_problems(config: Config, campaign: Campaign, attribute_keys: set[st
             problems.append(f"{where}.template: {exc}")
         else:
             problems += [f"{where}.template ({spec.template}): {p}" for p in variable_problems(paths, attribute_keys)]
+            if "link" in paths and not campaign.raw.get("link"):
+                problems.append(f"{where}.template ({spec.template}): uses {{{{ link }}}} but the campaign "
+                                "sets no link target (link = \"https://...\")")
         # the gateway is checked even when the template is broken: every problem is listed
         gateway = spec.gateway or config.default_gateway(spec.channel)
         if gateway is None:

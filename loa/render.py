@@ -7,6 +7,7 @@ Variables a template may use:
 ``attr``           the subscriber's imported attributes (``attr.smartphone``)
 ``area``           ``code``, ``name``, ``level``, ``population``, ``parent``
 ``campaign``       ``name``, ``description``
+``link``           the message's tracked short URL, redirecting to the campaign's ``link``
 =================  ==========================================================
 
 SMS templates are ``.j2`` files; Zalo ZNS templates are TOML files with a
@@ -32,7 +33,8 @@ from loa.text import SmsInfo, measure, nfc, unaccent
 SUBSCRIBER_FIELDS = {"name", "phone", "language", "carrier"}
 AREA_FIELDS = {"code", "name", "level", "population", "parent"}
 CAMPAIGN_FIELDS = {"name", "description"}
-ROOTS = {"subscriber": SUBSCRIBER_FIELDS, "attr": None, "area": AREA_FIELDS, "campaign": CAMPAIGN_FIELDS}
+ROOTS = {"subscriber": SUBSCRIBER_FIELDS, "attr": None, "area": AREA_FIELDS, "campaign": CAMPAIGN_FIELDS,
+         "link": set()}    # link: the message's tracked short URL (the campaign's `link` target)
 
 
 @dataclass(frozen=True, slots=True)

@@ -281,7 +281,7 @@ def test_variables_no_subscriber_can_have(config: Config, folder: Path, engine: 
         "attr.zalo_id: no subscriber has an attribute 'zalo_id' (known: age, smartphone)",
         "campaign.title: campaign has no field 'title' (known: description, name)",
         "subscriber.foo: subscriber has no field 'foo' (known: carrier, language, name, phone)",
-        "unknown variable 'user' (known: area, attr, campaign, subscriber)",
+        "unknown variable 'user' (known: area, attr, campaign, link, subscriber)",
     ]]
     # without a database, attributes cannot be checked, the rest still is
     assert len(_problems(config, GOOD.format(name="c").replace("ok.j2", "vars.j2"), None)) == 3

@@ -281,10 +281,10 @@ def test_variable_problems() -> None:
     assert variable_problems(paths, {"age"}) == [
         "area.ward: area has no field 'ward' (known: code, level, name, parent, population)",
         "attr.x: no subscriber has an attribute 'x' (known: age)",
-        "unknown variable 'foo' (known: area, attr, campaign, subscriber)",
+        "unknown variable 'foo' (known: area, attr, campaign, link, subscriber)",
     ]
     assert variable_problems(paths, None) == [
         "area.ward: area has no field 'ward' (known: code, level, name, parent, population)",
-        "unknown variable 'foo' (known: area, attr, campaign, subscriber)",
+        "unknown variable 'foo' (known: area, attr, campaign, link, subscriber)",
     ]
     assert variable_problems({"attr.age"}, set()) == ["attr.age: no subscriber has an attribute 'age'"]
