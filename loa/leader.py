@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 from sqlalchemy import text
@@ -32,7 +33,9 @@ class Leadership:
         self.on_lost = on_lost
         self.interval = interval
         self.stale_after = stale_after
-        self.me = f"{socket.gethostname()}:{os.getpid()}"
+        # unique per candidate, like a dispatcher's worker id: two in one process must not
+        # take each other's heartbeat for their own
+        self.me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.leader = False
         self._conn: Connection | None = None
         self._stop = threading.Event()
@@ -54,14 +57,23 @@ class Leadership:
                 log.warning("leader election: %s", exc)
                 held = False
                 self._drop_connection()
-            if held and not self.leader:
-                self.leader = True
-                log.warning("%s is now the scheduler leader", self.me)
-                self.on_elected()
-            elif not held and self.leader:
-                self.leader = False
-                log.warning("%s lost scheduler leadership", self.me)
-                self.on_lost()
+            try:
+                if held and not self.leader:
+                    self.leader = True
+                    log.warning("%s is now the scheduler leader", self.me)
+                    self.on_elected()
+                elif not held and self.leader:
+                    self.leader = False
+                    log.warning("%s lost scheduler leadership", self.me)
+                    self.on_lost()
+            except Exception:  # noqa: BLE001 - a dead thread would hold the lock with no scheduler running
+                log.exception("%s: scheduler %s failed; standing down", self.me,
+                              "start" if self.leader else "pause")
+                try:
+                    self._resign()   # another process, or this one next time, tries again
+                except Exception:  # noqa: BLE001
+                    self._drop_connection()
+                    self.leader = False
             self._stop.wait(self.interval)
 
     def _hold(self) -> bool:
@@ -104,6 +116,9 @@ class Leadership:
     def _drop_connection(self) -> None:
         if self._conn is not None:
             try:
+                # invalidate: close the session itself, and with it its advisory lock; a plain
+                # close() would return it to the pool still holding the lock
+                self._conn.invalidate()
                 self._conn.close()
             except Exception:  # noqa: BLE001
                 pass

@@ -135,7 +135,8 @@ class Service:
                  f"loa_scheduler_leader {1 if self.leadership and self.leadership.leader else 0}",
                  "# HELP loa_next_fire_time_seconds Next scheduled run per campaign (Unix time).",
                  "# TYPE loa_next_fire_time_seconds gauge"]
-        if self.scheduler and self.scheduler.scheduler.running:
+        # a scheduler that lost the election is only paused, and still "running"
+        if self.scheduler and self.leadership and self.leadership.leader and self.scheduler.scheduler.running:
             for job in self.scheduler.scheduler.get_jobs():
                 if job.next_run_time is not None:
                     name = job.id.removeprefix("campaign:").replace('"', "")
