@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
@@ -24,6 +26,15 @@ def campaign_problems(config: Config, campaign: Campaign, attribute_keys: set[st
             problems.append(f"{where}.template: {exc}")
         else:
             problems += [f"{where}.template ({spec.template}): {p}" for p in variable_problems(paths, attribute_keys)]
+            if "link" in paths and campaign.raw.get("link"):
+                from loa.links import SECRET_ENV
+
+                if len(os.environ.get(SECRET_ENV, "")) < 16:
+                    problems.append(f"{where}.template ({spec.template}): uses {{{{ link }}}}, which needs "
+                                    f"${SECRET_ENV} (at least 16 characters) to sign link codes")
+                if not config.serve.get("public_url"):
+                    problems.append(f"{where}.template ({spec.template}): uses {{{{ link }}}}, which needs "
+                                    f"[serve] public_url in {config.label}")
             if "link" in paths and not campaign.raw.get("link"):
                 problems.append(f"{where}.template ({spec.template}): uses {{{{ link }}}} but the campaign "
                                 "sets no link target (link = \"https://...\")")

@@ -26,12 +26,12 @@ import threading
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, literal, select, update
+from sqlalchemy import and_, bindparam, case, func, literal, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from loa import db
@@ -42,6 +42,7 @@ from loa.gateways import Gateway, GatewayPool
 from loa.phones import mask
 from loa.policy import Policy, channel_window, parse_window
 from loa.receipts import apply_receipts, apply_responses
+lock_rows = lambda conn, where: None
 from loa.render import Renderer
 from providers.base import Provider as ProviderBase
 from providers.base import (
@@ -227,8 +228,29 @@ class Dispatcher:
             if not chunk:
                 continue
             chunk = self._mark_sending(chunk)
-            list(self._executor.map(self._send, chunk))
+            self._send_all(chunk)
             self._record(chunk)
+
+    def _send_all(self, chunk: list[_Item]) -> None:
+        """Send a window on the thread pool, renewing this worker's lease while it lasts.
+
+        A window held back by a slow gateway or a tight rate limit can outlast the lease;
+        without the renewal, another worker's recover() would take a live worker's rows
+        (back to planned, so sent twice, or to unknown, though nothing crashed).
+        """
+        futures = [self._executor.submit(self._send, item) for item in chunk]
+        beat = self.lease.total_seconds() / 3
+        while wait(futures, timeout=beat).not_done:
+            self._renew_lease()
+        for f in futures:
+            f.result()   # _send records its own failures; anything else is a bug to surface
+
+    def _renew_lease(self) -> None:
+        now = db.utcnow()
+        ours = and_(O.c.state.in_(("claimed", "sending")), O.c.worker == self.worker)
+        with self.engine.begin() as conn:
+            lock_rows(conn, ours)
+            conn.execute(update(O).where(ours).values(lease_until=now + self.lease))
 
     def _enforce_policy(self, items: list[_Item]) -> list[_Item]:
         """Decree 91 just before sending: do-not-contact, the send window, the frequency cap.
@@ -263,6 +285,10 @@ class Dispatcher:
         definition = item.definition
         spec = definition.get(item.channel, {})
         try:
+            if definition.get("link"):
+                from loa.links import url_for
+
+                item.context["link"] = url_for(str(self.config.serve.get("public_url", "")), item.id)
             if item.channel == "sms":
                 sms = self.renderer.render_sms(
                     spec["template"], item.context, unaccented=bool(spec.get("unaccented", False)),
@@ -289,13 +315,17 @@ class Dispatcher:
     def _mark_sending(self, chunk: list[_Item]) -> list[_Item]:
         now = db.utcnow()
         with self.engine.begin() as conn:
+            lock_rows(conn, and_(O.c.state == "claimed", O.c.worker == self.worker))
             marked = set(conn.execute(
                 update(O).where(O.c.id.in_([i.id for i in chunk]), O.c.state == "claimed",
                                 O.c.worker == self.worker)
                 .values(state="sending", attempts=O.c.attempts + 1, updated_at=now,
-                        encoding=None, parts=None)
+                        encoding=None, parts=None, lease_until=now + self.lease)
                 .returning(O.c.id)
             ).scalars())
+            # the rest of the batch is still ours: its lease runs from now, not from the claim
+            conn.execute(update(O).where(O.c.state == "claimed", O.c.worker == self.worker)
+                         .values(lease_until=now + self.lease))
         for item in chunk:
             item.attempts += 1
         return [i for i in chunk if i.id in marked]   # rows whose lease we lost are left alone
@@ -371,6 +401,7 @@ class Dispatcher:
             shape = tuple(sorted(outcome))
             by_shape.setdefault(shape, []).append({"b_id": item.id, **{f"v_{k}": v for k, v in outcome.items()}})
         with self.engine.begin() as conn:
+            lock_rows(conn, O.c.id.in_([item.id for item in items]))
             for shape, params in by_shape.items():
                 conn.execute(_update_for(shape), params)
 
@@ -397,6 +428,7 @@ class Dispatcher:
         dedupes = {gateway: self._dedupes(gateway) for gateway in stuck}
         n = 0
         with self.engine.begin() as conn:
+            lock_rows(conn, and_(O.c.state.in_(("claimed", "sending")), O.c.lease_until < now))
             n += conn.execute(update(O).where(O.c.state == "claimed", O.c.lease_until < now)
                               .values(state="planned", worker=None, lease_until=None, updated_at=now)).rowcount
             for gateway, safe in dedupes.items():

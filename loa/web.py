@@ -62,6 +62,8 @@ class Web:
                 return self._health(start_response)
             if path == "/metrics" and method == "GET":
                 return _reply(start_response, 200, self.metrics(), "text/plain; version=0.0.4; charset=utf-8")
+            if path.startswith("/l/") and method in ("GET", "HEAD"):
+                return self._click(path.removeprefix("/l/"), start_response)
             if path == "/arrivals" and method == "POST":
                 return self._arrivals(environ, start_response)
             if path.startswith("/hooks/") and method in ("GET", "POST"):
@@ -122,6 +124,31 @@ class Web:
             base = f"{scheme}://{host}"
         query = environ.get("QUERY_STRING", "")
         return f"{base}{environ.get('PATH_INFO', '')}" + (f"?{query}" if query else "")
+
+    # -- tracked links -------------------------------------------------------------------
+    def _click(self, code: str, start_response: StartResponse) -> Iterable[bytes]:
+        """Record a click on a message's link and redirect to the campaign's target."""
+        from loa.links import outbox_id
+
+        try:
+            oid = outbox_id(code)
+        except LoaError:
+            oid = None   # links are off ($LOA_LINK_SECRET unset): nothing can be verified
+        target = None
+        if oid is not None:
+            o, r, s = db.outbox, db.runs, db.subscribers
+            with self.engine.begin() as conn:
+                row = conn.execute(select(s.c.phone, r.c.definition).select_from(
+                    o.join(r, r.c.id == o.c.run_id).join(s, s.c.id == o.c.subscriber_id)).where(o.c.id == oid)).first()
+                if row is not None:
+                    target = (row.definition or {}).get("link")
+                    record_events(conn, [{"phone": row.phone, "type": "clicked", "occurred_at": db.utcnow(),
+                                          "source": "link", "outbox_id": oid, "attributes": None}])
+        if not target:
+            return _reply(start_response, 404, "not found\n")
+        start_response("302 Found", [("Location", str(target)), ("Content-Length", "0"),
+                                     ("Cache-Control", "no-store")])
+        return [b""]
 
     # -- arrivals ------------------------------------------------------------------------
     def _arrivals(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
