@@ -28,6 +28,7 @@ from loa import db
 from loa.areas import AreaIndex, AreaLookupError
 from loa.campaign import Campaign, load_all
 from loa.config import Config
+from loa.errors import LoaError
 from loa.importer import RowError, parse_time
 from loa.phones import PhoneError, normalize
 from loa.plan import audience_select, ensure_campaign, gateway_for
@@ -152,7 +153,12 @@ def greet(engine: Engine, config: Config, campaigns: Iterable[Campaign] | None =
     now = now or db.utcnow()
     added = {}
     for campaign in campaigns if campaigns is not None else arrival_campaigns(config):
-        added[campaign.name] = _greet(engine, config, campaign, now)
+        try:
+            added[campaign.name] = _greet(engine, config, campaign, now)
+        except LoaError as exc:   # one broken campaign must not stop the others' greetings
+            log.error("campaign %s: arrivals not greeted: %s", campaign.name, exc)
+            if campaigns is not None:
+                raise
     return added
 
 
@@ -173,6 +179,17 @@ def _greet(engine: Engine, config: Config, campaign: Campaign, now: datetime) ->
         latest: dict[int, tuple[int, datetime]] = {}
         for sid, area_id, at in arrivals:
             latest.setdefault(sid, (area_id, at))     # the most recent arrival of each visitor
+        if latest:
+            # _greeted counts the visit from now; it counts from the arrival, which may be up to the
+            # validity earlier (a feed delivered late): no greeting within regreet_after before it
+            regreet = timedelta(seconds=rule.regreet_after)
+            last = dict(conn.execute(
+                select(O.c.subscriber_id, func.max(O.c.expires_at))
+                .where(O.c.subscriber_id.in_(list(latest)),
+                       O.c.run_id.in_(select(R.c.id).where(R.c.campaign_id == campaign_id)))
+                .group_by(O.c.subscriber_id)).all())
+            latest = {sid: (area_id, at) for sid, (area_id, at) in latest.items()
+                      if sid not in last or last[sid] - validity <= at - regreet}
         if not latest:
             return 0
         # who may be greeted, and who is suppressed or held out, as for any run;
@@ -205,7 +222,12 @@ def _in_areas(conn: Connection, campaign: Campaign) -> Any:
     if not names:
         return literal(1, Integer) == 1
     index = AreaIndex.load(conn)
-    paths = [index.resolve(n).path for n in names]
+    try:
+        paths = [index.resolve(n).path for n in names]
+    except AreaLookupError as exc:   # a clean one-line error, as for any segment
+        from loa.segments import SegmentError
+
+        raise SegmentError(f"campaign {campaign.name}: segment.areas: {exc}") from None
     inner = select(db.areas.c.id).where(or_(*(db.areas.c.path.startswith(p) for p in paths)))
     return A.c.area_id.in_(inner)
 

@@ -318,7 +318,9 @@ def _window(table: Any, problems: _Problems) -> tuple[time, time]:
     for key, default in (("start", "07:00"), ("end", "22:00")):
         value = table.get(key, default)
         try:
-            bounds.append(value if isinstance(value, time) else time.fromisoformat(str(value)))
+            # "24:00" ends the window at midnight: an all-day window is 00:00-24:00
+            bounds.append(value if isinstance(value, time) else time.max if str(value) == "24:00"
+                          else time.fromisoformat(str(value)))
         except ValueError:
             problems.add(f"window.{key}", f"not a time of day (HH:MM), got {value!r}")
             bounds.append(time(7) if key == "start" else time(22))
@@ -422,6 +424,10 @@ def _arrival(table: Any, trigger: Any, problems: _Problems) -> ArrivalRule | Non
     problems.unknown(table, ARRIVAL_KEYS, "arrival.")
     delay = _duration(table, "delay", problems, "arrival", zero_ok=True)
     regreet = _duration(table, "regreet_after", problems, "arrival")
+    if regreet is not None and regreet < 86400:
+        # greetings go into one run per local day, one row per (run, subscriber)
+        problems.add("arrival.regreet_after", f"must be at least \"1d\" (one greeting per visit and day), "
+                     f"got {table.get('regreet_after')!r}")
     default = ArrivalRule()
     return ArrivalRule(default.delay if delay is None else delay,
                        default.regreet_after if regreet is None else regreet)

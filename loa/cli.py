@@ -143,13 +143,13 @@ def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: i
     if summary.rejected > len(shown):
         err.print(f"... and {summary.rejected - len(shown)} more rejects", highlight=False)
     out.print(summary.line(), highlight=False, soft_wrap=True, markup=False)
+    if kind == "arrivals":   # greet what was kept, even if a later batch failed
+        from loa.arrivals import arrival_campaigns, greet
+
+        for name, n in greet(engine, app.config, arrival_campaigns(app.config)).items():
+            out.print(f"{name}: {n:,} greeting(s) planned", highlight=False, markup=False)
     if summary.failure:
         raise LoaError(summary.failure)
-    if kind == "arrivals":
-        from loa.arrivals import greet
-
-        for name, n in greet(engine, app.config).items():
-            out.print(f"{name}: {n:,} greeting(s) planned", highlight=False, markup=False)
 
 
 def _arrivals_handler(engine: Any, file: Path, tz: Any) -> Any:
@@ -457,8 +457,11 @@ def gateways_resume(app: App, name: str) -> None:
     """Resume a gateway paused by an authentication, configuration or money error."""
     from loa import gateways as gw
 
-    app.config.gateway(name)
-    reason = gw.resume(app.engine(), name)
+    engine = app.engine()
+    if name not in gw.paused(engine):
+        app.config.gateway(name)   # a typo gets the list of configured gateways
+    # a paused gateway can be resumed even after it left the configuration: its rows are not stuck
+    reason = gw.resume(engine, name)
     out.print(f"gateway {name} resumed (it was paused: {reason}); its messages go out with the next send",
               highlight=False, markup=False)
 

@@ -198,8 +198,8 @@ def _within_window(campaign, config, say):  # type: ignore[no-untyped-def]
         return campaign
     say(f"   (it is night in {config.timezone.key}: the demo lifts the campaign's "
         f"{campaign.window[0]:%H:%M}-{campaign.window[1]:%H:%M} send window so that it can run now)")
-    raw = dict(campaign.raw) | {"window": {"start": "00:00", "end": "23:59:59"}}
-    return dataclasses.replace(campaign, window=(dtime(0), dtime(23, 59, 59)), raw=raw)
+    raw = dict(campaign.raw) | {"window": {"start": "00:00", "end": "24:00"}}
+    return dataclasses.replace(campaign, window=(dtime(0), dtime.max), raw=raw)
 
 
 def run_demo(directory: Path | None, *, subscribers: int, seed: int, fmt: str, console: Console) -> None:

@@ -55,6 +55,8 @@ def parse_window(table: Any) -> tuple[time, time]:
     bounds = []
     for key, default in zip(("start", "end"), DEFAULT_WINDOW, strict=True):
         value = table.get(key)
+        if value == "24:00":
+            value = time.max           # the end of the day: "00:00"-"24:00" is all day
         bounds.append(value if isinstance(value, time) else time.fromisoformat(value) if value else default)
     return bounds[0], bounds[1]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -77,13 +78,18 @@ class Service:
         from loa import importer
         from loa.arrivals import ArrivalsHandler, greet
 
-        every = float(self.config.serve.get("greet_every", 15))
+        every = max(0.1, float(self.config.serve.get("greet_every", 15)))
         folder = self.config.serve.get("arrivals_folder")
+        if folder:
+            base = self.config.path.parent if self.config.path else Path.cwd()
+            folder = base / str(folder)        # a relative folder is beside the configuration
         while not self._web_stop.wait(every):
             try:
                 if folder:
-                    for path in sorted(Path(str(folder)).glob("*.csv")):
-                        self._take_feed(path, importer, ArrivalsHandler)
+                    settled = time.time() - 2 * every   # a file still being written is left for later
+                    for path in sorted(Path(folder).glob("*.csv")):
+                        if path.stat().st_mtime < settled:
+                            self._take_feed(path, importer, ArrivalsHandler)
                 greet(self.engine, self.config)
             except Exception:   # keep the service up; the next tick tries again
                 log.exception("arrivals: greeting failed")
@@ -92,18 +98,21 @@ class Service:
         """Import one feed file, then move it to done/ (or failed/) so it is read once."""
         if path.name.endswith(".rejects.csv"):
             return
-        done = path.parent / "done"
-        done.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        name = f"{path.stem}.{stamp}{path.suffix}"      # never overwrite an earlier feed of the same name
+        rejects = path.parent / f"{path.stem}.{stamp}.rejects.csv"
         try:
             summary = importer.run_import(self.engine, handler_cls(self.engine, path, self.config.timezone), path,
-                                          rejects_path=done / (path.stem + ".rejects.csv"))
+                                          rejects_path=rejects)
             log.warning("arrivals feed %s", summary.line())
-            target = done if not summary.failure else path.parent / "failed"
+            target = path.parent / ("done" if not summary.failure else "failed")
         except Exception as exc:  # noqa: BLE001 - a bad file is set aside, not retried forever
             log.error("arrivals feed %s refused: %s", path.name, exc)
             target = path.parent / "failed"
         target.mkdir(exist_ok=True)
-        path.rename(target / path.name)
+        path.rename(target / name)
+        if rejects.exists():
+            rejects.rename(target / rejects.name)
 
     def reload(self) -> None:
         if self.scheduler and self.leadership and self.leadership.leader:

@@ -44,7 +44,8 @@ def collect(engine: Engine, recent_runs: int = 20) -> dict[str, Any]:
             "name": name, "due": due.get(name, 0), "sent_last_minute": recent.get(name, 0), "rate": rate,
             "eta_seconds": (due.get(name, 0) / rate) if rate > 0 and name not in paused else None,
             "paused": paused[name]["reason"] if name in paused else None,
-            "paused_since": paused[name]["since"] if name in paused else None,
+            # ISO 8601 like every other time here (json.dumps would otherwise fall back to str())
+            "paused_since": paused[name]["since"].isoformat() if name in paused and paused[name]["since"] else None,
         })
     return {
         "at": now.isoformat(),

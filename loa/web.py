@@ -160,30 +160,41 @@ class Web:
 
         var = str(self.serve.get("arrivals_token_env", "LOA_ARRIVALS_TOKEN"))
         token = os.environ.get(var, "")
-        given = (environ.get("HTTP_AUTHORIZATION") or "").removeprefix("Bearer ").strip()
+        scheme, _, given = (environ.get("HTTP_AUTHORIZATION") or "").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            given = ""
+        given = given.strip()
         if not token:
             return _reply(start_response, 503, json.dumps({"error": f"arrivals are off: ${var} is not set"}),
                           "application/json")
         if not hmac.compare_digest(given.encode(), token.encode()):
             return _reply(start_response, 401, json.dumps({"error": "missing or wrong bearer token"}),
                           "application/json")
-        length = int(environ.get("CONTENT_LENGTH") or 0)
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return _reply(start_response, 400, json.dumps({"error": "bad Content-Length"}), "application/json")
         if length > MAX_BODY:
             return _reply(start_response, 413, json.dumps({"error": "request too large"}), "application/json")
         try:
             payload = json.loads(environ["wsgi.input"].read(length) or b"null")
         except ValueError as exc:
             return _reply(start_response, 400, json.dumps({"error": f"not JSON: {exc}"}), "application/json")
-        items = payload if isinstance(payload, list) else [payload]
-        if not items or not all(isinstance(i, dict) for i in items):
-            return _reply(start_response, 400, json.dumps({"error": "send an object or a list of objects "
+        if not (isinstance(payload, dict) or (isinstance(payload, list) and payload)):
+            return _reply(start_response, 400, json.dumps({"error": "send an object or a non-empty list of objects "
                                                                      "with phone and area"}), "application/json")
+        items = payload if isinstance(payload, list) else [payload]
         from loa.arrivals import greet, record
 
-        outcome = record(self.engine, items, self.config.timezone, source="http")
-        planned = greet(self.engine, self.config) if outcome.accepted else {}
-        body = {"accepted": outcome.accepted, "planned": planned,
-                "rejected": [{"index": i, "field": f, "reason": r} for i, f, r in outcome.rejected]}
+        outcome = record(self.engine, items, self.config.timezone, source="http")   # bad items rejected by index
+        body: dict[str, Any] = {"accepted": outcome.accepted, "planned": {},
+                                "rejected": [{"index": i, "field": f, "reason": r} for i, f, r in outcome.rejected]}
+        if outcome.accepted:
+            try:
+                body["planned"] = greet(self.engine, self.config)
+            except LoaError as exc:   # the arrivals are stored; the service loop greets them later
+                log.error("arrivals stored but not greeted: %s", exc)
+                body["greet_error"] = str(exc)
         return _reply(start_response, 200 if outcome.accepted or not outcome.rejected else 422,
                       json.dumps(body, ensure_ascii=False), "application/json")
 

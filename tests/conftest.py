@@ -24,6 +24,29 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"loa database: {db.redact(PG_URL) if PG_URL else 'SQLite (temporary files)'}"
 
 
+@pytest.fixture(autouse=True)
+def daytime_in_vietnam(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Run every test in Vietnam's daytime, whatever the hour CI runs at.
+
+    Campaigns keep Decree 91's 07:00-22:00 send window by default, so a test that
+    sends at 23:00 in Hà Nội would see its messages (rightly) deferred.  Outside
+    07:30-21:00 local time the clock is moved to 10:00 today; tests that set the
+    time themselves travel again inside this.  Subprocesses keep the real clock,
+    so tests that start `loa worker` or `loa serve` use all-day windows.
+    """
+    import time_machine
+    from datetime import UTC, datetime, time
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo("Asia/Ho_Chi_Minh")
+    local = datetime.now(tz)
+    if time(7, 30) <= local.time() < time(21):
+        yield
+        return
+    with time_machine.travel(datetime.combine(local.date(), time(10), tz).astimezone(UTC), tick=True):
+        yield
+
+
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str | None]:
     """A fresh PostgreSQL database for this test session, dropped afterwards."""
