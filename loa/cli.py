@@ -108,7 +108,7 @@ def init(app: App) -> None:
 # -- import -------------------------------------------------------------------
 
 @main.command("import")
-@click.argument("kind", type=click.Choice(["areas", "subscribers", "events", "dnc", "arrivals"]))
+@click.argument("kind", type=click.Choice(["areas", "subscribers", "events", "dnc", "arrivals", "snapshots"]))
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--rejects", type=click.Path(path_type=Path), default=None,
               help="Where to write rejected rows (default: FILE.rejects.csv beside FILE).")
@@ -129,6 +129,7 @@ def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: i
         "events": lambda: importer.EventsHandler(engine, file, app.config.timezone),
         "dnc": lambda: importer.DncHandler(engine, file),
         "arrivals": lambda: _arrivals_handler(engine, file, app.config.timezone),
+        "snapshots": lambda: importer.SnapshotsHandler(engine, file),
     }[kind]()
     shown: list[str] = []
 
@@ -382,9 +383,11 @@ def status(app: App, fmt: str) -> None:
 @click.argument("campaign", required=False)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--level", default=None, help="Area level to group by (default: the level the audience lives at).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a self-contained HTML report (charts inline, opens offline).")
 @click.pass_obj
 @fail_cleanly
-def report(app: App, campaign: str | None, fmt: str, level: str | None) -> None:
+def report(app: App, campaign: str | None, fmt: str, level: str | None, html_path: Path | None) -> None:
     """Per-area report of a campaign: reach, installs, uplift, progress to goal."""
     from loa import report as rep
     from loa.campaign import load_one
@@ -396,6 +399,14 @@ def report(app: App, campaign: str | None, fmt: str, level: str | None) -> None:
     except LoaError:
         goal = None
     result = rep.build(engine, name, goal, level)
+    if html_path is not None:
+        from loa.htmlreport import render_report
+
+        try:
+            html_path.write_text(render_report(engine, result), encoding="utf-8")
+        except OSError as exc:
+            raise LoaError(f"{html_path}: cannot write: {exc.strerror}") from None
+        err.print(f"wrote {html_path}", highlight=False, markup=False)
     if fmt == "csv":
         click.echo(rep.to_csv(result), nl=False)
     elif fmt == "json":

@@ -6,7 +6,10 @@ For one campaign (all its runs) and each area:
 * held out, suppressed, sent, delivered, failed (people, not messages);
 * installed after their first message, as a share of the delivered, and
   installed after planning among the held out; uplift is the difference
-  between everyone targeted (intent to treat) and the held out, in points;
+  between everyone targeted (intent to treat) and the held out, in points,
+  with its 95% interval (uplift_low, uplift_high: Newcombe's hybrid score
+  interval, see :mod:`loa.stats`) and ``small`` when either group is too
+  small to read it;
 * everyone installed in the area (whatever prompted it) as a share of the
   population, and the progress towards the campaign's goal.
 """
@@ -24,7 +27,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.engine import Connection, Engine
 
-from loa import db
+from loa import db, stats
 from loa.areas import Area, AreaIndex
 from loa.campaign import Goal
 from loa.errors import NotFound
@@ -77,6 +80,35 @@ class Row:
     @property
     def installed_share(self) -> float | None:
         return _ratio(self.installed_total, self.population)
+
+    # The uplift's 95% interval (Newcombe's hybrid score method, see loa.stats), in points,
+    # and whether either group is too small to read it (stats.small_reason says why).
+    @property
+    def uplift(self) -> stats.Uplift | None:
+        if not (0 <= self.installed_targeted <= self.targeted and 0 <= self.installed_held_out <= self.held_out):
+            return None
+        return stats.uplift(self.installed_targeted, self.targeted, self.installed_held_out, self.held_out)
+
+    @property
+    def uplift_low(self) -> float | None:
+        u = self.uplift
+        return None if u is None else u.low_points
+
+    @property
+    def uplift_high(self) -> float | None:
+        u = self.uplift
+        return None if u is None else u.high_points
+
+    @property
+    def small(self) -> bool | None:
+        """None when there is nothing to compare (no one targeted or no one held out)."""
+        u = self.uplift
+        return None if u is None else u.small
+
+    @property
+    def small_reason(self) -> str | None:
+        u = self.uplift
+        return None if u is None else u.reason
 
 
 COUNTS = ("audience", "held_out", "suppressed", "targeted", "sent", "delivered", "failed",
@@ -254,7 +286,8 @@ def _disagreements(index: AreaIndex, rows: list[Row], level: str) -> list[str]:
 
 FIELDS = ("code", "area", "population", "population_as_of", "audience", "held_out", "suppressed", "sent",
           "delivered", "failed", "installed_delivered", "rate_delivered", "installed_held_out",
-          "rate_held_out", "uplift_points", "installed_total", "installed_share", "progress")
+          "rate_held_out", "uplift_points", "uplift_low", "uplift_high", "small", "installed_total",
+          "installed_share", "progress")
 
 
 def as_records(report: Report) -> list[dict[str, Any]]:
@@ -263,6 +296,8 @@ def as_records(report: Report) -> list[dict[str, Any]]:
         rec = asdict(row) | {
             "rate_delivered": row.rate_delivered, "rate_held_out": row.rate_held_out,
             "rate_targeted": row.rate_targeted, "uplift_points": row.uplift_points,
+            "uplift_low": row.uplift_low, "uplift_high": row.uplift_high, "small": row.small,
+            "small_reason": row.small_reason,
             "installed_share": row.installed_share, "progress": report.progress(row),
         }
         rec["population_as_of"] = row.population_as_of.isoformat() if row.population_as_of else None
@@ -275,8 +310,16 @@ def to_csv(report: Report) -> str:
     writer = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for rec in as_records(report):
-        writer.writerow({k: ("" if v is None else round(v, 6) if isinstance(v, float) else v) for k, v in rec.items()})
+        writer.writerow({k: _cell(v) for k, v in rec.items()})
     return buf.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return round(value, 6) if isinstance(value, float) else value
 
 
 def to_json(report: Report) -> str:
