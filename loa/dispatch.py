@@ -41,8 +41,7 @@ from loa import gateways as gateway_state
 from loa.gateways import Gateway, GatewayPool
 from loa.phones import mask
 from loa.policy import Policy, channel_window, parse_window
-from loa.receipts import apply_receipts, apply_responses
-lock_rows = lambda conn, where: None
+from loa.receipts import apply_receipts, apply_responses, lock_rows
 from loa.render import Renderer
 from providers.base import Provider as ProviderBase
 from providers.base import (
@@ -199,7 +198,9 @@ class Dispatcher:
                    parent.c.population.label("p_population"))
             .join(r, r.c.id == O.c.run_id).join(c, c.c.id == r.c.campaign_id)
             .join(s, s.c.id == O.c.subscriber_id)
-            .outerjoin(a, a.c.id == s.c.area_id).outerjoin(parent, parent.c.id == a.c.parent_id)
+            # the row's area: where the subscriber lived when planned, or where they arrived
+            .outerjoin(a, a.c.id == func.coalesce(O.c.area_id, s.c.area_id))
+            .outerjoin(parent, parent.c.id == a.c.parent_id)
             .where(O.c.id.in_(ids))
         ).mappings().all()
         return [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from sqlalchemy import and_, bindparam, func, literal, or_, select, update
+from sqlalchemy import and_, bindparam, func, literal, or_, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from loa import db
@@ -20,6 +20,16 @@ from providers.base import DeliveryReceipt, Response
 O = db.outbox
 RECEIVABLE = ("sending", "sent", "unknown")
 KEY = re.compile(r"^loa-(\d+)-(\d+)$")
+
+
+def lock_rows(conn: Connection, where: object) -> None:
+    """Lock the outbox rows matching ``where`` in id order (PostgreSQL; SQLite locks the
+    whole database).  Every transaction that updates rows other workers may be updating
+    too (a sender recording its window, a receipt poller, a lease renewal, a recovery)
+    takes its locks this way first: taken in whatever order each UPDATE scans, two of
+    them deadlock, and PostgreSQL aborts one, killing that worker."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(O.c.id).where(where).order_by(O.c.id).with_for_update())
 
 
 def parse_key(key: str | None) -> tuple[int, int] | None:
@@ -46,6 +56,12 @@ def apply_receipts(conn: Connection, gateway: str, receipts: Iterable[DeliveryRe
         elif pair is not None:
             by_key.append(params | {"b_run": pair[0], "b_sub": pair[1]})
     moved = 0
+    if conn.dialect.name == "postgresql" and (by_id or by_key):
+        pairs = [(p["b_run"], p["b_sub"]) for p in by_id + by_key if p["b_run"] is not None]
+        pids = [p["b_pid"] for p in by_id]
+        lock_rows(conn, and_(O.c.state.in_(RECEIVABLE), or_(
+            and_(O.c.gateway == gateway, O.c.provider_id.in_(pids)) if pids else literal(False),
+            tuple_(O.c.run_id, O.c.subscriber_id).in_(pairs) if pairs else literal(False))))
     if by_id:
         not_yet_recorded = and_(O.c.provider_id.is_(None), O.c.run_id == bindparam("b_run"),
                                 O.c.subscriber_id == bindparam("b_sub"))

@@ -579,11 +579,13 @@ class SimulatorHTTPProvider(Provider):
     type = "simulator_http"
     channels = ("sms", "zalo")
     rate = 50.0
-    dedupes_by_key = True  # the server returns the first id for a repeated key
+    dedupes_by_key = True  # the server returns the first id for a repeated key (unless dedupe = false)
     settings = (
         Setting("url", required=True, help="base URL, e.g. http://127.0.0.1:8765"),
         Setting("token", required=False, secret=True, help="bearer token, if the server wants one"),
         Setting("timeout", required=False, default=5.0, help="seconds per HTTP request"),
+        Setting("dedupe", required=False, default=True,
+                help="whether the server deduplicates by key (false for one run with --no-dedupe)"),
     )
 
     def __init__(self, name: str, options: Mapping[str, Any], state: StateStore | None = None) -> None:
@@ -592,6 +594,11 @@ class SimulatorHTTPProvider(Provider):
         if not url.startswith(("http://", "https://")):
             raise self.error(ConfigError, f"setting 'url' must be an http(s) URL, got {url!r}")
         self.url = url
+        try:
+            # an instance attribute: the dispatcher re-sends after a crash only to a server that dedupes
+            self.dedupes_by_key = _as_bool(self.options.get("dedupe", True))
+        except ValueError:
+            raise self.error(ConfigError, "setting 'dedupe' must be true or false") from None
         try:
             timeout = float(self.options.get("timeout", 5.0))
         except (TypeError, ValueError):
