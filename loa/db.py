@@ -264,9 +264,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def message_key(run_id: int, subscriber_id: int) -> str:
-    """Our idempotency key for one (run, subscriber): stable across retries and crashes."""
-    return f"loa-{run_id}-{subscriber_id}"
+def message_key(run_id: int, subscriber_id: int, fallback: str | None = None) -> str:
+    """Our idempotency key for one (run, subscriber): stable across retries and crashes.
+
+    A message that fell back to a later channel gets that channel as a suffix: it is
+    a new message, which a gateway deduplicating by key must not take for the first.
+    """
+    return f"loa-{run_id}-{subscriber_id}" + (f"-{fallback}" if fallback else "")
+
+
+def key_for(run_id: int, subscriber_id: int, channel: str, definition: dict[str, Any]) -> str:
+    channels = list(definition.get("channels") or [channel])
+    return message_key(run_id, subscriber_id, None if channel == channels[0] else channel)
 
 
 def make_engine(url: str, **kw: Any) -> Engine:

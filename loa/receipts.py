@@ -19,7 +19,7 @@ from providers.base import DeliveryReceipt, Response
 
 O = db.outbox
 RECEIVABLE = ("sending", "sent", "unknown")
-KEY = re.compile(r"^loa-(\d+)-(\d+)$")
+KEY = re.compile(r"^loa-(\d+)-(\d+)(?:-[a-z]+)?$")   # a fallback channel's message has a suffix
 
 
 def lock_rows(conn: Connection, where: object) -> None:
