@@ -92,6 +92,8 @@ class _Item:
     phone: str
     message: OutgoingMessage | None = None
     outcome: dict[str, Any] | None = None
+    slot: float | None = None     # when its gateway's limiter booked it to leave (time.monotonic())
+    missed: bool = False          # woken too late for that slot: not sent, to be booked again
 
 
 class Dispatcher:
@@ -115,6 +117,7 @@ class Dispatcher:
         self.policy = Policy.from_config(config)
         self.stop = threading.Event()
         self._rng = random.Random()
+        self._next: list[_Item] = []    # a batch claimed ahead, while the last window was sending
 
     # -- the loops ------------------------------------------------------------
     def run_until_empty(self) -> SendSummary:
@@ -123,11 +126,12 @@ class Dispatcher:
             self._executor = executor
             while not self.stop.is_set():
                 self.housekeeping()
-                items = self.claim()
+                items = self._take()
                 if not items:
                     break
                 self._process(items)
                 self.poll()
+            self._give_back()
         self.finish_runs()
         self.poll(drain=not self.stop.is_set())
         return self.summary
@@ -146,12 +150,13 @@ class Dispatcher:
                     self.housekeeping()
                     self.finish_runs()
                     last = time.monotonic()
-                items = self.claim()
+                items = self._take()
                 if items:
                     self._process(items)
                 self.poll()
                 if not items:
                     self.stop.wait(idle)
+            self._give_back()
         return self.summary
 
     def housekeeping(self) -> None:
@@ -161,6 +166,17 @@ class Dispatcher:
         self.reconcile()
 
     # -- claiming -------------------------------------------------------------
+    def _take(self) -> list[_Item]:
+        """The next batch: the one claimed while the last window was sending, or a new claim."""
+        items, self._next = self._next, []
+        return items or self.claim()
+
+    def _give_back(self) -> None:
+        """On stop: a batch claimed ahead goes back for other workers."""
+        items, self._next = self._next, []
+        if items:
+            self._release(items)
+
     def _campaign_filter(self) -> Any:
         if self.campaign is None:
             return None
@@ -229,22 +245,58 @@ class Dispatcher:
             if not chunk:
                 continue
             chunk = self._mark_sending(chunk)
-            self._send_all(chunk)
+            self._send_all(chunk, claim_next=start + window >= len(ready))
             self._record(chunk)
 
-    def _send_all(self, chunk: list[_Item]) -> None:
+    def _send_all(self, chunk: list[_Item], claim_next: bool = False) -> None:
         """Send a window on the thread pool, renewing this worker's lease while it lasts.
 
         A window held back by a slow gateway or a tight rate limit can outlast the lease;
         without the renewal, another worker's recover() would take a live worker's rows
         (back to planned, so sent twice, or to unknown, though nothing crashed).
+
+        With ``claim_next`` (the batch's last window), the next batch is claimed while this
+        window sends, so that the senders wait for the gateway and not for the database
+        between two batches.  Workers sharing a limit each get the same share of it, so they
+        reach the end of their batches together: were they all claiming at once, nobody
+        would be booking slots, and the slots would be lost.
         """
-        futures = [self._executor.submit(self._send, item) for item in chunk]
-        beat = self.lease.total_seconds() / 3
-        while wait(futures, timeout=beat).not_done:
-            self._renew_lease()
-        for f in futures:
-            f.result()   # _send records its own failures; anything else is a bug to surface
+        todo = chunk
+        for round_ in range(3):
+            # a slot missed (a busy machine, a collector's pause) is booked again after the
+            # window, not waited for in its thread while the next slots go by unserved; the
+            # third time, the message books its own slot as it goes (acquire)
+            if round_ < 2:
+                self._book(todo)
+            for item in todo:
+                item.missed = False
+            futures = [self._executor.submit(self._send, item) for item in todo]
+            if claim_next and not self.stop.is_set():
+                self._next, claim_next = self.claim(), False
+            beat = self.lease.total_seconds() / 3
+            while wait(futures, timeout=beat).not_done:
+                self._renew_lease()
+            for f in futures:
+                f.result()   # _send records its own failures; anything else is a bug to surface
+            todo = [item for item in todo if item.missed]
+            if not todo:
+                break
+
+    def _book(self, chunk: list[_Item]) -> None:
+        """Book the window's slots with each gateway's limiter at once, where it can
+        (``book``: the shared limiter), rather than one message at a time."""
+        by_gateway: dict[str, list[_Item]] = {}
+        for item in chunk:
+            by_gateway.setdefault(item.gateway, []).append(item)
+        for name, items in by_gateway.items():
+            try:
+                book = getattr(self.pool.get(name).limiter, "book", None)
+            except LoaError:
+                continue        # _send records why the gateway cannot be built
+            if book is not None:
+                for item, slot in zip(items, book([i.message.parts if i.message else 1 for i in items]),
+                                      strict=True):
+                    item.slot = slot
 
     def _renew_lease(self) -> None:
         now = db.utcnow()
@@ -297,14 +349,15 @@ class Dispatcher:
                     advertising_opt_out=definition.get("opt_out", "") if definition.get("advertising") else None,
                 )
                 item.message = OutgoingMessage(
-                    key=db.message_key(item.run_id, item.subscriber_id), to=item.phone, channel="sms",
+                    key=db.key_for(item.run_id, item.subscriber_id, "sms", definition), to=item.phone, channel="sms",
                     text=sms.text, encoding=sms.info.encoding, parts=sms.info.parts,
                     advertising=bool(definition.get("advertising", False)),
                 )
             else:
                 payload = self.renderer.render_zalo(spec["template"], item.context)
                 item.message = OutgoingMessage(
-                    key=db.message_key(item.run_id, item.subscriber_id), to=item.phone, channel=item.channel,
+                    key=db.key_for(item.run_id, item.subscriber_id, item.channel, definition), to=item.phone,
+                    channel=item.channel,
                     template_id=payload.template_id, template_data=payload.data,
                     advertising=bool(definition.get("advertising", False)),
                 )
@@ -336,7 +389,12 @@ class Dispatcher:
         gw: Gateway | None = None
         try:
             gw = self.pool.get(item.gateway)
-            gw.limiter.acquire(item.message.parts)
+            slot, item.slot = item.slot, None
+            if slot is None:
+                gw.limiter.acquire(item.message.parts)
+            elif not gw.limiter.wait_until(slot):   # type: ignore[attr-defined]
+                item.missed = True
+                return
             handed_over = db.utcnow()
             result = gw.provider.send(item.message)
             item.outcome = _sent(result, item.message, handed_over)
@@ -470,65 +528,98 @@ class Dispatcher:
         return n
 
     def fallback_timeouts(self) -> int:
-        """A message with no receipt within its channel's ``fallback_after`` moves to the next
-        channel.  A delivered message never does, so nobody gets both channels for one run
-        unless the first channel's receipt comes later than the fallback."""
+        """Move messages on to the campaign's next channel: at once when the first channel
+        reported them undelivered, and after ``fallback_after`` when no receipt came.
+
+        A delivered message never moves, so nobody gets both channels for one run unless
+        the first channel's receipt comes later than the fallback.  Runs already marked done
+        are looked at too (every message accepted is not every message delivered), within
+        the messages' validity, and reopened when something moves.
+        """
+        from loa.campaign import parse_duration
+
         now = db.utcnow()
         r = db.runs
         moved = 0
         with self.engine.begin() as conn:
-            for run_id, definition in conn.execute(select(r.c.id, r.c.definition).where(r.c.status == "planned")):
+            runs = conn.execute(select(r.c.id, r.c.definition).where(
+                r.c.status.in_(("planned", "done")), r.c.scheduled_for >= now - timedelta(days=3))).all()
+            for run_id, definition in runs:
                 channels = list(definition.get("channels", []))
+                n = 0
                 for channel, nxt in zip(channels, channels[1:], strict=False):
-                    after = definition.get(channel, {}).get("fallback_after")
-                    if not after:
-                        continue
-                    from loa.campaign import parse_duration
-
-                    limit = now - timedelta(seconds=parse_duration(after))
                     gateway = definition.get(nxt, {}).get("gateway") or self.config.default_gateway(nxt)
-                    moved += conn.execute(
-                        update(O).where(O.c.run_id == run_id, O.c.channel == channel, O.c.state == "sent",
-                                        O.c.sent_at < limit)
-                        .values(state="planned", channel=nxt, gateway=gateway, due_at=now, attempts=0,
-                                provider_id=None, sent_at=None, updated_at=now,
-                                reason=f"no {channel} receipt within {after}; moved to {nxt}")
-                    ).rowcount
+                    after = definition.get(channel, {}).get("fallback_after")
+                    cases = [(O.c.state == "undelivered", f"{channel} undelivered; moved to {nxt}")]
+                    if after:
+                        limit = now - timedelta(seconds=parse_duration(after))
+                        cases.append(((O.c.state == "sent") & (O.c.sent_at < limit),
+                                      f"no {channel} receipt within {after}; moved to {nxt}"))
+                    for late, reason in cases:
+                        n += conn.execute(
+                            update(O).where(O.c.run_id == run_id, O.c.channel == channel, late,
+                                            (O.c.expires_at.is_(None)) | (O.c.expires_at > now))
+                            .values(state="planned", channel=nxt, gateway=gateway, due_at=now, attempts=0,
+                                    provider_id=None, sent_at=None, delivered_at=None, updated_at=now,
+                                    reason=reason)
+                        ).rowcount
+                if n:
+                    conn.execute(update(r).where(r.c.id == run_id).values(status="planned", finished_at=None))
+                moved += n
         return moved
 
-    def reconcile(self, limit: int = 200) -> int:
-        """Ask gateways that keep records about messages whose outcome is unknown."""
+    RECONCILE_AFTER = 60.0        # seconds before asking about an unknown send
+    RECONCILE_GIVE_UP = 3600.0    # seconds of "no record" before settling for unreconciled
+
+    def reconcile(self, limit: int = 200, settle_after: float | None = None,
+                  give_up_after: float | None = None) -> int:
+        """Ask gateways that keep records about messages whose outcome is unknown.
+
+        A gateway may record a message a little after answering, so rows are asked about
+        once they are ``settle_after`` seconds old, and marked unreconciled only when the
+        gateway still has no record ``give_up_after`` seconds on.
+        """
+        settle_after = self.RECONCILE_AFTER if settle_after is None else settle_after
+        give_up_after = self.RECONCILE_GIVE_UP if give_up_after is None else give_up_after
+        names = [name for name, spec in self.config.gateways.items() if _has_lookup(spec.type)]
+        if not names:
+            return 0
+        now = db.utcnow()
+        r = db.runs
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(O.c.id, O.c.run_id, O.c.subscriber_id, O.c.gateway, O.c.provider_id)
-                .where(O.c.state == "unknown", O.c.error_code.is_distinct_from("unreconciled")).limit(limit)
+                select(O.c.id, O.c.run_id, O.c.subscriber_id, O.c.gateway, O.c.provider_id, O.c.channel,
+                       O.c.updated_at, r.c.definition)
+                .join(r, r.c.id == O.c.run_id)
+                .where(O.c.state == "unknown", O.c.gateway.in_(names),
+                       O.c.error_code.is_distinct_from("unreconciled"),
+                       O.c.updated_at <= now - timedelta(seconds=settle_after))
+                .order_by(O.c.updated_at).limit(limit)
             ).all()
         settled = 0
-        for row_id, run_id, subscriber_id, gateway, provider_id in rows:
+        for row_id, run_id, subscriber_id, gateway, provider_id, channel, updated_at, definition in rows:
             try:
                 gw = self.pool.get(gateway)
-            except LoaError:
-                continue
-            if type(gw.provider).lookup is ProviderBase.lookup:
-                continue
-            try:
-                found = gw.provider.lookup(db.message_key(run_id, subscriber_id), provider_id)
-            except ProviderError as exc:
+                found = gw.provider.lookup(db.key_for(run_id, subscriber_id, channel, definition), provider_id)
+            except (LoaError, ProviderError) as exc:
                 log.info("gateway %s: lookup failed: %s", gateway, exc)
                 continue
-            now = db.utcnow()
             if found is None:
+                if updated_at > now - timedelta(seconds=give_up_after):
+                    continue           # ask again later
                 values: dict[str, Any] = {"error_code": "unreconciled",
                                           "error_text": "the gateway has no record of this message"}
             elif isinstance(found, SendResult):
                 values = {"state": "delivered" if found.status == "delivered" else "sent",
-                          "provider_id": found.provider_id}
+                          "provider_id": found.provider_id, "sent_at": func.coalesce(O.c.sent_at, O.c.updated_at),
+                          "error_code": None, "error_text": None}
             else:
                 values = {"state": found.status, "provider_id": found.provider_id or provider_id,
-                          "delivered_at": found.at or now, "error_code": found.error_code}
+                          "sent_at": func.coalesce(O.c.sent_at, O.c.updated_at), "delivered_at": found.at or now,
+                          "error_code": found.error_code, "error_text": found.error_text}
             with self.engine.begin() as conn:
                 settled += conn.execute(update(O).where(O.c.id == row_id, O.c.state == "unknown")
-                                        .values(updated_at=now, **values)).rowcount
+                                        .values(updated_at=db.utcnow(), **values)).rowcount
         return settled
 
     def finish_runs(self) -> None:
@@ -583,6 +674,16 @@ def _update_for(shape: tuple[str, ...]) -> Any:
     return update(O).where(O.c.id == bindparam("b_id")).values(**values)
 
 
+def _has_lookup(type_name: str) -> bool:
+    """Does this gateway type keep records loa can ask about?"""
+    from providers import registry
+
+    try:
+        return registry.get(type_name).lookup is not ProviderBase.lookup
+    except (registry.UnknownProviderError, ImportError, TypeError):
+        return False
+
+
 def _context(row: Any) -> dict[str, Any]:
     parent = None
     if row["p_code"] is not None:
@@ -603,7 +704,7 @@ def _sent(result: SendResult, message: OutgoingMessage, handed_over: datetime) -
     now = handed_over
     outcome = {"state": "delivered" if result.status == "delivered" else "sent", "provider_id": result.provider_id,
                "parts": result.parts or message.parts, "encoding": message.encoding if message.channel == "sms" else None,
-               "sent_at": now, "error_code": None, "error_text": None, "reason": None}
+               "sent_at": now, "error_code": None, "error_text": None}   # the reason stays: why it waited
     if outcome["state"] == "delivered":
         outcome["delivered_at"] = now
     return outcome
