@@ -185,16 +185,21 @@ def bench_overhead(n: int, threads: int) -> list[tuple[str, str, str]]:
 # -- (b) -----------------------------------------------------------------------------
 
 def bench_limit(n: int, threads: int, rate: float, latency_ms: float) -> list[tuple[str, str, str]]:
-    with tempfile.TemporaryDirectory(prefix="loa-bench-") as tmp, \
-            SimulatorServer(seed=2, latency_ms=latency_ms) as srv:
-        folder = Path(tmp)
-        clock = Arrivals(srv.network)
-        config = make_config(folder, f"sqlite:///{folder / 'loa.db'}", srv.url, rate=rate, burst=1, threads=threads)
-        prepare(folder, config, n)
-        elapsed = run_dispatcher(config)
-    return [(f"(b) {latency_ms:g} ms latency, limit {rate:g}/s, {threads} threads",
-             f"{clock.rate():,.1f} msg/s", f"largest 1-s window {clock.max_window()} "
-             f"({len(clock.times):,} arrivals, {elapsed:.1f} s)")]
+    rows = []
+    for limiter in ("memory", "database"):
+        with tempfile.TemporaryDirectory(prefix="loa-bench-") as tmp, \
+                SimulatorServer(seed=2, latency_ms=latency_ms) as srv:
+            folder = Path(tmp)
+            clock = Arrivals(srv.network)
+            config = make_config(folder, f"sqlite:///{folder / 'loa.db'}", srv.url, rate=rate, burst=1,
+                                 threads=threads, limiter=limiter)
+            prepare(folder, config, n)
+            elapsed = run_dispatcher(config)
+        note = (f"largest 1-s window {clock.max_window()} (limit {rate:g}); "
+                f"{len(clock.times):,} arrivals, {elapsed:.1f} s")
+        rows.append((f"(b) {latency_ms:g} ms latency, limit {rate:g}/s, {limiter} limiter, {threads} threads",
+                     f"{clock.rate():,.1f} msg/s", note))
+    return rows
 
 
 # -- (c) -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import and_, bindparam, func, literal, or_, select, tuple_, update
 from sqlalchemy.engine import Connection
@@ -22,7 +23,7 @@ RECEIVABLE = ("sending", "sent", "unknown")
 KEY = re.compile(r"^loa-(\d+)-(\d+)(?:-[a-z]+)?$")   # a fallback channel's message has a suffix
 
 
-def lock_rows(conn: Connection, where: object) -> None:
+def lock_rows(conn: Connection, where: Any) -> None:
     """Lock the outbox rows matching ``where`` in id order (PostgreSQL; SQLite locks the
     whole database).  Every transaction that updates rows other workers may be updating
     too (a sender recording its window, a receipt poller, a lease renewal, a recovery)

@@ -596,7 +596,7 @@ class SimulatorHTTPProvider(Provider):
         self.url = url
         try:
             # an instance attribute: the dispatcher re-sends after a crash only to a server that dedupes
-            self.dedupes_by_key = _as_bool(self.options.get("dedupe", True))
+            self.dedupes_by_key = _as_bool(self.options.get("dedupe", True))  # type: ignore[misc]
         except ValueError:
             raise self.error(ConfigError, "setting 'dedupe' must be true or false") from None
         try:

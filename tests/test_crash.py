@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import write
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Engine
 
-from conftest import write
 from loa import db
 from loa.campaign import load_one
 from loa.config import load
