@@ -16,20 +16,30 @@ import logging
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy.engine import Engine
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, Engine
 
 from loa import db
 from loa.campaign import Campaign, load_all
 from loa.config import Config
-from loa.plan import PlanResult, plan_run
+from loa.plan import PlanResult, ensure_campaign, plan_run
 
 log = logging.getLogger("loa.scheduler")
+
+# A reload asked for with `loa campaigns reload`, from any machine: the active scheduler
+# polls this value and rebuilds its jobs when it changes.
+RELOAD_STATE = ("_scheduler", "reload")
+RELOAD_POLL_SECONDS = 5
+# At most this many missed fire times are recorded per campaign when a scheduler starts
+# after a long stop (an interval campaign down for a month would otherwise add thousands).
+MISSED_RECORD_LIMIT = 500
 
 
 def trigger_for(campaign: Campaign, tz: ZoneInfo) -> BaseTrigger:
@@ -56,6 +66,35 @@ def _cron_fields(expr: str) -> dict[str, str]:
     return {"minute": minute, "hour": hour, "day": day, "month": month, "day_of_week": day_of_week}
 
 
+def fire_times(trigger: BaseTrigger, after: datetime, before: datetime) -> list[datetime]:
+    """The trigger's fire times in the open interval (``after``, ``before``), oldest first."""
+    times: list[datetime] = []
+    fire = trigger.get_next_fire_time(None, after + timedelta(microseconds=1))
+    while fire is not None and fire < before:
+        times.append(fire)
+        fire = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+    return times
+
+
+def request_reload(engine: Engine) -> str:
+    """Ask the active scheduler, wherever it runs, to re-read the campaign files."""
+    stamp = db.utcnow().isoformat()
+    gateway, key = RELOAD_STATE
+    with engine.begin() as conn:
+        stmt = db.insert_for(conn, db.gateway_state).values(gateway=gateway, key=key, value=stamp,
+                                                            updated_at=db.utcnow())
+        conn.execute(stmt.on_conflict_do_update(index_elements=["gateway", "key"],
+                                                set_={"value": stamp, "updated_at": stmt.excluded.updated_at}))
+    return stamp
+
+
+def _reload_requested(engine: Engine) -> str | None:
+    gateway, key = RELOAD_STATE
+    with engine.connect() as conn:
+        return conn.scalar(select(db.gateway_state.c.value).where(db.gateway_state.c.gateway == gateway,
+                                                                  db.gateway_state.c.key == key))
+
+
 def scheduled_time(trigger: BaseTrigger, now: datetime, grace: float) -> datetime | None:
     """The fire time a job running at ``now`` stands for: the latest one within ``grace``.
 
@@ -80,6 +119,8 @@ class CampaignScheduler:
         self.scheduler = scheduler or BackgroundScheduler(timezone=config.timezone)
         self.campaigns: dict[str, Campaign] = {}
         self.problems: list[str] = []
+        self._reload_seen: str | None = None
+        self.scheduler.add_listener(self._missed, EVENT_JOB_MISSED)
 
     def reload(self) -> list[str]:
         """Re-read the campaign files and make the jobs match them; return job ids."""
@@ -102,7 +143,24 @@ class CampaignScheduler:
                 # campaigns are minutes-grained: the default 1 s grace would drop a run after a pause
                 misfire_grace_time=int(campaign.schedule.grace), coalesce=True, max_instances=1,
             )
+        self._digest_job()
         return sorted(wanted)
+
+    def _digest_job(self) -> None:
+        """The daily digest ([digest]) as job ``digest``: here, only the elected scheduler writes it."""
+        from loa.digest import write_digest
+
+        if self.scheduler.get_job("digest") is not None:   # as for campaigns: re-adding does not dedupe
+            self.scheduler.remove_job("digest")
+        spec = self.config.digest
+        if spec is None:
+            return
+        self.scheduler.add_job(
+            write_digest, CronTrigger.from_crontab(spec.cron, timezone=self.config.timezone),
+            args=[self.engine, self.config], id="digest", name="daily digest", replace_existing=True,
+            # a leader elected at 07:20, or a pause across 07:00, still writes the morning's files
+            misfire_grace_time=3600, coalesce=True, max_instances=1,
+        )
 
     def fire(self, name: str, now: datetime | None = None) -> PlanResult | None:
         """Plan the run this firing stands for (idempotent per scheduled time)."""
@@ -115,12 +173,103 @@ class CampaignScheduler:
         if when is None:
             log.warning("campaign %s fired at %s outside its schedule's grace; nothing planned", name, now)
             return None
+        return self._plan(campaign, when)
+
+    def _plan(self, campaign: Campaign, when: datetime) -> PlanResult | None:
+        assert campaign.schedule is not None
         if campaign.schedule.stop_at_goal and self.goal_met(campaign):
-            log.info("campaign %s met its goal; no run for %s", name, when)
+            log.warning("campaign %s met its goal: no run for %s, and no more runs", campaign.name, when)
+            job = self.scheduler.get_job(f"campaign:{campaign.name}")
+            if job is not None:
+                job.remove()
             return None
         result = plan_run(self.engine, self.config, campaign, scheduled_for=when, trigger="schedule")
-        log.info("campaign %s: run %s for %s (%s rows added)", name, result.run_id, when, result.added)
+        log.info("campaign %s: run %s for %s (%s rows added)", campaign.name, result.run_id, when, result.added)
         return result
+
+    # -- runs missed while no scheduler ran ------------------------------------------
+    def catch_up(self, now: datetime | None = None) -> dict[str, list[datetime]]:
+        """Account for every fire time that passed since a campaign's last scheduled run.
+
+        The latest one still within the campaign's grace is planned now (once: runs are
+        unique per scheduled time); the others are recorded as ``missed`` runs with the
+        reason, so a report shows the gap instead of silently skipping it.  A campaign
+        that has never run has no past: only a firing within its grace is caught up.
+        Returns the missed times per campaign.
+        """
+        now = now or db.utcnow()
+        missed: dict[str, list[datetime]] = {}
+        for name, campaign in self.campaigns.items():
+            try:
+                times = self._catch_up_one(campaign, now)
+            except Exception:   # one campaign's failure must not stop the others being caught up
+                log.exception("campaign %s: catching up missed runs failed", name)
+                continue
+            if times:
+                missed[name] = times
+        return missed
+
+    def _catch_up_one(self, campaign: Campaign, now: datetime) -> list[datetime]:
+        assert campaign.schedule is not None
+        grace = timedelta(seconds=campaign.schedule.grace)
+        with self.engine.connect() as conn:
+            last = _last_scheduled(conn, campaign.name)
+        # fire times at or after `now` are the running scheduler's; strictly before are ours
+        times = fire_times(trigger_for(campaign, self.config.timezone), last or now - grace, now)
+        due = times[-1] if times and now - times[-1] <= grace else None
+        gone = times[:-1] if due else times
+        if gone:
+            self._record_missed(campaign, gone[-MISSED_RECORD_LIMIT:], now)
+            if len(gone) > MISSED_RECORD_LIMIT:
+                log.warning("campaign %s: %d older missed runs not recorded", campaign.name,
+                            len(gone) - MISSED_RECORD_LIMIT)
+        if due is not None:
+            log.warning("campaign %s: the run of %s was missed while no scheduler ran; planning it now",
+                        campaign.name, due.astimezone(self.config.timezone).isoformat())
+            self._plan(campaign, due.astimezone(UTC))
+        return gone
+
+    def _record_missed(self, campaign: Campaign, times: list[datetime], now: datetime,
+                       reason: str | None = None) -> None:
+        assert campaign.schedule is not None
+        tz = self.config.timezone
+        reason = reason or (f"no scheduler was running; one started at {now.astimezone(tz):%Y-%m-%d %H:%M %Z}, "
+                            f"past the {campaign.schedule.grace:g} s grace")
+        r = db.runs
+        with self.engine.begin() as conn:
+            campaign_id = ensure_campaign(conn, campaign)
+            stmt = db.insert_for(conn, r).values([
+                {"campaign_id": campaign_id, "scheduled_for": t.astimezone(UTC), "trigger": "schedule",
+                 "status": "missed", "definition": campaign.snapshot(), "created_at": now, "note": reason}
+                for t in times
+            ])
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=["campaign_id", "scheduled_for"]))
+        for t in times:
+            log.warning("campaign %s: run of %s missed: %s", campaign.name, t.astimezone(tz).isoformat(), reason)
+
+    def _missed(self, event: JobExecutionEvent) -> None:
+        """APScheduler skipped a firing past its grace (the process stalled or was paused)."""
+        campaign = self.campaigns.get(event.job_id.removeprefix("campaign:"))
+        if campaign is None or not event.job_id.startswith("campaign:"):
+            return
+        try:
+            self._record_missed(campaign, [event.scheduled_run_time], db.utcnow(),
+                                reason="the scheduler was stalled or paused past the grace")
+        except Exception:
+            log.exception("campaign %s: recording a missed run failed", campaign.name)
+
+    # -- reloads asked for from the command line -----------------------------------------
+    def _watch_reloads(self) -> None:
+        try:
+            stamp = _reload_requested(self.engine)
+        except Exception:   # a database hiccup: the next poll tries again
+            log.exception("reload watch: reading the request failed")
+            return
+        if stamp != self._reload_seen:
+            self._reload_seen = stamp
+            jobs = self.reload()
+            self.catch_up()
+            log.warning("campaigns reloaded on request of %s: %s", stamp, ", ".join(jobs) or "no scheduled campaigns")
 
     def goal_met(self, campaign: Campaign) -> bool:
         from loa import report
@@ -135,12 +284,24 @@ class CampaignScheduler:
         return progress is not None and progress >= 1.0
 
     def start(self) -> None:
+        self._reload_seen = _reload_requested(self.engine)   # a request older than this start is served by it
         self.reload()
+        self.catch_up()
+        self.scheduler.add_job(self._watch_reloads, "interval", seconds=RELOAD_POLL_SECONDS, id="loa:reload-watch",
+                               name="watch for `loa campaigns reload`", replace_existing=True, coalesce=True,
+                               max_instances=1, misfire_grace_time=RELOAD_POLL_SECONDS)
         self.scheduler.start()
 
     def shutdown(self, wait: bool = True) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=wait)
+
+
+def _last_scheduled(conn: Connection, name: str) -> datetime | None:
+    """The latest scheduled time this campaign has a run for (planned or missed)."""
+    r, c = db.runs, db.campaigns
+    return conn.scalar(select(func.max(r.c.scheduled_for)).select_from(r.join(c, c.c.id == r.c.campaign_id))
+                       .where(c.c.name == name, r.c.trigger == "schedule"))
 
 
 def next_runs(config: Config, count: int = 3, now: datetime | None = None) -> dict[str, list[datetime]]:
@@ -161,4 +322,4 @@ def next_runs(config: Config, count: int = 3, now: datetime | None = None) -> di
     return out
 
 
-__all__ = ["CampaignScheduler", "next_runs", "scheduled_time", "trigger_for"]
+__all__ = ["CampaignScheduler", "fire_times", "next_runs", "request_reload", "scheduled_time", "trigger_for"]

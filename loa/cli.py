@@ -214,6 +214,26 @@ def campaigns_validate(app: App) -> None:
     out.print(f"{len(found)} campaign(s) valid{note}", highlight=False)
 
 
+@campaigns.command("reload")
+@click.option("--force", is_flag=True, help="Reload even if some campaign files have problems (those are skipped).")
+@click.pass_obj
+@fail_cleanly
+def campaigns_reload(app: App, force: bool) -> None:
+    """Have the active scheduler, on whichever machine, re-read the campaign files."""
+    import scheduler
+    from loa.checks import validate_all
+
+    engine = app.engine()
+    _, problems = validate_all(app.config, engine)
+    for p in problems:
+        err.print(p, highlight=False, soft_wrap=True, markup=False)
+    if problems and not force:
+        raise LoaError(f"{len(problems)} problem(s) in {app.config.campaigns_dir}: nothing reloaded (--force skips them)")
+    scheduler.request_reload(engine)
+    out.print(f"reload requested: the active scheduler rebuilds its jobs within {scheduler.RELOAD_POLL_SECONDS} s",
+              highlight=False)
+
+
 def _engine_if_ready(app: App) -> Any:
     try:
         return app.engine()
@@ -532,6 +552,9 @@ def schedule_list(app: App, count: int) -> None:
     for name, times in scheduler.next_runs(app.config, count).items():
         table.add_row(name, ", ".join(t.strftime("%Y-%m-%d %H:%M %Z") for t in times) or "none (dates over)")
     out.print(table)
+
+
+campaigns.add_command(schedule_list, "schedule")     # `loa campaigns schedule`, the same list
 
 
 @schedule.command("run")

@@ -130,6 +130,7 @@ class Service:
         sched = self.scheduler.scheduler
         if sched.running:
             self.scheduler.reload()
+            self.scheduler.catch_up()       # what the previous leader missed before it died
             sched.resume()
         else:
             self.scheduler.start()

@@ -114,3 +114,159 @@ def test_invalid_schedules_are_reported_with_their_key(workdir: Path):
     missing = write(workdir / "campaigns" / "missing.toml", CAMPAIGN.split("[schedule]")[0])
     _, problems = parse_file(missing)
     assert any("needs a [schedule] table" in p for p in problems)
+
+
+def statuses(engine) -> list[tuple[datetime, str, str]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            select(db.runs.c.scheduled_for, db.runs.c.status, db.runs.c.note).order_by(db.runs.c.scheduled_for))]
+
+
+def wait_for(check, seconds: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_running_scheduler_fires_at_eight_local_time(setup, engine):
+    import time_machine
+
+    # two seconds before 08:00 in Sơn La; the clock ticks, APScheduler's thread waits for real
+    with time_machine.travel(at("2020-08-18T07:59:58.500+07:00"), tick=True):
+        sched = scheduler.CampaignScheduler(engine, setup)
+        sched.start()
+        try:
+            assert wait_for(lambda: len(runs(engine)) == 1), "the 08:00 run was not planned"
+        finally:
+            sched.shutdown()
+    assert runs(engine) == [(at("2020-08-18T08:00:00+07:00"), "schedule")]
+
+
+def test_a_restart_within_the_grace_plans_the_missed_run_once(setup, engine):
+    import time_machine
+
+    with time_machine.travel(at("2020-08-17T08:00:01+07:00")):
+        scheduler.CampaignScheduler(engine, setup, BackgroundScheduler(timezone=setup.timezone)).reload()
+        first = scheduler.CampaignScheduler(engine, setup, BackgroundScheduler(timezone=setup.timezone))
+        first.reload()
+        first.fire("daily")
+    for _ in range(2):   # down over the next 08:00, back at 08:30 (grace 2 h), then restarted again
+        with time_machine.travel(at("2020-08-18T08:30:00+07:00")):
+            again = scheduler.CampaignScheduler(engine, setup, BackgroundScheduler(timezone=setup.timezone))
+            again.reload()
+            assert again.catch_up() == {}
+    assert [(t, s) for t, s, _ in statuses(engine)] == [
+        (at("2020-08-17T08:00:00+07:00"), "planned"), (at("2020-08-18T08:00:00+07:00"), "planned")]
+
+
+def test_runs_missed_past_the_grace_are_recorded_with_the_reason(setup, engine):
+    import time_machine
+
+    with time_machine.travel(at("2020-08-17T08:00:01+07:00")):
+        sched = scheduler.CampaignScheduler(engine, setup, BackgroundScheduler(timezone=setup.timezone))
+        sched.reload()
+        sched.fire("daily")
+    # down until 12:00 on the 19th: the 18th and the 19th are both past the 2 h grace
+    with time_machine.travel(at("2020-08-19T12:00:00+07:00")):
+        sched = scheduler.CampaignScheduler(engine, setup, BackgroundScheduler(timezone=setup.timezone))
+        sched.reload()
+        missed = sched.catch_up()
+        assert sched.catch_up() == {}          # recorded once: a second start finds nothing new
+    assert missed == {"daily": [at("2020-08-18T08:00:00+07:00"), at("2020-08-19T08:00:00+07:00")]}
+    rows = statuses(engine)
+    assert [(t, s) for t, s, _ in rows] == [
+        (at("2020-08-17T08:00:00+07:00"), "planned"),
+        (at("2020-08-18T08:00:00+07:00"), "missed"),
+        (at("2020-08-19T08:00:00+07:00"), "missed"),
+    ]
+    assert "no scheduler was running" in rows[1][2] and "7200 s grace" in rows[1][2]
+    with engine.connect() as conn:   # a missed run sends nothing
+        assert conn.scalar(select(func.count()).select_from(db.outbox)) == 2
+
+
+def test_a_campaign_that_never_ran_has_no_past(setup, engine):
+    import time_machine
+
+    with time_machine.travel(at("2020-08-19T12:00:00+07:00")):   # 08:00 is past the grace: nothing to do
+        sched = scheduler.CampaignScheduler(engine, setup, BackgroundScheduler(timezone=setup.timezone))
+        sched.reload()
+        assert sched.catch_up() == {}
+    assert statuses(engine) == []
+    with time_machine.travel(at("2020-08-20T09:00:00+07:00")):   # within the grace: planned now
+        sched.catch_up()
+    assert [(t, s) for t, s, _ in statuses(engine)] == [(at("2020-08-20T08:00:00+07:00"), "planned")]
+
+
+def test_a_paused_scheduler_records_the_firing_it_skipped(setup, engine):
+    """A standby's paused scheduler, or a stalled process: APScheduler's own misfire is recorded."""
+    import time_machine
+
+    with time_machine.travel(at("2020-08-18T07:59:59+07:00"), tick=True) as traveller:
+        sched = scheduler.CampaignScheduler(engine, setup)
+        sched.start()
+        try:
+            sched.scheduler.pause()
+            traveller.move_to(at("2020-08-18T10:30:00+07:00"))     # 2.5 h later, past the 2 h grace
+            sched.scheduler.resume()
+            assert wait_for(lambda: len(statuses(engine)) == 1), "the skipped firing was not recorded"
+        finally:
+            sched.shutdown()
+    [(when, status, note)] = statuses(engine)
+    assert (when, status) == (at("2020-08-18T08:00:00+07:00"), "missed")
+    assert "paused" in note
+
+
+def test_goal_met_removes_the_job(setup, engine, workdir: Path):
+    write(workdir / "campaigns" / "daily.toml", CAMPAIGN.replace('grace = "2h"', 'grace = "2h"\nstop_at_goal = true')
+          + '\n[goal]\nevent = "installed"\nshare = 0.001\nof = "population"\n')
+    sched = scheduler.CampaignScheduler(engine, setup, BackgroundScheduler(timezone=setup.timezone))
+    sched.reload()
+    sched.fire("daily", now=at("2020-08-17T08:00:00+07:00"))
+    assert sched.scheduler.get_job("campaign:daily") is not None
+    with engine.begin() as conn:
+        importer.record_events(conn, [
+            {"phone": p, "type": "installed", "occurred_at": at("2020-08-17T12:00:00+07:00"), "source": "t"}
+            for p in ("+84912000001", "+84912000002")
+        ])
+    assert sched.fire("daily", now=at("2020-08-18T08:00:00+07:00")) is None
+    assert sched.scheduler.get_job("campaign:daily") is None
+
+
+def test_a_reload_requested_from_anywhere_reaches_the_running_scheduler(setup, engine, workdir: Path, monkeypatch):
+    monkeypatch.setattr(scheduler, "RELOAD_POLL_SECONDS", 1)
+    sched = scheduler.CampaignScheduler(engine, setup)
+    sched.start()
+    try:
+        assert sorted(j.id for j in sched.scheduler.get_jobs() if j.id.startswith("campaign:")) == ["campaign:daily"]
+        write(workdir / "campaigns" / "weekly.toml", CAMPAIGN.replace('"daily"', '"weekly"').replace(
+            '"0 8 * * *"', '"0 8 * * 1"'))
+        scheduler.request_reload(engine)         # what `loa campaigns reload` does, on any machine
+        assert wait_for(lambda: sched.scheduler.get_job("campaign:weekly") is not None, 8), "reload not picked up"
+    finally:
+        sched.shutdown()
+
+
+def test_cli_reload_refuses_broken_campaigns_and_schedule_lists_next_runs(setup, engine, workdir: Path):
+    from click.testing import CliRunner
+
+    from loa.cli import main
+
+    runner = CliRunner()
+    listed = runner.invoke(main, ["--config", str(setup.path), "campaigns", "schedule", "-n", "2"])
+    assert listed.exit_code == 0, listed.output
+    assert "daily" in listed.output
+    ok = runner.invoke(main, ["--config", str(setup.path), "campaigns", "reload"])
+    assert ok.exit_code == 0, ok.output
+    assert "reload requested" in ok.output
+    assert scheduler._reload_requested(engine) is not None
+    write(workdir / "campaigns" / "broken.toml", CAMPAIGN.replace('"daily"', '"broken"').replace("cron", "kron"))
+    before = scheduler._reload_requested(engine)
+    bad = runner.invoke(main, ["--config", str(setup.path), "campaigns", "reload"])
+    assert bad.exit_code != 0
+    assert "nothing reloaded" in bad.output and "broken.toml" in bad.output
+    assert scheduler._reload_requested(engine) == before
