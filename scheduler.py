@@ -148,15 +148,14 @@ class CampaignScheduler:
 
     def _digest_job(self) -> None:
         """The daily digest ([digest]) as job ``digest``: here, only the elected scheduler writes it."""
-        from loa.digest import write_digest
+        from loa import digest
 
         if self.scheduler.get_job("digest") is not None:   # as for campaigns: re-adding does not dedupe
             self.scheduler.remove_job("digest")
-        spec = self.config.digest
-        if spec is None:
+        if self.config.digest is None:
             return
         self.scheduler.add_job(
-            write_digest, CronTrigger.from_crontab(spec.cron, timezone=self.config.timezone),
+            digest.write_digest, digest.trigger(self.config),
             args=[self.engine, self.config], id="digest", name="daily digest", replace_existing=True,
             # a leader elected at 07:20, or a pause across 07:00, still writes the morning's files
             misfire_grace_time=3600, coalesce=True, max_instances=1,

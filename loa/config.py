@@ -11,19 +11,23 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from loa.campaign import NAME as CAMPAIGN_NAME
 from loa.errors import ConfigError, SecretMissing
 
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
 TOP_LEVEL_KEYS = {
     "database_url", "database_url_env", "timezone", "campaigns_dir", "templates_dir",
-    "defaults", "gateways", "send", "policy", "serve",
+    "defaults", "gateways", "send", "policy", "serve", "digest",
 }
 SERVE_KEYS = {"host", "port", "public_url", "opt_out_reply", "workers", "arrivals_token_env", "arrivals_folder",
-              "greet_every"}
+              "greet_every", "report_token_env"}
+DIGEST_KEYS = {"folder", "at", "campaigns", "formats"}
+DIGEST_AT = re.compile(r"^(\d{1,2}):(\d{2})$")
 POLICY_KEYS = {"advertising_frequency_cap", "public_frequency_cap", "frequency_hours"}
 DEFAULT_KEYS = {"sms_gateway", "zalo_gateway"}
 SEND_KEYS = {"threads", "batch_size", "lease_seconds", "limiter", "poll_interval"}
@@ -48,6 +52,16 @@ class GatewaySpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class DigestSpec:
+    """The daily report written to a folder ([digest])."""
+
+    folder: Path
+    cron: str                           # five fields, read in the configuration's time zone
+    campaigns: tuple[str, ...] | None   # None: every campaign that has runs
+    formats: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     path: Path | None
     database_url: str
@@ -59,6 +73,7 @@ class Config:
     send: Mapping[str, Any]
     policy: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     serve: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    digest: DigestSpec | None = None
 
     @property
     def label(self) -> str:
@@ -131,6 +146,9 @@ def from_mapping(raw: Mapping[str, Any], path: Path | None = None, root: Path | 
     _reject_unknown(policy, POLICY_KEYS, label, "policy.")
     serve = dict(_table(raw, "serve", label))
     _reject_unknown(serve, SERVE_KEYS, label, "serve.")
+    token_env = serve.get("report_token_env")
+    if token_env is not None and (not isinstance(token_env, str) or not ENV_NAME.match(token_env)):
+        raise ConfigError(f"{label}: serve.report_token_env: must name an environment variable, got {token_env!r}")
     for key, value in policy.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"{label}: policy.{key}: must be a non-negative number")
@@ -145,6 +163,7 @@ def from_mapping(raw: Mapping[str, Any], path: Path | None = None, root: Path | 
         send=send,
         policy=policy,
         serve=serve,
+        digest=_digest(raw, label, base),
     )
 
 
@@ -196,6 +215,59 @@ def _timezone(name: Any, label: str) -> ZoneInfo:
 def _folder(value: Any, base: Path) -> Path:
     path = Path(str(value))
     return path if path.is_absolute() else (base / path).resolve()
+
+
+def _digest(raw: Mapping[str, Any], label: str, base: Path) -> DigestSpec | None:
+    if "digest" not in raw:
+        return None
+    table = _table(raw, "digest", label)
+    _reject_unknown(table, DIGEST_KEYS, label, "digest.")
+    where = f"{label}: digest"
+    folder = table.get("folder")
+    if not isinstance(folder, str) or not folder.strip():
+        raise ConfigError(f"{where}.folder: missing; name the folder the daily report goes to, "
+                          "e.g. folder = \"reports\"")
+    return DigestSpec(folder=_folder(folder, base), cron=_digest_cron(table.get("at", "07:00"), where),
+                      campaigns=_digest_campaigns(table.get("campaigns"), where),
+                      formats=_digest_formats(table.get("formats", ["html", "csv"]), where))
+
+
+def _digest_cron(value: Any, where: str) -> str:
+    """``at``: a time of day ("07:00", or TOML's 07:00:00) or a five-field cron string, as cron."""
+    if isinstance(value, dt_time):
+        return f"{value.minute} {value.hour} * * *"
+    text = value.strip() if isinstance(value, str) else ""
+    if (m := DIGEST_AT.match(text)) and int(m[1]) < 24 and int(m[2]) < 60:
+        return f"{int(m[2])} {int(m[1])} * * *"
+    if len(text.split()) == 5:
+        from loa.digest import cron_trigger   # the digest reads it; it imports this module
+
+        try:
+            cron_trigger(text, ZoneInfo("UTC"))
+        except ValueError as exc:
+            raise ConfigError(f"{where}.at: not a valid cron string {text!r}: {exc}") from None
+        return text
+    raise ConfigError(f"{where}.at: must be a time of day like \"07:00\" or a cron string like "
+                      f"\"0 7 * * 1-5\", got {value!r}")
+
+
+def _digest_campaigns(value: Any, where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and CAMPAIGN_NAME.match(v)
+                                                           for v in value):
+        raise ConfigError(f"{where}.campaigns: must be a non-empty list of campaign names, got {value!r} "
+                          "(leave it out for every campaign that has runs)")
+    return tuple(value)
+
+
+def _digest_formats(value: Any, where: str) -> tuple[str, ...]:
+    from loa.report import FORMATS   # the report owns its formats; it loads the database layer
+
+    if not isinstance(value, list) or not value or any(v not in FORMATS for v in value):
+        raise ConfigError(f"{where}.formats: must be a non-empty list of {', '.join(map(repr, FORMATS))}, "
+                          f"got {value!r}")
+    return tuple(dict.fromkeys(value))
 
 
 def _gateway_spec(name: str, table: Any, label: str) -> GatewaySpec:

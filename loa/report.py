@@ -21,7 +21,8 @@ import io
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, case, func, select
@@ -29,8 +30,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from loa import db, stats
 from loa.areas import Area, AreaIndex
-from loa.campaign import Goal
-from loa.errors import NotFound
+from loa.campaign import Goal, load_one
+from loa.errors import InputError, LoaError, NotFound
 
 O, R, E, S = db.outbox, db.runs, db.events, db.subscribers
 SENT_STATES = ("sent", "delivered", "undelivered")
@@ -134,6 +135,44 @@ class Report:
             return None
         base = row.installed_share if self.goal.of == "population" else _ratio(row.installed_total, row.audience)
         return None if base is None else base / self.goal.share
+
+
+def campaigns_with_runs(engine: Engine) -> list[str]:
+    """Names of the campaigns that have at least one run, the most recently run first."""
+    c, r = db.campaigns, db.runs
+    latest = func.max(r.c.created_at)
+    stmt = select(c.c.name).join(r, r.c.campaign_id == c.c.id).group_by(c.c.name).order_by(latest.desc(), c.c.name)
+    with engine.connect() as conn:
+        return [str(name) for name in conn.scalars(stmt)]
+
+
+def latest_campaign(engine: Engine) -> str:
+    """The campaign a report is about when none is named: the one run last."""
+    names = campaigns_with_runs(engine)
+    if not names:
+        raise NotFound("no campaign has run yet; name one, or run `loa campaigns run NAME`")
+    return names[0]
+
+
+def levels(engine: Engine) -> set[str]:
+    """The area levels a report can roll up to."""
+    with engine.connect() as conn:
+        return {str(level) for level in conn.scalars(select(db.areas.c.level).distinct()) if level}
+
+
+def for_campaign(engine: Engine, campaigns_dir: Path, name: str, level: str | None = None) -> Report:
+    """The report of campaign ``name`` against the goal in its file, as ``loa report`` makes it.
+
+    A campaign file that is gone or broken leaves the report without a goal rather than
+    without figures: the ledger still holds every message.
+    """
+    if level is not None and level not in (known := levels(engine)):
+        raise InputError(f"unknown area level {level!r} (levels: {', '.join(sorted(known)) or 'none imported'})")
+    try:
+        goal = load_one(campaigns_dir, name).goal
+    except LoaError:
+        goal = None
+    return build(engine, name, goal, level)
 
 
 def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = None) -> Report:
@@ -329,3 +368,18 @@ def to_json(report: Report) -> str:
     return json.dumps({"campaign": report.campaign, "event": report.event, "level": report.level, "goal": goal,
                        "rows": as_records(report)[:-1], "total": as_records(report)[-1], "notes": report.notes},
                       ensure_ascii=False, indent=2)
+
+FORMATS = ("html", "csv", "json")
+
+
+def render(engine: Engine, report: Report, fmt: str, *, generated_at: datetime | None = None) -> str:
+    """The report as ``loa report`` writes it in ``fmt``: one path for the CLI, ``/report`` and the digest."""
+    if fmt == "html":
+        from loa.htmlreport import render_report   # htmlreport imports this module
+
+        return render_report(engine, report, generated_at=generated_at)
+    if fmt == "csv":
+        return to_csv(report)
+    if fmt == "json":
+        return to_json(report)
+    raise InputError(f"unknown report format {fmt!r} (formats: {', '.join(FORMATS)})")

@@ -1,4 +1,4 @@
-"""loa's HTTP side: gateway callbacks, opt-out replies, health and metrics.
+"""loa's HTTP side: gateway callbacks, opt-out replies, the report, health and metrics.
 
 A plain WSGI application, served by waitress (a production server) in
 ``loa serve``.  Routes:
@@ -6,6 +6,13 @@ A plain WSGI application, served by waitress (a production server) in
 =========================  ==========================================================
 ``POST|GET /hooks/NAME``   callbacks of gateway NAME: receipts and inbound SMS, verified
                            by the gateway's adapter (signature or token); forged -> 403
+``GET /l/CODE``            a tracked link: records the click, redirects; forged -> 404
+``POST /arrivals``         arrivals to greet, with the bearer token of
+                           ``[serve] arrivals_token_env``
+``GET /report``            the campaign report, as ``loa report`` makes it:
+                           ``?campaign=NAME`` (default: the one run last), ``level=``,
+                           ``format=html|csv|json`` (default html); aggregates only, open
+                           unless ``[serve] report_token_env`` names a bearer token
 ``GET /healthz``           200 when the database answers, else 503
 ``GET /metrics``           Prometheus text format
 =========================  ==========================================================
@@ -29,7 +36,7 @@ from sqlalchemy.engine import Engine
 
 from loa import db
 from loa.config import Config
-from loa.errors import LoaError
+from loa.errors import InputError, LoaError, NotFound
 from loa.gateways import GatewayPool
 from loa.importer import record_events
 from loa.phones import PhoneError, mask, normalize
@@ -41,6 +48,8 @@ log = logging.getLogger("loa.web")
 StartResponse = Callable[..., Any]
 MAX_BODY = 1_000_000
 DEFAULT_OPT_OUT_REPLY = "Ban da tu choi nhan tin. Ban se khong nhan them tin nhan nao."
+REPORT_TYPES = {"html": "text/html; charset=utf-8", "csv": "text/csv; charset=utf-8",
+                "json": "application/json; charset=utf-8"}
 
 
 class Web:
@@ -64,6 +73,8 @@ class Web:
                 return _reply(start_response, 200, self.metrics(), "text/plain; version=0.0.4; charset=utf-8")
             if path.startswith("/l/") and method in ("GET", "HEAD"):
                 return self._click(path.removeprefix("/l/"), start_response)
+            if path == "/report" and method == "GET":
+                return self._report(environ, start_response)
             if path == "/arrivals" and method == "POST":
                 return self._arrivals(environ, start_response)
             if path.startswith("/hooks/") and method in ("GET", "POST"):
@@ -150,26 +161,35 @@ class Web:
                                      ("Cache-Control", "no-store")])
         return [b""]
 
+    # -- the report ----------------------------------------------------------------------
+    def _report(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """``GET /report``: the report ``loa report`` makes, by the same path (``report.render``)."""
+        from loa import report
+
+        var = self.serve.get("report_token_env")
+        if var and (refused := _refuse_bearer(environ, str(var), "the report is locked")) is not None:
+            return _reply(start_response, *refused)
+        query = dict(parse_qsl(environ.get("QUERY_STRING", "")))
+        fmt = query.get("format", "html")
+        if fmt not in report.FORMATS:
+            return _reply(start_response, 400, f"unknown format {fmt!r}: use {', '.join(report.FORMATS)}\n")
+        try:
+            name = query.get("campaign") or report.latest_campaign(self.engine)
+            result = report.for_campaign(self.engine, self.config.campaigns_dir, name, query.get("level") or None)
+        except NotFound as exc:
+            return _reply(start_response, 404, f"{exc}\n")
+        except InputError as exc:
+            return _reply(start_response, 400, f"{exc}\n")
+        return _reply(start_response, 200, report.render(self.engine, result, fmt), REPORT_TYPES[fmt])
+
     # -- arrivals ------------------------------------------------------------------------
     def _arrivals(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """``POST /arrivals`` with a bearer token: one arrival {phone, area, time?, source?} or a list.
 
         Bad items are rejected with their index and reason; the others go in."""
-        import hmac
-        import os
-
         var = str(self.serve.get("arrivals_token_env", "LOA_ARRIVALS_TOKEN"))
-        token = os.environ.get(var, "")
-        scheme, _, given = (environ.get("HTTP_AUTHORIZATION") or "").strip().partition(" ")
-        if scheme.lower() != "bearer":
-            given = ""
-        given = given.strip()
-        if not token:
-            return _reply(start_response, 503, json.dumps({"error": f"arrivals are off: ${var} is not set"}),
-                          "application/json")
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            return _reply(start_response, 401, json.dumps({"error": "missing or wrong bearer token"}),
-                          "application/json")
+        if (refused := _refuse_bearer(environ, var, "arrivals are off")) is not None:
+            return _reply(start_response, *refused)
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -294,6 +314,26 @@ class Web:
         for extra in self.extra_metrics:
             lines += list(extra())
         return "\n".join(lines) + "\n"
+
+
+def _refuse_bearer(environ: dict[str, Any], var: str, off: str) -> tuple[int, str, str] | None:
+    """Why a request without the bearer token in ``$var`` is refused (status, body, type); None to let it in.
+
+    With the variable unset the door stays shut (503) rather than open: naming a token
+    in the configuration says the endpoint is meant to be protected."""
+    import hmac
+    import os
+
+    token = os.environ.get(var, "")
+    scheme, _, given = (environ.get("HTTP_AUTHORIZATION") or "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        given = ""
+    if not token:
+        return 503, json.dumps({"error": f"{off}: ${var} is not set"}), "application/json"
+    # WSGI hands headers over as latin-1 text: back to the bytes the client sent
+    if not hmac.compare_digest(given.strip().encode("latin-1", "replace"), token.encode()):
+        return 401, json.dumps({"error": "missing or wrong bearer token"}), "application/json"
+    return None
 
 
 def _label(value: str) -> str:

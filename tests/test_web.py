@@ -15,7 +15,9 @@ configured public URL.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import math
 import re
@@ -32,16 +34,19 @@ from sqlalchemy.engine import Engine
 
 from conftest import AREAS_CSV, write
 from loa import db, importer
+from loa import report as rep
 from loa.campaign import load_one
 from loa.config import Config, load
 from loa.dispatch import Dispatcher
 from loa.plan import plan_run
 from loa.serve import Service
+from loa.web import Web
 from providers.base import OutgoingMessage
 from providers.fakes.esms import FakeESMS
 from providers.fakes.twilio import FakeTwilio, signed_callback
 from providers.fakes.zalo import FakeZalo
 from providers.zalo_zns import ZaloZNSProvider
+from test_digest import add_world, run_campaign   # the digest's world: Mộc Châu, two campaigns sent
 
 PUBLIC = "https://loa.example.vn"
 SENDER = "+15005550006"
@@ -597,3 +602,114 @@ def test_concurrent_deliveries_of_one_opt_out_confirm_once(site: Site) -> None:
         assert len(site.confirmations()) == before + 1, who
         assert who in dnc(site.engine)
     assert [e["type"] for e in events(site.engine, phone(3))] == ["opted_out"]
+
+
+# -- the report (GET /report) ----------------------------------------------------------
+# These drive the WSGI application directly (no server) on the digest tests' world: Mộc Châu
+# and Mai Sơn, two campaigns sent through the simulator (bluezone, then remind).
+
+def get(web: Web, path: str, query: str = "", token: str | None = None) -> tuple[int, dict[str, str], str]:
+    """One GET through the WSGI application: status, headers, body."""
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict[str, Any] = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query}
+    if token is not None:
+        environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    setup_testing_defaults(environ)
+    got: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        got.update(status=int(status.split()[0]), headers=dict(headers))
+
+    body = b"".join(web(environ, start_response))
+    assert int(got["headers"]["Content-Length"]) == len(body)
+    return got["status"], got["headers"], body.decode("utf-8")
+
+
+@pytest.fixture
+def sent(engine: Engine, workdir: Path, config: Config) -> Config:
+    add_world(engine, workdir)
+    run_campaign(engine, config, "bluezone")
+    run_campaign(engine, config, "remind")
+    return config
+
+
+def built(engine: Engine, config: Config, name: str, level: str | None = None) -> rep.Report:
+    return rep.build(engine, name, load_one(config.campaigns_dir, name).goal, level)
+
+
+def test_report_is_the_self_contained_html_page_of_the_latest_campaign(engine: Engine, sent: Config) -> None:
+    status, headers, body = get(Web(engine, sent), "/report")
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    assert body.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in body
+    assert "<title>remind — loa report</title>" in body            # run last
+    assert "Huyện Mộc Châu" in body and "Huyện Mai Sơn" in body
+    assert "Plotly.newPlot" in body and "<script src=" not in body and 'rel="stylesheet"' not in body
+    status, _, body = get(Web(engine, sent), "/report", "campaign=bluezone")
+    assert status == 200 and "<title>bluezone — loa report</title>" in body
+
+
+def test_report_csv_is_loa_reports_csv(engine: Engine, sent: Config) -> None:
+    status, headers, body = get(Web(engine, sent), "/report", "campaign=bluezone&format=csv")
+    assert status == 200 and headers["Content-Type"] == "text/csv; charset=utf-8"
+    report = built(engine, sent, "bluezone")
+    assert body == rep.to_csv(report)
+    rows = list(csv.DictReader(io.StringIO(body)))
+    assert list(rows[0]) == list(rep.FIELDS)
+    moc_chau = next(r for r in rows if r["code"] == "126")
+    row = next(r for r in report.rows if r.code == "126")
+    assert moc_chau["area"] == "Huyện Mộc Châu"
+    assert (int(moc_chau["audience"]), int(moc_chau["held_out"]), int(moc_chau["delivered"]),
+            int(moc_chau["installed_total"])) == (row.audience, row.held_out, row.delivered, row.installed_total)
+    assert row.audience == 40 and row.delivered > 0
+
+
+def test_report_json_and_level(engine: Engine, sent: Config) -> None:
+    status, headers, body = get(Web(engine, sent), "/report", "campaign=remind&format=json&level=province")
+    assert status == 200 and headers["Content-Type"] == "application/json; charset=utf-8"
+    data = json.loads(body)
+    assert data == json.loads(rep.to_json(built(engine, sent, "remind", "province")))
+    assert data["level"] == "province" and [r["area"] for r in data["rows"]] == ["Sơn La"]
+    assert data["total"]["audience"] == 64
+
+
+@pytest.mark.parametrize("query, status, says", [
+    ("campaign=nope", 404, "campaign 'nope' has no runs yet"),
+    ("format=pdf", 400, "unknown format 'pdf': use html, csv, json"),
+    ("level=commune", 400, "unknown area level 'commune' (levels: district, province)"),
+])
+def test_report_refuses_unknown_campaigns_formats_and_levels(engine: Engine, sent: Config, query: str,
+                                                             status: int, says: str) -> None:
+    got, headers, body = get(Web(engine, sent), "/report", query)
+    assert (got, headers["Content-Type"]) == (status, "text/plain; charset=utf-8")
+    assert body.startswith(says) and body.count("\n") == 1
+
+
+def test_report_before_any_run_is_404(engine: Engine, config: Config) -> None:
+    status, _, body = get(Web(engine, config), "/report")
+    assert status == 404 and body == "no campaign has run yet; name one, or run `loa campaigns run NAME`\n"
+
+
+def test_report_token_when_configured(engine: Engine, sent: Config, workdir: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    with (workdir / "config.toml").open("a", encoding="utf-8") as f:
+        f.write('\n[serve]\nreport_token_env = "LOA_TEST_REPORT_TOKEN"\n')
+    web = Web(engine, load(workdir / "config.toml"))
+    monkeypatch.delenv("LOA_TEST_REPORT_TOKEN", raising=False)
+    status, _, body = get(web, "/report", "format=csv", token="anything")
+    assert status == 503 and "$LOA_TEST_REPORT_TOKEN is not set" in body       # named, unset: shut, not open
+    monkeypatch.setenv("LOA_TEST_REPORT_TOKEN", "s3cret-đúng")
+    assert get(web, "/report", "format=csv")[0] == 401
+    assert get(web, "/report", "format=csv", token="wrong")[0] == 401
+    status, _, body = get(web, "/report", "format=csv", token="s3cret-đúng".encode().decode("latin-1"))
+    assert status == 200 and body == rep.to_csv(built(engine, sent, "remind"))
+    assert get(Web(engine, sent), "/report", "format=csv")[0] == 200          # no token configured: open
+
+
+def test_report_over_http(site: Site) -> None:
+    """Through waitress: a campaign sent to Twilio's fake, its report as CSV."""
+    send(site, "r1", "tw")
+    r = requests.get(f"{site.url}/report", params={"format": "csv"}, timeout=30)
+    assert r.status_code == 200 and r.headers["Content-Type"] == "text/csv; charset=utf-8"
+    assert r.content.decode("utf-8") == rep.to_csv(rep.build(site.engine, "r1", None))
+    assert requests.post(f"{site.url}/report", timeout=10).status_code == 404
