@@ -140,10 +140,16 @@ class ArrivalsHandler:
 
 # -- greeting --------------------------------------------------------------------------
 
+_reported: set[str] = set()
+
+
 def arrival_campaigns(config: Config) -> list[Campaign]:
     found, problems = load_all(config.campaigns_dir)
-    for p in problems:
-        log.error("campaign not loaded: %s", p)
+    for p in problems:   # read every few seconds: say each problem once, not at every tick
+        if p not in _reported:
+            log.error("campaign not loaded: %s", p)
+    _reported.clear()
+    _reported.update(problems)
     return [c for c in found.values() if c.trigger == "arrival"]
 
 
