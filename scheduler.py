@@ -20,7 +20,6 @@ from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select
@@ -29,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from loa import db
 from loa.campaign import Campaign, load_all
 from loa.config import Config
+from loa.cron import cron_trigger
 from loa.plan import PlanResult, ensure_campaign, plan_run
 
 log = logging.getLogger("loa.scheduler")
@@ -54,16 +54,11 @@ def trigger_for(campaign: Campaign, tz: ZoneInfo) -> BaseTrigger:
     start = datetime.combine(campaign.start, time(0), tz) if campaign.start else None
     end = datetime.combine(campaign.end, time(23, 59, 59), tz) if campaign.end else None
     if spec.cron:
-        return CronTrigger(**_cron_fields(spec.cron), start_date=start, end_date=end, timezone=tz)
+        return cron_trigger(spec.cron, tz, start_date=start, end_date=end)
     if spec.every:
         return IntervalTrigger(seconds=spec.every, start_date=start, end_date=end, timezone=tz)
     at = spec.at if spec.at and spec.at.tzinfo else (spec.at.replace(tzinfo=tz) if spec.at else None)
     return DateTrigger(run_date=at, timezone=tz)
-
-
-def _cron_fields(expr: str) -> dict[str, str]:
-    minute, hour, day, month, day_of_week = expr.split()
-    return {"minute": minute, "hour": hour, "day": day, "month": month, "day_of_week": day_of_week}
 
 
 def fire_times(trigger: BaseTrigger, after: datetime, before: datetime) -> list[datetime]:

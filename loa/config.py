@@ -240,7 +240,7 @@ def _digest_cron(value: Any, where: str) -> str:
     if (m := DIGEST_AT.match(text)) and int(m[1]) < 24 and int(m[2]) < 60:
         return f"{int(m[2])} {int(m[1])} * * *"
     if len(text.split()) == 5:
-        from loa.digest import cron_trigger   # the digest reads it; it imports this module
+        from loa.cron import cron_trigger
 
         try:
             cron_trigger(text, ZoneInfo("UTC"))

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import tempfile
-from datetime import date, datetime, tzinfo
+from datetime import date, datetime
 from pathlib import Path
 
 from apscheduler.triggers.cron import CronTrigger
@@ -25,13 +25,13 @@ from sqlalchemy.engine import Engine
 
 from loa import db, report
 from loa.config import Config, DigestSpec
+from loa.cron import cron_trigger
 from loa.errors import ConfigError, LoaError, NotFound
 
 log = logging.getLogger("loa.digest")
 # Excel, which most officials open a CSV with, reads UTF-8 without a BOM as the local
 # code page and garbles Vietnamese; the content is otherwise exactly `loa report --format csv`.
 ENCODING = {"csv": "utf-8-sig"}
-WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")   # cron's numbering: Sunday is 0 (and 7)
 
 
 def write_digest(engine: Engine, config: Config, now: datetime | None = None) -> list[Path]:
@@ -68,44 +68,6 @@ def trigger(config: Config) -> CronTrigger:
     if config.digest is None:
         raise ConfigError(f"{config.label}: no [digest] section")
     return cron_trigger(config.digest.cron, config.timezone)
-
-
-def cron_trigger(expr: str, tz: tzinfo) -> CronTrigger:
-    """A standard five-field cron string as an APScheduler trigger in ``tz``.
-
-    APScheduler 3 numbers weekdays from Monday = 0 where cron starts at Sunday = 0
-    (its issue 286), so ``1-5`` would run Tuesday to Saturday: weekdays go over as names.
-    """
-    fields = expr.split()
-    if len(fields) != 5:
-        raise ValueError(f"needs five fields (minute hour day month weekday), got {len(fields)}")
-    minute, hour, day, month, weekday = fields
-    return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=_weekday_names(weekday),
-                       timezone=tz)
-
-
-def _weekday_names(field: str) -> str:
-    days: set[int] = set()
-    for part in field.lower().split(","):
-        span, slash, step = part.partition("/")
-        if span in ("*", "?"):
-            first, last = 0, 6
-        else:
-            start, dash, end = span.partition("-")
-            first = _weekday(start)
-            last = _weekday(end) if dash else 6 if slash else first   # "1/2": from Monday, every other day
-        if last < first or (slash and not (step.isdigit() and int(step) > 0)):
-            raise ValueError(f"weekday {part!r} is not a weekday, a range or a step")
-        days.update(d % 7 for d in range(first, last + 1, int(step) if slash else 1))   # 7 is Sunday again
-    return "*" if len(days) == 7 else ",".join(WEEKDAYS[d] for d in sorted(days))
-
-
-def _weekday(token: str) -> int:
-    if token.isdigit() and int(token) <= 7:
-        return int(token)
-    if token in WEEKDAYS:
-        return WEEKDAYS.index(token)
-    raise ValueError(f"weekday {token!r} is not 0-7 or sun-sat")
 
 
 def file_name(name: str, day: date, fmt: str) -> str:
@@ -147,4 +109,4 @@ def write_atomically(path: Path, text: str, encoding: str = "utf-8") -> None:
         raise
 
 
-__all__ = ["cron_trigger", "file_name", "trigger", "write_atomically", "write_digest"]
+__all__ = ["file_name", "trigger", "write_atomically", "write_digest"]

@@ -148,7 +148,7 @@ class Service:
         # a scheduler that lost the election is only paused, and still "running"
         if self.scheduler and self.leadership and self.leadership.leader and self.scheduler.scheduler.running:
             for job in self.scheduler.scheduler.get_jobs():
-                if job.next_run_time is not None:
+                if job.id.startswith("campaign:") and job.next_run_time is not None:   # not the digest, not the watcher
                     name = job.id.removeprefix("campaign:").replace('"', "")
                     lines.append(f'loa_next_fire_time_seconds{{campaign="{name}"}} {job.next_run_time.timestamp():.0f}')
         return lines

@@ -270,3 +270,12 @@ def test_cli_reload_refuses_broken_campaigns_and_schedule_lists_next_runs(setup,
     assert bad.exit_code != 0
     assert "nothing reloaded" in bad.output and "broken.toml" in bad.output
     assert scheduler._reload_requested(engine) == before
+
+
+def test_cron_weekdays_are_cron_weekdays(setup, workdir: Path):
+    """``1-5`` is Monday to Friday, as in cron, though APScheduler counts Monday as 0."""
+    write(workdir / "campaigns" / "daily.toml", CAMPAIGN.replace('"0 8 * * *"', '"0 8 * * 1-5"').replace(
+        "end = 2020-08-20", "end = 2020-08-31"))
+    times = scheduler.next_runs(setup, 6, now=at("2020-08-14T09:00:00+07:00"))["daily"]   # a Friday
+    assert [t.astimezone(setup.timezone).strftime("%a %d") for t in times] == [
+        "Mon 17", "Tue 18", "Wed 19", "Thu 20", "Fri 21", "Mon 24"]
