@@ -372,29 +372,14 @@ def status(app: App, fmt: str) -> None:
     """Messages by state per campaign and run, send rates, ETAs and paused gateways."""
     import json
 
-    from loa.status import collect
+    from loa.status import collect, tables
 
     result = collect(app.engine())
     if fmt == "json":
         click.echo(json.dumps(result, ensure_ascii=False, indent=2, default=str))
         return
-    runs = Table("campaign", "run", "status", "planned", "sending", "sent", "delivered", "failed", "other",
-                 title="runs")
-    for r in result["runs"]:
-        st = r["states"]
-        known = ("planned", "deferred", "claimed", "sending", "sent", "delivered", "undelivered", "failed")
-        runs.add_row(escape(r["campaign"]), str(r["run"]), r["status"], f"{st.get('planned', 0) + st.get('deferred', 0):,}",
-                     f"{st.get('claimed', 0) + st.get('sending', 0):,}", f"{st.get('sent', 0):,}",
-                     f"{st.get('delivered', 0):,}", f"{st.get('failed', 0) + st.get('undelivered', 0):,}",
-                     escape(", ".join(f"{n:,} {k}" for k, n in st.items() if k not in known)))
-    out.print(runs)
-    gws = Table("gateway", "due", "sent last minute", "rate (msg/s)", "ETA", "state", title="gateways")
-    for g in result["gateways"]:
-        eta = "—" if g["eta_seconds"] is None else f"{g['eta_seconds'] / 60:.1f} min"
-        state = f"paused: {g['paused']}" if g["paused"] else "active"
-        gws.add_row(escape(g["name"]), f"{g['due']:,}", f"{g['sent_last_minute']:,}", f"{g['rate']:.1f}", eta,
-                    escape(state))
-    out.print(gws)
+    for table in tables(result, app.config.timezone):
+        out.print(table)
 
 
 # -- report -------------------------------------------------------------------
@@ -410,47 +395,21 @@ def status(app: App, fmt: str) -> None:
 def report(app: App, campaign: str | None, fmt: str, level: str | None, html_path: Path | None) -> None:
     """Per-area report of a campaign: reach, installs, uplift, progress to goal."""
     from loa import report as rep
-    from loa.campaign import load_one
 
     engine = app.engine()
-    name = campaign or _latest_campaign(engine)
-    try:
-        goal = load_one(app.config.campaigns_dir, name).goal
-    except LoaError:
-        goal = None
-    result = rep.build(engine, name, goal, level)
+    result = rep.for_campaign(engine, app.config.campaigns_dir, campaign or rep.latest_campaign(engine), level)
     if html_path is not None:
-        from loa.htmlreport import render_report
-
         try:
-            html_path.write_text(render_report(engine, result), encoding="utf-8")
+            html_path.write_text(rep.render(engine, result, "html"), encoding="utf-8")
         except OSError as exc:
             raise LoaError(f"{html_path}: cannot write: {exc.strerror}") from None
         err.print(f"wrote {html_path}", highlight=False, markup=False)
-    if fmt == "csv":
-        click.echo(rep.to_csv(result), nl=False)
-    elif fmt == "json":
-        click.echo(rep.to_json(result))
+    if fmt in ("csv", "json"):
+        click.echo(rep.render(engine, result, fmt), nl=fmt == "json")
     else:
         from loa.reportview import render_table
 
         render_table(out, result)
-
-
-def _latest_campaign(engine: Any) -> str:
-    from sqlalchemy import select
-
-    from loa import db
-
-    name = None
-    with engine.connect() as conn:
-        name = conn.scalar(
-            select(db.campaigns.c.name).join(db.runs, db.runs.c.campaign_id == db.campaigns.c.id)
-            .order_by(db.runs.c.created_at.desc()).limit(1)
-        )
-    if name is None:
-        raise LoaError("no campaign has run yet; name one, or run `loa campaigns run NAME`")
-    return str(name)
 
 
 # -- gateways -------------------------------------------------------------------
@@ -506,7 +465,16 @@ def gateways_check(app: App, name: str) -> None:
     from loa.gateways import build
     from providers.base import ProviderError
 
-    gw = build(app.config, name)
+    # A check may rotate credentials (Zalo's single-use refresh token): they go to the
+    # database the workers read, or the next worker's refresh fails.
+    try:
+        engine, no_database = app.engine(), None
+    except LoaError as exc:
+        engine, no_database = None, exc
+    gw = build(app.config, name, engine)   # settings and secrets are reported before the database
+    if no_database is not None:
+        gw.provider.close()
+        raise no_database
     try:
         out.print(f"{name}: {gw.provider.check()}", highlight=False, markup=False)
     except ProviderError as exc:

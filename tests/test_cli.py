@@ -173,6 +173,7 @@ def test_end_to_end(workdir: Path, tmp_path: Path) -> None:
     table = ok(invoke(workdir, "report")).stdout       # the latest campaign, as a table
     for text in ("remind", "Thành phố Sơn La", "Huyện Mai Sơn", "Total"):
         assert text in table
+    one_line_error(invoke(workdir, "report", "remind", "--level", "ward"), "unknown area level 'ward'", code=2)
     engine.dispose()
 
 
