@@ -44,7 +44,7 @@ def build(config: Config, name: str, engine: Engine | None = None, *, shared_lim
 
         state = DatabaseStateStore(engine, name)
     try:
-        provider = cls(name, options, state) if state is not None else cls(name, options)
+        provider = cls(name, options, state)   # every provider takes the store, as Provider does
     except ProviderError as exc:
         raise ConfigError(f"{spec.source}: {exc}") from None
     rate = float(spec.rate or cls.rate)

@@ -7,10 +7,11 @@ calling :func:`register` before loa loads its configuration.
 
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 from providers.base import Provider
+
+GROUP = "loa.providers"
 
 # type -> "module:Class"; imported lazily so an unused gateway's SDK is never loaded.
 BUILTIN: dict[str, str] = {
@@ -34,6 +35,15 @@ class UnknownProviderError(LookupError):
         self.type_name = type_name
 
 
+class BrokenProviderError(UnknownProviderError):
+    """The type is declared (built in, or by an entry point) but gives no usable class:
+    its module fails to import (often a missing SDK), or the name is not a Provider."""
+
+    def __init__(self, type_name: str, origin: str, cause: str) -> None:
+        LookupError.__init__(self, f"gateway type {type_name!r} ({origin}) cannot be loaded: {cause}")
+        self.type_name = type_name
+
+
 def register(cls: type[Provider]) -> type[Provider]:
     """Class decorator: make ``cls`` available under ``cls.type``."""
     if not cls.type:
@@ -42,23 +52,34 @@ def register(cls: type[Provider]) -> type[Provider]:
     return cls
 
 
-def _entry_points() -> dict[str, str]:
-    return {ep.name: ep.value for ep in entry_points(group="loa.providers")}
+def _entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
 def known_types() -> list[str]:
     return sorted({*BUILTIN, *_registered, *_entry_points()})
 
 
+def _declared(type_name: str) -> tuple[EntryPoint, str]:
+    """Where ``type_name`` comes from, and how to say so in an error."""
+    if type_name in BUILTIN:
+        return EntryPoint(type_name, BUILTIN[type_name], GROUP), f"built in as {BUILTIN[type_name]}"
+    ep = _entry_points().get(type_name)
+    if ep is None:
+        raise UnknownProviderError(type_name, known_types())
+    dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "an installed package"
+    return ep, f"entry point {GROUP} {ep.name} = {ep.value} of {dist}"
+
+
 def get(type_name: str) -> type[Provider]:
     if type_name in _registered:
         return _registered[type_name]
-    target = BUILTIN.get(type_name) or _entry_points().get(type_name)
-    if target is None:
-        raise UnknownProviderError(type_name, known_types())
-    module_name, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), attr)
+    ep, origin = _declared(type_name)
+    try:
+        cls = ep.load()
+    except Exception as exc:  # a third party's module may raise anything while importing
+        raise BrokenProviderError(type_name, origin, f"{type(exc).__name__}: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Provider)):
-        raise TypeError(f"{target} is not a providers.base.Provider subclass")
+        raise BrokenProviderError(type_name, origin, "not a providers.base.Provider subclass")
     _registered[type_name] = cls
     return cls

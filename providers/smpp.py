@@ -115,6 +115,7 @@ from providers.base import (
     RetryableError,
     SendResult,
     Setting,
+    StateStore,
     ThrottledError,
 )
 
@@ -755,8 +756,8 @@ class SMPPProvider(Provider):
                      "empty: receipts are dated when they arrive"),
     )
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        super().__init__(name, options)
+    def __init__(self, name: str, options: Mapping[str, Any], state: StateStore | None = None) -> None:
+        super().__init__(name, options, state)
         o = self.options
         self.host = str(o.get("host") or "").strip()
         if not self.host:

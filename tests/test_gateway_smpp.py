@@ -12,12 +12,17 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from smpplib import gsm as smpplib_gsm
+from sqlalchemy.engine import Engine
+from test_gateways_cli import CASES, add_gateway, outbox_rows, plan_campaign
 
 from loa import text as loa_text
+from loa.config import load
+from loa.dispatch import Dispatcher
 from providers import registry
 from providers.base import (
     AuthError,
@@ -413,6 +418,37 @@ def test_close_unbinds(smsc: FakeSMSC, provider: SMPPProvider) -> None:
     assert smsc.unbinds == 1
     assert not provider.bound
     provider.close()                   # twice is fine
+    assert smsc.unbinds == 1
+
+
+# -- through loa: configuration, dispatcher, database -------------------------------------------
+
+def test_a_campaign_goes_out_through_loa_and_its_receipts_come_back(
+        smsc: FakeSMSC, workdir: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    (smpp,) = [c for c in CASES if c.name == "smpp"]
+    add_gateway(workdir, smpp.section(str(smsc.port)))
+    monkeypatch.setenv("LOA_TEST_SMPP_PASSWORD", smsc.password)
+    phones = ["+84912000001", "+84912000002", "+84912000003"]
+    run_id = plan_campaign(workdir, engine, "sms", "smpp", phones)
+    dispatcher = Dispatcher(engine, load(workdir / "config.toml"), threads=2)
+    collect = dispatcher.poll
+    # Collect receipts by hand, later, so the rows are seen as the sends left them.
+    monkeypatch.setattr(dispatcher, "poll", lambda drain=False, timeout=10.0: None)
+    try:
+        summary = dispatcher.run_until_empty()
+        assert summary.paused == {}, summary.paused
+        ids = {s.destination_addr: s.message_id for s in smsc.submits}
+        assert sorted(ids) == [p.lstrip("+") for p in phones]
+        assert sorted(outbox_rows(engine, run_id)) == sorted(("sent", i) for i in ids.values())
+
+        # every deliver_sm receipt reached the bind and was acknowledged ...
+        assert smsc.wait_for(lambda: len(smsc.receipt_acks) == len(phones))
+        assert smsc.receipt_acks == [0] * len(phones)
+        collect()
+        # ... and, collected, moved each message forward
+        assert sorted(outbox_rows(engine, run_id)) == sorted(("delivered", i) for i in ids.values())
+    finally:
+        dispatcher.pool.close()
     assert smsc.unbinds == 1
 
 
