@@ -21,6 +21,7 @@ TRIGGERS = ("manual", "schedule", "arrival")
 TOP_KEYS = {
     "name", "description", "advertising", "channels", "holdout", "suppress_events", "validity_hours",
     "trigger", "segment", "sms", "zalo", "window", "dates", "goal", "schedule", "frequency_cap", "opt_out", "arrival", "link",
+    "attribution",
 }
 ARRIVAL_KEYS = {"delay", "regreet_after"}
 CHANNEL_KEYS = {"sms": {"template", "gateway", "unaccented", "max_parts", "fallback_after"},
@@ -34,6 +35,10 @@ GOAL_KEYS = {"event", "share", "of", "by"}
 SCHEDULE_KEYS = {"cron", "at", "every", "grace", "stop_at_goal"}
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 DURATION = re.compile(r"^(\d+)\s*([dhm])$")
+# A response counts for a campaign if it comes within this long of the message (or, for the
+# held out, of when it would have been sent). A week covers someone who reads an SMS at once
+# but installs at the weekend, and keeps a later campaign's effect from being credited here.
+ATTRIBUTION = 7 * 86400.0   # seconds: attribution = "7d"
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class Campaign:
     frequency_cap: int | None = None      # per subscriber per 24 h; None = the configured default
     opt_out: str = ""
     schedule: Schedule | None = None
+    attribution: float = ATTRIBUTION      # seconds
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def channel(self, name: str) -> ChannelSpec:
@@ -188,6 +194,7 @@ def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | No
     goal = _goal(raw.get("goal"), problems)
     schedule = _schedule(raw.get("schedule"), problems)
     arrival = _arrival(raw.get("arrival"), trigger, problems)
+    attribution = _duration(raw, "attribution", problems, where="")
     if trigger == "schedule" and schedule is None:
         problems.add("schedule", "trigger = \"schedule\" needs a [schedule] table (cron, at or every)")
     if schedule is not None and trigger != "schedule":
@@ -199,6 +206,7 @@ def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | No
         channels=channels, segment=segment, holdout=float(holdout), suppress_events=tuple(suppress),
         validity_hours=float(validity), trigger=trigger, window=window, start=start, end=end,
         goal=goal, schedule=schedule, arrival=arrival, raw=raw, frequency_cap=cap, opt_out=opt_out.strip(),
+        attribution=ATTRIBUTION if attribution is None else attribution,
     )
 
 
@@ -409,7 +417,7 @@ def _duration(table: dict[str, Any], key: str, problems: _Problems, where: str =
         return None
     if isinstance(value, str) and DURATION.match(value) and (zero_ok or parse_duration(value) > 0):
         return parse_duration(value)
-    problems.add(f"{where}.{key}", f"must be a duration like \"30m\", \"6h\" or \"1d\", got {value!r}")
+    problems.add(f"{where}.{key}" if where else key, f"must be a duration like \"30m\", \"6h\" or \"1d\", got {value!r}")
     return None
 
 

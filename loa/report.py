@@ -4,14 +4,26 @@ For one campaign (all its runs) and each area:
 
 * population (with its date) and audience (people in any run's outbox);
 * held out, suppressed, sent, delivered, failed (people, not messages);
-* installed after their first message, as a share of the delivered, and
-  installed after planning among the held out; uplift is the difference
-  between everyone targeted (intent to treat) and the held out, in points,
-  with its 95% interval (uplift_low, uplift_high: Newcombe's hybrid score
-  interval, see :mod:`loa.stats`) and ``small`` when either group is too
-  small to read it;
+* responders (the goal's event, "installed" by default) within the
+  campaign's attribution window (``attribution``, 7 days by default): among
+  the delivered, counted from the delivery; among the held out, from the
+  planned send time.  Uplift is the difference between everyone targeted
+  (intent to treat, counted from the planned send time like the held out, so
+  both arms have the same clock) and the held out, in points, with its 95%
+  interval (uplift_low, uplift_high: Newcombe's hybrid score interval, see
+  :mod:`loa.stats`) and ``small`` when either group is too small to read it;
 * everyone installed in the area (whatever prompted it) as a share of the
   population, and the progress towards the campaign's goal.
+
+A person's response to a message is their first event at or after its planned
+send time; earlier ones are history.  It counts if it falls inside the window:
+for the delivered, ``[delivered, delivered + window)`` (someone who installed
+while their message was still queued did so without it); for the targeted and
+the held out, ``[planned, planned + window)``.  A message marked delivered with
+no delivery time (a gateway's record, not a receipt) is clocked from its send.
+A message sent with no receipt yet is not counted as delivered, so it stays out
+of the delivered's rate but in the intent-to-treat uplift, which needs no
+receipts: with a gateway that never sends them, read the uplift.
 """
 
 from __future__ import annotations
@@ -25,12 +37,13 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import BigInteger, and_, case, func, literal, select
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql import ColumnElement, Subquery
 
 from loa import db, stats
 from loa.areas import Area, AreaIndex
-from loa.campaign import Goal, load_one
+from loa.campaign import ATTRIBUTION, ArrivalRule, Goal, load_one, parse_duration
 from loa.errors import InputError, LoaError, NotFound
 
 O, R, E, S = db.outbox, db.runs, db.events, db.subscribers
@@ -129,6 +142,7 @@ class Report:
     rows: list[Row]
     total: Row
     notes: list[str] = field(default_factory=list)
+    attribution: float | None = ATTRIBUTION   # seconds; None when the runs' windows differ
 
     def progress(self, row: Row) -> float | None:
         if self.goal is None:
@@ -182,7 +196,8 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
         if campaign_id is None:
             raise NotFound(f"campaign {campaign!r} has no runs yet; run `loa campaigns run {campaign}` first")
         index = AreaIndex.load(conn)
-        per_area = _per_area(conn, campaign_id, event)
+        clocks = _run_clocks(conn, campaign_id)
+        per_area = _per_area(conn, campaign_id, event, clocks)
         installed = _installed_by_area(conn, event)
         as_of = dict(conn.execute(select(db.areas.c.id, db.areas.c.population_as_of)).all())
     used = {a for a in per_area if a is not None}
@@ -203,39 +218,122 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
     for row in ordered:
         total.add(row)
     total.population = sum(r.population or 0 for r in ordered) or None
-    report = Report(campaign, event, goal, level, ordered, total)
+    windows = {c.window for c in clocks.values()}
+    report = Report(campaign, event, goal, level, ordered, total,
+                    attribution=windows.pop() / 1000 if len(windows) == 1 else None)
     report.notes = _disagreements(index, ordered, level)
+    if len(windows) > 1:
+        report.notes.append("the runs have different attribution windows ("
+                            + ", ".join(_duration_text(w / 1000) for w in sorted(windows))
+                            + "): each run's responses are counted within its own")
     if any(r.population is None for r in ordered):
         missing = ", ".join(r.area for r in ordered if r.population is None)
         report.notes.append(f"no population for: {missing}; their shares are left blank")
     return report
 
 
-def _per_area(conn: Connection, campaign_id: int, event: str) -> dict[int | None, Row]:
-    """People per area: one line per (subscriber, area) over all runs, then summed."""
-    first_install = (
-        select(E.c.subscriber_id, func.min(E.c.occurred_at).label("at"))
-        .where(E.c.type == event).group_by(E.c.subscriber_id).subquery()
+@dataclass(frozen=True)
+class _Clock:
+    """A run's timing, in milliseconds: how far its messages' expiry lies after their planned
+    send time, and its attribution window."""
+
+    lead: int
+    window: int
+
+
+def _run_clocks(conn: Connection, campaign_id: int) -> dict[int, _Clock]:
+    runs = conn.execute(select(R.c.id, R.c.definition).where(R.c.campaign_id == campaign_id))
+    return {run_id: _clock(definition or {}) for run_id, definition in runs}
+
+
+def _clock(definition: dict[str, Any]) -> _Clock:
+    """From the campaign as the run planned it, so a run keeps its window if the file changes.
+
+    Planning sets a message's expiry to its planned send time plus the validity (an arrival
+    greeting's to the arrival plus the validity, its send time being the arrival plus the
+    delay).  due_at moves with every deferral and retry; the expiry never does.
+    """
+    lead = float(definition.get("validity_hours", 24)) * 3600   # 24: the campaign default
+    delay = (definition.get("arrival") or {}).get("delay")
+    if definition.get("trigger") == "arrival":
+        lead -= parse_duration(delay) if delay else ArrivalRule().delay
+    window = definition.get("attribution")
+    return _Clock(round(1000 * lead), round(1000 * (parse_duration(window) if window else ATTRIBUTION)))
+
+
+def _ms(dialect: str, at: Any) -> ColumnElement[Any]:
+    """A timestamp in milliseconds since the epoch: windows are added to it on both backends,
+    and SQLite has no interval type (its julianday() reads milliseconds)."""
+    if dialect == "postgresql":
+        return func.extract("epoch", at) * 1000
+    return func.round((func.julianday(at) - 2440587.5) * 86_400_000)
+
+
+def _per_run(run_id: ColumnElement[Any], values: dict[int, int]) -> ColumnElement[Any]:
+    distinct = set(values.values())
+    if len(distinct) <= 1:   # the usual case: one literal rather than a CASE over every run
+        return literal(distinct.pop() if distinct else 0, BigInteger)   # a 30-day window passes 2^31 ms
+    return case({k: literal(v, BigInteger) for k, v in values.items()}, value=run_id)
+
+
+def _messages(conn: Connection, campaign_id: int, clocks: dict[int, _Clock]) -> Subquery:
+    """One line per message of the campaign, with its clock in milliseconds: planned (when it
+    was to go out), reached (when it was delivered) and the window."""
+    d = conn.dialect.name
+    lead = _per_run(O.c.run_id, {k: c.lead for k, c in clocks.items()})
+    window = _per_run(O.c.run_id, {k: c.window for k, c in clocks.items()})
+    planned = func.coalesce(_ms(d, O.c.expires_at) - lead, _ms(d, R.c.scheduled_for))
+    reached = case((O.c.state == "delivered", _ms(d, func.coalesce(O.c.delivered_at, O.c.sent_at))), else_=None)
+    return (
+        select(O.c.id, O.c.subscriber_id, O.c.area_id, O.c.state, planned.label("planned"),
+               reached.label("reached"), window.label("window"))
+        .join(R, R.c.id == O.c.run_id).where(R.c.campaign_id == campaign_id).subquery("msg")
     )
-    person = (
+
+
+def _first_responses(conn: Connection, msg: Subquery, event: str) -> Subquery:
+    """Each message's first ``event`` at or after its planned send time."""
+    at = _ms(conn.dialect.name, E.c.occurred_at)
+    on = and_(E.c.subscriber_id == msg.c.subscriber_id, E.c.type == event, at >= msg.c.planned)
+    return (select(msg.c.id, func.min(at).label("at")).select_from(msg.join(E, on))
+            .group_by(msg.c.id).subquery("first_response"))
+
+
+def _anyone(cond: Any) -> Any:
+    return func.max(case((cond, 1), else_=0))
+
+
+def _people(conn: Connection, campaign_id: int, event: str, clocks: dict[int, _Clock]) -> Subquery:
+    """One line per (subscriber, area) over all runs: what happened to them, and whether they
+    responded within each arm's window."""
+    msg = _messages(conn, campaign_id, clocks)
+    first = _first_responses(conn, msg, event)
+    m, at = msg.c, first.c.at
+    # the same window from the same clock for the targeted and the held out: the uplift
+    # compares like with like, whenever (or whether) the messages were delivered
+    from_planned = at < m.planned + m.window
+    from_delivery = and_(at >= m.reached, at < m.reached + m.window)
+    targeted = m.state.not_in(("held_out", "suppressed"))
+    return (
         select(
-            O.c.subscriber_id, O.c.area_id,
-            func.max(case((O.c.state == "held_out", 1), else_=0)).label("held"),
-            func.max(case((O.c.state == "suppressed", 1), else_=0)).label("supp"),
-            func.max(case((O.c.state.not_in(("held_out", "suppressed")), 1), else_=0)).label("targeted"),
-            func.max(case((O.c.state.in_(SENT_STATES), 1), else_=0)).label("sent"),
-            func.max(case((O.c.state == "delivered", 1), else_=0)).label("delivered"),
-            func.max(case((O.c.state.in_(("failed", "expired")), 1), else_=0)).label("failed"),
-            func.min(case((O.c.state.in_(SENT_STATES), O.c.sent_at), else_=None)).label("first_sent"),
-            func.min(R.c.planned_at).label("first_planned"),
+            m.subscriber_id, m.area_id,
+            _anyone(m.state == "held_out").label("held"), _anyone(m.state == "suppressed").label("supp"),
+            _anyone(targeted).label("targeted"), _anyone(m.state.in_(SENT_STATES)).label("sent"),
+            _anyone(m.state == "delivered").label("delivered"),
+            _anyone(m.state.in_(("failed", "expired"))).label("failed"),
+            _anyone(from_delivery).label("resp_delivered"),
+            _anyone(and_(targeted, from_planned)).label("resp_targeted"),
+            _anyone(and_(m.state == "held_out", from_planned)).label("resp_held"),
         )
-        .join(R, R.c.id == O.c.run_id)
-        .where(R.c.campaign_id == campaign_id)
-        .group_by(O.c.subscriber_id, O.c.area_id)
-        .subquery()
+        .select_from(msg.outerjoin(first, first.c.id == m.id))
+        .group_by(m.subscriber_id, m.area_id)
+        .subquery("person")
     )
-    inst = first_install.c.at
-    p = person.c
+
+
+def _per_area(conn: Connection, campaign_id: int, event: str, clocks: dict[int, _Clock]) -> dict[int | None, Row]:
+    """People per area: one line per (subscriber, area) over all runs, then summed."""
+    p = _people(conn, campaign_id, event, clocks).c
     # Over several runs one person can be targeted in one and suppressed (or held out)
     # in another: count each person once, as targeted, else held out, else suppressed;
     # and as failed only if no message of theirs was ever sent.
@@ -248,12 +346,10 @@ def _per_area(conn: Connection, campaign_id: int, event: str) -> dict[int | None
             func.count(),
             func.sum(case((held, 1), else_=0)), func.sum(case((supp, 1), else_=0)), func.sum(p.targeted),
             func.sum(p.sent), func.sum(p.delivered), func.sum(case((failed, 1), else_=0)),
-            func.sum(case((and_(p.delivered == 1, inst > p.first_sent), 1), else_=0)),
-            func.sum(case((and_(p.targeted == 1, inst > p.first_planned), 1), else_=0)),
-            func.sum(case((and_(held, inst > p.first_planned), 1), else_=0)),
+            func.sum(p.resp_delivered), func.sum(p.resp_targeted),
+            func.sum(case((and_(held, p.resp_held == 1), 1), else_=0)),
         )
-        .select_from(person.outerjoin(first_install, first_install.c.subscriber_id == person.c.subscriber_id))
-        .group_by(person.c.area_id)
+        .group_by(p.area_id)
     )
     out: dict[int | None, Row] = {}
     for area_id, *numbers in conn.execute(stmt):
@@ -270,6 +366,14 @@ def _installed_by_area(conn: Connection, event: str) -> dict[int | None, int]:
         .join(S, S.c.id == E.c.subscriber_id).where(E.c.type == event).group_by(S.c.area_id)
     )
     return dict(conn.execute(stmt).all())
+
+
+def _duration_text(seconds: float) -> str:
+    """7 days as "7d", as a campaign file writes it."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 def _deepest_level(index: AreaIndex, used: Iterable[int]) -> str:
@@ -365,7 +469,9 @@ def to_json(report: Report) -> str:
     goal = asdict(report.goal) if report.goal else None
     if goal and goal["by"]:
         goal["by"] = goal["by"].isoformat()
+    attribution = None if report.attribution is None else _duration_text(report.attribution)
     return json.dumps({"campaign": report.campaign, "event": report.event, "level": report.level, "goal": goal,
+                       "attribution": attribution,
                        "rows": as_records(report)[:-1], "total": as_records(report)[-1], "notes": report.notes},
                       ensure_ascii=False, indent=2)
 

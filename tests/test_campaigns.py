@@ -47,6 +47,7 @@ def test_shipped_campaigns_parse(shipped_config: Config) -> None:
     assert reminder.channel("sms").max_parts == 4
     assert reminder.segment == {"areas": ["Sơn La"]}
     assert reminder.goal is not None and reminder.goal.share == 0.5
+    assert reminder.attribution == 7 * 86400
 
     greeting = campaigns["tourist-greeting"]
     assert [c.channel for c in greeting.channels] == ["zalo", "sms"]
@@ -135,6 +136,11 @@ def _one(folder: Path, body: str, stem: str = "c") -> tuple[Campaign | None, lis
          "segment.rules", "write [[segment.rules]], not [segment.rules]"),
         (GOOD.format(name="c") + "[[segment.rules]]\nfield = \"language\"\neq = [\"vi\", \"en\"]\n",
          "segment.rules[0].eq", "must be a single value (for a list use in)"),
+        ("attribution = \"7 days\"\n" + GOOD.format(name="c"), "attribution",
+         "must be a duration like \"30m\", \"6h\" or \"1d\", got '7 days'"),
+        ("attribution = 7\n" + GOOD.format(name="c"), "attribution", "must be a duration like \"30m\""),
+        ("attribution = \"0d\"\n" + GOOD.format(name="c"), "attribution", "got '0d'"),   # nothing could count
+        ("attribution = \"\"\n" + GOOD.format(name="c"), "attribution", "got ''"),
     ],
     ids=lambda v: v if isinstance(v, str) and "\n" not in v else "",
 )
@@ -145,6 +151,15 @@ def test_parse_errors_name_file_key_and_reason(folder: Path, body: str, key: str
     matching = [p for p in problems if p.startswith(f"{path}: {key}: ")]
     assert matching, problems
     assert reason in matching[0]
+
+
+def test_attribution_window(folder: Path) -> None:
+    """A duration like the others; a week unless set (see loa.report)."""
+    default, _ = _one(folder, GOOD.format(name="c"))
+    assert default is not None and default.attribution == 7 * 86400
+    set_, problems = _one(folder, "attribution = \"48h\"\n" + GOOD.format(name="c"))
+    assert problems == [] and set_ is not None and set_.attribution == 48 * 3600
+    assert set_.snapshot()["attribution"] == "48h"          # what each run keeps, and its report reads
 
 
 def test_sms_tempalte_typo_also_reports_the_missing_template(folder: Path) -> None:

@@ -3,7 +3,9 @@
 The run is planned for real (so audience, suppression and the snapshot are the
 planner's); the fates of the messages are then written into the ledger at
 chosen times, and events are recorded at chosen times relative to the run's
-``planned_at`` and the messages' ``sent_at``.
+planned send time and the messages' delivery.  A response counts within the
+campaign's attribution window: from the delivery for the delivered, from the
+planned send time for the targeted and the held out.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from conftest import write
-from loa import db, importer
+from loa import db, importer, stats
 from loa import report as rep
+from loa.arrivals import greet
 from loa.campaign import Campaign, load_one
 from loa.config import Config
 from loa.errors import NotFound
@@ -86,13 +89,15 @@ def events(engine: Engine, items: list[tuple[str, str, datetime]]) -> None:
     assert n == len(items)
 
 
-def set_fate(engine: Engine, run_id: int, phones: list[str], state: str, sent_at: datetime | None = None) -> None:
+def set_fate(engine: Engine, run_id: int, phones: list[str], state: str, sent_at: datetime | None = None,
+             delivered_at: datetime | None = None) -> None:
     s = db.subscribers
     with engine.begin() as conn:
         ids = list(conn.scalars(select(s.c.id).where(s.c.phone.in_(phones))))
         assert len(ids) == len(phones)
         n = conn.execute(update(O).where(O.c.run_id == run_id, O.c.subscriber_id.in_(ids))
-                         .values(state=state, sent_at=sent_at, provider_id=f"p-{state}" if sent_at else None)
+                         .values(state=state, sent_at=sent_at, delivered_at=delivered_at,
+                                 provider_id=f"p-{state}" if sent_at else None)
                          ).rowcount
     assert n == len(phones)
 
@@ -121,7 +126,7 @@ def scenario(engine: Engine, workdir: Path, tmp_path: Path, config: Config) -> C
     set_fate(engine, plan.run_id, [a(9)], "sent", sent)
     after = t + timedelta(hours=2)
     events(engine, [
-        (a(1), "installed", after),                       # held out, installed after planning
+        (a(1), "installed", after),                       # held out, installed after the send time
         (a(4), "installed", after),                       # delivered, then installed
         (a(5), "installed", t + timedelta(minutes=30)),   # installed before its message went out...
         (a(5), "installed", t + timedelta(hours=3)),      # ...so a later install does not count either
@@ -290,3 +295,162 @@ def test_people_are_counted_once_over_several_runs(engine: Engine, workdir: Path
 def test_unknown_campaign_is_not_found(engine: Engine) -> None:
     with pytest.raises(NotFound, match="'nope' has no runs yet"):
         rep.build(engine, "nope", None)
+
+
+# -- the attribution window ---------------------------------------------------------
+# The run is planned now to go out two hours later, so that the planned send time and
+# the moment planning finished differ; messages are delivered an hour after the send time.
+
+WEEK, DAY, MINUTE = timedelta(days=7), timedelta(days=1), timedelta(minutes=1)
+
+
+def plan_later(engine: Engine, config: Config, campaign: Campaign) -> tuple[int, datetime]:
+    """A run planned now for two hours from now: (run id, planned send time)."""
+    send = db.utcnow().replace(microsecond=0) + timedelta(hours=2)
+    run = plan_run(engine, config, campaign, scheduled_for=send)
+    assert planned_at(engine, run.run_id) < send - timedelta(hours=1)
+    return run.run_id, send
+
+
+def with_attribution(window: str) -> str:
+    return f'attribution = "{window}"\n' + CAMPAIGN
+
+
+@pytest.fixture
+def windowed(engine: Engine, workdir: Path, tmp_path: Path, config: Config) -> datetime:
+    """116: six delivered, two failed; 125: eight held out. Returns the planned send time."""
+    campaign = setup_world(engine, workdir, tmp_path)
+    run_id, send = plan_later(engine, config, campaign)
+    delivered = send + timedelta(hours=1)
+    a = lambda i: person("116", i)  # noqa: E731
+    b = lambda j: person("125", j)  # noqa: E731
+    set_fate(engine, run_id, [a(i) for i in range(5)], "delivered", delivered - MINUTE, delivered)
+    set_fate(engine, run_id, [a(5)], "delivered", delivered - MINUTE)    # a gateway's record: no delivery time
+    set_fate(engine, run_id, [a(6), a(7)], "failed")
+    set_fate(engine, run_id, [a(8), a(9)] + [b(j) for j in range(8, 20)], "expired")
+    set_fate(engine, run_id, [b(j) for j in range(8)], "held_out")
+    events(engine, [
+        (a(0), "installed", delivered - MINUTE),           # while the message was on its way: not a response
+        (a(0), "installed", delivered + DAY),              # ...and a second install does not make it one
+        (a(1), "installed", delivered),                    # with the receipt, as the simulator's do
+        (a(2), "installed", delivered + WEEK - MINUTE),    # just inside the window
+        (a(3), "installed", delivered + WEEK + MINUTE),    # just after it
+        (a(4), "clicked", delivered + MINUTE),             # not the goal's event
+        (a(5), "installed", delivered - MINUTE + DAY),     # clocked from the send
+        (a(6), "installed", send + MINUTE),                # never reached: counts for the targeted only
+        (a(7), "installed", send + WEEK + MINUTE),         # too late even for that
+        (b(0), "installed", send - MINUTE),                # after planning, before the send time
+        (b(5), "installed", send - timedelta(minutes=30)),
+        (b(1), "installed", send + MINUTE),
+        (b(2), "installed", send + WEEK - MINUTE),
+        (b(3), "installed", send + WEEK + MINUTE),
+        (b(4), "installed", send - timedelta(hours=1)),    # installed before the send time...
+        (b(4), "installed", send + timedelta(hours=1)),    # ...and again after: the later one is in the window
+    ])
+    return send
+
+
+def test_the_delivered_count_from_delivery_within_the_window(engine: Engine, windowed: datetime) -> None:
+    report = rep.build(engine, "remind", None)
+    city = next(r for r in report.rows if r.code == "116")
+    assert (city.delivered, city.installed_delivered) == (6, 3)          # a(1), a(2), a(5)
+    assert city.rate_delivered == pytest.approx(3 / 6)
+    assert report.attribution == 7 * 86400
+
+
+def test_the_held_out_count_from_the_planned_send_time(engine: Engine, windowed: datetime) -> None:
+    report = rep.build(engine, "remind", None)
+    mai_son = next(r for r in report.rows if r.code == "125")
+    assert (mai_son.held_out, mai_son.installed_held_out) == (8, 3)      # b(1), b(2), b(4)
+    assert mai_son.rate_held_out == pytest.approx(3 / 8)
+
+
+def test_intent_to_treat_has_the_held_outs_clock(engine: Engine, windowed: datetime) -> None:
+    """Targeted and held out are both counted from the planned send time, for the same window:
+    a(2) responded inside the week after delivery but outside the week after the send time."""
+    total = rep.build(engine, "remind", None).total
+    # a(0) (before delivery, but after the send time), a(1), a(5), a(6)
+    assert (total.targeted, total.installed_targeted) == (22, 4)
+    assert total.uplift == stats.uplift(4, 22, 3, 8)
+    assert total.uplift_points == pytest.approx(100 * (4 / 22 - 3 / 8))
+
+
+@pytest.mark.parametrize(("window", "days"), [("2d", 2), ("30d", 30)])   # 30 days: over 2^31 milliseconds
+def test_the_campaigns_window(engine: Engine, workdir: Path, tmp_path: Path, config: Config, window: str,
+                              days: int) -> None:
+    setup_world(engine, workdir, tmp_path)
+    write(workdir / "campaigns" / "remind.toml", with_attribution(window))
+    campaign = load_one(workdir / "campaigns", "remind")
+    assert campaign.attribution == days * 86400
+    run_id, send = plan_later(engine, config, campaign)
+    delivered = send + timedelta(hours=1)
+    inside, outside = timedelta(days=days) - MINUTE, timedelta(days=days) + MINUTE
+    a = lambda i: person("116", i)  # noqa: E731
+    set_fate(engine, run_id, [a(0), a(1)], "delivered", delivered, delivered)
+    set_fate(engine, run_id, [a(2), a(3)], "held_out")
+    events(engine, [(a(0), "installed", delivered + inside), (a(1), "installed", delivered + outside),
+                    (a(2), "installed", send + inside), (a(3), "installed", send + outside)])
+
+    report = rep.build(engine, "remind", None)
+    total = report.total
+    assert (total.installed_delivered, total.installed_held_out) == (1, 1)
+    assert report.attribution == days * 86400 and not any("attribution" in note for note in report.notes)
+    assert json.loads(rep.to_json(report))["attribution"] == window
+
+
+def test_each_run_keeps_its_window(engine: Engine, workdir: Path, tmp_path: Path, config: Config) -> None:
+    """Runs count within the window they were planned with, and the report says they differ."""
+    campaign = setup_world(engine, workdir, tmp_path)
+    first = plan_run(engine, config, campaign, scheduled_for=db.utcnow() - 10 * DAY)
+    write(workdir / "campaigns" / "remind.toml", with_attribution("2d"))
+    second_id, send = plan_later(engine, config, load_one(workdir / "campaigns", "remind"))
+    first_send = send - 10 * DAY - timedelta(hours=2)
+    a = lambda i: person("116", i)  # noqa: E731
+    set_fate(engine, first.run_id, [a(0)], "delivered", first_send, first_send)
+    set_fate(engine, second_id, [a(1)], "delivered", send, send)
+    events(engine, [(a(0), "installed", first_send + 3 * DAY), (a(1), "installed", send + 3 * DAY)])
+
+    report = rep.build(engine, "remind", None)
+    assert report.total.installed_delivered == 1                          # a(0), in its run's week
+    assert report.attribution is None
+    assert "the runs have different attribution windows (2d, 7d)" in report.notes[-1]
+    assert json.loads(rep.to_json(report))["attribution"] is None
+
+
+def test_held_out_greetings_count_from_the_arrival_and_the_delay(engine: Engine, workdir: Path, tmp_path: Path,
+                                                                 config: Config) -> None:
+    """An arrival run is the local day's; each greeting is due ``delay`` after its arrival."""
+    setup_world(engine, workdir, tmp_path)
+    write(workdir / "campaigns" / "greet.toml", """
+        name = "greet"
+        channels = ["sms"]
+        trigger = "arrival"
+        holdout = 0.5
+        validity_hours = 6
+        [segment]
+        areas = ["Sơn La"]
+        [arrival]
+        delay = "10m"
+        [sms]
+        template = "sms/remind.j2"
+    """)
+    campaign = load_one(workdir / "campaigns", "greet")
+    now = db.utcnow().replace(microsecond=0)
+    arrived = now - timedelta(hours=1)
+    s, a = db.subscribers, db.arrivals
+    with engine.begin() as conn:
+        people = conn.execute(select(s.c.id, s.c.area_id).where(s.c.phone.like("+84911%"))).all()
+        conn.execute(a.insert(), [{"subscriber_id": sid, "area_id": area, "arrived_at": arrived, "source": "test",
+                                   "created_at": now} for sid, area in people])
+    assert greet(engine, config, [campaign], now=now) == {"greet": len(people)}
+    with engine.connect() as conn:
+        held = list(conn.scalars(select(s.c.phone).join(O, O.c.subscriber_id == s.c.id)
+                                 .where(O.c.state == "held_out").order_by(s.c.phone)))
+    assert len(held) >= 3
+    due = arrived + timedelta(minutes=10)
+    events(engine, [(held[0], "installed", due - MINUTE),        # after the arrival, before the greeting was due
+                    (held[1], "installed", due + MINUTE),        # before planning finished: counts all the same
+                    (held[2], "installed", due + WEEK + MINUTE)])
+
+    total = rep.build(engine, "greet", None).total
+    assert (total.held_out, total.installed_held_out) == (len(held), 1)
