@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ DATES_KEYS = {"start", "end"}
 GOAL_KEYS = {"event", "share", "of", "by"}
 SCHEDULE_KEYS = {"cron", "at", "every", "grace", "stop_at_goal"}
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
-DURATION = re.compile(r"^(\d+)\s*([dhm])$")
+DURATION = re.compile(r"^(\d+)\s*([dhms])$")
 # A response counts for a campaign if it comes within this long of the message (or, for the
 # held out, of when it would have been sent). A week covers someone who reads an SMS at once
 # but installs at the weekend, and keeps a later campaign's effect from being credited here.
@@ -391,10 +391,10 @@ def _schedule(table: Any, problems: _Problems) -> Schedule | None:
         if not isinstance(cron, str) or len(cron.split()) != 5:
             problems.add("schedule.cron", f"must have five fields (minute hour day month weekday), got {cron!r}")
             return None
-        from apscheduler.triggers.cron import CronTrigger
+        from loa.cron import cron_trigger
 
         try:
-            CronTrigger.from_crontab(cron)
+            cron_trigger(cron, UTC)
         except ValueError as exc:
             problems.add("schedule.cron", f"{exc}")
             return None
@@ -484,8 +484,8 @@ def _declared_name(path: Path) -> str | None:
 
 
 def parse_duration(text: str) -> float:
-    """"30d" / "12h" / "45m" -> seconds."""
+    """"30d" / "12h" / "45m" / "90s" -> seconds."""
     m = DURATION.match(text)
     if not m:
         raise ValueError(text)
-    return int(m.group(1)) * {"d": 86400, "h": 3600, "m": 60}[m.group(2)]
+    return int(m.group(1)) * {"d": 86400, "h": 3600, "m": 60, "s": 1}[m.group(2)]
