@@ -17,7 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from loa import __version__
+from loa import __version__, logs
 from loa.errors import LoaError
 
 out = Console()
@@ -82,12 +82,14 @@ def fail_cleanly(fn: F) -> F:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Configuration file (default: $LOA_CONFIG, then ./config.toml).")
 @click.option("-v", "--verbose", count=True, help="Log more (-vv for debug).")
+@click.option("--log-format", type=click.Choice(logs.FORMATS), envvar="LOA_LOG_FORMAT", default="kv",
+              show_default=True, help="Log lines as key=value pairs or JSON objects; phone numbers masked "
+              "(default: $LOA_LOG_FORMAT, then kv).")
 @click.version_option(__version__, prog_name="loa")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+def main(ctx: click.Context, config_path: str | None, verbose: int, log_format: str) -> None:
     """loa: SMS and Zalo campaigns for Vietnam, measured per area."""
-    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup((logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)], log_format)
     ctx.obj = App(config_path)
 
 

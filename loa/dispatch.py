@@ -3,7 +3,9 @@
 The life of a row::
 
     planned/deferred --claim--> claimed --mark--> sending --gateway--> sent | delivered
-                                                               |--> deferred (retry later)
+                                                               |--> deferred (retry later; a quota:
+                                                               |    the gateway's whole queue waits)
+                                                               |--> suppressed (the recipient opted out)
                                                                |--> failed (code, text)
                                                                |--> unknown (may have arrived)
                                                                '--> planned on the next channel
@@ -40,7 +42,7 @@ from loa.errors import LoaError
 from loa import gateways as gateway_state
 from loa.gateways import Gateway, GatewayPool
 from loa.phones import mask
-from loa.policy import Policy, channel_window, parse_window
+from loa.policy import Policy, channel_window, opt_out, parse_window
 from loa.receipts import apply_receipts, apply_responses, lock_rows
 from loa.render import Renderer
 from providers.base import Provider as ProviderBase
@@ -50,9 +52,11 @@ from providers.base import (
     DeferredError,
     MoneyError,
     NotReachableError,
+    OptedOutError,
     OutgoingMessage,
     PermanentError,
     ProviderError,
+    QuotaError,
     SendResult,
     ThrottledError,
 )
@@ -94,6 +98,7 @@ class _Item:
     outcome: dict[str, Any] | None = None
     slot: float | None = None     # when its gateway's limiter booked it to leave (time.monotonic())
     missed: bool = False          # woken too late for that slot: not sent, to be booked again
+    opted_out: str | None = None  # the gateway's code for "the recipient refused": recorded with the outcome
 
 
 class Dispatcher:
@@ -118,6 +123,9 @@ class Dispatcher:
         self.stop = threading.Event()
         self._rng = random.Random()
         self._next: list[_Item] = []    # a batch claimed ahead, while the last window was sending
+        # gateway -> (until, outcome) while its quota is used up: its messages wait, uncalled
+        self._held: dict[str, tuple[datetime, dict[str, Any]]] = {}
+        self._hold_lock = threading.Lock()
 
     # -- the loops ------------------------------------------------------------
     def run_until_empty(self) -> SendSummary:
@@ -190,6 +198,8 @@ class Dispatcher:
                                        O.c.gateway.not_in(gateway_state.paused_names()))
             if self.summary.paused:
                 due = due.where(O.c.gateway.not_in(list(self.summary.paused)))
+            if held := self._held_gateways(now):
+                due = due.where(O.c.gateway.not_in(held))
             if (flt := self._campaign_filter()) is not None:
                 due = due.where(flt)
             due = due.order_by(O.c.due_at, O.c.id).limit(self.batch_size)
@@ -238,8 +248,13 @@ class Dispatcher:
             if self.stop.is_set():
                 self._release(ready[start:])
                 return
-            chunk = [i for i in ready[start:start + window] if i.gateway not in self.summary.paused]
-            skipped = [i for i in ready[start:start + window] if i.gateway in self.summary.paused]
+            held = [i for i in ready[start:start + window] if self._held_outcome(i)]
+            if held:
+                self._record(held)
+            chunk = [i for i in ready[start:start + window]
+                     if i.outcome is None and i.gateway not in self.summary.paused]
+            skipped = [i for i in ready[start:start + window]
+                       if i.outcome is None and i.gateway in self.summary.paused]
             if skipped:
                 self._release(skipped)
             if not chunk:
@@ -387,6 +402,8 @@ class Dispatcher:
     def _send(self, item: _Item) -> None:
         assert item.message is not None
         gw: Gateway | None = None
+        if self._held_outcome(item, sending=True):   # another thread of this window hit the quota
+            return
         try:
             gw = self.pool.get(item.gateway)
             slot, item.slot = item.slot, None
@@ -394,6 +411,8 @@ class Dispatcher:
                 gw.limiter.acquire(item.message.parts)
             elif not gw.limiter.wait_until(slot):   # type: ignore[attr-defined]
                 item.missed = True
+                return
+            if self._held_outcome(item, sending=True):   # held while this message waited for its slot
                 return
             handed_over = db.utcnow()
             result = gw.provider.send(item.message)
@@ -410,19 +429,25 @@ class Dispatcher:
 
     def _classify(self, item: _Item, gw: Gateway | None, exc: ProviderError) -> dict[str, Any]:
         code, text = exc.code, str(exc)[:500]
-        log.info("gateway %s refused %s: %s", item.gateway, mask(item.phone), text)
+        log.info("gateway %s refused %s: %s", item.gateway, mask(item.phone), text,
+                 extra={"gateway": item.gateway, "kind": exc.kind, "code": code})
         if isinstance(exc, PAUSING):
             self._pause(item.gateway, f"{exc.kind} error: {text}")
             # nothing was sent: the row goes back, and this attempt does not count
             return {"state": "planned", "attempts": item.attempts - 1, "error_code": code, "error_text": text}
         if isinstance(exc, NotReachableError):
             return self._fallback(item, code, text)
+        if isinstance(exc, OptedOutError):
+            item.opted_out = code or exc.kind
+            return {"state": "suppressed", "reason": f"opted_out:{code}", "error_code": code, "error_text": text}
         if isinstance(exc, PermanentError):
             return _failed(code, text)
         if exc.ambiguous and not (gw and gw.provider.dedupes_by_key):
             return {"state": "unknown", "error_code": code, "error_text": f"outcome unknown: {text}"}
+        if isinstance(exc, QuotaError):
+            return self._hold(item, exc)
         if isinstance(exc, ThrottledError | DeferredError):
-            # pushback and deferrals (Zalo's night rule, daily quotas) are not failures: the
+            # pushback and deferrals (Zalo's night rule) are not failures: the
             # attempt is not counted, and the message's validity bounds how long it waits
             if isinstance(exc, ThrottledError) and gw is not None:
                 gw.limiter.slow_down(exc.retry_after or 1.0)
@@ -459,17 +484,67 @@ class Dispatcher:
                 outcome["worker"] = None
             shape = tuple(sorted(outcome))
             by_shape.setdefault(shape, []).append({"b_id": item.id, **{f"v_{k}": v for k, v in outcome.items()}})
+        refused = [item for item in items if item.opted_out]
         with self.engine.begin() as conn:
             lock_rows(conn, O.c.id.in_([item.id for item in items]))
             for shape, params in by_shape.items():
                 conn.execute(_update_for(shape), params)
+            for item in refused:   # with the row's own outcome: one is never kept without the other
+                opt_out(conn, item.phone, now, f"gateway:{item.gateway}:{item.opted_out}")
+        for item in refused:
+            log.warning("gateway %s: %s opted out (the gateway refused with %s)", item.gateway, mask(item.phone),
+                        item.opted_out, extra={"gateway": item.gateway, "kind": "opted_out", "code": item.opted_out})
 
     def _pause(self, gateway: str, reason: str) -> None:
         """Pause a gateway for every worker until `loa gateways resume`."""
         if gateway not in self.summary.paused:
             self.summary.paused[gateway] = reason
             if gateway_state.pause(self.engine, gateway, reason):
-                log.error("gateway %s paused: %s", gateway, reason)
+                log.error("gateway %s paused: %s", gateway, reason, extra={"gateway": gateway, "kind": "paused"})
+
+    def _hold(self, item: _Item, exc: ProviderError) -> dict[str, Any]:
+        """A quota of the whole gateway is used up: hold its queue until the reset.
+
+        Every other message would get the same answer, so none is offered before then:
+        not this worker's (the rest of the window, the next batches: :meth:`_held_outcome`)
+        and, through the ledger, not any other worker's (:meth:`_defer_queue`).  Waiting
+        is not failing: no attempt is counted, and the messages' validity bounds the wait.
+        """
+        until = db.utcnow() + timedelta(seconds=exc.retry_after or BACKOFF[0])
+        outcome = {"state": "deferred", "due_at": until, "reason": exc.kind, "error_code": exc.code,
+                   "error_text": str(exc)[:500]}
+        with self._hold_lock:
+            known = self._held.get(item.gateway)
+            new = known is None or known[0] <= db.utcnow()
+            if new or known[0] < until:
+                self._held[item.gateway] = (until, outcome)
+        if new:
+            n = self._defer_queue(item.gateway, outcome)
+            log.warning("gateway %s: %s; held until %s, %d more queued message(s) deferred", item.gateway,
+                        exc, until.isoformat(timespec="seconds"), n,
+                        extra={"gateway": item.gateway, "kind": exc.kind, "code": exc.code})
+        return {**outcome, "attempts": item.attempts - 1}
+
+    def _held_gateways(self, now: datetime) -> list[str]:
+        with self._hold_lock:   # send threads add holds while the next batch is claimed
+            return [name for name, (until, _) in self._held.items() if until > now]
+
+    def _held_outcome(self, item: _Item, *, sending: bool = False) -> bool:
+        """Defer a message whose gateway is held (:meth:`_hold`) without calling it; False if
+        the gateway is not held.  A message already marked ``sending`` gets its attempt back."""
+        held = self._held.get(item.gateway)
+        if held is None or held[0] <= db.utcnow():
+            return False
+        item.outcome = {**held[1], "attempts": item.attempts - (1 if sending else 0)}
+        return True
+
+    def _defer_queue(self, gateway: str, outcome: dict[str, Any]) -> int:
+        """Defer every due row of ``gateway`` to the end of its hold, for every worker."""
+        waiting = and_(O.c.gateway == gateway, O.c.state.in_(DUE), O.c.due_at < outcome["due_at"])
+        with self.engine.begin() as conn:
+            lock_rows(conn, waiting)
+            return conn.execute(update(O).where(waiting)
+                                .values(worker=None, updated_at=db.utcnow(), **outcome)).rowcount
 
     def _release(self, items: list[_Item]) -> None:
         with self.engine.begin() as conn:

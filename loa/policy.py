@@ -16,8 +16,8 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Connection, Engine
 
 from loa import db
 
@@ -95,6 +95,24 @@ def is_opt_out(text: str) -> bool:
     words = re.sub(r"[^A-Z ]+", " ", unidecode(text).upper()).split()
     joined = " ".join(words)
     return any(joined == w or joined.startswith(w + " ") for w in OPT_OUT_WORDS)
+
+
+def opt_out(conn: Connection, phone: str, at: datetime, source: str) -> bool:
+    """A refusal, effective at once: the number goes on the do-not-contact list (so it holds
+    for numbers loa does not know yet, and for re-imports) and its subscriber, if any, is
+    marked opted out.  True if the number was not on the list before.
+
+    The one place a refusal is recorded, whether it came as a reply ("TC") or as a
+    gateway's answer (Twilio 21610).
+    """
+    # preserve_rowcount: SQLAlchemy 2.1 drops an INSERT's rowcount otherwise (-1 on PostgreSQL)
+    added = conn.execute(db.insert_for(conn, db.dnc).values(
+        phone=phone, source=source[:64], added_at=db.utcnow()
+    ).on_conflict_do_nothing().execution_options(preserve_rowcount=True)).rowcount > 0
+    s = db.subscribers
+    conn.execute(update(s).where(s.c.phone == phone, s.c.opted_out_at.is_(None))
+                 .values(opted_out_at=at, updated_at=db.utcnow()))
+    return added
 
 
 SENT = ("sending", "sent", "delivered", "undelivered")

@@ -31,7 +31,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
 from loa import db
@@ -40,7 +40,7 @@ from loa.errors import InputError, LoaError, NotFound
 from loa.gateways import GatewayPool
 from loa.importer import record_events
 from loa.phones import PhoneError, mask, normalize
-from loa.policy import is_opt_out
+from loa.policy import is_opt_out, opt_out
 from loa.receipts import apply_receipts
 from providers.base import InboundMessage, OutgoingMessage, ProviderError, WebhookRejected, WebhookRequest
 
@@ -241,16 +241,8 @@ class Web:
             if sid is not None:
                 record_events(conn, [{"phone": phone, "type": kind, "occurred_at": message.at, "source": source,
                                       "attributes": {"text": message.text[:160]}}])
-            added = False
-            if kind == "opted_out":
-                # refusals take effect at once, for subscribers and for numbers loa does not know yet
-                # preserve_rowcount: SQLAlchemy 2.1 drops an INSERT's rowcount otherwise (-1 on PostgreSQL)
-                added = conn.execute(db.insert_for(conn, db.dnc).values(
-                    phone=phone, source=f"reply:{gateway}"[:64], added_at=db.utcnow()
-                ).on_conflict_do_nothing().execution_options(preserve_rowcount=True)).rowcount > 0
-                if sid is not None:
-                    conn.execute(update(s).where(s.c.id == sid, s.c.opted_out_at.is_(None))
-                                 .values(opted_out_at=message.at, updated_at=db.utcnow()))
+            # refusals take effect at once, for subscribers and for numbers loa does not know yet
+            added = kind == "opted_out" and opt_out(conn, phone, message.at, f"reply:{gateway}")
         if kind == "opted_out":
             log.warning("gateway %s: %s opted out by reply", gateway, mask(phone))
             # a number loa does not know has no event to recognise a retried callback by:

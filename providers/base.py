@@ -10,8 +10,12 @@ class               dispatcher's reaction
 RetryableError      back off with jitter and try again later
 ThrottledError      slow the gateway's rate limiter, then try again
 DeferredError       try again at ``retry_after`` (e.g. Zalo's night rule); not a failure
+QuotaError          the gateway's own quota is used up until ``retry_after``: every
+                    message queued for the gateway waits, without calling it
 PermanentError      fail this message with the gateway's code and text
 NotReachableError   this recipient is not on this channel: try the next one
+OptedOutError       the recipient refused messages (replied STOP): suppress the
+                    message and put the number on the do-not-contact list
 AuthError           pause the gateway: credentials are wrong or expired
 ConfigError         pause the gateway: sender, template or setting is wrong
 MoneyError          pause the gateway: balance or quota is exhausted
@@ -208,8 +212,28 @@ class DeferredError(RetryableError):
     kind = "deferred"
 
 
+class QuotaError(DeferredError):
+    """A quota of the whole gateway is used up (Zalo's daily and monthly ZNS limits).
+
+    Unlike a plain deferral, the answer would be the same for every other
+    message: the dispatcher holds the gateway's whole queue until ``retry_after``.
+    """
+
+    kind = "quota"
+
+
 class PermanentError(ProviderError):
     kind = "permanent"
+
+
+class OptedOutError(PermanentError):
+    """The recipient told the gateway to stop (Twilio 21610): a refusal of all contact.
+
+    The dispatcher records it as an inbound "TC" would be recorded, so no other
+    campaign, on any gateway, writes to the number again.
+    """
+
+    kind = "opted_out"
 
 
 class NotReachableError(PermanentError):

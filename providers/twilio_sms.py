@@ -52,7 +52,7 @@ code   Twilio's meaning                                                 class
 21604  'To' phone number is required                                    PermanentError
 21606  'From' is not a message-capable Twilio number for this dest.     ConfigError
 21608  'To' is not verified (trial account / no compliance profile)     ConfigError
-21610  Recipient replied STOP (unsubscribed from this sender)           PermanentError
+21610  Recipient replied STOP (unsubscribed from this sender)           OptedOutError
 21611  'From' has more than 10 hours of messages queued                 ThrottledError
 21612  'To' not reachable from this 'From' (routing, sender rules)      PermanentError
 21614  'To' is not a valid mobile number                                PermanentError
@@ -71,9 +71,10 @@ code   Twilio's meaning                                                 class
 90007  Invalid validity period value                                    ConfigError
 =====  ===============================================================  =================
 
-**21610 is the opt-out signal**: the error keeps ``code="21610"`` so the
-engine suppresses the number (the subscriber sent STOP to our sender and
-Twilio will refuse every message until they send START).  The 3xxxx codes
+**21610 is the opt-out signal**: an OptedOutError (a PermanentError) with
+``code="21610"``.  The subscriber sent STOP to our sender and Twilio will refuse
+every message until they send START, so the engine suppresses the message and
+opts the number out as it would for an inbound "TC".  The 3xxxx codes
 normally arrive asynchronously, as ``ErrorCode`` of an undelivered receipt;
 they are in the table for the rare synchronous answer.
 
@@ -114,6 +115,7 @@ from providers.base import (
     DeliveryReceipt,
     InboundMessage,
     MoneyError,
+    OptedOutError,
     OutgoingMessage,
     PermanentError,
     Provider,
@@ -160,7 +162,7 @@ ERROR_CLASSES: dict[int, type[ProviderError]] = {
     21604: PermanentError,
     21606: ConfigError,
     21608: ConfigError,
-    21610: PermanentError,
+    21610: OptedOutError,
     21611: ThrottledError,
     21612: PermanentError,
     21614: PermanentError,
@@ -271,8 +273,7 @@ class TwilioProvider(Provider):
     """SMS through Twilio's Messages API.  See the module docstring for the error table.
 
     A refusal with Twilio code 21610 (the recipient texted STOP to our sender)
-    is a PermanentError whose ``code`` stays "21610": the engine suppresses the
-    number on that code.
+    is an OptedOutError: the engine suppresses the message and the number.
     """
 
     type = "twilio"

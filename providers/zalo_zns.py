@@ -33,8 +33,8 @@ code(s)                                         class
 -124 (access token invalid)                     refresh the token, re-send once;
                                                 AuthError if the new one fails too
 -133 (no ZNS 22:00-06:00)                       DeferredError until 06:00 Vietnam time
--144 -147 (daily limits)                        DeferredError until 00:00 Vietnam time
--1441 -1471 (monthly limits)                    DeferredError until the 1st, 00:00
+-144 -147 (daily limits)                        QuotaError until 00:00 Vietnam time
+-1441 -1471 (monthly limits)                    QuotaError until the 1st, 00:00
 -115 -126 -137 -321                             MoneyError
 -101..-106 -109 -111 -112 -113 -117 -120        ConfigError
 -131 -135 -138 -145 -146
@@ -42,6 +42,8 @@ code(s)                                         class
 any other code                                  PermanentError carrying the code
 ==============================================  ===================================
 
+A QuotaError is a DeferredError that holds the gateway's whole queue, not just
+the one message: every other send would get the same answer until the reset.
 Daily limits are deferred to midnight rather than 06:00: the quota resets at
 midnight and only some ZNS are bound by the night rule, which answers -133 and
 defers again if it applies.  A boundary that passed less than ten minutes ago
@@ -91,6 +93,7 @@ from providers.base import (
     PermanentError,
     Provider,
     ProviderError,
+    QuotaError,
     RetryableError,
     SendResult,
     Setting,
@@ -502,10 +505,10 @@ class ZaloZNSProvider(Provider):
         if code in DAILY_LIMITS:
             if code == CODE_DAILY_QUOTA:
                 self.remaining_quota = 0
-            return self.error(DeferredError, text(DAILY_LIMITS), code=code,
+            return self.error(QuotaError, text(DAILY_LIMITS), code=code,
                               retry_after=daily_retry_after(self.clock()))
         if code in MONTHLY_LIMITS:
-            return self.error(DeferredError, text(MONTHLY_LIMITS), code=code,
+            return self.error(QuotaError, text(MONTHLY_LIMITS), code=code,
                               retry_after=monthly_retry_after(self.clock()))
         if code in MONEY:
             return self.error(MoneyError, text(MONEY), code=code)

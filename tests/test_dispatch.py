@@ -13,12 +13,13 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 import time_machine
+from zoneinfo import ZoneInfo
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
@@ -42,6 +43,8 @@ from providers.base import (
     SendResult,
     ThrottledError,
 )
+from providers.fakes.twilio import FakeTwilio
+from providers.fakes.zalo import FakeZalo
 from providers.simulator import SimulatedNetwork, SimulatorProvider
 
 O = db.outbox
@@ -197,7 +200,8 @@ def add_events(engine: Engine, phones: list[str], kind: str = "installed", at: A
 def make_campaign(workdir: Path, name: str = "c", *, channels: tuple[str, ...] = ("sms",),
                   holdout: float = 0.0, suppress: tuple[str, ...] = (),
                   sms_text: str = "Xin chào {{ subscriber.name }}", sms_gateway: str | None = None,
-                  zalo_gateway: str | None = None, validity_hours: int = 24) -> Campaign:
+                  zalo_gateway: str | None = None, validity_hours: int = 24,
+                  window: tuple[str, str] | None = None) -> Campaign:
     write(workdir / "templates" / "sms" / f"{name}.j2", sms_text + "\n")
     lines = [
         f'name = "{name}"',
@@ -206,6 +210,8 @@ def make_campaign(workdir: Path, name: str = "c", *, channels: tuple[str, ...] =
         f"suppress_events = {json.dumps(list(suppress))}",
         f"validity_hours = {validity_hours}",
     ]
+    if window:
+        lines += ["[window]", f'start = "{window[0]}"', f'end = "{window[1]}"']
     if "sms" in channels:
         lines += ["[sms]", f'template = "sms/{name}.j2"']
         if sms_gateway:
@@ -702,3 +708,114 @@ def test_campaign_filter_sends_only_that_campaign(engine: Engine, workdir: Path,
     assert {r["state"] for r in outbox(engine, second.run_id)} == {"delivered"}
     assert set(net.received) == {key(r) for r in outbox(engine, second.run_id)}
 
+
+
+# -- real adapters against their loopback fakes ------------------------------------------
+
+ICT = ZoneInfo("Asia/Ho_Chi_Minh")
+
+
+FAKES = "# -- gateways on loopback fakes --"
+
+
+def fake_gateways(workdir: Path, monkeypatch: pytest.MonkeyPatch, twilio: FakeTwilio | None = None,
+                  zalo: FakeZalo | None = None, zalo_rate: float = 1000) -> Config:
+    """The configuration plus gateway ``tw`` (the Twilio adapter) and ``zl`` (the ZNS adapter) on
+    these fakes, replacing those of an earlier call."""
+    make_config(workdir)
+    path = workdir / "config.toml"
+    lines = [path.read_text(encoding="utf-8").partition(FAKES)[0].rstrip("\n"), FAKES]
+    if twilio is not None:
+        monkeypatch.setenv("LOA_TEST_TWILIO_TOKEN", twilio.auth_token)
+        lines += ["[gateways.tw]", 'type = "twilio"', f'account_sid = "{twilio.account_sid}"',
+                  'auth_token_env = "LOA_TEST_TWILIO_TOKEN"', 'from_number = "+15005550006"',
+                  f'base_url = "{twilio.url}"', "timeout = 5", "rate = 1000"]
+    if zalo is not None:
+        for name, value in (("SECRET", zalo.secret_key), ("OA_SECRET", zalo.oa_secret),
+                            ("AT", zalo.access_token), ("RT", zalo.refresh_token)):
+            monkeypatch.setenv(f"LOA_TEST_ZALO_{name}", value)
+        lines += ["[gateways.zl]", 'type = "zalo_zns"', f'app_id = "{zalo.app_id}"',
+                  'secret_key_env = "LOA_TEST_ZALO_SECRET"', 'oa_secret_env = "LOA_TEST_ZALO_OA_SECRET"',
+                  'access_token_env = "LOA_TEST_ZALO_AT"', 'refresh_token_env = "LOA_TEST_ZALO_RT"',
+                  f'base_url = "{zalo.url}"', f'oauth_url = "{zalo.url}"', "timeout = 5", f"rate = {zalo_rate}"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return load(path)
+
+
+def test_a_recipient_who_replied_stop_to_twilio_is_opted_out_everywhere(
+        engine: Engine, workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import_people(engine, tmp_path, n=6)
+    stopped = phone(3)
+    with FakeTwilio() as fake:
+        config = fake_gateways(workdir, monkeypatch, twilio=fake)
+        fake.failures[stopped] = (400, 21610, "Attempt to send to unsubscribed recipient")
+        first = plan_run(engine, config, make_campaign(workdir, "first", sms_gateway="tw"))
+        # planned before the refusal was known: only the check at send time can keep it back
+        second = plan_run(engine, config, make_campaign(workdir, "second", sms_gateway="tw"))
+        summary = Dispatcher(engine, config, campaign="first").run_until_empty()
+
+        assert summary.outcomes == Counter({"sent": 5, "suppressed": 1}) and summary.paused == {}
+        rows = {r["phone"]: r for r in outbox(engine, first.run_id)}
+        refused = rows.pop(stopped)
+        assert (refused["state"], refused["reason"], refused["error_code"]) == ("suppressed", "opted_out:21610", "21610")
+        assert refused["attempts"] == 1 and refused["provider_id"] is None
+        assert {r["state"] for r in rows.values()} == {"sent"}
+        with engine.connect() as conn:
+            opted = conn.execute(select(db.subscribers.c.phone, db.subscribers.c.opted_out_at)
+                                 .where(db.subscribers.c.opted_out_at.is_not(None))).all()
+            listed = conn.execute(select(db.dnc.c.phone, db.dnc.c.source)).all()
+        assert [p for p, _ in opted] == [stopped]
+        assert listed == [(stopped, "gateway:tw:21610")]
+
+        Dispatcher(engine, config).run_until_empty()
+        later = {r["phone"]: r for r in outbox(engine, second.run_id)}
+        assert (later[stopped]["state"], later[stopped]["reason"]) == ("suppressed", "opted_out")
+        assert all(r["state"] == "sent" for p, r in later.items() if p != stopped)
+        assert [r.form["To"] for r in fake.sends()].count(stopped) == 1      # Twilio was asked once
+        assert len(fake.sends()) == 11
+
+        third = plan_run(engine, config, make_campaign(workdir, "third", sms_gateway="tw"))
+        assert {r["phone"]: r["state"] for r in outbox(engine, third.run_id)}[stopped] == "suppressed"
+
+
+def test_a_zalo_daily_quota_holds_the_whole_queue_until_it_resets(
+        engine: Engine, workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    n = 12
+    import_people(engine, tmp_path, n=n)
+    morning = datetime(2030, 3, 12, 9, 0, tzinfo=ICT)
+    midnight = datetime(2030, 3, 13, 0, 0, tzinfo=ICT)
+    with FakeZalo(daily_quota=0) as fake, time_machine.travel(morning, tick=True):
+        # slow (2/s): the senders of the window's next messages wait for their slots meanwhile
+        config = fake_gateways(workdir, monkeypatch, zalo=fake, zalo_rate=2)
+        plan = plan_run(engine, config, make_campaign(workdir, "zns", channels=("zalo",), zalo_gateway="zl",
+                                                      window=("00:00", "24:00"), validity_hours=48))
+        summary = Dispatcher(engine, config).run_until_empty()
+
+        assert len(fake.template_requests) == 1        # the first -144; the rest of the queue waits
+        assert summary.outcomes == Counter({"deferred": summary.attempted}) and summary.paused == {}
+        rows = outbox(engine, plan.run_id)
+        assert len(rows) == n and {r["state"] for r in rows} == {"deferred"}
+        assert {r["attempts"] for r in rows} == {0}      # waiting for a quota spends no attempt
+        assert {(r["reason"], r["error_code"]) for r in rows} == {("quota", "-144")}
+        for r in rows:
+            assert abs(r["due_at"] - midnight).total_seconds() < 5, r["due_at"].astimezone(ICT)
+
+        # another worker, meanwhile, finds nothing due and asks Zalo nothing
+        assert Dispatcher(engine, config).run_until_empty().attempted == 0
+        assert len(fake.template_requests) == 1
+
+    with FakeZalo() as fake, time_machine.travel(midnight + timedelta(seconds=30), tick=True):
+        config = fake_gateways(workdir, monkeypatch, zalo=fake)
+        # midnight: the quota is back, but ZNS keeps its night until 06:00
+        Dispatcher(engine, config).run_until_empty()
+        rows = outbox(engine, plan.run_id)
+        assert fake.template_requests == []
+        assert {r["due_at"].astimezone(ICT) for r in rows} == {midnight.replace(hour=6)}
+        assert {r["attempts"] for r in rows} == {0}
+
+    with FakeZalo() as fake, time_machine.travel(midnight.replace(hour=6, second=30), tick=True):
+        config = fake_gateways(workdir, monkeypatch, zalo=fake)
+        Dispatcher(engine, config).run_until_empty()
+        rows = outbox(engine, plan.run_id)
+        assert {r["state"] for r in rows} == {"sent"} and {r["attempts"] for r in rows} == {1}
+        assert len(fake.template_requests) == n

@@ -22,6 +22,7 @@ from providers.base import (
     ConfigError,
     DeliveryReceipt,
     MoneyError,
+    OptedOutError,
     OutgoingMessage,
     PermanentError,
     ProviderError,
@@ -180,7 +181,7 @@ def test_price_is_read_when_present(fake: FakeTwilio, tw: TwilioProvider) -> Non
 
 @pytest.mark.parametrize("failure, cls, code", [
     ((400, 21211, f"The 'To' number {PHONE} is not a valid phone number."), PermanentError, "21211"),
-    ((400, 21610, "Attempt to send to unsubscribed recipient"), PermanentError, "21610"),
+    ((400, 21610, "Attempt to send to unsubscribed recipient"), OptedOutError, "21610"),
     ((400, 21614, f"'To' number {PHONE} is not a valid mobile number"), PermanentError, "21614"),
     ((400, 21408, "Permission to send an SMS has not been enabled for the region indicated by the 'To' "
                   f"number: {PHONE}"), ConfigError, "21408"),
@@ -217,11 +218,12 @@ def test_error_text_is_twilios_message_with_the_number_masked(fake: FakeTwilio, 
     assert info.value.message == "HTTP 400: The 'To' number +8491****123 is not a valid phone number."
 
 
-def test_unsubscribed_21610_keeps_its_code_for_suppression(fake: FakeTwilio, tw: TwilioProvider) -> None:
+def test_unsubscribed_21610_is_an_opt_out(fake: FakeTwilio, tw: TwilioProvider) -> None:
     fake.failures[PHONE] = (400, 21610, "Attempt to send to unsubscribed recipient")
-    with pytest.raises(PermanentError) as info:
+    with pytest.raises(OptedOutError) as info:
         tw.send(msg())
-    assert info.value.code == "21610"
+    assert isinstance(info.value, PermanentError)    # a refusal of this message too
+    assert (info.value.code, info.value.kind) == ("21610", "opted_out")
     assert not info.value.ambiguous
     assert str(info.value) == "tw: HTTP 400: Attempt to send to unsubscribed recipient (code 21610)"
 

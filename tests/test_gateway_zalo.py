@@ -26,6 +26,7 @@ from providers.base import (
     NotReachableError,
     OutgoingMessage,
     PermanentError,
+    QuotaError,
     RetryableError,
     SendResult,
     WebhookRejected,
@@ -204,6 +205,8 @@ def test_limits_defer_until_they_lift(fake: FakeZalo, make: Callable[..., ZaloZN
     assert info.value.code == str(code)
     assert info.value.retry_after == pytest.approx(wait.total_seconds())
     assert isinstance(info.value, RetryableError)   # not a failure
+    # quotas hold the whole gateway; the night rule binds only some templates
+    assert isinstance(info.value, QuotaError) is (code != -133)
 
 
 def test_daily_quota_marks_the_quota_empty() -> None:

@@ -336,7 +336,14 @@ def test_status_shows_runs_by_state_gateways_due_and_pauses(engine: Engine, work
     assert runs[bad.run_id]["campaign"] == "bad"
     gws = {g["name"]: g for g in data["gateways"]}
     assert set(gws) == {"flaky", "owl", "sim"}
-    assert (gws["flaky"]["due"], gws["owl"]["due"], gws["sim"]["due"]) == (5, 5, 0)
+    assert (gws["flaky"]["due"], gws["owl"]["due"], gws["sim"]["due"]) == (5, 0, 0)
+    # deferred for an hour: waiting, not due, and no part of any ETA
+    assert (gws["owl"]["waiting"], gws["owl"]["eta_seconds"]) == (5, 0.0)
+    next_at = datetime.fromisoformat(gws["owl"]["next_at"])
+    assert DAYTIME + timedelta(minutes=59) <= next_at <= DAYTIME + timedelta(minutes=62)
+    assert (runs[owl.run_id]["due"], runs[owl.run_id]["waiting"]) == (0, 5)
+    assert (runs[bad.run_id]["due"], runs[bad.run_id]["blocked"], runs[bad.run_id]["eta_seconds"]) == (5, 5, None)
+    assert runs[good.run_id]["sent_last_minute"] == 5 and runs[good.run_id]["rate"] > 0
     assert "auth error" in gws["flaky"]["paused"]
     since = datetime.fromisoformat(gws["flaky"]["paused_since"])
     assert "T" in gws["flaky"]["paused_since"] and DAYTIME <= since <= DAYTIME + timedelta(minutes=1)
@@ -347,6 +354,7 @@ def test_status_shows_runs_by_state_gateways_due_and_pauses(engine: Engine, work
     lines = table.splitlines()
     flaky = next(line for line in lines if " flaky " in line)
     assert "paused: auth error" in flaky and " 5 " in flaky
+    assert "blocked" in next(line for line in lines if " bad " in line)
     owl_gw = [line for line in lines if " owl " in line]
     assert any("active" in line and " 5 " in line for line in owl_gw)
     bad_run = next(line for line in lines if " bad " in line)
@@ -358,6 +366,41 @@ def test_status_shows_runs_by_state_gateways_due_and_pauses(engine: Engine, work
 def test_status_of_an_empty_database(engine: Engine, workdir: Path) -> None:
     data = json.loads(ok(invoke(workdir, "status", "--format", "json")).stdout)
     assert data["runs"] == [] and data["gateways"] == []
+
+
+def test_status_measures_the_rate_and_eta_of_a_run_half_sent(engine: Engine, workdir: Path, tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=60)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir, "half"))
+    pool = sim_pool(config, SimulatedNetwork(seed=7, delivery_rate=1.0))
+    sim = pool._built["sim"]
+    pool._built["sim"] = Gateway("sim", sim.provider, MemoryGCRA(20, 1), 20.0)     # 20 messages a second
+    dispatcher = Dispatcher(engine, config, pool=pool, batch_size=30, threads=4)
+    send = sim.provider.send
+
+    def stop_after_this_batch(message: OutgoingMessage) -> SendResult:
+        dispatcher.stop.set()      # like SIGTERM: the batch in hand goes out, the rest stays planned
+        return send(message)
+
+    sim.provider.send = stop_after_this_batch  # type: ignore[method-assign]
+    dispatcher.run_until_empty()
+    data = json.loads(ok(invoke(workdir, "status", "--format", "json")).stdout)
+    table = ok(invoke(workdir, "status")).stdout
+
+    run = next(r for r in data["runs"] if r["run"] == plan.run_id)
+    with engine.connect() as conn:
+        first = conn.scalar(select(func.min(O.c.sent_at)).where(O.c.run_id == plan.run_id))
+    sent = sum(n for state, n in run["states"].items() if state in ("sent", "delivered"))
+    assert sent == run["sent_last_minute"] == 30 and run["due"] == 30 and run["waiting"] == 0
+    elapsed = (datetime.fromisoformat(data["at"]) - first).total_seconds()
+    assert 1.4 <= elapsed < 6                           # 30 messages at 20/s take 1.45 s
+    assert run["rate"] == pytest.approx(30 / elapsed, rel=1e-3)
+    assert 5 < run["rate"] <= 21
+    assert run["eta_seconds"] == pytest.approx(30 / run["rate"], rel=1e-3)
+    gateway = next(g for g in data["gateways"] if g["name"] == "sim")
+    assert (gateway["due"], gateway["rate"], gateway["eta_seconds"]) == (30, run["rate"], run["eta_seconds"])
+    line = next(line for line in table.splitlines() if " half " in line)
+    assert "—" not in line and " s " in line
 
 
 # -- fallback to the next channel without a receipt -----------------------------------------
