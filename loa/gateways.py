@@ -3,6 +3,7 @@ and the gateway's shared state in the database (pause flag, limiter, tokens)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ class Gateway:
     rate: float
 
 
+log = logging.getLogger("loa.gateways")
+
 def build(config: Config, name: str, engine: Engine | None = None, *, shared_limit: bool = False) -> Gateway:
     """Build gateway ``name``.  With an engine, its tokens live in the database, and with
     ``shared_limit`` its rate limit is shared by every worker through the database."""
@@ -47,6 +50,10 @@ def build(config: Config, name: str, engine: Engine | None = None, *, shared_lim
         provider = cls(name, options, state)   # every provider takes the store, as Provider does
     except ProviderError as exc:
         raise ConfigError(f"{spec.source}: {exc}") from None
+    except Exception as exc:   # a bug in a gateway class (a plug-in's, say) pauses that gateway only
+        log.exception("gateway %s: type %r failed to start", name, spec.type)
+        raise ConfigError(f"{spec.source}: gateway type {spec.type!r} failed to start: "
+                          f"{type(exc).__name__}: {exc}") from None
     rate = float(spec.rate or cls.rate)
     burst = spec.burst or 1
     limiter: RateLimiter = (DatabaseGCRA(engine, name, rate, burst) if shared_limit and engine is not None

@@ -131,7 +131,20 @@ class EarlyReceipt(_Counting):
         return SendResult(provider_id=pid, parts=message.parts)
 
 
-SCRIPTED = (AuthFails, Ambiguous, AmbiguousDeduping, NoZalo, Throttled, EarlyReceipt)
+class BrokenInit(_Counting):
+    """A gateway class with a bug in its constructor, as a plug-in might have."""
+
+    type = "test-dispatch-broken-init"
+    calls = Counter()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("__init__() got an unexpected keyword argument 'region'")
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        raise AssertionError("never built, never called")
+
+
+SCRIPTED = (AuthFails, Ambiguous, AmbiguousDeduping, NoZalo, Throttled, EarlyReceipt, BrokenInit)
 
 
 @pytest.fixture(autouse=True)
@@ -154,6 +167,8 @@ type = "test-dispatch-ambiguous-dedupe"
 type = "test-dispatch-no-zalo"
 [gateways.early]
 type = "test-dispatch-early-receipt"
+[gateways.broken]
+type = "test-dispatch-broken-init"
 [gateways.throttled]
 type = "test-dispatch-throttled"
 burst = 3
@@ -490,6 +505,22 @@ def test_a_gateway_that_cannot_be_built_is_paused(engine: Engine, workdir: Path,
     assert "LOA_TEST_DISPATCH_TOKEN" in summary.paused["remote"]
     rows = outbox(engine, plan.run_id)
     assert {(r["state"], r["attempts"], r["error_code"]) for r in rows} == {("planned", 0, "config")}
+
+
+def test_a_gateway_class_that_crashes_on_start_is_paused_not_the_worker(engine: Engine, workdir: Path,
+                                                                        tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=6)
+    config = make_config(workdir)
+    bad = plan_run(engine, config, make_campaign(workdir, "bad", sms_gateway="broken"))
+    good = plan_run(engine, config, make_campaign(workdir, "good"))
+    net = SimulatedNetwork(seed=7, delivery_rate=1.0)
+
+    summary = Dispatcher(engine, config, pool=sim_pool(config, net)).run_until_empty()
+
+    assert list(summary.paused) == ["broken"]
+    assert "failed to start: TypeError" in summary.paused["broken"]
+    assert {(r["state"], r["attempts"]) for r in outbox(engine, bad.run_id)} == {("planned", 0)}
+    assert {r["state"] for r in outbox(engine, good.run_id)} == {"delivered"}
 
 
 def test_throttling_defers_by_retry_after_and_slows_the_gateway(engine: Engine, workdir: Path,
