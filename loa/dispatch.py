@@ -41,6 +41,7 @@ from loa.config import Config
 from loa.errors import LoaError
 from loa import gateways as gateway_state
 from loa.gateways import Gateway, GatewayPool
+from loa.logs import mask_phones
 from loa.phones import mask
 from loa.policy import Policy, channel_window, opt_out, parse_window
 from loa.receipts import apply_receipts, apply_responses, lock_rows
@@ -497,6 +498,7 @@ class Dispatcher:
 
     def _pause(self, gateway: str, reason: str) -> None:
         """Pause a gateway for every worker until `loa gateways resume`."""
+        reason = mask_phones(reason)   # shown by status, metrics and the console: no full numbers
         if gateway not in self.summary.paused:
             self.summary.paused[gateway] = reason
             if gateway_state.pause(self.engine, gateway, reason):

@@ -28,6 +28,7 @@ from loa import db, importer
 from loa.campaign import Campaign, load_one
 from loa.config import Config, load
 from loa.dispatch import BACKOFF, MAX_ATTEMPTS, Dispatcher
+from loa import gateways as gw_state
 from loa.gateways import Gateway, GatewayPool
 from loa.plan import plan_run
 from loa.ratelimit import MemoryGCRA
@@ -70,7 +71,8 @@ class AuthFails(_Counting):
     calls = Counter()
 
     def failure(self) -> Exception:
-        return self.error(AuthError, "token expired", code="401")
+        # gateways echo the recipient in their texts: the pause reason must not carry it whole
+        return self.error(AuthError, "token expired (request for +84912000003)", code="401")
 
 
 class Ambiguous(_Counting):
@@ -478,6 +480,8 @@ def test_auth_error_pauses_the_gateway_without_using_attempts(engine: Engine, wo
 
     assert list(summary.paused) == ["badauth"]
     assert "auth error" in summary.paused["badauth"] and "token expired" in summary.paused["badauth"]
+    assert "912000003" not in summary.paused["badauth"]
+    assert "912000003" not in gw_state.paused(engine)["badauth"]["reason"]
     bad_rows = outbox(engine, bad.run_id)
     assert {r["state"] for r in bad_rows} == {"planned"}
     assert {r["attempts"] for r in bad_rows} == {0}
