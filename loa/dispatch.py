@@ -46,6 +46,7 @@ from loa.phones import mask
 from loa.policy import Policy, channel_window, opt_out, parse_window
 from loa.receipts import apply_receipts, apply_responses, lock_rows
 from loa.render import Renderer
+from loa.web import receive_inbound
 from providers.base import Provider as ProviderBase
 from providers.base import (
     AuthError,
@@ -77,6 +78,7 @@ class SendSummary:
     paused: dict[str, str] = field(default_factory=dict)     # gateway -> reason
     receipts: int = 0
     responses: int = 0
+    inbound: int = 0
     expired: int = 0
 
     @property
@@ -708,7 +710,7 @@ class Dispatcher:
             conn.execute(update(r).where(r.c.status == "planned", ~pending).values(status="done", finished_at=now))
 
     def poll(self, drain: bool = False, timeout: float = 10.0) -> None:
-        """Fetch receipts and responses from gateways that offer them."""
+        """Fetch receipts, responses and inbound SMS from gateways that hold them."""
         deadline = time.monotonic() + timeout
         while True:
             got = 0
@@ -724,10 +726,24 @@ class Dispatcher:
                         self.summary.receipts += apply_receipts(conn, gw.name, receipts)
                         self.summary.responses += apply_responses(conn, gw.name, responses)
                     got += len(receipts) + len(responses)
+                got += self._take_inbound(gw)
             if not drain or (got == 0 and not self._awaiting_receipts()) or time.monotonic() > deadline:
                 return
             if got == 0:
                 time.sleep(0.05)
+
+    def _take_inbound(self, gw: Gateway) -> int:
+        """Subscribers' SMS a gateway held for polling (SMPP), on the webhooks' path: a "TC"
+        opts out at once and is confirmed through the same gateway."""
+        try:
+            inbound = list(gw.provider.fetch_inbound())
+        except ProviderError as exc:
+            log.warning("gateway %s: cannot fetch inbound SMS: %s", gw.name, exc)
+            return 0
+        for message in inbound:
+            receive_inbound(self.engine, self.pool, self.config, gw.name, message)
+        self.summary.inbound += len(inbound)
+        return len(inbound)
 
     def _awaiting_receipts(self) -> bool:
         for gw in self.pool:

@@ -294,6 +294,11 @@ class Provider:
         """Receipts the gateway has for us now (polling gateways, simulator)."""
         return ()
 
+    def fetch_inbound(self) -> Iterable[InboundMessage]:
+        """Subscribers' messages the gateway holds for us (an SMPP bind's inbound SMS); loa
+        treats them as it treats the inbound of a webhook (:attr:`WebhookResult.inbound`)."""
+        return ()
+
     def fetch_responses(self) -> Iterable[Response]:
         """Recipient responses the gateway observed (simulator only, in practice)."""
         return ()

@@ -7,9 +7,10 @@ How it works
   TCP connection and sends ``bind_transceiver``.  Sending threads write their
   ``submit_sm`` PDUs under a write lock and wait for the matching
   ``submit_sm_resp`` by sequence number.  A *reader* thread reads every PDU
-  (``submit_sm_resp`` -> the waiting sender, ``deliver_sm`` -> receipt queue +
-  ``deliver_sm_resp``, ``enquire_link`` -> ``enquire_link_resp``, ``unbind`` ->
-  ``unbind_resp`` and close) and a *keepalive* thread sends ``enquire_link``
+  (``submit_sm_resp`` -> the waiting sender, ``deliver_sm`` -> receipt or
+  inbound queue + ``deliver_sm_resp``, ``enquire_link`` ->
+  ``enquire_link_resp``, ``unbind`` -> ``unbind_resp`` and close) and a
+  *keepalive* thread sends ``enquire_link``
   every ``enquire_link_interval`` seconds; no answer within ``timeout`` closes
   the bind.  At most ``window`` submits are outstanding at once (a semaphore).
   smpplib builds the outgoing PDUs (``smpplib.smpp.make_pdu``); the socket and
@@ -51,6 +52,17 @@ How it works
   its fate.  The id is taken from the ``receipted_message_id`` TLV, else from
   the text's ``id:``; an id given in decimal where ``submit_sm_resp`` gave hex
   (a known SMSC quirk), or the reverse, still matches.
+* **Inbound SMS.**  A ``deliver_sm`` (or ``data_sm``) that is not a receipt is
+  a subscriber's message ("TC", a reply).  It is answered at once like any
+  other, decoded (GSM-7, UCS-2, else Latin-1), reassembled when it came in
+  parts (a concatenation UDH or the ``sar_*`` TLVs; a message whose parts stop
+  coming is handed over after ``PARTS_WAIT`` seconds if its first part came,
+  since the first words decide an opt-out) and queued for
+  :meth:`SMPPProvider.fetch_inbound`, which loa polls like the receipts.  SMPP
+  gives an MO no id, so its ``provider_id`` is a digest of sender, recipient,
+  text and local day: an SMSC re-delivering the same message (its
+  ``deliver_sm_resp`` was lost with the connection) is recognised as a
+  repeat, as a re-sent webhook is.
 
 Command status mapping (``submit_sm_resp`` / ``bind_transceiver_resp``)
 =======================================================================
@@ -88,6 +100,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import itertools
 import logging
 import re
@@ -108,6 +121,7 @@ from providers.base import (
     AuthError,
     ConfigError,
     DeliveryReceipt,
+    InboundMessage,
     OutgoingMessage,
     PermanentError,
     Provider,
@@ -153,12 +167,19 @@ STATUS_NAMES: dict[int, str] = {
 
 # TLV tags read from deliver_sm
 TAG_RECEIPTED_MESSAGE_ID = 0x001E
+TAG_SAR_MSG_REF_NUM = 0x020C
+TAG_SAR_TOTAL_SEGMENTS = 0x020E
+TAG_SAR_SEGMENT_SEQNUM = 0x020F
 TAG_NETWORK_ERROR_CODE = 0x0423
 TAG_MESSAGE_PAYLOAD = 0x0424
 TAG_MESSAGE_STATE = 0x0427
 
 MAX_PDU = 64 * 1024
 TRACKED_PARTS = 200_000
+PARTS_WAIT = 300.0          # seconds an inbound message's missing parts are waited for
+# An inbound SMS's id includes its day here: people text least around local midnight,
+# so an SMSC's re-delivery rarely straddles the change of day.
+MO_DAY_ZONE = ZoneInfo("Asia/Ho_Chi_Minh")
 
 
 def status_text(status: int) -> str:
@@ -246,6 +267,48 @@ def encode_parts(text: str, encoding: str, reference: int = 0) -> tuple[str, lis
         bytes([0x05, 0x00, 0x03, ref, len(chunks), i]) + chunk
         for i, chunk in enumerate(chunks, start=1)
     ]
+
+
+_GSM7_CHARS = {code: ch for ch, code in _GSM7_BASIC.items()}
+_GSM7_EXTENDED_CHARS = {code: ch for ch, code in _GSM7_EXTENSION.items()}
+
+
+def gsm7_decode(data: bytes) -> str:
+    """Unpacked GSM 03.38 septets to text; raises UnicodeError if ``data`` is not that."""
+    out: list[str] = []
+    octets = iter(data)
+    for octet in octets:
+        table = _GSM7_CHARS
+        if octet == 0x1B:
+            table, octet = _GSM7_EXTENDED_CHARS, next(octets, -1)
+        if octet not in table:
+            raise UnicodeError(f"not a GSM-7 septet sequence at 0x{octet & 0xFF:02X}")
+        out.append(table[octet])
+    return "".join(out)
+
+
+def _alphabet(data_coding: int) -> str | None:
+    """GSM-7, UCS-2 or None (8-bit: read as Latin-1) for an SMPP ``data_coding``."""
+    general = 0x10 <= data_coding < 0x40          # a GSM 03.38 coding group 00xx scheme
+    if data_coding == 0x08 or (general and data_coding & 0x0C == 0x08):
+        return UCS2
+    if data_coding == 0x00 or (general and data_coding & 0x0C == 0) or data_coding & 0xF4 == 0xF0:
+        return GSM7
+    return None
+
+
+def decode_text(data_coding: int, payload: bytes) -> str:
+    """The NFC text of an inbound short message (without its UDH); never raises."""
+    alphabet = _alphabet(data_coding)
+    text = None
+    if alphabet == UCS2:
+        text = payload.decode("utf-16-be", errors="replace")
+    elif alphabet == GSM7:
+        try:
+            text = gsm7_decode(payload)
+        except UnicodeError:
+            pass              # some SMSCs pass ASCII or Latin-1 on under the default alphabet
+    return unicodedata.normalize("NFC", payload.decode("latin-1") if text is None else text)
 
 
 # -- delivery receipts ------------------------------------------------------------
@@ -379,14 +442,37 @@ def _tlvs(body: bytes, pos: int) -> dict[int, bytes]:
     return out
 
 
-def decode_deliver_sm(body: bytes) -> tuple[int, bytes, dict[int, bytes], str]:
-    """``(esm_class, short_message, TLVs, source_addr)`` of a deliver_sm/data_sm body."""
-    pos = 0
-    _, pos = _cstring(body, pos)                    # service_type
-    pos += 2                                        # source_addr_ton, npi
-    source, pos = _cstring(body, pos)
-    pos += 2                                        # dest_addr_ton, npi
-    _, pos = _cstring(body, pos)                    # destination_addr
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeliverSM:
+    """What loa reads from a deliver_sm or data_sm: a receipt or a subscriber's SMS."""
+
+    esm_class: int
+    short_message: bytes            # message_payload when short_message is empty
+    tlvs: Mapping[int, bytes]
+    source: str
+    source_ton: int = 0
+    destination: str = ""
+    data_coding: int = 0
+
+    @property
+    def is_receipt(self) -> bool:
+        return bool(self.esm_class & 0x04) or TAG_RECEIPTED_MESSAGE_ID in self.tlvs
+
+
+def _addresses(body: bytes) -> tuple[int, str, str, int]:
+    """``(source_addr_ton, source_addr, destination_addr, position after them)``."""
+    _, pos = _cstring(body, 0)                      # service_type
+    if pos + 2 > len(body):
+        raise ProtocolError("PDU too short")
+    source_ton = body[pos]
+    source, pos = _cstring(body, pos + 2)           # after source_addr_ton, npi
+    destination, pos = _cstring(body, pos + 2)      # after dest_addr_ton, npi
+    return source_ton, source.decode("latin-1"), destination.decode("latin-1"), pos
+
+
+def decode_deliver_sm(body: bytes) -> DeliverSM:
+    """The fields of a deliver_sm body; the text from message_payload if short_message is empty."""
+    source_ton, source, destination, pos = _addresses(body)
     if pos + 3 > len(body):
         raise ProtocolError("deliver_sm too short")
     esm_class = body[pos]
@@ -395,6 +481,7 @@ def decode_deliver_sm(body: bytes) -> tuple[int, bytes, dict[int, bytes], str]:
     _, pos = _cstring(body, pos)                    # validity_period
     if pos + 5 > len(body):
         raise ProtocolError("deliver_sm too short")
+    data_coding = body[pos + 2]                     # after registered_delivery, replace_if_present
     pos += 4                                        # registered_delivery .. sm_default_msg_id
     sm_length = body[pos]
     pos += 1
@@ -404,7 +491,88 @@ def decode_deliver_sm(body: bytes) -> tuple[int, bytes, dict[int, bytes], str]:
     tlvs = _tlvs(body, pos + sm_length)
     if not short_message and TAG_MESSAGE_PAYLOAD in tlvs:
         short_message = tlvs[TAG_MESSAGE_PAYLOAD]
-    return esm_class, short_message, tlvs, source.decode("latin-1")
+    return DeliverSM(esm_class, short_message, tlvs, source, source_ton, destination, data_coding)
+
+
+def _decode_data_sm(body: bytes) -> DeliverSM:
+    source_ton, source, destination, pos = _addresses(body)
+    if pos + 3 > len(body):
+        raise ProtocolError("data_sm too short")
+    tlvs = _tlvs(body, pos + 3)                     # after esm_class, registered_delivery, data_coding
+    return DeliverSM(body[pos], tlvs.get(TAG_MESSAGE_PAYLOAD, b""), tlvs, source, source_ton,
+                     destination, body[pos + 2])
+
+
+# -- inbound SMS --------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Segment:
+    """A part's place in a concatenated inbound SMS."""
+
+    reference: int
+    total: int
+    number: int
+
+
+@dataclasses.dataclass(slots=True)
+class _Partial:
+    """The parts of one concatenated inbound SMS received so far."""
+
+    since: float                    # time.monotonic() of its first arrival
+    deliver: DeliverSM              # a part, for its sender, recipient and data_coding
+    parts: dict[int, bytes] = dataclasses.field(default_factory=dict)
+
+    def complete(self, total: int) -> bool:
+        return all(n in self.parts for n in range(1, total + 1))
+
+    def octets(self) -> bytes:
+        # joined before decoding: a handset may split a UCS-2 surrogate pair or a GSM escape
+        return b"".join(self.parts[n] for n in sorted(self.parts))
+
+
+def _user_data(deliver: DeliverSM) -> tuple[bytes, _Segment | None]:
+    """The text octets of an inbound SMS (without its UDH) and its place if it is a part."""
+    data = deliver.short_message
+    segment = _sar_segment(deliver.tlvs)
+    if deliver.esm_class & UDHI and data:
+        header, data = data[1:1 + data[0]], data[1 + data[0]:]
+        segment = _udh_segment(header) or segment
+    return data, segment if segment is not None and segment.total > 1 else None
+
+
+def _udh_segment(header: bytes) -> _Segment | None:
+    """The concatenation element (8- or 16-bit reference) of a user data header."""
+    pos = 0
+    while pos + 2 <= len(header):
+        iei, length = header[pos], header[pos + 1]
+        value = header[pos + 2:pos + 2 + length]
+        if iei == 0x00 and length == 3:
+            return _Segment(value[0], value[1], value[2])
+        if iei == 0x08 and length == 4:
+            return _Segment(int.from_bytes(value[:2], "big"), value[2], value[3])
+        pos += 2 + length
+    return None
+
+
+def _sar_segment(tlvs: Mapping[int, bytes]) -> _Segment | None:
+    """Concatenation told by the sar_* TLVs, which some SMSCs use instead of a UDH."""
+    try:
+        return _Segment(int.from_bytes(tlvs[TAG_SAR_MSG_REF_NUM], "big"),
+                        tlvs[TAG_SAR_TOTAL_SEGMENTS][0], tlvs[TAG_SAR_SEGMENT_SEQNUM][0])
+    except (KeyError, IndexError):
+        return None
+
+
+def _sender(deliver: DeliverSM) -> str:
+    international = deliver.source_ton == 1 and deliver.source.isdigit()
+    return f"+{deliver.source}" if international else deliver.source
+
+
+def _mo_id(deliver: DeliverSM, text: str, at: datetime) -> str:
+    """An id for an SMS that SMPP gives none: a re-delivery of it the same day gets the same one."""
+    day = at.astimezone(MO_DAY_ZONE).strftime("%Y%m%d")
+    digest = hashlib.sha256(f"{deliver.source}\x00{deliver.destination}\x00{text}".encode())
+    return f"mo-{day}-{digest.hexdigest()[:20]}"
 
 
 # -- one bind -----------------------------------------------------------------------
@@ -611,26 +779,10 @@ class _Session:
                 return False
             return True
         if cid in (DELIVER_SM, DATA_SM):
-            status = ESME_ROK
             try:
-                esm_class, short_message, tlvs, source = decode_deliver_sm(pdu.body) \
-                    if cid == DELIVER_SM else _decode_data_sm(pdu.body)
-            except ProtocolError as exc:
-                log.warning("gateway %s: malformed deliver_sm acknowledged and dropped: %s",
-                            self.provider.name, exc)
-            else:
-                if esm_class & 0x04 or TAG_RECEIPTED_MESSAGE_ID in tlvs:
-                    receipt = _receipt_from(short_message, tlvs)
-                    if receipt is None:
-                        log.warning("gateway %s: unreadable receipt %r", self.provider.name,
-                                    short_message[:120])
-                    else:
-                        self.provider.on_receipt(receipt)
-                else:
-                    # The Provider contract has no hook for SMPP MO traffic.
-                    log.info("gateway %s: inbound SMS from %s acknowledged, not processed",
-                             self.provider.name, _mask(source))
-            self.answer("deliver_sm_resp" if cid == DELIVER_SM else "data_sm_resp", pdu, status)
+                self._take_delivery(pdu)
+            finally:        # answered whatever became of it: the SMSC would re-send it
+                self.answer("deliver_sm_resp" if cid == DELIVER_SM else "data_sm_resp", pdu)
             return True
         if cid == ENQUIRE_LINK:
             self.answer("enquire_link_resp", pdu)
@@ -645,6 +797,25 @@ class _Session:
         nack.sequence = pdu.sequence
         self.write(nack.generate())
         return True
+
+    def _take_delivery(self, pdu: RawPDU) -> None:
+        """A receipt goes to the provider's receipts, a subscriber's SMS to its inbound queue."""
+        try:
+            deliver = decode_deliver_sm(pdu.body) if pdu.command_id == DELIVER_SM \
+                else _decode_data_sm(pdu.body)
+        except ProtocolError as exc:
+            log.warning("gateway %s: malformed deliver_sm acknowledged and dropped: %s",
+                        self.provider.name, exc)
+            return
+        if not deliver.is_receipt:
+            self.provider.on_inbound(deliver)
+            return
+        receipt = _receipt_from(deliver.short_message, deliver.tlvs)
+        if receipt is None:
+            log.warning("gateway %s: unreadable receipt %r", self.provider.name,
+                        deliver.short_message[:120])
+        else:
+            self.provider.on_receipt(receipt)
 
     # -- keepalive thread ------------------------------------------------------
     def _keepalive(self) -> None:
@@ -695,26 +866,22 @@ class _Session:
                 t.join(timeout)
 
 
-def _decode_data_sm(body: bytes) -> tuple[int, bytes, dict[int, bytes], str]:
-    pos = 0
-    _, pos = _cstring(body, pos)        # service_type
-    pos += 2
-    source, pos = _cstring(body, pos)
-    pos += 2
-    _, pos = _cstring(body, pos)
-    if pos + 3 > len(body):
-        raise ProtocolError("data_sm too short")
-    esm_class = body[pos]
-    tlvs = _tlvs(body, pos + 3)         # esm_class, registered_delivery, data_coding
-    return esm_class, tlvs.get(TAG_MESSAGE_PAYLOAD, b""), tlvs, source.decode("latin-1")
-
-
 def _message_id(pdu: RawPDU) -> str:
     if not pdu.body:
         return ""
     end = pdu.body.find(b"\x00")
     raw = pdu.body if end < 0 else pdu.body[:end]
     return raw.decode("latin-1").strip()
+
+
+def _drain(queue: collections.deque[Any]) -> list[Any]:
+    """Everything queued so far, taken while the reader may still be appending."""
+    out = []
+    while True:
+        try:
+            out.append(queue.popleft())
+        except IndexError:
+            return out
 
 
 def _mask(phone: str) -> str:
@@ -798,6 +965,9 @@ class SMPPProvider(Provider):
         self._track_lock = threading.Lock()
         self._tracked: collections.OrderedDict[str, tuple[_Track, int]] = collections.OrderedDict()
         self._receipts: collections.deque[DeliveryReceipt] = collections.deque()
+        self._inbound: collections.deque[InboundMessage] = collections.deque()
+        self._partial: dict[tuple[str, str, int, int], _Partial] = {}
+        self._inbound_lock = threading.Lock()
 
     # -- option parsing ----------------------------------------------------------
     def _text(self, name: str, limit: int, required: bool = False) -> str:
@@ -1096,12 +1266,47 @@ class SMPPProvider(Provider):
         return datetime.now(UTC)
 
     def fetch_receipts(self) -> list[DeliveryReceipt]:
-        out: list[DeliveryReceipt] = []
-        while True:
-            try:
-                out.append(self._receipts.popleft())
-            except IndexError:
-                return out
+        return _drain(self._receipts)
+
+    # -- inbound SMS -----------------------------------------------------------------
+    def on_inbound(self, deliver: DeliverSM) -> None:
+        """Called by the reader for a subscriber's SMS; queued whole for fetch_inbound."""
+        data, segment = _user_data(deliver)
+        if segment is None:
+            self._queue_inbound(deliver, data)
+            return
+        key = (deliver.source, deliver.destination, segment.reference, segment.total)
+        with self._inbound_lock:
+            waiting = self._partial.setdefault(key, _Partial(time.monotonic(), deliver))
+            waiting.parts[segment.number] = data
+            if not waiting.complete(segment.total):
+                return
+            del self._partial[key]
+        self._queue_inbound(deliver, waiting.octets())
+
+    def _queue_inbound(self, deliver: DeliverSM, data: bytes) -> None:
+        text = decode_text(deliver.data_coding, data)
+        at = datetime.now(UTC)
+        self._inbound.append(InboundMessage(phone=_sender(deliver), text=text, at=at,
+                                            provider_id=_mo_id(deliver, text, at)))
+        log.info("gateway %s: inbound SMS from %s", self.name, _mask(deliver.source))
+
+    def _flush_partial(self) -> None:
+        """Hand over messages whose parts stopped coming, if their first part came: the
+        first words decide an opt-out, and a refusal must not wait for a lost part."""
+        limit = time.monotonic() - PARTS_WAIT
+        with self._inbound_lock:
+            stale = [self._partial.pop(k) for k, w in list(self._partial.items()) if w.since < limit]
+        for waiting in stale:
+            if 1 in waiting.parts:
+                self._queue_inbound(waiting.deliver, waiting.octets())
+            else:
+                log.warning("gateway %s: inbound SMS from %s dropped: its first part never came",
+                            self.name, _mask(waiting.deliver.source))
+
+    def fetch_inbound(self) -> list[InboundMessage]:
+        self._flush_partial()
+        return _drain(self._inbound)
 
     # -- check and close --------------------------------------------------------------
     def check(self) -> str:

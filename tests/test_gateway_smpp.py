@@ -19,11 +19,16 @@ import pytest
 from smpplib import gsm as smpplib_gsm
 from sqlalchemy.engine import Engine
 from test_gateways_cli import CASES, add_gateway, outbox_rows, plan_campaign
+from test_web import dnc, events, outbox, subscriber
 
+from loa import db
 from loa import text as loa_text
+from loa.campaign import load_one
 from loa.config import load
 from loa.dispatch import Dispatcher
-from providers import registry
+from loa.plan import plan_run
+from loa.web import DEFAULT_OPT_OUT_REPLY
+from providers import registry, smpp
 from providers.base import (
     AuthError,
     ConfigError,
@@ -33,7 +38,15 @@ from providers.base import (
     ThrottledError,
 )
 from providers.fakes.smpp import FakeSMSC, gsm7_decode
-from providers.smpp import ParsedReceipt, SMPPProvider, encode_parts, gsm7_encode, parse_receipt_text
+from providers.smpp import (
+    DeliverSM,
+    ParsedReceipt,
+    SMPPProvider,
+    decode_text,
+    encode_parts,
+    gsm7_encode,
+    parse_receipt_text,
+)
 
 PHONE = "+84912345678"
 VIETNAMESE = (
@@ -246,6 +259,69 @@ def test_receipt_done_date_in_the_smsc_timezone(provider: SMPPProvider,
     assert r.at is not None and r.at.isoformat() == "2020-08-17T08:30:00+00:00"
 
 
+# -- inbound SMS (mobile-originated deliver_sm) --------------------------------------------
+
+def test_inbound_sms_are_answered_decoded_and_queued_apart_from_receipts(
+        smsc: FakeSMSC, provider: SMPPProvider) -> None:
+    sent = provider.send(msg("k1", "Xin chao"))                 # binds; its receipt follows
+    long_reply = "Cảm ơn rất nhiều, tôi đã cài Bluezone rồi 😀 và sẽ nhắc cả nhà cùng cài nhé!"
+    assert smsc.send_mo("+84912000001", "STOP")                  # GSM-7
+    assert smsc.send_mo("84912000002", "Tu chối")                # UCS-2
+    assert smsc.send_mo("+84912000003", long_reply, part_size=20)   # 4 parts with a UDH
+    assert smsc.send_mo("+84912000004", "huy " * 30, part_size=50, concat="sar")
+    assert smsc.wait_for(lambda: len(smsc.receipt_acks) == 1 + 1 + 1 + 4 + 3)
+    assert set(smsc.receipt_acks) == {0}                         # every deliver_sm answered ROK
+
+    inbound = provider.fetch_inbound()
+    assert [(m.phone, m.text) for m in inbound] == [
+        ("+84912000001", "STOP"), ("+84912000002", "Tu chối"),
+        ("+84912000003", long_reply), ("+84912000004", "huy " * 30)]
+    assert all(m.at.tzinfo is not None and m.provider_id for m in inbound)
+    assert provider.fetch_inbound() == []
+    # the receipt is still a receipt, and no inbound SMS became one
+    assert [(r.key, r.provider_id, r.status) for r in provider.fetch_receipts()] == [
+        ("k1", sent.provider_id, "delivered")]
+
+
+def test_an_inbound_sms_delivered_twice_keeps_its_id(smsc: FakeSMSC, provider: SMPPProvider) -> None:
+    provider.send(msg())
+    for text in ("TC", "TC", "tc"):
+        assert smsc.send_mo("+84912000001", text)
+    first, again, other = provider.fetch_inbound()
+    assert first.provider_id == again.provider_id != other.provider_id
+    assert first.provider_id.startswith("mo-")
+
+
+def _part(source: str, number: int, text: str) -> DeliverSM:
+    udh = bytes([5, 0, 3, 9, 2, number])
+    return DeliverSM(esm_class=0x40, short_message=udh + gsm7_encode(text), tlvs={},
+                     source=source, source_ton=1, destination="1234")
+
+
+def test_a_message_whose_parts_stop_coming_goes_on_if_its_first_part_came(
+        provider: SMPPProvider, monkeypatch: pytest.MonkeyPatch) -> None:
+    provider.on_inbound(_part("84912000001", 1, "HUY dang ky, "))   # part 2 is lost
+    provider.on_inbound(_part("84912000002", 2, "stop it"))        # part 1 is lost
+    assert provider.fetch_inbound() == []                            # still waiting
+    monkeypatch.setattr(smpp, "PARTS_WAIT", 0.0)
+    [m] = provider.fetch_inbound()
+    assert (m.phone, m.text) == ("+84912000001", "HUY dang ky, ")   # the first words decide
+    assert provider.fetch_inbound() == []
+
+
+@pytest.mark.parametrize(("data_coding", "payload", "text"), [
+    (0x00, gsm7_encode("Δ@ §x €"), "Δ@ §x €"),
+    (0x00, "Hủy".encode("latin-1", "replace"), "H?y"),               # not septets: read as Latin-1
+    (0x08, "Hủy".encode("utf-16-be"), "Hủy"),
+    (0x18, "Hủy".encode("utf-16-be"), "Hủy"),                         # UCS-2, with a message class
+    (0xF1, gsm7_encode("TC"), "TC"),
+    (0x03, "café".encode("latin-1"), "café"),
+    (0x08, "Hu\u0309y".encode("utf-16-be"), "Hủy"),                   # decomposed: NFC
+])
+def test_inbound_text_decoding(data_coding: int, payload: bytes, text: str) -> None:
+    assert decode_text(data_coding, payload) == text
+
+
 # -- command status mapping --------------------------------------------------------------
 
 @pytest.mark.parametrize("status", [0x58, 0x14])
@@ -450,6 +526,60 @@ def test_a_campaign_goes_out_through_loa_and_its_receipts_come_back(
     finally:
         dispatcher.pool.close()
     assert smsc.unbinds == 1
+
+
+def test_an_smpp_opt_out_reply_opts_out_at_once_and_is_confirmed_once_through_the_bind(
+        smsc: FakeSMSC, workdir: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    (smpp_case,) = [c for c in CASES if c.name == "smpp"]
+    add_gateway(workdir, smpp_case.section(str(smsc.port)))
+    monkeypatch.setenv("LOA_TEST_SMPP_PASSWORD", smsc.password)
+    refuser, thanker, other = phones = ["+84912000001", "+84912000002", "+84912000003"]
+    first = plan_campaign(workdir, engine, "sms", "smpp", phones)
+    config = load(workdir / "config.toml")
+    dispatcher = Dispatcher(engine, config, threads=2)
+    try:
+        dispatcher.run_until_empty()                      # binds
+        assert smsc.wait_for(lambda: len(smsc.receipt_acks) == 3)
+        dispatcher.poll()                                 # receipts are still receipts
+        assert [state for state, _ in outbox_rows(engine, first)] == ["delivered"] * 3
+        assert dispatcher.summary.inbound == 0
+        # the next run is planned before anyone replies
+        later = plan_run(engine, config, load_one(workdir / "campaigns", "hello"),
+                         scheduled_for=db.utcnow()).run_id
+        assert {p: r["state"] for p, r in outbox(engine, later).items()} == dict.fromkeys(phones, "planned")
+
+        assert smsc.send_mo(refuser, "Tu chối")
+        dispatcher.poll()
+        assert dispatcher.summary.inbound == 1
+        assert subscriber(engine, refuser)["opted_out_at"] is not None
+        assert dnc(engine) == {refuser: "reply:smpp"}
+        [event] = events(engine, refuser)
+        assert (event["type"], event["attributes"]) == ("opted_out", {"text": "Tu chối"})
+        confirmations = [m.text for m in smsc.messages(refuser)][1:]   # after the first run's
+        assert confirmations == [DEFAULT_OPT_OUT_REPLY]
+
+        # the SMSC delivers the same SMS again: handled once, confirmed once
+        assert smsc.send_mo(refuser, "Tu chối")
+        dispatcher.poll()
+        assert len(smsc.messages(refuser)) == 2 and len(events(engine, refuser)) == 1
+
+        # a plain reply is recorded and opts nobody out
+        assert smsc.send_mo(thanker, "cảm ơn")
+        dispatcher.poll()
+        assert [(e["type"], e["attributes"]) for e in events(engine, thanker)] == [
+            ("replied", {"text": "cảm ơn"})]
+        assert subscriber(engine, thanker)["opted_out_at"] is None and thanker not in dnc(engine)
+        assert len(smsc.messages(thanker)) == 1
+
+        # the planned message to the refuser is held back at send time
+        dispatcher.run_until_empty()
+        rows = outbox(engine, later)
+        assert (rows[refuser]["state"], rows[refuser]["reason"]) == ("suppressed", "opted_out")
+        assert {rows[thanker]["state"], rows[other]["state"]} <= {"sent", "delivered"}
+        assert len(smsc.messages(refuser)) == 2 and len(smsc.messages(other)) == 2
+    finally:
+        dispatcher.pool.close()
+    assert set(smsc.receipt_acks) == {0}
 
 
 # -- encoding --------------------------------------------------------------------------------

@@ -14,6 +14,9 @@ connection from its own thread:
   text "id:... sub:001 dlvrd:001 submit date:... done date:... stat:DELIVRD
   err:000 text:" and the TLVs receipted_message_id + message_state.
 * ``enquire_link`` and ``unbind`` are answered (unbind then closes).
+* :meth:`send_mo` plays a subscriber: a mobile-originated SMS as ``deliver_sm``
+  (esm_class without the receipt bit), GSM-7 or UCS-2, optionally in
+  concatenated parts (a UDH, or the ``sar_*`` TLVs).
 
 Test controls: :meth:`queue_status` (e.g. throttle the next N submits with
 0x58, optionally for one destination), :meth:`drop_after` (close the
@@ -22,7 +25,8 @@ submit_sm), :meth:`hold` / :meth:`release` (keep answers back), the receipt
 ``receipt_stat`` rule, :meth:`send_enquire_link`, :meth:`send_unbind`,
 :meth:`wait_for` (block on a condition instead of sleeping), and what was
 observed: ``submits``, ``binds``, ``unbinds``, ``enquire_links``,
-``receipts_sent``, ``receipt_acks``, ``max_outstanding``.
+``receipts_sent``, ``mo_sent``, ``receipt_acks`` (every deliver_sm_resp,
+receipt or inbound SMS), ``max_outstanding``.
 
 PDUs are encoded and decoded with smpplib (``smpplib.smpp``), independently
 of the provider's own reader.
@@ -43,7 +47,7 @@ from typing import Any
 
 from smpplib import smpp as smpp_pdu
 
-__all__ = ["FakeSMSC", "Submit", "gsm7_decode"]
+__all__ = ["FakeSMSC", "Submit", "gsm7_decode", "gsm7_encode"]
 
 ESME_ROK = 0x00
 ESME_RINVCMDID = 0x03
@@ -63,6 +67,18 @@ _GSM_BASIC = (
 )
 _GSM_EXT = {0x0A: "\f", 0x14: "^", 0x28: "{", 0x29: "}", 0x2F: "\\", 0x3C: "[",
             0x3D: "~", 0x3E: "]", 0x40: "|", 0x65: "€"}
+
+
+_GSM_CODES = {**{ch: bytes([i]) for i, ch in enumerate(_GSM_BASIC) if i != 0x1B},
+              **{ch: bytes([0x1B, code]) for code, ch in _GSM_EXT.items()}}
+
+
+def gsm7_encode(text: str) -> bytes | None:
+    """Unpacked GSM 03.38 septets for ``text``, or None if the alphabet cannot carry it."""
+    try:
+        return b"".join(_GSM_CODES[ch] for ch in text)
+    except KeyError:
+        return None
 
 
 def gsm7_decode(data: bytes) -> str:
@@ -242,6 +258,7 @@ class FakeSMSC:
         self.unbind_resps = 0              # answers to our unbind
         self.receipts_sent: list[tuple[str, str]] = []   # (message_id, stat)
         self.receipt_acks: list[int] = []  # command_status of each deliver_sm_resp
+        self.mo_sent: list[tuple[str, str]] = []   # (source_addr, text) of each send_mo
         self.nacks: list[int] = []
         self.connections_opened = 0
         self.max_outstanding = 0
@@ -362,6 +379,49 @@ class FakeSMSC:
         for c in conns:
             c.close()
         return ok
+
+    def send_mo(self, source: str, text: str, *, destination: str = "1234",
+                part_size: int | None = None, concat: str = "udh", timeout: float = 5.0) -> bool:
+        """A subscriber at ``source`` texts ``text`` to ``destination``: deliver_sm on the
+        newest bound connection, GSM-7 if the alphabet can carry it, else UCS-2; in parts of
+        ``part_size`` characters joined by a UDH (``concat="udh"``) or the sar_* TLVs
+        (``"sar"``) when given.  True once every part's deliver_sm_resp came back."""
+        with self._lock:
+            conns = [c for c in self._conns.values() if c.bound and not c.closed]
+            want = len(self.receipt_acks)
+        if not conns:
+            return False
+        pdus = self._mo_pdus(source, text, destination, part_size, concat)
+        for pdu in pdus:
+            if not conns[-1].send(pdu):
+                return False
+        with self._lock:
+            self.mo_sent.append((source, text))
+            self.changed.notify_all()
+        return self.wait_for(lambda: len(self.receipt_acks) >= want + len(pdus), timeout)
+
+    def _mo_pdus(self, source: str, text: str, destination: str, part_size: int | None,
+                 concat: str) -> list[Any]:
+        gsm = gsm7_encode(text)
+        coding = 0x00 if gsm is not None else 0x08
+        size = part_size or len(text) or 1
+        chunks = [text[i:i + size] for i in range(0, len(text), size)] or [""]
+        ref = next(self._ids) & 0xFF
+        pdus = []
+        for seq, chunk in enumerate(chunks, start=1):
+            data = gsm7_encode(chunk) if coding == 0x00 else chunk.encode("utf-16-be")
+            fields: dict[str, Any] = {"esm_class": 0, "short_message": data}
+            if len(chunks) > 1 and concat == "udh":
+                fields = {"esm_class": 0x40,
+                          "short_message": bytes([5, 0, 3, ref, len(chunks), seq]) + (data or b"")}
+            elif len(chunks) > 1:
+                fields |= {"sar_msg_ref_num": ref, "sar_total_segments": len(chunks),
+                           "sar_segment_seqnum": seq}
+            pdus.append(smpp_pdu.make_pdu(
+                "deliver_sm", client=self._seq, service_type="", source_addr_ton=1,
+                source_addr_npi=1, source_addr=_digits(source), dest_addr_ton=0, dest_addr_npi=1,
+                destination_addr=destination, data_coding=coding, **fields))
+        return pdus
 
     def close_connections(self) -> None:
         """Hang up on every client without a word."""
