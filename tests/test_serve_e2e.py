@@ -9,11 +9,11 @@ Judged from outside: what the gateway received, and the ledger.
 
 from __future__ import annotations
 
-import os
+import re
 import signal
 from collections import Counter
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -66,7 +66,7 @@ def configure(workdir: Path, url: str) -> None:
     """)
 
 
-def schedule_reminder(workdir: Path, seconds_from_now: int) -> None:
+def schedule_reminder(workdir: Path, seconds_from_now: int) -> datetime:
     at = (db.utcnow() + timedelta(seconds=seconds_from_now)).replace(microsecond=0)
     write(workdir / "campaigns" / "reminder.toml", f"""
         name = "reminder"
@@ -84,6 +84,7 @@ def schedule_reminder(workdir: Path, seconds_from_now: int) -> None:
         start = "00:00"
         end = "23:59:59.999999"
     """)
+    return at
 
 
 def post_arrivals(service: Served, phones: list[str]) -> dict:
@@ -114,10 +115,13 @@ def test_two_services_greet_arrivals_and_survive_kills_without_duplicates(
         configure(workdir, srv.url)
         import_people(engine, workdir, PEOPLE)      # phones 0912000000.. in Sơn La's districts
         phones = [f"0912{i:06d}" for i in range(PEOPLE)]
-        schedule_reminder(workdir, 25 if pg else 35)
+        at = schedule_reminder(workdir, 25 if pg else 35)
 
         a = served("--workers", "1")
         wait_for(a.is_leader, 15, message="a to lead the scheduler")
+        fire = wait_for(lambda: re.search(r'^loa_next_fire_time_seconds\{campaign="reminder"\} (\d+)$',
+                                          a.get("/metrics").text, re.M), 10, message="the next fire time in /metrics")
+        assert int(fire.group(1)) == int(at.timestamp())     # the leader says when it will fire
         b = served("--workers", "1")
 
         # the first half arrive; bad arrivals are rejected with a reason and the rest go in
