@@ -490,15 +490,20 @@ def gateways_check(app: App, name: str) -> None:
 @main.command()
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Work here instead of a temporary directory (kept afterwards).")
-@click.option("--subscribers", type=click.IntRange(1000, 2_000_000), default=60_000, show_default=True)
+@click.option("--gateway", type=click.Choice(["simulator", "twilio", "zalo", "esms", "smpp"]), default="simulator",
+              show_default=True, help="Send through the simulator, or through a real gateway's adapter against "
+              "its loopback fake (providers/fakes/), started in this process on 127.0.0.1.")
+@click.option("--subscribers", type=click.IntRange(1000, 2_000_000), default=None,
+              help="Synthetic subscribers [default: 60,000 with the simulator; 2,000 through a fake, which "
+              "answers each message over the network].")
 @click.option("--seed", type=int, default=2020, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @fail_cleanly
-def demo(directory: Path | None, subscribers: int, seed: int, fmt: str) -> None:
-    """A whole campaign on SQLite: Sơn La's Bluezone reminder through the simulator."""
+def demo(directory: Path | None, gateway: str, subscribers: int | None, seed: int, fmt: str) -> None:
+    """A whole campaign on SQLite: Sơn La's Bluezone reminder through the simulator or a gateway's fake."""
     from loa.demo import run_demo
 
-    run_demo(directory, subscribers=subscribers, seed=seed, fmt=fmt, console=out)
+    run_demo(directory, subscribers=subscribers, seed=seed, fmt=fmt, console=out, gateway=gateway)
 
 
 

@@ -3,4 +3,6 @@
 Each fake is a real server on 127.0.0.1 (port 0 by default) that answers as the
 service documents: its paths, status codes, bodies and error codes.  Each one
 records every request it receives, so tests can assert what reached the wire.
+Each also runs on its own until Ctrl-C, printing its address and test
+credentials: ``python -m providers.fakes.NAME --port N`` (0 for a free port).
 """

@@ -21,10 +21,14 @@ SmsType 1 as the current docs imply.  :meth:`deliver` calls the message's
 CallbackUrl with HTTP GET the way eSMS does.
 
 ``with FakeESMS() as fake: fake.url`` -> ``http://127.0.0.1:<port>/MainService.svc/json/``.
+
+Run one with ``python -m providers.fakes.esms --port 8767``.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -392,3 +396,24 @@ class FakeESMS:
         with self.lock:
             smsid = self._by_request_id.get(request_id)
             return self.messages.get(smsid) if smsid else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m providers.fakes.esms",
+                                description="Run a loopback fake of eSMS.vn's brandname SMS API.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8767)
+    p.add_argument("--brandname", default="LOA")
+    p.add_argument("--latency", type=float, default=0.0)
+    args = p.parse_args(argv)
+    with FakeESMS(host=args.host, port=args.port, brandnames=(args.brandname,), latency=args.latency) as fake:
+        print(f"fake eSMS at {fake.url}\nbrandname  = {args.brandname}\napi_key    = {fake.api_key}\n"
+              f"secret_key = {fake.secret_key}   (export them; name them with api_key_env and secret_key_env)",
+              flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()   # until Ctrl-C: the server answers from its own threads
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

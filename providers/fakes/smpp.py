@@ -30,11 +30,15 @@ receipt or inbound SMS), ``max_outstanding``.
 
 PDUs are encoded and decoded with smpplib (``smpplib.smpp``), independently
 of the provider's own reader.
+
+Run one with ``python -m providers.fakes.smpp --port 2775``.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
+import contextlib
 import dataclasses
 import itertools
 import socket
@@ -661,3 +665,25 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
         chunks.append(chunk)
         size -= len(chunk)
     return b"".join(chunks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m providers.fakes.smpp",
+                                description="Run a loopback fake SMSC speaking SMPP 3.4, with delivery receipts.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=2775)
+    p.add_argument("--system-id", default="loa")
+    p.add_argument("--password", default="secret")
+    p.add_argument("--receipt-delay", type=float, default=0.0, help="seconds before each deliver_sm receipt")
+    args = p.parse_args(argv)
+    with FakeSMSC(host=args.host, port=args.port, system_id=args.system_id, password=args.password,
+                  receipt_delay=args.receipt_delay) as smsc:
+        print(f"fake SMSC (SMPP 3.4) at {smsc.host}:{smsc.port}\nsystem_id = {smsc.system_id}\n"
+              f"password  = {smsc.password}   (export it; name it with password_env)", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()   # until Ctrl-C: the server answers from its own threads
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
