@@ -107,6 +107,7 @@ def _parts(content: str, unicode: bool) -> int:
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128   # the default backlog of 5 drops connections under a sender's threads
     app: FakeESMS
 
     def handle_error(self, request: Any, client_address: Any) -> None:

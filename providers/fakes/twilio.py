@@ -125,6 +125,7 @@ class _Failure:
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128   # the default backlog of 5 drops connections under a sender's threads
     fake: FakeTwilio
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -134,6 +135,9 @@ class _HTTPServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     server_version = "loa-fake-twilio/1"
+    # headers and body go out in separate writes: with Nagle on, each answer on a kept-alive
+    # connection waits for the client\'s delayed ACK (~40 ms)
+    disable_nagle_algorithm = True
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002

@@ -60,6 +60,7 @@ class RecordedRequest:
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128   # the default backlog of 5 drops connections under a sender's threads
     fake: FakeZalo
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -69,6 +70,9 @@ class _HTTPServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     server_version = "fake-zalo/1"
+    # headers and body go out in separate writes: with Nagle on, each answer on a kept-alive
+    # connection waits for the client\'s delayed ACK (~40 ms)
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass
