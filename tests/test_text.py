@@ -237,4 +237,4 @@ def _septets(part: str) -> int:
 def _units(part: str, encoding: str) -> int:
     if encoding == "GSM-7":
         return _septets(part)
-    return len(part.encode("utf-16-le")) // 2
+    return len(part.encode("utf-16-le", "surrogatepass")) // 2   # a lone surrogate is one unit too
