@@ -289,3 +289,32 @@ def test_resolve_settings_refuses_literal_for_declared_secret(tmp_path: Path) ->
     spec = spec_for(tmp_path, 'pin = "1234"\n')
     with pytest.raises(ConfigError, match=r"gateways\.tw\.pin: literal secrets are not allowed; write pin_env"):
         resolve_settings(spec, [Setting("pin", secret=True)])
+
+
+def test_the_example_configuration_loads_with_every_commented_section_enabled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.example.toml is what users copy: as shipped, and with every commented-out
+    gateway, digest and serve setting switched on, it must load and build every gateway."""
+    import re
+
+    from loa.gateways import build
+
+    example = Path(__file__).resolve().parent.parent / "config.example.toml"
+    assert load(example).gateway("simulator").type == "simulator"
+    text = example.read_text(encoding="utf-8")
+    enabled = re.sub(r"(?m)^# (?=\[|[a-z_]+ += )", "", text)
+    assert enabled.count("[gateways.") == text.count("[gateways.") and "\n[digest]" in enabled
+    path = tmp_path / "config.toml"
+    path.write_text(enabled, encoding="utf-8")
+    for var in set(re.findall(r'_env = "([A-Z_]+)"', enabled)):
+        # values of the right shape: the adapters check them (an SMPP password has at most 8 characters)
+        monkeypatch.setenv(var, {"TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "SMPP_PASSWORD": "secret1"}.get(var, "example"))
+    config = load(path)
+    assert config.digest is not None and list(config.digest.formats) == ["html", "csv"]
+    assert set(config.gateways) == {"simulator", "simulator-http", "dry-run", "twilio", "zalo", "esms", "smsc"}
+    for name in config.gateways:
+        gateway = build(config, name)
+        try:
+            assert gateway.rate > 0
+        finally:
+            gateway.provider.close()
