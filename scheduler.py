@@ -13,7 +13,7 @@ supports exactly one scheduler per job store, which is what loa runs.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
@@ -30,6 +30,7 @@ from loa.campaign import Campaign, load_all
 from loa.config import Config
 from loa.cron import cron_trigger
 from loa.plan import PlanResult, ensure_campaign, plan_run
+from loa.state import DatabaseStateStore
 
 log = logging.getLogger("loa.scheduler")
 
@@ -40,6 +41,8 @@ RELOAD_POLL_SECONDS = 5
 # At most this many missed fire times are recorded per campaign when a scheduler starts
 # after a long stop (an interval campaign down for a month would otherwise add thousands).
 MISSED_RECORD_LIMIT = 500
+# `every = "6h"` without a start date counts from local midnight of this day: 00:00, 06:00, ...
+INTERVAL_EPOCH = date(2000, 1, 1)
 
 
 def trigger_for(campaign: Campaign, tz: ZoneInfo) -> BaseTrigger:
@@ -56,17 +59,22 @@ def trigger_for(campaign: Campaign, tz: ZoneInfo) -> BaseTrigger:
     if spec.cron:
         return cron_trigger(spec.cron, tz, start_date=start, end_date=end)
     if spec.every:
-        return IntervalTrigger(seconds=spec.every, start_date=start, end_date=end, timezone=tz)
+        # Anchored, so that every trigger built for the campaign (the job's, a firing's, a
+        # catch-up's) counts the same times: unanchored, APScheduler counts from "now".
+        anchor = start or datetime.combine(INTERVAL_EPOCH, time(0), tz)
+        return IntervalTrigger(seconds=spec.every, start_date=anchor, end_date=end, timezone=tz)
     at = spec.at if spec.at and spec.at.tzinfo else (spec.at.replace(tzinfo=tz) if spec.at else None)
     return DateTrigger(run_date=at, timezone=tz)
 
 
-def fire_times(trigger: BaseTrigger, after: datetime, before: datetime) -> list[datetime]:
+def fire_times(trigger: BaseTrigger, after: datetime, before: datetime | None = None,
+               limit: int | None = None) -> list[datetime]:
     """The trigger's fire times in the open interval (``after``, ``before``), oldest first."""
     times: list[datetime] = []
     fire = trigger.get_next_fire_time(None, after + timedelta(microseconds=1))
-    while fire is not None and fire < before:
-        times.append(fire)
+    while fire is not None and (before is None or fire < before) and (limit is None or len(times) < limit):
+        if fire > after:   # a DateTrigger answers its one date whatever "now" it is given
+            times.append(fire)
         fire = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
     return times
 
@@ -74,20 +82,12 @@ def fire_times(trigger: BaseTrigger, after: datetime, before: datetime) -> list[
 def request_reload(engine: Engine) -> str:
     """Ask the active scheduler, wherever it runs, to re-read the campaign files."""
     stamp = db.utcnow().isoformat()
-    gateway, key = RELOAD_STATE
-    with engine.begin() as conn:
-        stmt = db.insert_for(conn, db.gateway_state).values(gateway=gateway, key=key, value=stamp,
-                                                            updated_at=db.utcnow())
-        conn.execute(stmt.on_conflict_do_update(index_elements=["gateway", "key"],
-                                                set_={"value": stamp, "updated_at": stmt.excluded.updated_at}))
+    DatabaseStateStore(engine, RELOAD_STATE[0]).set(RELOAD_STATE[1], stamp)
     return stamp
 
 
 def _reload_requested(engine: Engine) -> str | None:
-    gateway, key = RELOAD_STATE
-    with engine.connect() as conn:
-        return conn.scalar(select(db.gateway_state.c.value).where(db.gateway_state.c.gateway == gateway,
-                                                                  db.gateway_state.c.key == key))
+    return DatabaseStateStore(engine, RELOAD_STATE[0]).get(RELOAD_STATE[1])
 
 
 def scheduled_time(trigger: BaseTrigger, now: datetime, grace: float) -> datetime | None:
@@ -96,13 +96,8 @@ def scheduled_time(trigger: BaseTrigger, now: datetime, grace: float) -> datetim
     APScheduler 3 does not pass the scheduled time to the job, and the run's
     identity must be the scheduled time, not the moment the job happened to run.
     """
-    earliest = now - timedelta(seconds=grace)
-    fire = trigger.get_next_fire_time(None, earliest)
-    latest = None
-    while fire is not None and fire <= now:
-        latest = fire
-        fire = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
-    return latest.astimezone(UTC) if latest else None
+    times = fire_times(trigger, now - timedelta(seconds=grace, microseconds=1), now + timedelta(microseconds=1))
+    return times[-1].astimezone(UTC) if times else None
 
 
 class CampaignScheduler:
@@ -237,8 +232,10 @@ class CampaignScheduler:
                  "status": "missed", "definition": campaign.snapshot(), "created_at": now, "note": reason}
                 for t in times
             ])
-            conn.execute(stmt.on_conflict_do_nothing(index_elements=["campaign_id", "scheduled_for"]))
-        for t in times:
+            # only the times not already on record: a second start must not report them again
+            recorded = conn.execute(stmt.on_conflict_do_nothing(index_elements=["campaign_id", "scheduled_for"])
+                                    .returning(r.c.scheduled_for)).scalars().all()
+        for t in sorted(recorded):
             log.warning("campaign %s: run of %s missed: %s", campaign.name, t.astimezone(tz).isoformat(), reason)
 
     def _missed(self, event: JobExecutionEvent) -> None:
@@ -299,21 +296,11 @@ def _last_scheduled(conn: Connection, name: str) -> datetime | None:
 
 
 def next_runs(config: Config, count: int = 3, now: datetime | None = None) -> dict[str, list[datetime]]:
-    """The next fire times of every scheduled campaign, for `loa campaigns list` and checks."""
+    """The next fire times of every scheduled campaign, for `loa campaigns schedule` and checks."""
     found, _ = load_all(config.campaigns_dir)
     now = now or db.utcnow()
-    out: dict[str, list[datetime]] = {}
-    for name, campaign in found.items():
-        if campaign.trigger != "schedule" or campaign.schedule is None:
-            continue
-        trigger = trigger_for(campaign, config.timezone)
-        times: list[datetime] = []
-        fire = trigger.get_next_fire_time(None, now)
-        while fire is not None and len(times) < count:
-            times.append(fire)
-            fire = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
-        out[name] = times
-    return out
+    return {name: fire_times(trigger_for(campaign, config.timezone), now - timedelta(microseconds=1), limit=count)
+            for name, campaign in found.items() if campaign.trigger == "schedule" and campaign.schedule is not None}
 
 
 __all__ = ["CampaignScheduler", "fire_times", "next_runs", "request_reload", "scheduled_time", "trigger_for"]

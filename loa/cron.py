@@ -26,6 +26,11 @@ def cron_trigger(expr: str, tz: tzinfo, start_date: datetime | None = None,
     if len(fields) != 5:
         raise ValueError(f"needs five fields (minute hour day month weekday), got {len(fields)}")
     minute, hour, day, month, weekday = fields
+    if day not in ("*", "?") and weekday not in ("*", "?"):
+        # cron fires when either matches ("the 1st, and every Monday"); APScheduler only when
+        # both do.  Neither reading is safe to guess for a campaign: say so instead.
+        raise ValueError(f"day of month {day!r} and weekday {weekday!r} are both set; cron would run on "
+                         "either, so set one of them (or use two campaigns)")
     return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=_weekday_names(weekday),
                        start_date=start_date, end_date=end_date, timezone=tz)
 

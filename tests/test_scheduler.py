@@ -151,7 +151,6 @@ def test_a_restart_within_the_grace_plans_the_missed_run_once(setup, engine):
     import time_machine
 
     with time_machine.travel(at("2020-08-17T08:00:01+07:00")):
-        scheduler.CampaignScheduler(engine, setup, BackgroundScheduler(timezone=setup.timezone)).reload()
         first = scheduler.CampaignScheduler(engine, setup, BackgroundScheduler(timezone=setup.timezone))
         first.reload()
         first.fire("daily")
@@ -279,3 +278,51 @@ def test_cron_weekdays_are_cron_weekdays(setup, workdir: Path):
     times = scheduler.next_runs(setup, 6, now=at("2020-08-14T09:00:00+07:00"))["daily"]   # a Friday
     assert [t.astimezone(setup.timezone).strftime("%a %d") for t in times] == [
         "Mon 17", "Tue 18", "Wed 19", "Thu 20", "Fri 21", "Mon 24"]
+
+
+def test_a_cron_with_both_a_day_of_month_and_a_weekday_is_refused(workdir: Path):
+    from loa.campaign import parse_file
+
+    both = write(workdir / "campaigns" / "both.toml", CAMPAIGN.replace('"0 8 * * *"', '"0 8 1 * 1"'))
+    _, problems = parse_file(both)
+    assert any("schedule.cron" in p and "both set" in p for p in problems), problems
+
+
+def test_an_interval_without_a_start_date_fires_and_catches_up(setup, engine, workdir: Path):
+    import time_machine
+
+    write(workdir / "campaigns" / "daily.toml", CAMPAIGN.replace('cron = "0 8 * * *"', 'every = "6h"')
+          .replace("[dates]\nstart = 2020-08-17\nend = 2020-08-20\n", ""))
+    sched = scheduler.CampaignScheduler(engine, setup, BackgroundScheduler(timezone=setup.timezone))
+    sched.reload()
+    # counted from local midnight: 00:00, 06:00, 12:00, 18:00 in Sơn La, whenever the trigger is built
+    first = sched.fire("daily", now=at("2020-08-18T12:00:05+07:00"))
+    assert first is not None and first.scheduled_for == at("2020-08-18T12:00:00+07:00")
+    with time_machine.travel(at("2020-08-19T07:00:00+07:00")):   # down from 12:05 until 07:00 the next day
+        missed = sched.catch_up()
+    assert missed == {"daily": [at(f"2020-08-{d}T{h}:00:00+07:00") for d, h in (("18", 18), ("19", "00"))]}
+    assert [(t, s) for t, s, _ in statuses(engine)][-1] == (at("2020-08-19T06:00:00+07:00"), "planned")
+
+
+def test_a_one_shot_campaign_is_caught_up_once_and_then_left_alone(setup, engine, workdir: Path):
+    import time_machine
+
+    write(workdir / "campaigns" / "daily.toml", CAMPAIGN.replace('cron = "0 8 * * *"', "at = 2020-08-18T08:00:00"))
+    for moment in ("2020-08-18T08:30:00+07:00", "2020-08-18T09:00:00+07:00", "2020-08-25T09:00:00+07:00"):
+        with time_machine.travel(at(moment)):     # three starts: within the grace, again, a week later
+            sched = scheduler.CampaignScheduler(engine, setup, BackgroundScheduler(timezone=setup.timezone))
+            sched.reload()
+            assert sched.catch_up() == {}
+    assert [(t, s) for t, s, _ in statuses(engine)] == [(at("2020-08-18T08:00:00+07:00"), "planned")]
+
+
+def test_a_one_shot_long_past_that_never_ran_is_not_reported(setup, engine, workdir: Path):
+    import time_machine
+
+    write(workdir / "campaigns" / "daily.toml", CAMPAIGN.replace('cron = "0 8 * * *"', "at = 2020-08-18T08:00:00"))
+    with time_machine.travel(at("2020-08-25T09:00:00+07:00")):
+        sched = scheduler.CampaignScheduler(engine, setup, BackgroundScheduler(timezone=setup.timezone))
+        sched.reload()
+        assert sched.catch_up() == {}
+        assert sched.fire("daily") is None
+    assert statuses(engine) == []
