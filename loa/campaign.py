@@ -39,6 +39,7 @@ DURATION = re.compile(r"^(\d+)\s*([dhms])$")
 # held out, of when it would have been sent). A week covers someone who reads an SMS at once
 # but installs at the weekend, and keeps a later campaign's effect from being credited here.
 ATTRIBUTION = 7 * 86400.0   # seconds: attribution = "7d"
+VALIDITY_HOURS = 24          # a message not sent within this long of its run expires
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | No
     if not isinstance(suppress, list) or not all(isinstance(s, str) and s for s in suppress):
         problems.add("suppress_events", "must be a list of event types, e.g. [\"installed\"]")
         suppress = []
-    validity = raw.get("validity_hours", 24)
+    validity = raw.get("validity_hours", VALIDITY_HOURS)
     if not _number(validity) or validity <= 0:
         problems.add("validity_hours", f"must be a positive number, got {validity!r}")
     trigger = raw.get("trigger", "manual")

@@ -584,10 +584,9 @@ def _print_report(console: Console, engine: Engine, campaign: Campaign, fmt: str
     from loa.reportview import render_table
 
     result = rep.build(engine, CAMPAIGN, campaign.goal)
-    if fmt == "csv":
-        console.print(rep.to_csv(result), end="", markup=False, highlight=False, soft_wrap=True)
-    elif fmt == "json":
-        console.print(rep.to_json(result), markup=False, highlight=False, soft_wrap=True)
+    if fmt in ("csv", "json"):
+        console.print(rep.render(engine, result, fmt), end="" if fmt == "csv" else "\n", markup=False,
+                      highlight=False, soft_wrap=True)
     else:
         console.print()
         render_table(console, result)

@@ -43,7 +43,7 @@ from sqlalchemy.sql import ColumnElement, Subquery
 
 from loa import db, stats
 from loa.areas import Area, AreaIndex
-from loa.campaign import ATTRIBUTION, ArrivalRule, Goal, load_one, parse_duration
+from loa.campaign import ATTRIBUTION, VALIDITY_HOURS, ArrivalRule, Goal, load_one, parse_duration
 from loa.errors import InputError, LoaError, NotFound
 
 O, R, E, S = db.outbox, db.runs, db.events, db.subscribers
@@ -253,7 +253,7 @@ def _clock(definition: dict[str, Any]) -> _Clock:
     greeting's to the arrival plus the validity, its send time being the arrival plus the
     delay).  due_at moves with every deferral and retry; the expiry never does.
     """
-    lead = float(definition.get("validity_hours", 24)) * 3600   # 24: the campaign default
+    lead = float(definition.get("validity_hours", VALIDITY_HOURS)) * 3600
     delay = (definition.get("arrival") or {}).get("delay")
     if definition.get("trigger") == "arrival":
         lead -= parse_duration(delay) if delay else ArrivalRule().delay
