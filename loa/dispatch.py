@@ -41,17 +41,18 @@ from loa.config import Config
 from loa.errors import LoaError
 from loa import gateways as gateway_state
 from loa.gateways import Gateway, GatewayPool
+from loa.inbound import receive_inbound
 from loa.logs import mask_phones
 from loa.phones import mask
 from loa.policy import Policy, channel_window, opt_out, parse_window
 from loa.receipts import apply_receipts, apply_responses, lock_rows
 from loa.render import Renderer
-from loa.web import receive_inbound
 from providers.base import Provider as ProviderBase
 from providers.base import (
     AuthError,
     ConfigError,
     DeferredError,
+    InboundMessage,
     MoneyError,
     NotReachableError,
     OptedOutError,
@@ -740,10 +741,26 @@ class Dispatcher:
         except ProviderError as exc:
             log.warning("gateway %s: cannot fetch inbound SMS: %s", gw.name, exc)
             return 0
-        for message in inbound:
-            receive_inbound(self.engine, self.pool, self.config, gw.name, message)
-        self.summary.inbound += len(inbound)
-        return len(inbound)
+        # the gateway has acknowledged these SMS: one that cannot be recorded now goes back
+        # to it for the next poll, and never takes the rest of the batch down with it
+        failed = [message for message in inbound if not self._receive(gw.name, message)]
+        if failed:
+            try:
+                gw.provider.requeue_inbound(failed)
+            except NotImplementedError:
+                log.error("gateway %s: %d inbound SMS lost: its adapter cannot take them back", gw.name, len(failed))
+        self.summary.inbound += len(inbound) - len(failed)
+        return len(inbound) - len(failed)
+
+    def _receive(self, gateway: str, message: InboundMessage) -> bool:
+        """Record one inbound SMS; False if it could not be, to be tried again."""
+        try:
+            receive_inbound(self.engine, self.pool, self.config, gateway, message)
+        except Exception:   # a database outage or a bug: keep the SMS, retry it
+            log.exception("gateway %s: inbound SMS from %s not recorded; kept for the next poll", gateway,
+                          mask(message.phone), extra={"gateway": gateway, "kind": "inbound"})
+            return False
+        return True
 
     def _awaiting_receipts(self) -> bool:
         for gw in self.pool:

@@ -30,11 +30,14 @@ from loa.phones import mask
 
 FORMATS = ("kv", "json")
 
-# An E.164 number, or a Vietnamese one written nationally ("0912 345 678", "0912.345.678") or
-# as Zalo writes it ("84912345678"); not inside a word or a longer run of digits (ids, hex,
-# epoch times), and not "0.123..." (a decimal).
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d(?:[ .-]?\d){7,14}|(?:84|0(?!\.))(?:[ .-]?\d){9,10})(?!\d)")
+# An E.164 number (its "+" also URL-encoded, as in a gateway's form body: "To=%2B849..."),
+# or a Vietnamese one written nationally ("0912 345 678", "0912.345.678") or as Zalo writes
+# it ("84912345678").  Not inside a word or a longer run of digits or hex (ids, epoch times),
+# and not "0.123..." (a decimal); "_" counts as a separator, as in "phone_0912345678".
+_PHONE = re.compile(r"(?<![^\W_])(?<!\+)(?:(?:\+|%2[Bb])\d(?:[ .-]?\d){7,14}|(?:84|0(?!\.))(?:[ .-]?\d){9,10})"
+                    r"(?![^\W_])")
 _SEPARATORS = re.compile(r"[ .-]")
+_ENCODED_PLUS = "%2B"
 # The attributes every LogRecord has: anything else was given with extra=.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -46,11 +49,16 @@ def mask_phones(text: str) -> str:
 
 def _masked(match: re.Match[str]) -> str:
     digits = _SEPARATORS.sub("", match.group(0))
-    if digits.startswith("0"):
+    encoded = digits[:3].upper() == _ENCODED_PLUS
+    if encoded:
+        digits = "+" + digits[3:]
+    elif digits.startswith("0"):
         digits = "+84" + digits[1:]
     elif not digits.startswith("+"):
         digits = "+" + digits
-    return mask(digits)
+    masked = mask(digits)
+    # still URL-encoded, so the masked line reads as the request it came from
+    return _ENCODED_PLUS + masked[1:] if encoded and masked.startswith("+") else masked
 
 
 class MaskPhones(logging.Filter):

@@ -10,12 +10,14 @@ Rules (3GPP TS 23.038 / 23.040):
   pair, so the part count can exceed ceil(units / 153) near boundaries.
 * Empty text is 0 units in 1 part: a sent message is always at least one part.
 
-All functions apply NFC first, so NFD input (common from macOS and some web
-forms) measures and splits exactly like precomposed input.
+All functions apply :func:`nfc` first, so NFD input (common from macOS and some web
+forms) measures and splits exactly like precomposed input, and a lone surrogate is
+measured as the U+FFFD it is sent as.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -62,7 +64,19 @@ class SmsInfo:
     parts: int
 
 
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
 def nfc(text: str) -> str:
+    """The text as it is sent: NFC, with every lone surrogate as U+FFFD.
+
+    A lone surrogate (from an attribute decoded with ``surrogateescape``, or a JSON or
+    Jinja ``"\\ud800"`` escape) has no UTF-16 or GSM-7 encoding, so a gateway would fail
+    on it after the row was marked ``sending``; a pair split into two code points is
+    joined into the character it stands for.
+    """
+    if _SURROGATE.search(text):
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     return unicodedata.normalize("NFC", text)
 
 

@@ -18,8 +18,8 @@ A plain WSGI application, served by waitress (a production server) in
 =========================  ==========================================================
 
 An inbound "TC", "TU CHOI", "HUY" or "STOP" opts the number out at once and
-sends one confirmation (:func:`receive_inbound`, also the path of the inbound SMS
-a dispatcher polls from an SMPP bind).
+sends one confirmation (:func:`loa.inbound.receive_inbound`, also the path of the
+inbound SMS a dispatcher polls from an SMPP bind).
 """
 
 from __future__ import annotations
@@ -40,15 +40,13 @@ from loa.config import Config
 from loa.errors import InputError, LoaError, NotFound
 from loa.gateways import GatewayPool
 from loa.importer import record_events
-from loa.phones import PhoneError, mask, normalize
-from loa.policy import is_opt_out, opt_out
+from loa.inbound import receive_inbound
 from loa.receipts import apply_receipts
-from providers.base import InboundMessage, OutgoingMessage, ProviderError, WebhookRejected, WebhookRequest
+from providers.base import InboundMessage, WebhookRejected, WebhookRequest
 
 log = logging.getLogger("loa.web")
 StartResponse = Callable[..., Any]
 MAX_BODY = 1_000_000
-DEFAULT_OPT_OUT_REPLY = "Ban da tu choi nhan tin. Ban se khong nhan them tin nhan nao."
 REPORT_TYPES = {"html": "text/html; charset=utf-8", "csv": "text/csv; charset=utf-8",
                 "json": "application/json; charset=utf-8"}
 
@@ -60,7 +58,7 @@ class Web:
         self.engine = engine
         self.config = config
         self.pool = pool or GatewayPool(config, engine)
-        self.serve = dict(getattr(config, "serve", {}) or {})
+        self.serve = dict(config.serve)
         self.extra_metrics: list[Callable[[], Iterable[str]]] = []
         self._lock = threading.Lock()
 
@@ -221,7 +219,7 @@ class Web:
 
     # -- opt-out replies ------------------------------------------------------------
     def inbound(self, gateway: str, message: InboundMessage) -> bool:
-        """Record a reply (see :func:`receive_inbound`). Returns True for an opt-out."""
+        """Record a reply (see :func:`loa.inbound.receive_inbound`). Returns True for an opt-out."""
         return receive_inbound(self.engine, self.pool, self.config, gateway, message)
 
     # -- operations -------------------------------------------------------------------
@@ -264,61 +262,6 @@ class Web:
         for extra in self.extra_metrics:
             lines += list(extra())
         return "\n".join(lines) + "\n"
-
-
-def receive_inbound(engine: Engine, pool: GatewayPool, config: Config, gateway: str,
-                    message: InboundMessage) -> bool:
-    """Record a subscriber's SMS; an opt-out word opts the number out at once and is confirmed
-    once, through ``gateway``.  Returns True for an opt-out.
-
-    The one path for inbound SMS, whether a webhook brought it (:meth:`Web.inbound`) or a
-    gateway held it for polling (an SMPP bind: :meth:`Dispatcher.poll`).
-    """
-    try:
-        phone = normalize(message.phone).e164
-    except PhoneError:
-        log.warning("gateway %s: reply from an unusable number %s", gateway, mask(message.phone))
-        return False
-    kind = "opted_out" if is_opt_out(message.text) else "replied"
-    source = f"{gateway}:{message.provider_id or ''}"[:64]
-    s, e = db.subscribers, db.events
-    with engine.begin() as conn:
-        # FOR UPDATE: concurrent deliveries of one callback (a gateway that gave up waiting)
-        # take turns, so the second sees the first one's event (SQLite's BEGIN IMMEDIATE does the same)
-        sid = conn.scalar(select(s.c.id).where(s.c.phone == phone).with_for_update())
-        seen = sid is not None and conn.scalar(
-            select(func.count()).select_from(e).where(e.c.subscriber_id == sid, e.c.type == kind,
-                                                      e.c.source == source)) > 0
-        if seen and message.provider_id:   # a retried callback or a re-delivered SMS: already handled
-            return kind == "opted_out"
-        if sid is not None:
-            record_events(conn, [{"phone": phone, "type": kind, "occurred_at": message.at, "source": source,
-                                  "attributes": {"text": message.text[:160]}}])
-        # refusals take effect at once, for subscribers and for numbers loa does not know yet
-        added = kind == "opted_out" and opt_out(conn, phone, message.at, f"reply:{gateway}")
-    if kind == "opted_out":
-        log.warning("gateway %s: %s opted out by reply", gateway, mask(phone))
-        # a number loa does not know has no event to recognise a retried callback by:
-        # it is confirmed only by the request that put it on the list
-        if sid is not None or added:
-            _confirm(pool, config, gateway, phone, message)
-    return kind == "opted_out"
-
-
-def _confirm(pool: GatewayPool, config: Config, gateway: str, phone: str, message: InboundMessage) -> None:
-    reply = str((getattr(config, "serve", {}) or {}).get("opt_out_reply", DEFAULT_OPT_OUT_REPLY))
-    from loa.text import measure
-
-    info = measure(reply)
-    key = f"loa-optout-{message.provider_id or phone[-9:]}"[:64]
-    try:
-        gw = pool.get(gateway)
-        if "sms" not in gw.provider.channels:
-            return
-        gw.provider.send(OutgoingMessage(key=key, to=phone, channel="sms", text=reply,
-                                         encoding=info.encoding, parts=info.parts))
-    except (ProviderError, LoaError) as exc:
-        log.error("gateway %s: opt-out confirmation to %s failed: %s", gateway, mask(phone), exc)
 
 
 def _refuse_bearer(environ: dict[str, Any], var: str, off: str) -> tuple[int, str, str] | None:

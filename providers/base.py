@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
@@ -296,8 +296,19 @@ class Provider:
 
     def fetch_inbound(self) -> Iterable[InboundMessage]:
         """Subscribers' messages the gateway holds for us (an SMPP bind's inbound SMS); loa
-        treats them as it treats the inbound of a webhook (:attr:`WebhookResult.inbound`)."""
+        treats them as it treats the inbound of a webhook (:attr:`WebhookResult.inbound`).
+
+        Fetching a message does not settle it: loa hands back, through
+        :meth:`requeue_inbound`, those it could not record, and fetches them again."""
         return ()
+
+    def requeue_inbound(self, messages: Sequence[InboundMessage]) -> None:
+        """Take back ``messages`` from :meth:`fetch_inbound` that loa could not record (its
+        database failed), to be fetched again first, in order.  A gateway that overrides
+        fetch_inbound must override this too: it has already acknowledged the SMS, so
+        dropping them here would lose a subscriber's refusal."""
+        if messages:
+            raise NotImplementedError(f"{type(self).__name__} fetches inbound SMS but cannot take them back")
 
     def fetch_responses(self) -> Iterable[Response]:
         """Recipient responses the gateway observed (simulator only, in practice)."""

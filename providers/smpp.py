@@ -58,7 +58,10 @@ How it works
   parts (a concatenation UDH or the ``sar_*`` TLVs; a message whose parts stop
   coming is handed over after ``PARTS_WAIT`` seconds if its first part came,
   since the first words decide an opt-out) and queued for
-  :meth:`SMPPProvider.fetch_inbound`, which loa polls like the receipts.  SMPP
+  :meth:`SMPPProvider.fetch_inbound`, which loa polls like the receipts; one
+  loa could not record (its database failed) is handed back with
+  :meth:`SMPPProvider.requeue_inbound` and fetched again, since the SMSC
+  already has its ``deliver_sm_resp`` and will not send it again.  SMPP
   gives an MO no id, so its ``provider_id`` is a digest of sender, recipient,
   text and local day: an SMSC re-delivering the same message (its
   ``deliver_sm_resp`` was lost with the connection) is recognised as a
@@ -109,7 +112,7 @@ import struct
 import threading
 import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -1307,6 +1310,10 @@ class SMPPProvider(Provider):
     def fetch_inbound(self) -> list[InboundMessage]:
         self._flush_partial()
         return _drain(self._inbound)
+
+    def requeue_inbound(self, messages: Sequence[InboundMessage]) -> None:
+        # ahead of what the reader queued meanwhile: a refusal keeps its place in line
+        self._inbound.extendleft(reversed(messages))
 
     # -- check and close --------------------------------------------------------------
     def check(self) -> str:

@@ -318,3 +318,18 @@ def test_the_example_configuration_loads_with_every_commented_section_enabled(
             assert gateway.rate > 0
         finally:
             gateway.provider.close()
+
+
+def test_the_example_serve_comment_names_every_route_loa_serve_answers() -> None:
+    """The comment above [serve] is where an operator learns what to expose: every route
+    of loa.web's table, so none is published (or firewalled) by surprise."""
+    import re
+
+    from loa import web
+
+    routes = re.findall(r"^``[A-Z|]+ (/\S+)``", web.__doc__ or "", re.MULTILINE)
+    assert {"/hooks/NAME", "/l/CODE", "/report", "/arrivals", "/healthz", "/metrics"} <= set(routes)
+    text = (Path(__file__).resolve().parent.parent / "config.example.toml").read_text(encoding="utf-8")
+    comment = re.search(r"((?:^#.*\n)+)\[serve\]", text, re.MULTILINE)
+    assert comment is not None
+    assert [r for r in routes if r not in comment.group(1)] == []

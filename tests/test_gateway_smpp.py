@@ -17,17 +17,19 @@ from typing import Any
 
 import pytest
 from smpplib import gsm as smpplib_gsm
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from test_gateways_cli import CASES, add_gateway, outbox_rows, plan_campaign
 from test_web import dnc, events, outbox, subscriber
 
-from loa import db
+from loa import db, inbound
 from loa import text as loa_text
 from loa.campaign import load_one
 from loa.config import load
 from loa.dispatch import Dispatcher
+from loa.inbound import DEFAULT_OPT_OUT_REPLY
 from loa.plan import plan_run
-from loa.web import DEFAULT_OPT_OUT_REPLY
 from providers import registry, smpp
 from providers.base import (
     AuthError,
@@ -499,11 +501,16 @@ def test_close_unbinds(smsc: FakeSMSC, provider: SMPPProvider) -> None:
 
 # -- through loa: configuration, dispatcher, database -------------------------------------------
 
+def configure_smpp(smsc: FakeSMSC, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway "smpp" in the configuration, bound to the fake SMSC."""
+    (case,) = [c for c in CASES if c.name == "smpp"]
+    add_gateway(workdir, case.section(str(smsc.port)))
+    monkeypatch.setenv("LOA_TEST_SMPP_PASSWORD", smsc.password)
+
+
 def test_a_campaign_goes_out_through_loa_and_its_receipts_come_back(
         smsc: FakeSMSC, workdir: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    (smpp,) = [c for c in CASES if c.name == "smpp"]
-    add_gateway(workdir, smpp.section(str(smsc.port)))
-    monkeypatch.setenv("LOA_TEST_SMPP_PASSWORD", smsc.password)
+    configure_smpp(smsc, workdir, monkeypatch)
     phones = ["+84912000001", "+84912000002", "+84912000003"]
     run_id = plan_campaign(workdir, engine, "sms", "smpp", phones)
     dispatcher = Dispatcher(engine, load(workdir / "config.toml"), threads=2)
@@ -530,9 +537,7 @@ def test_a_campaign_goes_out_through_loa_and_its_receipts_come_back(
 
 def test_an_smpp_opt_out_reply_opts_out_at_once_and_is_confirmed_once_through_the_bind(
         smsc: FakeSMSC, workdir: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    (smpp_case,) = [c for c in CASES if c.name == "smpp"]
-    add_gateway(workdir, smpp_case.section(str(smsc.port)))
-    monkeypatch.setenv("LOA_TEST_SMPP_PASSWORD", smsc.password)
+    configure_smpp(smsc, workdir, monkeypatch)
     refuser, thanker, other = phones = ["+84912000001", "+84912000002", "+84912000003"]
     first = plan_campaign(workdir, engine, "sms", "smpp", phones)
     config = load(workdir / "config.toml")
@@ -580,6 +585,93 @@ def test_an_smpp_opt_out_reply_opts_out_at_once_and_is_confirmed_once_through_th
     finally:
         dispatcher.pool.close()
     assert set(smsc.receipt_acks) == {0}
+
+
+@pytest.fixture
+def bound(smsc: FakeSMSC, workdir: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Dispatcher]:
+    """A dispatcher whose "smpp" gateway has sent a first campaign to two numbers, so is bound."""
+    configure_smpp(smsc, workdir, monkeypatch)
+    plan_campaign(workdir, engine, "sms", "smpp", ["+84912000001", "+84912000002"])
+    dispatcher = Dispatcher(engine, load(workdir / "config.toml"), threads=2)
+    try:
+        dispatcher.run_until_empty()
+        assert smsc.wait_for(lambda: len(smsc.receipt_acks) == 2)
+        yield dispatcher
+    finally:
+        dispatcher.pool.close()
+
+
+def test_an_smpp_opt_out_the_database_could_not_record_is_kept_for_the_next_poll(
+        smsc: FakeSMSC, bound: Dispatcher, engine: Engine, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    first, second = "+84912000001", "+84912000002"
+    real, failures = inbound.opt_out, [first]
+
+    def opt_out_once(conn: Any, phone: str, *args: Any) -> bool:   # the database fails once, on the first
+        if phone in failures:
+            failures.remove(phone)
+            raise OperationalError("INSERT INTO dnc ...", {}, Exception("server closed the connection"))
+        return real(conn, phone, *args)
+
+    monkeypatch.setattr(inbound, "opt_out", opt_out_once)
+    held = bound.pool.get("smpp").provider
+    # both SMS are acknowledged to the SMSC, which will never send them again, and polled as one batch
+    assert smsc.send_mo(first, "TC") and smsc.send_mo(second, "TC")
+    assert wait_until(lambda: len(held._inbound) == 2)
+    bound.poll()
+    assert dnc(engine) == {second: "reply:smpp"} and bound.summary.inbound == 1
+    assert events(engine, first) == []                             # rolled back whole
+    [failed] = [r for r in caplog.records if "not recorded" in r.getMessage()]
+    assert "+8491****001" in failed.getMessage() and first not in caplog.text
+
+    bound.poll()                                                   # the kept one is applied now
+    assert dnc(engine) == {first: "reply:smpp", second: "reply:smpp"} and bound.summary.inbound == 2
+    assert [e["type"] for e in events(engine, first)] == ["opted_out"]
+    bound.poll()
+    assert bound.summary.inbound == 2
+    assert smsc.wait_for(lambda: len(smsc.messages(first)) == len(smsc.messages(second)) == 2)
+    assert [m.text for m in smsc.messages(first)][1:] == [DEFAULT_OPT_OUT_REPLY]    # confirmed once
+
+
+def test_inbound_sms_handed_back_are_fetched_again_first(provider: SMPPProvider) -> None:
+    def mo(source: str, text: str) -> DeliverSM:
+        return DeliverSM(esm_class=0, short_message=gsm7_encode(text), tlvs={}, source=source, source_ton=1,
+                         destination="1234")
+
+    provider.on_inbound(mo("84912000001", "TC"))
+    provider.on_inbound(mo("84912000002", "HUY"))
+    taken = provider.fetch_inbound()
+    provider.on_inbound(mo("84912000003", "STOP"))        # the reader queued another meanwhile
+    provider.requeue_inbound(taken)
+    assert [m.text for m in provider.fetch_inbound()] == ["TC", "HUY", "STOP"]
+    assert provider.fetch_inbound() == []
+
+
+@pytest.mark.parametrize("source", ["attribute", "template escape"])
+def test_a_lone_surrogate_in_a_rendered_sms_is_sent_as_the_replacement_character(
+        source: str, smsc: FakeSMSC, workdir: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    if source == "attribute" and engine.dialect.name == "postgresql":
+        pytest.skip("PostgreSQL's jsonb refuses a lone surrogate, so none reaches a template from its attributes")
+    configure_smpp(smsc, workdir, monkeypatch)
+    run_id = plan_campaign(workdir, engine, "sms", "smpp", [PHONE])
+    code = "{{ attr.code }}" if source == "attribute" else '{{ "A\\ud800B" }}'
+    (workdir / "templates" / "sms" / "hello.j2").write_text(f"Mã của bạn: {code}\n", encoding="utf-8")
+    if source == "attribute":
+        with engine.begin() as conn:
+            conn.execute(update(db.subscribers).values(attributes={"code": "A\ud800B"}))
+    dispatcher = Dispatcher(engine, load(workdir / "config.toml"), threads=1)
+    try:
+        dispatcher.run_until_empty()
+    finally:
+        dispatcher.pool.close()
+    [row] = outbox(engine, run_id).values()
+    assert row["state"] in ("sent", "delivered"), row["error_text"]
+    [sent] = smsc.messages(PHONE)
+    assert sent.text == "Mã của bạn: A\ufffdB"
+    # what the ledger counted (cost, rate) is what went out
+    info = loa_text.measure(sent.text)
+    assert (row["encoding"], row["parts"]) == (info.encoding, info.parts) == ("UCS-2", len(smsc.submits))
+    assert [s.data_coding for s in smsc.submits] == [8]
 
 
 # -- encoding --------------------------------------------------------------------------------

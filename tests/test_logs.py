@@ -77,6 +77,12 @@ def masked_root() -> Iterator[None]:
     ("old 01623456789 number", "old +8416*****789 number"),
     ("US +1 415 555 0100", "US +1415****100"),
     ("(+84912345678)", "(+8491****678)"),
+    # a gateway's form body, URL-encoded: the "+" is "%2B" (or "%2b")
+    ("To=%2B84912345678&Body=TC", "To=%2B8491****678&Body=TC"),
+    ("from=%2b84912345678", "from=%2B8491****678"),
+    # "_" separates, as in a field or file name
+    ("phone_0912345678", "phone_+8491****678"),
+    ("0912345678_reply.txt", "+8491****678_reply.txt"),
 ])
 def test_numbers_are_masked_in_any_common_form(text: str, expected: str) -> None:
     assert logs.mask_phones(text) == expected
@@ -86,6 +92,8 @@ def test_numbers_are_masked_in_any_common_form(text: str, expected: str) -> None
     "2030-03-12T02:00:00.123Z", "epoch 1712345678 and 1712345678901", "0.123456789 s", "key loa-3-17",
     "sid SM0912345678abcdef0912345678abcdef", "1,234,567 messages", "run 12 of 840", "port 5432",
     "part 3/6, 153 characters",
+    # hex ids that start like a number
+    "0123456789abcdef", "id 0123456789ABCDEF", "trace 84912345678ff01", "uuid 01234567-89ab-cdef-0123-456789abcdef",
 ])
 def test_other_numbers_are_left_alone(text: str) -> None:
     assert logs.mask_phones(text) == text

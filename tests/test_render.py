@@ -159,6 +159,22 @@ def test_nfd_zalo_data_renders_nfc(templates: Path, renderer: Renderer) -> None:
     assert renderer.render_zalo("zalo/z.toml", ctx()).data == {"province": "Sơn La"}
 
 
+def test_a_lone_surrogate_in_an_attribute_renders_as_encodable_text(templates: Path, renderer: Renderer) -> None:
+    from providers.smpp import encode_parts
+
+    name = sms(templates, "Mã số của {{ subscriber.name }}: {{ attr.code }}")
+    out = renderer.render_sms(name, ctx(code="A\ud800B"))
+    assert out.text.endswith(": A\ufffdB") and out.info == measure(out.text)
+    out.text.encode("utf-16-be")
+    used, parts = encode_parts(out.text, out.info.encoding)    # what the SMPP gateway sends
+    assert (used, len(parts)) == (out.info.encoding, out.info.parts)
+    assert encode_parts(out.text, "GSM-7")[0] == "UCS-2"        # asked for GSM-7, it falls back
+    plain = renderer.render_sms(name, ctx(code="A\ud800B"), unaccented=True)
+    assert plain.text.endswith(": AB") and is_gsm7(plain.text) and plain.info == measure(plain.text)
+    write(templates / "zalo" / "z.toml", 'template_id = "1"\n[data]\ncode = "{{ attr.code }}"\n')
+    assert renderer.render_zalo("zalo/z.toml", ctx(code="A\ud800B")).data == {"code": "A\ufffdB"}
+
+
 def test_byte_order_mark_is_not_sent(templates: Path, renderer: Renderer) -> None:
     (templates / "sms" / "bom.j2").write_bytes("\ufeffHello {{ subscriber.phone }}".encode())
     out = renderer.render_sms("sms/bom.j2", ctx())

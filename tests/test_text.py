@@ -39,6 +39,18 @@ def test_nfc() -> None:
     assert nfc(unicodedata.normalize("NFD", "Việt Nam")) == "Việt Nam"
 
 
+@pytest.mark.parametrize("text, sent", [
+    ("Mã \ud800 ở đây", "Mã \ufffd ở đây"),              # a lone high surrogate
+    ("x\udcff", "x\ufffd"),                               # surrogateescape's form of a bad byte
+    ("\ude00\ud83d", "\ufffd\ufffd"),                     # the halves of a pair, the wrong way round
+    ("ok \ud83d\ude00", "ok 😀"),                          # a pair split in two is the character
+])
+def test_lone_surrogates_are_sent_as_the_replacement_character(text: str, sent: str) -> None:
+    assert nfc(text) == sent
+    sent.encode("utf-16-be")                                # every gateway can encode it
+    assert measure(text) == measure(sent) and split_parts(text) == [sent]
+
+
 # --- encoding per letter -----------------------------------------------------
 
 
