@@ -3,6 +3,7 @@ $LOA_TEST_DATABASE_URL is set) and a configuration folder per test."""
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 import uuid
@@ -133,6 +134,17 @@ AREAS_CSV = """code,name,parent,level,population,population_as_of
 def write(path: Path, content: str, encoding: str = "utf-8") -> Path:
     path.write_text(textwrap.dedent(content).lstrip("\n"), encoding=encoding)
     return path
+
+
+def write_http_config(workdir: Path, url: str, **sections: dict[str, object]) -> Path:
+    """config.toml whose SMS and Zalo go to the loopback simulator (``simulator_http``) at
+    ``url``; ``gateway=``, ``send=`` and ``serve=`` add settings to those tables."""
+    tables = {"gateways.http": {"type": "simulator_http", "url": url} | sections.pop("gateway", {}), **sections}
+    lines = ['timezone = "Asia/Ho_Chi_Minh"', "[defaults]", 'sms_gateway = "http"', 'zalo_gateway = "http"']
+    for name, values in tables.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    return write(workdir / "config.toml", "\n".join(lines) + "\n")
 
 
 @pytest.fixture

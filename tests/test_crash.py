@@ -22,7 +22,6 @@ replays that kill schedule.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write
+from conftest import write, write_http_config
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Engine
 
@@ -80,24 +79,8 @@ def populate(engine: Engine, n: int) -> None:
 def setup_run(engine: Engine, workdir: Path, url: str, *, n: int, dedupe: bool, rate: float = 100_000,
               lease: float = LEASE, threads: int = THREADS, batch: int = BATCH) -> int:
     """Config for the HTTP simulator at ``url``, n subscribers, one planned run; its id."""
-    write(workdir / "config.toml", f"""
-        timezone = "Asia/Ho_Chi_Minh"
-        [defaults]
-        sms_gateway = "http"
-        zalo_gateway = "http"
-        [gateways.http]
-        type = "simulator_http"
-        url = "{url}"
-        dedupe = {json.dumps(dedupe)}
-        timeout = 30.0
-        rate = {rate}
-        burst = 10
-        [send]
-        threads = {threads}
-        batch_size = {batch}
-        lease_seconds = {lease}
-        limiter = "memory"
-    """)
+    write_http_config(workdir, url, gateway={"dedupe": dedupe, "timeout": 30.0, "rate": rate, "burst": 10},
+                      send={"threads": threads, "batch_size": batch, "lease_seconds": lease, "limiter": "memory"})
     write(workdir / "templates" / "sms" / "crash.j2", "Xin chào {{ subscriber.name }}, hãy cài Bluezone.\n")
     write(workdir / "campaigns" / "crash.toml", """
         name = "crash"

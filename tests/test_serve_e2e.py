@@ -20,7 +20,7 @@ import requests
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from conftest import write
+from conftest import write, write_http_config
 from loa import db
 from providers.simulator import SimulatorServer
 from test_serve import FINAL, Served, import_people, served, wait_for  # noqa: F401 - `served` is a fixture
@@ -31,23 +31,8 @@ PEOPLE = 40
 
 
 def configure(workdir: Path, url: str) -> None:
-    write(workdir / "config.toml", f"""
-        timezone = "Asia/Ho_Chi_Minh"
-        [defaults]
-        sms_gateway = "http"
-        zalo_gateway = "http"
-        [gateways.http]
-        type = "simulator_http"
-        url = "{url}"
-        rate = 1000
-        [send]
-        threads = 4
-        batch_size = 10
-        lease_seconds = 5
-        [serve]
-        arrivals_token_env = "LOA_TEST_ARRIVALS_TOKEN"
-        greet_every = 0.2
-    """)
+    write_http_config(workdir, url, gateway={"rate": 1000}, send={"threads": 4, "batch_size": 10, "lease_seconds": 5},
+                      serve={"arrivals_token_env": "LOA_TEST_ARRIVALS_TOKEN", "greet_every": 0.2})
     write(workdir / "templates" / "sms" / "hello.j2", "Chào mừng {{ subscriber.name }} đến {{ area.name }}\n")
     window = '[window]\nstart = "00:00"\nend = "23:59:59.999999"\n'
     write(workdir / "campaigns" / "greeting.toml", f"""

@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import write
+from conftest import write, write_http_config
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Engine
 
@@ -104,21 +104,8 @@ def test_window_counting() -> None:
 
 
 def setup(engine: Engine, workdir: Path, url: str, n: int) -> int:
-    write(workdir / "config.toml", f"""
-        timezone = "Asia/Ho_Chi_Minh"
-        [defaults]
-        sms_gateway = "http"
-        zalo_gateway = "http"
-        [gateways.http]
-        type = "simulator_http"
-        url = "{url}"
-        rate = {RATE}
-        burst = 1
-        [send]
-        threads = 8
-        batch_size = 100
-        limiter = "database"
-    """)
+    write_http_config(workdir, url, gateway={"rate": RATE, "burst": 1},
+                      send={"threads": 8, "batch_size": 100, "limiter": "database"})
     write(workdir / "templates" / "sms" / "limit.j2", "Xin chào {{ subscriber.name }}\n")
     write(workdir / "campaigns" / "limit.toml", """
         name = "limit"
