@@ -248,11 +248,11 @@ def func_greatest(dialect: str) -> Any:
     return func.greatest if dialect == "postgresql" else func.max
 
 
-def db_epoch(dialect: str) -> Any:
-    """The database server's clock, in seconds since the epoch."""
+def db_epoch(dialect: str, at: Any = None) -> Any:
+    """``at`` (a timestamp column), or else the database server's clock, in seconds since the epoch."""
     from sqlalchemy import Float, cast, func, literal_column
 
     if dialect == "postgresql":
-        return cast(func.extract("epoch", func.clock_timestamp()), Float)
-    # julianday('now') has millisecond resolution; 2440587.5 is the Julian day of 1970-01-01
-    return (func.julianday(literal_column("'now'")) - 2440587.5) * 86400.0
+        return cast(func.extract("epoch", func.clock_timestamp() if at is None else at), Float)
+    # julianday() has millisecond resolution; 2440587.5 is the Julian day of 1970-01-01
+    return (func.julianday(literal_column("'now'") if at is None else at) - 2440587.5) * 86400.0

@@ -45,6 +45,7 @@ from loa import db, stats
 from loa.areas import Area, AreaIndex
 from loa.campaign import ATTRIBUTION, VALIDITY_HOURS, ArrivalRule, Goal, load_one, parse_duration
 from loa.errors import InputError, LoaError, NotFound
+from loa.ratelimit import db_epoch
 
 O, R, E, S = db.outbox, db.runs, db.events, db.subscribers
 SENT_STATES = ("sent", "delivered", "undelivered")
@@ -263,10 +264,10 @@ def _clock(definition: dict[str, Any]) -> _Clock:
 
 def _ms(dialect: str, at: Any) -> ColumnElement[Any]:
     """A timestamp in milliseconds since the epoch: windows are added to it on both backends,
-    and SQLite has no interval type (its julianday() reads milliseconds)."""
-    if dialect == "postgresql":
-        return func.extract("epoch", at) * 1000
-    return func.round((func.julianday(at) - 2440587.5) * 86_400_000)
+    and SQLite has no interval type.  SQLite's julianday() is a float: rounded to the millisecond
+    it reads, so that equal times compare equal."""
+    ms = db_epoch(dialect, at) * 1000
+    return ms if dialect == "postgresql" else func.round(ms)
 
 
 def _per_run(run_id: ColumnElement[Any], values: dict[int, int]) -> ColumnElement[Any]:

@@ -28,6 +28,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from loa import db
+from loa.ratelimit import db_epoch
 
 T = db.gateway_state
 
@@ -36,7 +37,6 @@ T = db.gateway_state
 LEASE_SECONDS = 120.0
 # SQLite's own clock, in Unix seconds: one clock for every process on the machine,
 # which test clocks (time-machine) in one of them do not move.
-_SQLITE_NOW = text("SELECT (julianday('now') - 2440587.5) * 86400.0")
 
 
 class DatabaseStateStore:
@@ -103,7 +103,7 @@ class DatabaseStateStore:
     def _claim(self, lock_key: str, owner: str) -> str | None:
         """Take the lease if it is free or expired; the lease's value, or None."""
         with self.engine.begin() as conn:             # BEGIN IMMEDIATE: one claimer at a time
-            now = float(conn.scalar(_SQLITE_NOW))
+            now = float(conn.scalar(select(db_epoch("sqlite"))))   # SQLite's clock: one per database
             held = self._read(conn, lock_key) or ""
             if held and _lease_expiry(held) > now:
                 return None
