@@ -208,7 +208,7 @@ def resolve_sqlite_path(url: str, base: Path) -> str:
 def _timezone(name: Any, label: str) -> ZoneInfo:
     try:
         return ZoneInfo(str(name))
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):   # "Asia" is a folder of the tzdata package
         raise ConfigError(f"{label}: timezone: unknown time zone {name!r}") from None
 
 

@@ -284,7 +284,7 @@ class Dispatcher:
         for round_ in range(3):
             # a slot missed (a busy machine, a collector's pause) is booked again after the
             # window, not waited for in its thread while the next slots go by unserved; the
-            # third time, the message books its own slot as it goes (acquire)
+            # third time, the message books its own slots as it goes, until it makes one
             if round_ < 2:
                 self._book(todo)
             for item in todo:
@@ -410,15 +410,9 @@ class Dispatcher:
             return
         try:
             gw = self.pool.get(item.gateway)
-            slot, item.slot = item.slot, None
-            if slot is None:
-                gw.limiter.acquire(item.message.parts)
-            elif not gw.limiter.wait_until(slot):   # type: ignore[attr-defined]
-                item.missed = True
+            handed_over = self._wait_for_slot(item, gw)
+            if handed_over is None:
                 return
-            if self._held_outcome(item, sending=True):   # held while this message waited for its slot
-                return
-            handed_over = db.utcnow()
             result = gw.provider.send(item.message)
             item.outcome = _sent(result, item.message, handed_over)
         except ProviderError as exc:
@@ -430,6 +424,35 @@ class Dispatcher:
         except Exception as exc:  # a bug in an adapter must not lose the row: treat as ambiguous
             log.exception("gateway %s raised unexpectedly for %s", item.gateway, mask(item.phone))
             item.outcome = {"state": "unknown", "error_code": "exception", "error_text": repr(exc)[:500]}
+
+    def _wait_for_slot(self, item: _Item, gw: Gateway) -> datetime | None:
+        """Wait for the message's turn with its gateway's limiter; the moment it is handed
+        over, or None if it is not to be sent now (held meanwhile, or its slot missed).
+
+        A limiter that books slots (``book``: the shared one) is asked again at the moment
+        recorded as the handover: a sender preempted since it woke must not send late (the
+        gateway would see a bunch).  A slot booked with the window that is missed goes back
+        to be booked with the others (``item.missed``); one booked here is booked again.
+        """
+        assert item.message is not None
+        limiter = gw.limiter
+        booked, item.slot = item.slot, None
+        book = getattr(limiter, "book", None)
+        while True:
+            slot = booked if booked is not None else book([item.message.parts])[0] if book else None
+            if slot is None:
+                limiter.acquire(item.message.parts)
+                on_time = True
+            else:
+                on_time = limiter.wait_until(slot)   # type: ignore[attr-defined]
+            if self._held_outcome(item, sending=True):   # held while this message waited for its slot
+                return None
+            handed_over = db.utcnow()
+            if on_time and (slot is None or limiter.on_time(slot)):   # type: ignore[attr-defined]
+                return handed_over
+            if booked is not None:
+                item.missed = True
+                return None
 
     def _classify(self, item: _Item, gw: Gateway | None, exc: ProviderError) -> dict[str, Any]:
         code, text = exc.code, str(exc)[:500]

@@ -81,12 +81,14 @@ class DatabaseGCRA:
     #: not.  2% under, it takes a 30 ms hold-up to show one message over the rate.
     MARGIN = 0.02
 
-    #: A sender that wakes up a whole interval (beyond the burst) after its slot (scheduling,
-    #: a busy machine, a collector's pause) books again instead of sending: sent that late,
-    #: it would overtake the slot booked after its own and the gateway would see a burst
-    #: over the limit.  Late by less, the order of sends is kept and no second gets more
-    #: than one message too many (which MARGIN absorbs).  At most REBOOKS times.
-    REBOOKS = 3
+    #: How late after its slot a message may still be handed to the gateway: MARGIN seconds.
+    #: Slots are ``(1 + MARGIN) / rate`` apart, so the slots of the sends handed over in any
+    #: 1-second window lie within ``1 + MARGIN`` seconds and number at most ``rate`` (plus
+    #: the burst): every second stays within the limit however late each send is, up to this.
+    #: A sender that wakes up later (scheduling, a busy machine, a collector's pause) books
+    #: again instead of sending, as often as it takes: on a slow machine loa sends slower,
+    #: never in a bunch.
+    LATE = MARGIN
 
     def __init__(self, engine: Any, gateway: str, rate: float, burst: int = 1,
                  *, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -96,7 +98,7 @@ class DatabaseGCRA:
         self.gateway = gateway
         self.interval = (1.0 + self.MARGIN) / rate
         self.burst = max(int(burst), 1)
-        self.late = max(self.burst * self.interval, 0.002)   # no finer than a thread's wake-up
+        self.late = self.LATE
         self._sleep = sleep
         self._offset: float | None = None    # the database's clock minus time.monotonic()
         self._offset_lock = threading.Lock()
@@ -212,20 +214,18 @@ class DatabaseGCRA:
         wait = deadline - time.monotonic()
         if wait > 0:
             self._sleep(wait)
+        return self.on_time(deadline)
+
+    def on_time(self, deadline: float) -> bool:
+        """Whether a message booked for ``deadline`` may still leave now (see LATE)."""
         return time.monotonic() - deadline <= self.late and deadline >= self._slowed
 
     def acquire(self, cost: float = 1.0) -> float:
         """Book one message's slot and sleep until it; a sender woken too late books again."""
-        waited = 0.0
-        for attempt in range(self.REBOOKS + 1):
-            deadline = self.book([cost])[0]
-            wait = deadline - time.monotonic()
-            if wait > 0:
-                self._sleep(wait)
-                waited += wait
-            if time.monotonic() - deadline <= self.late or attempt == self.REBOOKS:
-                break
-        return waited
+        start = time.monotonic()
+        while not self.wait_until(self.book([cost])[0]):
+            pass
+        return time.monotonic() - start
 
     def slow_down(self, seconds: float) -> None:
         from sqlalchemy import func, select, update

@@ -83,13 +83,21 @@ class Service:
         if folder:
             base = self.config.path.parent if self.config.path else Path.cwd()
             folder = base / str(folder)        # a relative folder is beside the configuration
+        # A file is taken once its size and modification time held still for a whole tick: one
+        # still being written is left for later.  Its time stamp is never compared with this
+        # host's clock, which need not agree with the clock of whoever writes the folder.
+        seen: dict[Path, tuple[int, int]] = {}
         while not self._web_stop.wait(every):
             try:
                 if folder:
-                    settled = time.time() - 2 * every   # a file still being written is left for later
+                    now = {}
                     for path in sorted(Path(folder).glob("*.csv")):
-                        if path.stat().st_mtime < settled:
+                        st = path.stat()
+                        now[path] = (st.st_size, st.st_mtime_ns)
+                        if seen.get(path) == now[path]:
                             self._take_feed(path, importer, ArrivalsHandler)
+                            del now[path]
+                    seen = now
                 greet(self.engine, self.config)
             except Exception:   # keep the service up; the next tick tries again
                 log.exception("arrivals: greeting failed")

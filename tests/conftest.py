@@ -1,5 +1,22 @@
 """Shared fixtures: a real database (SQLite file, or PostgreSQL when
-$LOA_TEST_DATABASE_URL is set) and a configuration folder per test."""
+$LOA_TEST_DATABASE_URL is set) and a configuration folder per test.
+
+Time.  Every test runs on the real clock, the same one as the ``loa`` processes it
+starts and the database server it talks to, so none of them can disagree about what
+time it is.  The hour is never assumed:
+
+* A campaign that a test sends and that is not about the send window opens it all day
+  (``[window] start = "00:00", end = "24:00"``); schedules are computed from the real
+  clock (``db.utcnow()``), in the test and in its subprocesses alike.
+* A test about the time of day itself (send windows, Zalo's night, frequency caps,
+  cron triggers) moves this process's clock to the moment it needs with time-machine,
+  and ``vietnam_daytime`` does so for the few in-process tests that send by Zalo, whose
+  22:00-06:00 rule no campaign can lift.  Such a test runs everything in this process:
+  a subprocess would keep the real clock.
+
+The whole suite is checked at Vietnam's night with Debian's ``faketime``, which moves
+every process of the tree at once (tests/README.md).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +25,9 @@ import os
 import textwrap
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import text
@@ -25,27 +44,20 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"loa database: {db.redact(PG_URL) if PG_URL else 'SQLite (temporary files)'}"
 
 
-@pytest.fixture(autouse=True)
-def daytime_in_vietnam(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Run every test in Vietnam's daytime, whatever the hour CI runs at.
+VIETNAM = ZoneInfo("Asia/Ho_Chi_Minh")
 
-    Campaigns keep Decree 91's 07:00-22:00 send window by default, so a test that
-    sends at 23:00 in Hà Nội would see its messages (rightly) deferred.  Outside
-    07:30-21:00 local time the clock is moved to 10:00 today; tests that set the
-    time themselves travel again inside this.  Subprocesses keep the real clock,
-    so tests that start `loa worker` or `loa serve` use all-day windows.
-    """
+
+@pytest.fixture
+def vietnam_daytime() -> Iterator[datetime]:
+    """This process's clock at 10:00 today in Vietnam, ticking; the moment it starts at.
+
+    Only for tests that run everything in this process (see the module's docstring):
+    its subprocesses, and the database server, keep the real clock."""
     import time_machine
-    from datetime import UTC, datetime, time
-    from zoneinfo import ZoneInfo
 
-    tz = ZoneInfo("Asia/Ho_Chi_Minh")
-    local = datetime.now(tz)
-    if time(7, 30) <= local.time() < time(21):
-        yield
-        return
-    with time_machine.travel(datetime.combine(local.date(), time(10), tz).astimezone(UTC), tick=True):
-        yield
+    start = datetime.combine(datetime.now(VIETNAM).date(), time(10), VIETNAM)
+    with time_machine.travel(start, tick=True):
+        yield start
 
 
 @pytest.fixture(scope="session")

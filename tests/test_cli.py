@@ -38,6 +38,9 @@ suppress_events = ["installed"]
 areas = ["Sơn La"]
 [sms]
 template = "sms/remind.j2"
+[window]                          # open all day: the send window is tested in test_policy
+start = "00:00"
+end = "24:00"
 [goal]
 event = "installed"
 share = 0.5
@@ -248,6 +251,9 @@ def test_missing_secret_for_a_gateway(workdir: Path, monkeypatch: pytest.MonkeyP
         [sms]
         template = "sms/t.j2"
         gateway = "remote"
+        [window]
+        start = "00:00"
+        end = "24:00"
     """)
     ok(invoke(workdir, "campaigns", "run", "t"))
     r = invoke(workdir, "send")

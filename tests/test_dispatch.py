@@ -31,7 +31,7 @@ from loa.dispatch import BACKOFF, MAX_ATTEMPTS, Dispatcher
 from loa import gateways as gw_state
 from loa.gateways import Gateway, GatewayPool
 from loa.plan import plan_run
-from loa.ratelimit import MemoryGCRA
+from loa.ratelimit import DatabaseGCRA, MemoryGCRA, db_epoch
 from loa.receipts import apply_receipts
 from providers import registry
 from providers.base import (
@@ -218,7 +218,7 @@ def make_campaign(workdir: Path, name: str = "c", *, channels: tuple[str, ...] =
                   holdout: float = 0.0, suppress: tuple[str, ...] = (),
                   sms_text: str = "Xin chào {{ subscriber.name }}", sms_gateway: str | None = None,
                   zalo_gateway: str | None = None, validity_hours: int = 24,
-                  window: tuple[str, str] | None = None) -> Campaign:
+                  window: tuple[str, str] | None = ("00:00", "24:00")) -> Campaign:
     write(workdir / "templates" / "sms" / f"{name}.j2", sms_text + "\n")
     lines = [
         f'name = "{name}"',
@@ -600,7 +600,102 @@ def test_concurrent_dispatchers_send_each_message_once(engine: Engine, workdir: 
     assert sum(1 for d in dispatchers if d.summary.outcomes["sent"]) >= 2   # the work was shared
 
 
-def test_not_reachable_on_zalo_falls_back_to_sms_once(engine: Engine, workdir: Path, tmp_path: Path) -> None:
+LONG_SMS = "Bluezone giúp phát hiện tiếp xúc gần với người nhiễm COVID-19. " * 3   # 3 UCS-2 parts
+
+
+class FakeClock:
+    """A clock that only moves when someone sleeps: the limiter's demands, added up."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.mark.parametrize("limiter", ["memory", "database"])
+def test_a_message_of_three_parts_takes_three_tokens_from_its_gateways_limit(
+        limiter: str, engine: Engine, workdir: Path, tmp_path: Path) -> None:
+    """The dispatcher books a message's parts, not the message, with either limiter: ten
+    3-part messages at 10 parts a second (burst 1) take 30 slots, 3 seconds of the limit."""
+    n, rate = 10, 10.0
+    import_people(engine, tmp_path, n=n)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir, sms_text=LONG_SMS))
+    net = SimulatedNetwork(seed=7, delivery_rate=1.0)
+    pool = sim_pool(config, net)
+    clock = FakeClock()
+    gcra: MemoryGCRA | DatabaseGCRA
+    if limiter == "memory":     # one sender, on a clock that moves by the limiter's waits
+        gcra = MemoryGCRA(rate, 1, clock=clock, sleep=clock.sleep)
+    else:                       # slots on the database's clock, each sent at once (early is on time)
+        gcra = DatabaseGCRA(engine, "sim", rate, 1, sleep=lambda seconds: None)
+    pool._built["sim"] = Gateway("sim", pool._built["sim"].provider, gcra, rate)
+    with engine.connect() as conn:
+        before = conn.scalar(select(db_epoch(conn.dialect.name)))
+    Dispatcher(engine, config, pool=pool, threads=1).run_until_empty()
+
+    rows = outbox(engine, plan.run_id)
+    assert {(r["state"], r["parts"]) for r in rows} == {("delivered", 3)}
+    assert {m.parts for m in net.messages} == {3} and len(net.messages) == n
+    if limiter == "memory":
+        # the first message leaves at once, each next one 3 slots of 0.1 s later
+        assert clock.now == pytest.approx((n - 1) * 3 / rate)
+    else:
+        with engine.connect() as conn:
+            tat = conn.scalar(select(db.gateways.c.tat).where(db.gateways.c.name == "sim"))
+            after = conn.scalar(select(db_epoch(conn.dialect.name)))
+        booked = n * 3 * gcra.interval
+        # the gateway's theoretical arrival time moved on by 30 slots from a moment of the run
+        assert before + booked <= tat + 0.002 and tat <= after + booked + 0.002, (tat - before, after - before)
+
+
+def test_concurrent_claims_never_take_the_same_row(engine: Engine, workdir: Path, tmp_path: Path) -> None:
+    """Eight claimers at once, each on its own connection, until nothing is due: every row is
+    claimed by exactly one of them.  On PostgreSQL that takes the row lock of the claim's
+    SELECT (FOR UPDATE SKIP LOCKED): without it, a claimer blocked on rows another one is
+    claiming takes them too once it commits, and the same rows are claimed twice."""
+    n, claimers = 3000, 8
+    import_people(engine, tmp_path, n=n)
+    config = make_config(workdir)
+    plan_run(engine, config, make_campaign(workdir))
+    dispatchers = [Dispatcher(engine, config, batch_size=50, pool=sim_pool(config, SimulatedNetwork(seed=1)))
+                   for _ in range(claimers)]
+    for i, d in enumerate(dispatchers):
+        d.worker = f"host-{i}:1"
+    start = threading.Barrier(claimers)
+    taken: list[list[int]] = [[] for _ in dispatchers]
+    errors: list[BaseException] = []
+
+    def claim_all(i: int) -> None:
+        try:
+            start.wait()
+            while batch := dispatchers[i].claim():
+                taken[i] += [item.id for item in batch]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim_all, args=(i,)) for i in range(claimers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    claimed = Counter(row_id for ids in taken for row_id in ids)
+    twice = sorted(row_id for row_id, times in claimed.items() if times > 1)
+    assert not twice, f"{len(twice)} rows claimed more than once, e.g. {twice[:5]}"
+    rows = outbox(engine)
+    assert set(claimed) == {r["id"] for r in rows} and len(rows) == n
+    owner = {row_id: f"host-{i}:1" for i, ids in enumerate(taken) for row_id in ids}
+    assert {r["id"]: r["worker"] for r in rows} == owner          # the ledger agrees with the claimers
+    assert sum(1 for ids in taken if ids) >= 2                      # they did run at the same time
+
+
+def test_not_reachable_on_zalo_falls_back_to_sms_once(engine: Engine, workdir: Path, tmp_path: Path,
+                                                     vietnam_daytime: datetime) -> None:
     import_people(engine, tmp_path, n=10)
     config = make_config(workdir)
     plan = plan_run(engine, config, make_campaign(workdir, channels=("zalo", "sms"), zalo_gateway="nozalo"))
@@ -823,7 +918,7 @@ def test_a_zalo_daily_quota_holds_the_whole_queue_until_it_resets(
         # slow (2/s): the senders of the window's next messages wait for their slots meanwhile
         config = fake_gateways(workdir, monkeypatch, zalo=fake, zalo_rate=2)
         plan = plan_run(engine, config, make_campaign(workdir, "zns", channels=("zalo",), zalo_gateway="zl",
-                                                      window=("00:00", "24:00"), validity_hours=48))
+                                                      validity_hours=48))
         summary = Dispatcher(engine, config).run_until_empty()
 
         assert len(fake.template_requests) == 1        # the first -144; the rest of the queue waits

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -278,7 +279,8 @@ def test_gateway_down_is_one_clear_line(case: Case, workdir: Path, configured: C
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.name == "zalo"], ids=["zalo"])
 def test_zalo_check_then_send_spend_the_refresh_token_once(fake: FakeZalo, workdir: Path, engine: Engine,
-                                                          configured: Callable[..., None]) -> None:
+                                                          configured: Callable[..., None],
+                                                          vietnam_daytime: datetime) -> None:
     configured()
     fake.expire_token()
 
