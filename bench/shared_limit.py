@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,8 @@ def bench_loa(database_url: str, label: str, n: int, rate: float, workers: int) 
                  "updated_at": now} for i in range(n)])
         campaign, problems = parse_file(folder / "campaigns" / "limit.toml")
         assert campaign is not None, problems
-        config = from_mapping({"database_url": database_url}, root=folder)
+        config = from_mapping(tomllib.loads(CONFIG.format(url=srv.url, rate=rate)) | {"database_url": database_url},
+                              root=folder)
         run_id = plan_run(engine, config, campaign).run_id
         env = dict(os.environ, LOA_CONFIG=str(folder / "config.toml"), LOA_DATABASE_URL=database_url)
         procs = [subprocess.Popen([sys.executable, "-m", "loa", "worker", "--idle", "0.1"], cwd=folder, env=env,

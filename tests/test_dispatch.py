@@ -751,6 +751,35 @@ def test_recover_returns_expired_leases_by_what_may_have_been_sent(engine: Engin
     assert Dispatcher(engine, config).recover() == 0
 
 
+def test_a_worker_that_lost_its_lease_sends_nothing_of_what_another_took_over(
+        engine: Engine, workdir: Path, tmp_path: Path) -> None:
+    """Worker A claims a batch, then stalls past its lease (a long pause, a frozen VM); B
+    recovers the rows and claims them.  When A wakes up with the batch still in hand, it
+    must not send any of it: B does, and each person gets the message once."""
+    import_people(engine, tmp_path, n=12)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir))
+    net = SimulatedNetwork(seed=7, delivery_rate=1.0)
+    a, b = (Dispatcher(engine, config, batch_size=100, pool=sim_pool(config, net)) for _ in range(2))
+    a.worker, b.worker = "host-a:1", "host-b:1"
+    in_hand = a.claim()
+    assert len(in_hand) == 12
+    with engine.begin() as conn:          # A's lease runs out while it stalls
+        conn.execute(update(O).where(O.c.worker == a.worker).values(lease_until=db.utcnow() - timedelta(seconds=1)))
+    assert b.recover() == 12
+    b._next = b.claim()
+    assert len(b._next) == 12
+
+    a._next = in_hand                     # A wakes up and carries on with its batch
+    a.run_until_empty()
+    assert not net.received
+    assert {r["worker"] for r in outbox(engine, plan.run_id)} == {b.worker}
+    b.run_until_empty()
+    rows = outbox(engine, plan.run_id)
+    assert net.received == Counter({key(r): 1 for r in rows})
+    assert {r["state"] for r in rows} == {"delivered"}
+
+
 def test_messages_expire_after_the_validity(engine: Engine, workdir: Path, tmp_path: Path) -> None:
     import_people(engine, tmp_path, n=20)
     config = make_config(workdir)

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from conftest import AREAS_CSV, write
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from loa import db, importer
@@ -268,6 +268,26 @@ def history(engine: Engine, workdir: Path, config: Config, net: SimulatedNetwork
         assert r["state"] in ("delivered", "undelivered")     # a message that did not arrive still counts
         sent.setdefault(index(r), []).append(r["sent_at"])
     return sent
+
+
+def test_a_message_in_flight_elsewhere_counts_toward_the_cap(engine: Engine, workdir: Path,
+                                                              tmp_path: Path) -> None:
+    """Another worker is in the middle of sending each person a message (``sending``, not yet
+    ``sent``, so it has no sent_at): with a cap of one, this campaign's message waits."""
+    import_people(engine, tmp_path, n=4)
+    config = load(workdir / "config.toml")
+    net = SimulatedNetwork(seed=7, delivery_rate=1.0)
+    with time_machine.travel(DAYTIME, tick=True):
+        busy = plan_run(engine, config, make_campaign(workdir, "busy"))
+        with engine.begin() as conn:
+            conn.execute(update(O).where(O.c.run_id == busy.run_id)
+                         .values(state="sending", worker="elsewhere:1", attempts=1, updated_at=db.utcnow(),
+                                 lease_until=db.utcnow() + timedelta(minutes=5)))
+        capped = plan_run(engine, config, make_campaign(workdir, "capped", advertising=True, opt_out=OPT_OUT,
+                                                        frequency_cap=1))
+        send(engine, config, net)
+    assert {(r["state"], r["reason"]) for r in rows(engine, capped.run_id)} == {("deferred", "frequency cap")}
+    assert not net.received
 
 
 def test_the_advertising_cap_defers_until_the_oldest_message_leaves_24_hours(engine: Engine, workdir: Path,
