@@ -14,8 +14,8 @@ time it is.  The hour is never assumed:
   22:00-06:00 rule no campaign can lift.  Such a test runs everything in this process:
   a subprocess would keep the real clock.
 
-The whole suite is checked at Vietnam's night with Debian's ``faketime``, which moves
-every process of the tree at once (tests/README.md).
+The whole suite is checked at Vietnam's night with ``.ci/vietnam-time``, which moves the
+clock of every Python process of the tree at once (tests/README.md).
 """
 
 from __future__ import annotations

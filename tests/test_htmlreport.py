@@ -217,11 +217,8 @@ def test_without_snapshots_or_holdout(world: tuple[rep.Report, snap.Summary]) ->
 def chromium(tmp_path: Path, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
     assert CHROMIUM is not None
-    # The page is static, so the browser's clock is not under test: under .ci/vietnam-time,
-    # libfaketime in Chromium's own processes stalls its virtual time (--virtual-time-budget).
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and "FAKETIME" not in k}
     return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *extra, url],
-                          capture_output=True, text=True, timeout=180, check=True, env=env)
+                          capture_output=True, text=True, timeout=180, check=True)
 
 
 def rows_of(dom: str, table_id: str) -> list[str]:
