@@ -6,3 +6,12 @@ records every request it receives, so tests can assert what reached the wire.
 Each also runs on its own until Ctrl-C, printing its address and test
 credentials: ``python -m providers.fakes.NAME --port N`` (0 for a free port).
 """
+
+import signal
+
+
+def stop_on_ctrl_c() -> None:
+    """Make Ctrl-C (SIGINT) stop a fake run on its own, even when it was started with SIGINT
+    ignored, as a non-interactive shell starts a background job (Python then leaves it so)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+

@@ -43,6 +43,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from providers.fakes import stop_on_ctrl_c
+
 __all__ = ["FakeESMS", "FakeMessage", "RecordedRequest"]
 
 ROOT = "/MainService.svc/json/"
@@ -407,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--brandname", default="LOA")
     p.add_argument("--latency", type=float, default=0.0)
     args = p.parse_args(argv)
+    stop_on_ctrl_c()
     with FakeESMS(host=args.host, port=args.port, brandnames=(args.brandname,), latency=args.latency) as fake:
         print(f"fake eSMS at {fake.url}\nbrandname  = {args.brandname}\napi_key    = {fake.api_key}\n"
               f"secret_key = {fake.secret_key}   (export them; name them with api_key_env and secret_key_env)",

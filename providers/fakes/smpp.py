@@ -51,6 +51,8 @@ from typing import Any
 
 from smpplib import smpp as smpp_pdu
 
+from providers.fakes import stop_on_ctrl_c
+
 __all__ = ["FakeSMSC", "Submit", "gsm7_decode", "gsm7_encode"]
 
 ESME_ROK = 0x00
@@ -676,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--password", default="secret")
     p.add_argument("--receipt-delay", type=float, default=0.0, help="seconds before each deliver_sm receipt")
     args = p.parse_args(argv)
+    stop_on_ctrl_c()
     with FakeSMSC(host=args.host, port=args.port, system_id=args.system_id, password=args.password,
                   receipt_delay=args.receipt_delay) as smsc:
         print(f"fake SMSC (SMPP 3.4) at {smsc.host}:{smsc.port}\nsystem_id = {smsc.system_id}\n"

@@ -46,6 +46,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from twilio.request_validator import RequestValidator
 
+from providers.fakes import stop_on_ctrl_c
+
 __all__ = [
     "RESET",
     "FakeTwilio",
@@ -460,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8766)
     p.add_argument("--latency", type=float, default=0.0)
     args = p.parse_args(argv)
+    stop_on_ctrl_c()
     fake = FakeTwilio(host=args.host, port=args.port, latency=args.latency)
     print(f"fake Twilio at {fake.url}\naccount_sid = {fake.account_sid}\n"
           f"auth token  = {fake.auth_token}   (export it; name it with auth_token_env)", flush=True)

@@ -33,6 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from providers.fakes import stop_on_ctrl_c
+
 __all__ = ["FakeZalo", "RecordedRequest"]
 
 OAUTH_PATH = "/v4/oa/access_token"
@@ -386,6 +388,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8766)
     p.add_argument("--daily-quota", type=int, default=1000)
     args = p.parse_args(None if argv is None else list(argv))
+    stop_on_ctrl_c()
     fake = FakeZalo(host=args.host, port=args.port, daily_quota=args.daily_quota)
     print(f"fake Zalo listening on {fake.url}; app_id={fake.app_id} "
           f"access_token={fake.access_token} refresh_token={fake.refresh_token}", flush=True)
