@@ -295,12 +295,17 @@ def main(argv: list[str] | None = None) -> int:
     if "c" not in args.skip:
         rows += bench_workers(args.messages, args.threads, [int(c) for c in args.workers.split(",")],
                               args.latency_ms)
+    print_table(f"loa dispatch benchmark: {os.cpu_count()} cores, {args.messages:,} messages, "
+                f"total {time.perf_counter() - started:.0f} s", rows)
+    return 0
+
+
+def print_table(title: str, rows: list[tuple[str, str, str]]) -> None:
+    """The title, then one aligned line per (what, figure, note)."""
     width = max(len(r[0]) for r in rows)
-    print(f"\nloa dispatch benchmark: {os.cpu_count()} cores, {args.messages:,} messages, "
-          f"total {time.perf_counter() - started:.0f} s")
+    print(f"\n{title}")
     for what, figure, note in rows:
         print(f"{what:<{width}}  {figure:>14}  {note}")
-    return 0
 
 
 if __name__ == "__main__":

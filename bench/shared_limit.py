@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(bench_loa(f"sqlite:///{tmp}/loa.db", "SQLite", args.messages, args.rate, args.workers))
     pg = pg_database()
     if isinstance(pg, str):
-        rows.append((f"loa on PostgreSQL", "skipped", f"{db.redact(PG_URL)} unreachable: {pg}"))
+        rows.append(("loa on PostgreSQL", "skipped", f"{db.redact(PG_URL)} unreachable: {pg}"))
     else:
         admin, url = pg
         try:
@@ -193,11 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
             admin.dispose()
-    width = max(len(r[0]) for r in rows)
-    print(f"\nloa shared-limit benchmark: {os.cpu_count()} cores, {args.messages:,} messages at "
-          f"{args.rate:g}/s, total {time.perf_counter() - started:.0f} s")
-    for what, figure, note in rows:
-        print(f"{what:<{width}}  {figure:>10}  {note}")
+    dispatch_bench.print_table(f"loa shared-limit benchmark: {os.cpu_count()} cores, {args.messages:,} messages at "
+                               f"{args.rate:g}/s, total {time.perf_counter() - started:.0f} s", rows)
     return 0
 
 

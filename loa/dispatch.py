@@ -435,20 +435,19 @@ class Dispatcher:
         to be booked with the others (``item.missed``); one booked here is booked again.
         """
         assert item.message is not None
-        limiter = gw.limiter
+        limiter, parts = gw.limiter, item.message.parts
         booked, item.slot = item.slot, None
         book = getattr(limiter, "book", None)
+        if book is None:            # an in-process limiter: its turn comes, nothing to miss
+            limiter.acquire(parts)
+            return None if self._held_outcome(item, sending=True) else db.utcnow()
         while True:
-            slot = booked if booked is not None else book([item.message.parts])[0] if book else None
-            if slot is None:
-                limiter.acquire(item.message.parts)
-                on_time = True
-            else:
-                on_time = limiter.wait_until(slot)   # type: ignore[attr-defined]
+            slot = booked if booked is not None else book([parts])[0]
+            on_time = limiter.wait_until(slot)   # type: ignore[attr-defined]
             if self._held_outcome(item, sending=True):   # held while this message waited for its slot
                 return None
             handed_over = db.utcnow()
-            if on_time and (slot is None or limiter.on_time(slot)):   # type: ignore[attr-defined]
+            if on_time and limiter.on_time(slot):   # type: ignore[attr-defined]
                 return handed_over
             if booked is not None:
                 item.missed = True

@@ -90,14 +90,14 @@ class Service:
         while not self._web_stop.wait(every):
             try:
                 if folder:
-                    now = {}
+                    still: dict[Path, tuple[int, int]] = {}
                     for path in sorted(Path(folder).glob("*.csv")):
                         st = path.stat()
-                        now[path] = (st.st_size, st.st_mtime_ns)
-                        if seen.get(path) == now[path]:
+                        still[path] = (st.st_size, st.st_mtime_ns)
+                        if seen.get(path) == still[path]:
                             self._take_feed(path, importer, ArrivalsHandler)
-                            del now[path]
-                    seen = now
+                            del still[path]
+                    seen = still
                 greet(self.engine, self.config)
             except Exception:   # keep the service up; the next tick tries again
                 log.exception("arrivals: greeting failed")

@@ -24,6 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from conftest import AREAS_CSV, write
+from test_ratelimit import FakeClock
 from loa import db, importer
 from loa.campaign import Campaign, load_one
 from loa.config import Config, load
@@ -601,19 +602,6 @@ def test_concurrent_dispatchers_send_each_message_once(engine: Engine, workdir: 
 
 
 LONG_SMS = "Bluezone giúp phát hiện tiếp xúc gần với người nhiễm COVID-19. " * 3   # 3 UCS-2 parts
-
-
-class FakeClock:
-    """A clock that only moves when someone sleeps: the limiter's demands, added up."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.mark.parametrize("limiter", ["memory", "database"])

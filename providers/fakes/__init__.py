@@ -14,4 +14,3 @@ def stop_on_ctrl_c() -> None:
     """Make Ctrl-C (SIGINT) stop a fake run on its own, even when it was started with SIGINT
     ignored, as a non-interactive shell starts a background job (Python then leaves it so)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
