@@ -410,12 +410,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", type=float, default=0.0)
     args = p.parse_args(argv)
     stop_on_ctrl_c()
-    with FakeESMS(host=args.host, port=args.port, brandnames=(args.brandname,), latency=args.latency) as fake:
+    # Ctrl-C may come as soon as the address is out, before print() has returned
+    with FakeESMS(host=args.host, port=args.port, brandnames=(args.brandname,), latency=args.latency) as fake, \
+            contextlib.suppress(KeyboardInterrupt):
         print(f"fake eSMS at {fake.url}\nbrandname  = {args.brandname}\napi_key    = {fake.api_key}\n"
               f"secret_key = {fake.secret_key}   (export them; name them with api_key_env and secret_key_env)",
               flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()   # until Ctrl-C: the server answers from its own threads
+        threading.Event().wait()   # until Ctrl-C: the server answers from its own threads
     return 0
 
 

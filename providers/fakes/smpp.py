@@ -264,6 +264,7 @@ class FakeSMSC:
         self.unbind_resps = 0              # answers to our unbind
         self.receipts_sent: list[tuple[str, str]] = []   # (message_id, stat)
         self.receipt_acks: list[int] = []  # command_status of each deliver_sm_resp
+        self._acked: set[int] = set()      # the sequence number each deliver_sm_resp answered
         self.mo_sent: list[tuple[str, str]] = []   # (source_addr, text) of each send_mo
         self.nacks: list[int] = []
         self.connections_opened = 0
@@ -394,7 +395,6 @@ class FakeSMSC:
         (``"sar"``) when given.  True once every part's deliver_sm_resp came back."""
         with self._lock:
             conns = [c for c in self._conns.values() if c.bound and not c.closed]
-            want = len(self.receipt_acks)
         if not conns:
             return False
         pdus = self._mo_pdus(source, text, destination, part_size, concat)
@@ -404,7 +404,9 @@ class FakeSMSC:
         with self._lock:
             self.mo_sent.append((source, text))
             self.changed.notify_all()
-        return self.wait_for(lambda: len(self.receipt_acks) >= want + len(pdus), timeout)
+        # these PDUs' own answers: a receipt's deliver_sm_resp may come back meanwhile
+        sequences = {int(pdu.sequence) for pdu in pdus}
+        return self.wait_for(lambda: sequences <= self._acked, timeout)
 
     def _mo_pdus(self, source: str, text: str, destination: str, part_size: int | None,
                  concat: str) -> list[Any]:
@@ -524,6 +526,7 @@ class FakeSMSC:
         elif command == "deliver_sm_resp":
             with self._lock:
                 self.receipt_acks.append(int(pdu.status))
+                self._acked.add(int(pdu.sequence))
                 self.changed.notify_all()
         elif command == "generic_nack":
             with self._lock:
@@ -679,12 +682,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--receipt-delay", type=float, default=0.0, help="seconds before each deliver_sm receipt")
     args = p.parse_args(argv)
     stop_on_ctrl_c()
+    # Ctrl-C may come as soon as the address is out, before print() has returned
     with FakeSMSC(host=args.host, port=args.port, system_id=args.system_id, password=args.password,
-                  receipt_delay=args.receipt_delay) as smsc:
+                  receipt_delay=args.receipt_delay) as smsc, contextlib.suppress(KeyboardInterrupt):
         print(f"fake SMSC (SMPP 3.4) at {smsc.host}:{smsc.port}\nsystem_id = {smsc.system_id}\n"
               f"password  = {smsc.password}   (export it; name it with password_env)", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()   # until Ctrl-C: the server answers from its own threads
+        threading.Event().wait()   # until Ctrl-C: the server answers from its own threads
     return 0
 
 

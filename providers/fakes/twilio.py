@@ -464,9 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     stop_on_ctrl_c()
     fake = FakeTwilio(host=args.host, port=args.port, latency=args.latency)
-    print(f"fake Twilio at {fake.url}\naccount_sid = {fake.account_sid}\n"
-          f"auth token  = {fake.auth_token}   (export it; name it with auth_token_env)", flush=True)
-    try:
+    try:   # Ctrl-C may come as soon as the address is out, before print() has returned
+        print(f"fake Twilio at {fake.url}\naccount_sid = {fake.account_sid}\n"
+              f"auth token  = {fake.auth_token}   (export it; name it with auth_token_env)", flush=True)
         fake._httpd.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass

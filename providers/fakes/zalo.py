@@ -390,9 +390,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = p.parse_args(None if argv is None else list(argv))
     stop_on_ctrl_c()
     fake = FakeZalo(host=args.host, port=args.port, daily_quota=args.daily_quota)
-    print(f"fake Zalo listening on {fake.url}; app_id={fake.app_id} "
-          f"access_token={fake.access_token} refresh_token={fake.refresh_token}", flush=True)
-    try:
+    try:   # Ctrl-C may come as soon as the address is out, before print() has returned
+        print(f"fake Zalo listening on {fake.url}; app_id={fake.app_id} "
+              f"access_token={fake.access_token} refresh_token={fake.refresh_token}", flush=True)
         fake.serve_forever()
     except KeyboardInterrupt:
         pass
