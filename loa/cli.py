@@ -96,12 +96,31 @@ def main(ctx: click.Context, config_path: str | None, verbose: int, log_format: 
 # -- init ---------------------------------------------------------------------
 
 @main.command()
+@click.option("--examples/--no-examples", default=True, show_default=True,
+              help="Write the example configuration, campaigns and templates where none exist yet.")
 @click.pass_obj
 @fail_cleanly
-def init(app: App) -> None:
-    """Create the database schema (safe to run again)."""
-    from loa import db
+def init(app: App, examples: bool) -> None:
+    """Create the database schema (safe to run again), and start from the examples.
 
+    Without a configuration file (--config FILE, $LOA_CONFIG, or ./config.toml), the example
+    configuration is written there.  Where the configuration's campaigns and templates folders do
+    not exist, the example campaigns and templates are written into them.  Nothing that exists is
+    ever overwritten.
+    """
+    import os
+
+    from loa import db
+    from loa import examples as ex
+
+    if examples:
+        target = Path(app.config_path or os.environ.get("LOA_CONFIG") or "config.toml")
+        if not target.exists():
+            out.print(f"wrote {ex.write_config(target)} from {ex.CONFIG}: edit it before sending for real",
+                      highlight=False, markup=False, soft_wrap=True)
+            app.config_path = str(target)
+        for what, folder in ex.write_folders(app.config.campaigns_dir, app.config.templates_dir):
+            out.print(f"wrote the example {what} to {folder}", highlight=False, markup=False, soft_wrap=True)
     new = db.create_schema(app.engine(check=False))
     where = db.redact(app.config.database_url)
     out.print(f"{'created' if new else 'checked'} loa schema in {where}", highlight=False, markup=False)

@@ -633,8 +633,9 @@ def run_demo(directory: Path | None, *, subscribers: int | None = None, seed: in
             demo.send(engine, config)
             say(f"6. {organic_installs(engine, seed):,} people installed without a message (the baseline)")
             _print_report(console, engine, campaign, fmt, count, say)
-            say(f"\ndone in {time.perf_counter() - started:.1f} s. Explore: "
-                f"loa --config {folder / 'config.toml'} report --format csv")
+            elapsed = f"\ndone in {time.perf_counter() - started:.1f} s."
+            say(f"{elapsed} Explore: loa --config {folder / 'config.toml'} report --format csv" if keep else
+                f"{elapsed} Its temporary folder is removed; run with --dir DIR to keep it and explore.")
     finally:
-        if not keep and fmt != "table":
+        if not keep:
             shutil.rmtree(folder, ignore_errors=True)
