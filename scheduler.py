@@ -30,6 +30,7 @@ from loa.campaign import Campaign, load_all
 from loa.config import Config
 from loa.cron import cron_trigger
 from loa.plan import PlanResult, ensure_campaign, plan_run
+from loa.policy import apply_window_edits
 from loa.state import DatabaseStateStore
 
 log = logging.getLogger("loa.scheduler")
@@ -117,6 +118,8 @@ class CampaignScheduler:
         found, self.problems = load_all(self.config.campaigns_dir)
         for problem in self.problems:
             log.error("campaign not scheduled: %s", problem)
+        for line in apply_window_edits(self.engine, found):
+            log.warning("%s", line)
         self.campaigns = {n: c for n, c in found.items() if c.trigger == "schedule" and c.schedule}
         wanted = {f"campaign:{name}" for name in self.campaigns}
         for job in self.scheduler.get_jobs():

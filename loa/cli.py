@@ -251,8 +251,21 @@ def campaigns_reload(app: App, force: bool) -> None:
     if problems and not force:
         raise LoaError(f"{len(problems)} problem(s) in {app.config.campaigns_dir}: nothing reloaded (--force skips them)")
     scheduler.request_reload(engine)
+    _follow_window_edits(app, engine, out.print)
     out.print(f"reload requested: the active scheduler rebuilds its jobs within {scheduler.RELOAD_POLL_SECONDS} s",
               highlight=False)
+
+
+def _follow_window_edits(app: App, engine: Any, say: Callable[..., Any]) -> None:
+    """Open runs take their campaign's current send window (loa.policy.apply_window_edits)."""
+    from loa.campaign import load_all
+    from loa.policy import apply_window_edits
+
+    if not app.config.campaigns_dir.is_dir():   # sending needs no campaign files
+        return
+    found, _ = load_all(app.config.campaigns_dir)
+    for line in apply_window_edits(engine, found):
+        say(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _engine_if_ready(app: App) -> Any:
@@ -340,12 +353,14 @@ def send(app: App, campaign: str | None, until_empty: bool, threads: int | None)
     """Send every due message through its gateway, then collect receipts."""
     from loa.dispatch import Dispatcher
 
+    _follow_window_edits(app, app.engine(), out.print)
     dispatcher = Dispatcher(app.engine(), app.config, threads=threads, campaign=campaign)
     try:
         summary = dispatcher.run_until_empty()
     finally:
         dispatcher.pool.close()
-    outcomes = ", ".join(f"{n:,} {s}" for s, n in sorted(summary.outcomes.items())) or "nothing was due"
+    outcomes = ", ".join(f"{n:,} {s}" + (_deferrals(summary.deferred, app.config.timezone) if s == "deferred" else "")
+                         for s, n in sorted(summary.outcomes.items())) or "nothing was due"
     out.print(f"sent: {outcomes}; {summary.receipts:,} receipts, {summary.responses:,} responses"
               + (f"; {summary.expired:,} expired" if summary.expired else ""), highlight=False, soft_wrap=True)
     for gateway, reason in summary.paused.items():
@@ -353,6 +368,27 @@ def send(app: App, campaign: str | None, until_empty: bool, threads: int | None)
                   soft_wrap=True)
     if summary.paused:
         sys.exit(1)
+
+
+def _deferrals(deferred: Any, tz: Any) -> str:
+    """" to 07:00 (send window)", or per reason its count and its earliest time ("from 07:00")."""
+    from datetime import datetime
+
+    today = datetime.now(tz).date()
+    times: dict[str, list[datetime]] = {}
+    counts: dict[str, int] = {}
+    for (why, until), n in deferred.items():
+        times.setdefault(why, []).append(until)
+        counts[why] = counts.get(why, 0) + n
+    groups = []
+    for why in sorted(times, key=lambda w: min(times[w])):
+        local = min(times[why]).astimezone(tz)
+        days = (local.date() - today).days
+        at = f"{local:%H:%M}" + ("" if days <= 0 else " tomorrow" if days == 1 else f" on {local:%d/%m}")
+        groups.append((why, counts[why], f"to {at}" if len(times[why]) == 1 else f"from {at}"))
+    if len(groups) == 1:
+        return f" {groups[0][2]} ({groups[0][0]})"
+    return " (" + "; ".join(f"{n:,} {at}: {why}" for why, n, at in groups) + ")"
 
 
 @main.command()
@@ -372,10 +408,11 @@ def worker(app: App, campaign: str | None, threads: int | None, idle: float) -> 
 
     from loa.dispatch import Dispatcher
 
+    log = logging.getLogger("loa.worker")
+    _follow_window_edits(app, app.engine(), lambda line, **_: log.warning("%s", line))
     dispatcher = Dispatcher(app.engine(), app.config, threads=threads, campaign=campaign)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: dispatcher.stop.set())
-    log = logging.getLogger("loa.worker")
     log.warning("worker %s started", dispatcher.worker)
     try:
         summary = dispatcher.run_forever(idle=idle)

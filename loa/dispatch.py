@@ -44,7 +44,7 @@ from loa.gateways import Gateway, GatewayPool
 from loa.inbound import receive_inbound
 from loa.logs import mask_phones
 from loa.phones import mask
-from loa.policy import Policy, channel_window, opt_out, parse_window
+from loa.policy import WINDOW_REASON, Policy, channel_window, opt_out, parse_window
 from loa.receipts import apply_receipts, apply_responses, lock_rows
 from loa.render import Renderer
 from providers.base import Provider as ProviderBase
@@ -76,6 +76,7 @@ PAUSING = (AuthError, ConfigError, MoneyError)
 @dataclass
 class SendSummary:
     outcomes: Counter[str] = field(default_factory=Counter)
+    deferred: Counter[tuple[str, datetime]] = field(default_factory=Counter)   # (why, until) -> messages
     paused: dict[str, str] = field(default_factory=dict)     # gateway -> reason
     receipts: int = 0
     responses: int = 0
@@ -341,7 +342,7 @@ class Dispatcher:
             window = channel_window(item.channel, parse_window(item.definition.get("window")))
             if not window.contains(now, self.config.timezone):
                 item.outcome = {"state": "deferred", "due_at": window.next_open(now, self.config.timezone),
-                                "reason": f"outside the {item.channel} send window "
+                                "reason": f"{WINDOW_REASON}{item.channel} send window "
                                           f"{window.start:%H:%M}-{window.end:%H:%M}"}
                 held.append(item)
         rest = [i for i in items if i.outcome is None]
@@ -504,6 +505,8 @@ class Dispatcher:
         for item in items:
             outcome = dict(item.outcome or {})
             self.summary.outcomes[outcome.get("state", "?")] += 1
+            if outcome.get("state") == "deferred" and outcome.get("due_at"):
+                self.summary.deferred[(_deferral(outcome), outcome["due_at"])] += 1
             outcome.setdefault("attempts", item.attempts)
             outcome |= {"lease_until": None, "updated_at": now}
             if outcome["state"] in ("planned", "deferred"):
@@ -840,6 +843,14 @@ def _sent(result: SendResult, message: OutgoingMessage, handed_over: datetime) -
     if outcome["state"] == "delivered":
         outcome["delivered_at"] = now
     return outcome
+
+
+def _deferral(outcome: dict[str, Any]) -> str:
+    """Why a message waits, in a few words: what `loa send` prints beside its time."""
+    reason = outcome.get("reason") or ""
+    if reason.startswith(WINDOW_REASON):
+        return "send window"
+    return reason or (f"retry after {outcome['error_code']}" if outcome.get("error_code") else "retry")
 
 
 def _failed(code: str | None, text: str) -> dict[str, Any]:

@@ -61,6 +61,42 @@ def parse_window(table: Any) -> tuple[time, time]:
     return bounds[0], bounds[1]
 
 
+WINDOW_REASON = "outside the "   # how a message deferred by its send window is marked (dispatch)
+
+
+def _window_text(window: tuple[time, time]) -> str:
+    return f"{window[0]:%H:%M}-{'24:00' if window[1] == time.max else f'{window[1]:%H:%M}'}"
+
+
+def apply_window_edits(engine: Engine, campaigns: Mapping[str, Any]) -> list[str]:
+    """Make open runs follow their campaign's edited send window.
+
+    A run keeps the definition it was planned with, but the send window is a rule about
+    when to send, not what: after an edit, messages waiting for the old window are
+    released, and each is held again, if at all, by the new window when next claimed.
+    ``campaigns`` maps names to the campaigns as their files now say (loa.campaign.Campaign);
+    one line is returned per run changed.
+    """
+    windows = {name: campaign.snapshot().get("window") for name, campaign in campaigns.items()}
+    r, o, c = db.runs, db.outbox, db.campaigns
+    changed = []
+    with engine.begin() as conn:
+        runs = conn.execute(select(r.c.id, c.c.name, r.c.definition).join(c, c.c.id == r.c.campaign_id)
+                            .where(r.c.status == "planned", c.c.name.in_(list(windows)))).all()
+        for run_id, name, definition in runs:
+            old, new = parse_window(definition.get("window")), parse_window(windows[name])
+            if old == new:
+                continue
+            note = f"send window {_window_text(old)} -> {_window_text(new)}"
+            conn.execute(update(r).where(r.c.id == run_id).values(definition=definition | {"window": windows[name]}))
+            released = conn.execute(update(o).where(
+                o.c.run_id == run_id, o.c.state == "deferred", o.c.reason.like(f"{WINDOW_REASON}%")
+            ).values(due_at=db.utcnow())).rowcount
+            changed.append(f"run {run_id} of {name}: {note}; {released:,} message(s) waiting for the old window "
+                           "released")
+    return changed
+
+
 def channel_window(channel: str, campaign_window: tuple[time, time]) -> Window:
     """The campaign's window, narrowed by the channel's own rule (Zalo's night)."""
     start, end = campaign_window
