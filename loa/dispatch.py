@@ -45,7 +45,7 @@ from loa.inbound import receive_inbound
 from loa.logs import mask_phones
 from loa.phones import mask
 from loa.policy import WINDOW_REASON, Policy, channel_window, opt_out, parse_window
-from loa.receipts import apply_receipts, apply_responses, lock_rows
+from loa.receipts import RECEIVABLE, apply_receipts, apply_responses, lock_rows
 from loa.render import Renderer
 from providers.base import Provider as ProviderBase
 from providers.base import (
@@ -135,6 +135,7 @@ class Dispatcher:
     # -- the loops ------------------------------------------------------------
     def run_until_empty(self) -> SendSummary:
         """Send everything that is due now, then collect receipts (``loa send``)."""
+        self.open_gateways_owing_receipts()
         with ThreadPoolExecutor(self.threads, thread_name_prefix="loa-send") as executor:
             self._executor = executor
             while not self.stop.is_set():
@@ -156,6 +157,7 @@ class Dispatcher:
         claimed but not yet sent go back for other workers.
         """
         last = 0.0
+        self.open_gateways_owing_receipts()
         with ThreadPoolExecutor(self.threads, thread_name_prefix="loa-send") as executor:
             self._executor = executor
             while not self.stop.is_set():
@@ -171,6 +173,19 @@ class Dispatcher:
                     self.stop.wait(idle)
             self._give_back()
         return self.summary
+
+    def open_gateways_owing_receipts(self) -> None:
+        """Open the gateways that still owe receipts for messages sent earlier, by this
+        process or by one that died, so that polling asks them even when nothing is left
+        to send through them (the gateway pool opens a gateway on first use)."""
+        with self.engine.connect() as conn:
+            names = conn.scalars(select(O.c.gateway).where(O.c.state.in_(RECEIVABLE), O.c.gateway.is_not(None))
+                                 .distinct()).all()
+        for name in names:
+            try:
+                self.pool.get(name)
+            except LoaError as exc:   # gone from the configuration, or cannot start: its rows wait
+                log.warning("gateway %s: not polled for receipts: %s", name, exc)
 
     def housekeeping(self) -> None:
         self.recover()
@@ -752,6 +767,10 @@ class Dispatcher:
                         self.summary.receipts += apply_receipts(conn, gw.name, receipts)
                         self.summary.responses += apply_responses(conn, gw.name, responses)
                     got += len(receipts) + len(responses)
+                    try:   # committed: the gateway may let them go (unacknowledged, they come back)
+                        gw.provider.receipts_recorded(receipts, responses)
+                    except ProviderError as exc:
+                        log.warning("gateway %s: cannot acknowledge receipts: %s", gw.name, exc)
                 got += self._take_inbound(gw)
             if not drain or (got == 0 and not self._awaiting_receipts()) or time.monotonic() > deadline:
                 return

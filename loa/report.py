@@ -185,6 +185,11 @@ def for_campaign(engine: Engine, campaigns_dir: Path, name: str, level: str | No
         raise InputError(f"unknown area level {level!r} (levels: {', '.join(sorted(known)) or 'none imported'})")
     try:
         goal = load_one(campaigns_dir, name).goal
+    except NotFound as exc:   # no file: a campaign the ledger knows is still reported, without a goal
+        with engine.connect() as conn:
+            if conn.scalar(select(db.campaigns.c.id).where(db.campaigns.c.name == name)) is None:
+                raise NotFound(f"{exc}; and no campaign of that name has ever run") from None
+        goal = None
     except LoaError:
         goal = None
     return build(engine, name, goal, level)

@@ -294,6 +294,12 @@ class Provider:
         """Receipts the gateway has for us now (polling gateways, simulator)."""
         return ()
 
+    def receipts_recorded(self, receipts: Sequence[DeliveryReceipt], responses: Sequence[Response]) -> None:
+        """loa has committed ``receipts`` and ``responses`` from :meth:`fetch_receipts` and
+        :meth:`fetch_responses`.  A gateway that holds them until told (a lease, a cursor)
+        lets them go here; until then it may hand them out again, and loa records a receipt
+        or response twice as once."""
+
     def fetch_inbound(self) -> Iterable[InboundMessage]:
         """Subscribers' messages the gateway holds for us (an SMPP bind's inbound SMS); loa
         treats them as it treats the inbound of a webhook (:attr:`WebhookResult.inbound`).

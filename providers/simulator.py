@@ -24,10 +24,11 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 from urllib3.exceptions import NewConnectionError  # requests' own transport
@@ -64,6 +65,10 @@ CODE_BADREQ = "SIM-BADREQ"
 CODE_AUTH = "SIM-AUTH"
 CODE_THROTTLED = "SIM-THROTTLED"
 CODE_NOTFOUND = "SIM-NOTFOUND"
+
+# how long a receipt or response fetched over HTTP stays hidden before it is handed out
+# again, unless its ack comes first
+LEASE_SECONDS = 10.0
 
 
 def mask_phone(phone: str) -> str:
@@ -147,6 +152,10 @@ class SimulatedNetwork:
         self._by_key: dict[str, SendResult] = {}
         self._receipts: list[tuple[float, int, DeliveryReceipt]] = []
         self._responses: list[tuple[float, int, Response]] = []
+        # leased over HTTP and not yet acknowledged: seq -> (lease expiry, entry); an
+        # entry whose lease runs out is handed out again, so a client that dies between
+        # fetching and recording loses nothing
+        self._leased: dict[int, tuple[float, tuple[float, int, Any]]] = {}
         self._seq = 0
 
     # -- option checks ------------------------------------------------------
@@ -242,6 +251,7 @@ class SimulatedNetwork:
             response = Response(
                 phone=message.to, type="installed", at=at, key=message.key, source="simulator"
             )
+            self._seq += 1   # ack ids are shared by receipts and responses
             self._responses.append((due, self._seq, response))
 
     # -- draining ----------------------------------------------------------
@@ -256,6 +266,28 @@ class SimulatedNetwork:
         with self._lock:
             due, self._responses = self._split(self._responses, _as_epoch(now))
         return due
+
+    def lease(self, kind: str, seconds: float, now: float | datetime | None = None) -> list[tuple[int, Any]]:
+        """Hand out the due receipts (``kind="receipts"``) or responses as (ack id, item),
+        each hidden from later leases for ``seconds`` unless :meth:`ack` settles it first."""
+        at = _as_epoch(now)
+        with self._lock:
+            pool = self._receipts if kind == "receipts" else self._responses
+            wanted = DeliveryReceipt if kind == "receipts" else Response
+            for seq, (until, entry) in list(self._leased.items()):
+                if until <= at and isinstance(entry[2], wanted):
+                    del self._leased[seq]
+                    pool.append(entry)
+            ready = sorted((i for i in pool if i[0] <= at), key=lambda i: (i[0], i[1]))
+            pool[:] = [i for i in pool if i[0] > at]
+            for entry in ready:
+                self._leased[entry[1]] = (at + seconds, entry)
+        return [(entry[1], entry[2]) for entry in ready]
+
+    def ack(self, ids: Iterable[int]) -> int:
+        """Settle leased items for good; returns how many were still leased."""
+        with self._lock:
+            return sum(self._leased.pop(int(i), None) is not None for i in ids)
 
     @staticmethod
     def _split(items: list[tuple[float, int, Any]], now: float) -> tuple[list[Any], list[Any]]:
@@ -275,9 +307,11 @@ class SimulatedNetwork:
             return sum(self.accepted.values())
 
     def pending(self) -> tuple[int, int]:
-        """(receipts, responses) not yet drained."""
+        """(receipts, responses) not yet drained, leased and unacknowledged ones included."""
         with self._lock:
-            return len(self._receipts), len(self._responses)
+            leased = [entry[2] for _, entry in self._leased.values()]
+            return (len(self._receipts) + sum(isinstance(i, DeliveryReceipt) for i in leased),
+                    len(self._responses) + sum(isinstance(i, Response) for i in leased))
 
     def options(self) -> dict[str, Any]:
         return {
@@ -423,10 +457,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         net = self.server.app.network
         path = self.path.split("?", 1)[0]
-        if path == "/v1/receipts":
-            self._reply(200, {"receipts": [_receipt_json(r) for r in net.take_receipts()]})
-        elif path == "/v1/responses":
-            self._reply(200, {"responses": [_response_json(r) for r in net.take_responses()]})
+        if path in ("/v1/receipts", "/v1/responses"):
+            # leased, not taken: what is not acknowledged (POST /v1/acks) comes back
+            kind = path.rsplit("/", 1)[1]
+            try:
+                seconds = float(parse_qs(urlsplit(self.path).query).get("lease", [self.server.app.lease])[0])
+            except ValueError:
+                self._error(400, CODE_BADREQ, "lease must be a number of seconds")
+                return
+            as_json = _receipt_json if kind == "receipts" else _response_json
+            self._reply(200, {kind: [as_json(item) | {"ack": ack} for ack, item in net.lease(kind, seconds)]})
         elif path == "/v1/health":
             self._reply(200, {"ok": True, "received": net.total_received,
                               "accepted": net.total_accepted})
@@ -437,6 +477,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         path = self.path.split("?", 1)[0]
+        if path == "/v1/acks":
+            try:
+                ids = [int(i) for i in self._read_json()["acks"]]
+            except (ValueError, TypeError, KeyError) as exc:
+                self._error(400, CODE_BADREQ, f"bad request: body must be {{\"acks\": [ids]}} ({exc})")
+                return
+            self._reply(200, {"acked": self.server.app.network.ack(ids)})
+            return
         if path != "/v1/messages":
             self._error(404, CODE_NOTFOUND, f"no such endpoint: POST {path}")
             return
@@ -510,12 +558,14 @@ class SimulatorServer:
         port: int = 0,
         token: str | None = None,
         throttle_every: int = 0,
+        lease: float = LEASE_SECONDS,
         network: SimulatedNetwork | None = None,
         **network_options: Any,
     ) -> None:
         self.network = network if network is not None else SimulatedNetwork(**network_options)
         self.token = token
         self.throttle_every = int(throttle_every)
+        self.lease = float(lease)   # seconds a fetched receipt waits for its ack
         self._posts = 0
         self._count_lock = threading.Lock()
         self._httpd = _HTTPServer((host, port), _Handler)
@@ -609,6 +659,8 @@ class SimulatorHTTPProvider(Provider):
         self.timeout: tuple[float, float] = (min(timeout, 3.05), timeout)
         self.session = requests.Session()
         self.session.headers["Accept"] = "application/json"
+        self._acks: dict[Any, list[int]] = {}
+        self._acks_lock = threading.Lock()
         token = self.options.get("token")
         if token is None and self.options.get("token_env"):
             token = os.environ.get(str(self.options["token_env"]))
@@ -640,25 +692,40 @@ class SimulatorHTTPProvider(Provider):
 
     def fetch_receipts(self) -> list[DeliveryReceipt]:
         data = self._get_json("/v1/receipts")
-        return [
-            DeliveryReceipt(
+        return self._leased([
+            (item.get("ack"), DeliveryReceipt(
                 status=str(item["status"]),
                 provider_id=item.get("id"),
                 key=item.get("key"),
                 at=_parse_time(item["at"]) if item.get("at") else None,
                 error_code=item.get("error_code"),
                 error_text=item.get("error_text"),
-            )
+            ))
             for item in data.get("receipts", ())
-        ]
+        ])
 
     def fetch_responses(self) -> list[Response]:
         data = self._get_json("/v1/responses")
-        return [
-            Response(phone=str(item["phone"]), type=str(item["type"]),
-                     at=_parse_time(item["at"]), key=item.get("key"), source=self.name)
+        return self._leased([
+            (item.get("ack"), Response(phone=str(item["phone"]), type=str(item["type"]),
+                                       at=_parse_time(item["at"]), key=item.get("key"), source=self.name))
             for item in data.get("responses", ())
-        ]
+        ])
+
+    def _leased(self, items: list[tuple[Any, Any]]) -> list[Any]:
+        # the server hides what it handed out until acknowledged; remember each item's ack
+        # id so that receipts_recorded acknowledges exactly what loa has committed
+        with self._acks_lock:
+            for ack, item in items:
+                if ack is not None:
+                    self._acks.setdefault(item, []).append(int(ack))
+        return [item for _, item in items]
+
+    def receipts_recorded(self, receipts: Sequence[DeliveryReceipt], responses: Sequence[Response]) -> None:
+        with self._acks_lock:
+            acks = [ack for item in (*receipts, *responses) for ack in self._acks.pop(item, ())]
+        if acks:
+            self._json_or_raise(self._request("POST", "/v1/acks", json={"acks": acks}))
 
     def check(self) -> str:
         data = self._get_json("/v1/health")
@@ -786,6 +853,8 @@ def _parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
     p.add_argument("--install-rate", type=float, default=0.0)
     p.add_argument("--latency-ms", type=float, default=0)
     p.add_argument("--receipt-delay", type=float, default=0.0)
+    p.add_argument("--lease", type=float, default=LEASE_SECONDS,
+                   help="seconds a fetched receipt or response waits for its ack before it is handed out again")
     p.add_argument("--no-dedupe", action="store_true", help="treat every call as a new message")
     p.add_argument("--throttle-every", type=int, default=0, help="answer every Nth POST with 429")
     p.add_argument("--token", default=os.environ.get("SIMULATOR_TOKEN"),
@@ -797,7 +866,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = _parse_args(argv)
     server = SimulatorServer(
         host=args.host, port=args.port, token=args.token, throttle_every=args.throttle_every,
-        seed=args.seed, delivery_rate=args.delivery_rate, failure_rate=args.failure_rate,
+        lease=args.lease, seed=args.seed, delivery_rate=args.delivery_rate, failure_rate=args.failure_rate,
         permanent_rate=args.permanent_rate, install_rate=args.install_rate,
         latency_ms=args.latency_ms, receipt_delay=args.receipt_delay, dedupe=not args.no_dedupe,
     )

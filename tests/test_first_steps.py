@@ -63,6 +63,16 @@ def test_init_writes_an_explicit_config_path(empty: Path) -> None:
     assert (empty / "etc" / "campaigns" / "bluezone-reminder.toml").is_file()   # beside the configuration
 
 
+def test_report_of_a_campaign_that_does_not_exist_says_so(empty: Path) -> None:
+    ok(invoke(None, "init"))
+    line = one_line_error(invoke(None, "report", "nope"), "no campaign named 'nope'", "bluezone-reminder",
+                          "has ever run")
+    assert "has no runs" not in line
+    # a campaign that exists but has not run yet is told apart
+    one_line_error(invoke(None, "report", "bluezone-reminder"), "'bluezone-reminder' has no runs yet",
+                   "loa campaigns run bluezone-reminder")
+
+
 def test_init_without_examples_still_needs_a_configuration(empty: Path) -> None:
     one_line_error(invoke(None, "init", "--no-examples"), "no configuration found")
     assert list(empty.iterdir()) == []
