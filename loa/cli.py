@@ -121,9 +121,16 @@ def init(app: App, examples: bool) -> None:
             app.config_path = str(target)
         for what, folder in ex.write_folders(app.config.campaigns_dir, app.config.templates_dir):
             out.print(f"wrote the example {what} to {folder}", highlight=False, markup=False, soft_wrap=True)
-    new = db.create_schema(app.engine(check=False))
+    engine = app.engine(check=False)
+    before = db.revision_of(engine)
+    new = db.create_schema(engine)
     where = db.redact(app.config.database_url)
-    out.print(f"{'created' if new else 'checked'} loa schema in {where}", highlight=False, markup=False)
+    after = db.revision_of(engine)
+    if new or before == after:
+        out.print(f"{'created' if new else 'checked'} loa schema in {where}", highlight=False, markup=False)
+    else:
+        out.print(f"upgraded loa schema in {where}: revision {before or 'none (made before migrations)'} → {after}; "
+                  "existing data kept", highlight=False, markup=False, soft_wrap=True)
 
 
 # -- import -------------------------------------------------------------------

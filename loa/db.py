@@ -6,6 +6,7 @@ set-based statement, and the ORM's unit of work would only stand in the way.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -39,7 +40,6 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from loa.errors import ConfigError, LoaError
 
-SCHEMA_VERSION = 1
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -317,50 +317,106 @@ def redact(url: str) -> str:
         return "<unparseable URL>"
 
 
-def create_schema(engine: Engine) -> bool:
-    """Create missing tables and add missing columns; return True if the database was new.
+# Every schema change is an Alembic migration in loa/migrations/versions; `loa init` (and
+# anything else that calls create_schema) brings a database to the newest one.
+MIGRATIONS = "loa:migrations"
+_MIGRATION_LOCK = 0x6C6F61   # PostgreSQL advisory lock: one migrating process at a time
 
-    Upgrades are additive: a newer loa adds tables and nullable columns, never
-    rewrites or drops what is there.
+
+def _alembic_config(conn: Connection | None = None) -> Any:
+    from alembic.config import Config as AlembicConfig
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", MIGRATIONS)
+    config.attributes["connection"] = conn
+    return config
+
+
+@functools.cache
+def _revisions() -> tuple[str, frozenset[str]]:
+    """(the head revision, every revision this loa knows)."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(_alembic_config())
+    head = scripts.get_current_head()
+    assert head is not None, "loa/migrations has no revisions"
+    return head, frozenset(s.revision for s in scripts.walk_revisions())
+
+
+def schema_revision(conn: Connection) -> str | None:
+    """The migration a database is at; None before its first (or with no loa schema)."""
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def revision_of(engine: Engine) -> str | None:
+    """:func:`schema_revision` of a database that may not even have tables yet."""
+    try:
+        with engine.connect() as conn:
+            return schema_revision(conn) if inspect(conn).has_table("alembic_version") else None
+    except OperationalError:
+        return None
+
+
+def create_schema(engine: Engine, *, replay: bool = False) -> bool:
+    """Bring the database to this loa's schema by its migrations; True if it was new.
+
+    A database an older loa made before migrations (no ``alembic_version``) joins the
+    history at the first revision, which creates only what it lacks.  Existing data is
+    kept: migrations add and reshape, and a downgrade is never run for you.  An empty
+    database gets the tables in one ``create_all`` and is stamped with the head, as
+    Alembic's cookbook does; ``replay`` runs every migration instead (the test that
+    the two agree).
     """
+    head, known = _revisions()
     with engine.begin() as conn:
-        new = not inspect(conn).has_table("loa_meta")
-        metadata.create_all(conn)
-        for table, column in missing_columns(conn):
-            ddl = column.type.compile(dialect=conn.dialect)
-            conn.exec_driver_sql(f'ALTER TABLE {table} ADD COLUMN "{column.name}" {ddl}')
-        if new:
-            conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+        if conn.dialect.name == "postgresql":   # two services starting at once migrate one after the other
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+        inspector = inspect(conn)
+        new = not inspector.has_table("loa_meta")
+        current = schema_revision(conn) if inspector.has_table("alembic_version") else None
+        if current == head:
+            return new
+        if current is not None and current not in known:
+            raise LoaError(_newer(engine, current))
+        if new and current is None and not replay and not set(inspector.get_table_names()) & set(metadata.tables):
+            metadata.create_all(conn)
+            conn.execute(meta.insert().values(key="schema_version", value="1"))
+            version = Table("alembic_version", MetaData(),
+                            Column("version_num", String(32), primary_key=True, key="version_num"))
+            version.create(conn)
+            conn.execute(version.insert().values(version_num=head))
+            return True
+        from alembic import command
+
+        command.upgrade(_alembic_config(conn), "head")
     return new
 
 
-def missing_columns(conn: Connection) -> list[tuple[str, Column[Any]]]:
-    inspector = inspect(conn)
-    out = []
-    for name, table in metadata.tables.items():
-        if not inspector.has_table(name):
-            continue
-        have = {c["name"] for c in inspector.get_columns(name)}
-        out += [(name, c) for c in table.columns if c.name not in have and c.nullable]
-    return out
+def _newer(engine: Engine, revision: str) -> str:
+    return (f"database {redact(str(engine.url))} is at schema revision {revision}, which this loa does not know: "
+            "a newer loa upgraded it; run that version")
 
 
 def check_schema(engine: Engine) -> None:
-    """Fail with one line if ``loa init`` has not been run, or was run by an older loa."""
+    """Fail with one line if ``loa init`` has not been run, or was run by another loa."""
     try:
         with engine.connect() as conn:
             names = set(inspect(conn).get_table_names())
+            current = schema_revision(conn) if "alembic_version" in names else None
     except OperationalError as exc:
         raise LoaError(f"cannot open database {redact(str(engine.url))}: {exc.orig}") from None
     if "loa_meta" not in names:
         raise LoaError(f"database {redact(str(engine.url))} has no loa schema; run `loa init` first")
-    missing = sorted(set(metadata.tables) - names)
-    if not missing:
-        with engine.connect() as conn:
-            missing = [f"{t}.{c.name}" for t, c in missing_columns(conn)]
-    if missing:
-        raise LoaError(f"database {redact(str(engine.url))} lacks {', '.join(missing)} of this "
-                       "version of loa; run `loa init` to add them (existing data is kept)")
+    head, known = _revisions()
+    if current == head:
+        return
+    if current is not None and current not in known:
+        raise LoaError(_newer(engine, current))
+    raise LoaError(f"database {redact(str(engine.url))} has the schema of an older loa "
+                   f"(revision {current or 'before migrations'}, this loa needs {head}); "
+                   "run `loa init` to upgrade it (existing data is kept)")
 
 
 def insert_for(conn: Connection, table: Table) -> Any:
