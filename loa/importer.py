@@ -95,7 +95,14 @@ def _check_utf8(path: Path, line: int, values: list[str]) -> None:
 
 def _records(
     path: Path, progress: Progress | None,
-) -> tuple[list[str], Iterator[tuple[int, dict[str, str], list[str]]], Callable[[], None]]:
+) -> tuple[list[str], Iterator[tuple[int, dict[str, str], list[str], RowError | None]], Callable[[], None]]:
+    """The header, then each non-blank row as (line, cells by column, cells, why it is refused or None).
+
+    A row is refused on its own, so that the good rows around it go in: cells beyond the
+    header, a NUL character (PostgreSQL refuses it, and with it the whole batch), a cell
+    longer than the csv module's field limit.  What leaves the file unreadable past a point
+    (an unclosed quote, bytes that are not UTF-8) stops the import at that line.
+    """
     try:
         raw = path.open("rb")
     except OSError as exc:
@@ -108,6 +115,7 @@ def _records(
     try:
         header = [h.strip() for h in next(reader)]
         _check_utf8(path, 1, header)
+        _check_header_cells(path, header)
     except StopIteration:
         raw.close()
         raise InputError(f"{path}: the file is empty; expected a header row") from None
@@ -118,15 +126,31 @@ def _records(
         raw.close()
         raise
 
-    def rows() -> Iterator[tuple[int, dict[str, str], list[str]]]:
+    def rows() -> Iterator[tuple[int, dict[str, str], list[str], RowError | None]]:
         start = reader.line_num + 1
+        n = 0
         try:
-            for n, values in enumerate(reader):
+            while True:
                 if progress and n % 500 == 0:   # a redraw per row costs more than the row
                     progress(raw.tell(), total)
+                n += 1
+                try:
+                    values = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    # A cell too long for the csv module, within one line: the reader has
+                    # dropped the rest of that line and goes on at the next.  Across lines
+                    # (inside quotes) it cannot tell where the row ends: an unclosed quote.
+                    if not str(exc).startswith("field larger than field limit") or reader.line_num != start:
+                        raise
+                    yield start, {}, [], RowError(
+                        "", f"a cell is longer than {csv.field_size_limit():,} characters; the row is not copied here")
+                    start = reader.line_num + 1
+                    continue
                 _check_utf8(path, start, values)
                 if any(v.strip() for v in values):
-                    yield start, dict(zip(header, values, strict=False)), values
+                    yield start, dict(zip(header, values, strict=False)), values, _cell_problem(header, values)
                 start = reader.line_num + 1
         except csv.Error as exc:
             raise InputError(f"{path}:{start}: malformed CSV: {exc}") from None
@@ -136,6 +160,32 @@ def _records(
             raw.close()
 
     return header, rows(), raw.close
+
+
+def _check_header_cells(path: Path, header: list[str]) -> None:
+    """A column named twice would leave one of its cells unread: refuse the file."""
+    seen: dict[str, int] = {}
+    for number, name in enumerate(header, 1):
+        if "\x00" in name:
+            raise InputError(f"{path}:1: header column {number} contains a NUL character (byte 0x00)")
+        if name and name in seen:
+            raise InputError(f"{path}:1: column {name!r} is named twice in the header "
+                             f"(columns {seen[name]} and {number})")
+        seen.setdefault(name, number)
+
+
+def _cell_problem(header: list[str], values: list[str]) -> RowError | None:
+    for number, value in enumerate(values, 1):
+        if "\x00" in value:
+            column = header[number - 1] if number <= len(header) else ""
+            return RowError(column, f"cell {number} contains a NUL character (byte 0x00)")
+    extra = [(number, v) for number, v in enumerate(values[len(header):], len(header) + 1) if v.strip()]
+    if extra:
+        number, value = extra[0]
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        return RowError("", f"{len(values)} cells but the header has {len(header)} columns: "
+                            f"cell {number} ({shown!r}) has no column")
+    return None
 
 
 class _Rejects:
@@ -186,7 +236,7 @@ def run_import(
     first_line = 0
     unreadable: list[InputError] = []
 
-    def readable_rows() -> Iterator[tuple[int, dict[str, str], list[str]]]:
+    def readable_rows() -> Iterator[tuple[int, dict[str, str], list[str], RowError | None]]:
         # The file turns out unreadable part-way: stop reading, but finish the rows
         # before it like a normal end of file, so that what the error says was kept is.
         try:
@@ -195,15 +245,17 @@ def run_import(
             unreadable.append(exc)
 
     try:
-        for line, row, values in readable_rows():
+        for line, row, values, problem in readable_rows():
             summary.read += 1
             try:
+                if problem is not None:
+                    raise problem
                 record = handler.prepare(row)
             except RowError as exc:
                 summary.rejected += 1
                 rejects.add(line, exc.column, exc.reason, values)
                 if on_reject:
-                    on_reject(f"{path}:{line}: {exc.column}: {exc.reason}")
+                    on_reject(_reject_line(path, line, exc.column, exc.reason))
                 continue
             record["_line"], record["_values"] = line, values
             first_line = first_line or line
@@ -233,6 +285,10 @@ def run_import(
     return summary
 
 
+def _reject_line(path: Path, line: int, column: str, reason: str) -> str:
+    return f"{path}:{line}: {column}: {reason}" if column else f"{path}:{line}: {reason}"
+
+
 class _BatchFailed(Exception):
     pass
 
@@ -256,7 +312,7 @@ def _commit(engine: Engine, handler: Handler, batch: list[dict[str, Any]], summa
         summary.rejected += 1
         rejects.add(record["_line"], column, reason, record["_values"])
         if on_reject:
-            on_reject(f"{path}:{record['_line']}: {column}: {reason}")
+            on_reject(_reject_line(path, record["_line"], column, reason))
 
 
 # -- field parsers ------------------------------------------------------------
