@@ -236,3 +236,24 @@ def test_loa_import_areas_as_of(workdir: Path, tmp_path: Path) -> None:
     result = loa("import", "subscribers", str(subs), "--as-of", "2024-04-01")
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: --as-of dates the figures of areas or snapshots, not of subscribers"
+
+
+@pytest.mark.parametrize("batch_size", [1, 5000])
+def test_the_same_area_twice_in_one_file(engine: Engine, tmp_path: Path, batch_size: int) -> None:
+    """Later rows win, and an empty cell in a later row keeps what an earlier one gave."""
+    path = write(tmp_path / "twice.csv", """
+        code,name,parent,population,population_as_of
+        1,Tỉnh Một,,,
+        7,Xã Bảy,,100,2020-01-01
+        8,Xã Tám,,50,
+        7,Xã Bảy Mới,1,,
+        8,Xã Tám,1,,
+        7,Xã Bảy Mới,,120,2021-01-01
+    """)
+    summary = run_import(engine, AreasHandler(engine, path), path, batch_size=batch_size)
+    assert (summary.imported, summary.rejected, summary.failure) == (6, 0, None)
+    after = areas_by_code(engine)
+    assert (after["7"]["name"], after["7"]["parent_id"]) == ("Xã Bảy Mới", after["1"]["id"])
+    assert (after["7"]["population"], after["7"]["population_as_of"]) == (120, date(2021, 1, 1))
+    assert (after["8"]["parent_id"], after["8"]["population"]) == (after["1"]["id"], 50)
+    assert history(engine) == {"7": {date(2020, 1, 1): 100, date(2021, 1, 1): 120}}

@@ -88,8 +88,8 @@ def test_the_population_in_force_at_the_first_run(engine: Engine, config: Config
     first = datetime(2020, 8, 17, 3, 0, tzinfo=TZ)
     c = campaign(engine, config, world, "remind", datetime(2024, 3, 1, 9, 0, tzinfo=TZ), first)
     report = rep.build(engine, "remind", c.goal)
-    assert report.population_on == date(2020, 8, 17)
     assert populations(report) == {"116": (400, date(2020, 8, 17)), "125": (600, date(2020, 8, 16))}
+    assert report.population_on == date(2020, 8, 17)
     assert report.total.population == 1000
     assert report.notes == []      # the province's 1,000 is its districts' sum on that day
 
