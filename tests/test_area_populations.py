@@ -257,3 +257,22 @@ def test_the_same_area_twice_in_one_file(engine: Engine, tmp_path: Path, batch_s
     assert (after["7"]["population"], after["7"]["population_as_of"]) == (120, date(2021, 1, 1))
     assert (after["8"]["parent_id"], after["8"]["population"]) == (after["1"]["id"], 50)
     assert history(engine) == {"7": {date(2020, 1, 1): 100, date(2021, 1, 1): 120}}
+
+
+def test_loa_import_snapshots_as_of(workdir: Path, tmp_path: Path) -> None:
+    """--as-of also dates a snapshot file that has no as_of column."""
+    def loa(*args: str) -> Result:
+        return CliRunner().invoke(main, ["--config", str(workdir / "config.toml"), *args])
+
+    assert loa("init").exit_code == 0
+    assert loa("import", "areas", str(write(tmp_path / "areas.csv", AREAS_CSV))).exit_code == 0
+    snap = write(tmp_path / "snap.csv", "area,value\n116,40\n125,60\n")
+    result = loa("import", "snapshots", str(snap))
+    assert result.exit_code == 2 and "missing as_of" in result.stderr
+    result = loa("import", "snapshots", str(snap), "--as-of", "2020-08-17")
+    assert result.exit_code == 0, result.output
+    engine = db.make_engine(os.environ["LOA_DATABASE_URL"])
+    with engine.connect() as conn:
+        assert set(conn.execute(select(db.snapshots.c.value, db.snapshots.c.as_of))) == {
+            (40, date(2020, 8, 17)), (60, date(2020, 8, 17))}
+    engine.dispose()
