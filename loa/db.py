@@ -31,7 +31,9 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
+    select,
     text,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -39,7 +41,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from loa.errors import ConfigError, LoaError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: area_populations
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -98,6 +100,17 @@ areas = Table(
     Column("population", BigInteger, nullable=True),
     Column("population_as_of", Date, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Each area's population by date, as imported: a report takes the figure in force at its
+# campaign's time.  areas.population is the latest of these (or an undated figure, for an
+# area that has none).
+area_populations = Table(
+    "area_populations", metadata,
+    Column("area_id", Integer, ForeignKey("areas.id"), primary_key=True),
+    Column("as_of", Date, primary_key=True),
+    Column("population", BigInteger, nullable=False),
+    Column("imported_at", UTCDateTime, nullable=False),
 )
 
 subscribers = Table(
@@ -325,13 +338,29 @@ def create_schema(engine: Engine) -> bool:
     """
     with engine.begin() as conn:
         new = not inspect(conn).has_table("loa_meta")
+        had_populations = inspect(conn).has_table("area_populations")
         metadata.create_all(conn)
         for table, column in missing_columns(conn):
             ddl = column.type.compile(dialect=conn.dialect)
             conn.exec_driver_sql(f'ALTER TABLE {table} ADD COLUMN "{column.name}" {ddl}')
-        if new:
+        if not had_populations:
+            _backfill_populations(conn)
+        version = conn.scalar(select(meta.c.value).where(meta.c.key == "schema_version"))
+        if version is None:
             conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+        elif version.isdigit() and int(version) < SCHEMA_VERSION:
+            conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
     return new
+
+
+def _backfill_populations(conn: Connection) -> None:
+    """A database from before area_populations: each area's dated population starts its history."""
+    a = areas
+    conn.execute(area_populations.insert().from_select(
+        ["area_id", "as_of", "population", "imported_at"],
+        select(a.c.id, a.c.population_as_of, a.c.population, a.c.updated_at)
+        .where(a.c.population.is_not(None), a.c.population_as_of.is_not(None)),
+    ))
 
 
 def missing_columns(conn: Connection) -> list[tuple[str, Column[Any]]]:
@@ -376,7 +405,7 @@ def transaction(engine: Engine) -> Iterator[Connection]:
 
 
 __all__ = [
-    "Float", "areas", "attribute_keys", "campaigns", "check_schema", "create_schema", "events",
+    "Float", "area_populations", "areas", "attribute_keys", "campaigns", "check_schema", "create_schema", "events",
     "insert_for", "make_engine", "message_key", "metadata", "outbox", "runs", "snapshots", "subscribers",
     "utcnow",
 ]
