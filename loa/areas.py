@@ -12,6 +12,7 @@ import unicodedata
 from functools import lru_cache
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import date
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
@@ -140,3 +141,29 @@ def recompute_paths(conn: Connection) -> None:
             update(t).where(t.c.id == bindparam("b_id")).values(path=bindparam("b_path")),
             changed,
         )
+
+
+# -- populations --------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Population:
+    value: int
+    as_of: date | None       # None: a figure imported without a date
+
+
+def populations_on(conn: Connection, day: date) -> dict[int, Population]:
+    """Each area's population in force on ``day``: its latest figure dated on or before it.
+
+    An area whose figures are all dated after ``day`` gets its earliest (the nearest there
+    is; its date says so), and an area with only an undated figure gets that one.
+    """
+    h, t = db.area_populations, db.areas
+    out: dict[int, Population] = {}
+    rows = conn.execute(select(h.c.area_id, h.c.as_of, h.c.population).order_by(h.c.area_id, h.c.as_of))
+    for area_id, as_of, population in rows:
+        if area_id not in out or as_of <= day:
+            out[area_id] = Population(population, as_of)
+    undated = conn.execute(select(t.c.id, t.c.population).where(t.c.population.is_not(None)))
+    for area_id, population in undated:
+        out.setdefault(area_id, Population(population, None))
+    return out

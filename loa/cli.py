@@ -142,22 +142,35 @@ def init(app: App, examples: bool) -> None:
               help="Where to write rejected rows (default: FILE.rejects.csv beside FILE).")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True)
 @click.option("--show-rejects", type=int, default=10, show_default=True, help="Print this many rejects.")
+@click.option("--as-of", "as_of", default=None,
+              help="The date (YYYY-MM-DD) of the file's figures, for rows that do not give one: populations "
+              "(areas) or counts (snapshots).")
 @click.pass_obj
 @fail_cleanly
-def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: int, show_rejects: int) -> None:
+def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: int, show_rejects: int,
+            as_of: str | None) -> None:
     """Import a CSV of areas, subscribers, events or do-not-contact numbers (UTF-8, with or without BOM)."""
     from loa import importer
+    from loa.errors import InputError
 
     if not file.is_file():
         raise LoaError(f"{file}: {'not a file' if file.exists() else 'no such file'}")
+    day = None
+    if as_of is not None:
+        if kind not in ("areas", "snapshots"):
+            raise InputError(f"--as-of dates the figures of areas or snapshots, not of {kind}")
+        try:
+            day = importer.parse_date("--as-of", as_of)
+        except importer.RowError as exc:
+            raise InputError(f"--as-of: {exc.reason}") from None
     engine = app.engine()
     handler: Any = {
-        "areas": lambda: importer.AreasHandler(engine, file),
+        "areas": lambda: importer.AreasHandler(engine, file, as_of=day),
         "subscribers": lambda: importer.SubscribersHandler(engine, file),
         "events": lambda: importer.EventsHandler(engine, file, app.config.timezone),
         "dnc": lambda: importer.DncHandler(engine, file),
         "arrivals": lambda: _arrivals_handler(engine, file, app.config.timezone),
-        "snapshots": lambda: importer.SnapshotsHandler(engine, file),
+        "snapshots": lambda: importer.SnapshotsHandler(engine, file, as_of=day),
     }[kind]()
     shown: list[str] = []
 

@@ -41,7 +41,6 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from loa.errors import ConfigError, LoaError
 
 
-
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC in Python on every backend; naive input is refused.
 
@@ -98,6 +97,17 @@ areas = Table(
     Column("population", BigInteger, nullable=True),
     Column("population_as_of", Date, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Each area's population by date, as imported: a report takes the figure in force at its
+# campaign's time.  areas.population is the latest of these (or an undated figure, for an
+# area that has none).
+area_populations = Table(
+    "area_populations", metadata,
+    Column("area_id", Integer, ForeignKey("areas.id"), primary_key=True),
+    Column("as_of", Date, primary_key=True),
+    Column("population", BigInteger, nullable=False),
+    Column("imported_at", UTCDateTime, nullable=False),
 )
 
 subscribers = Table(
@@ -432,7 +442,7 @@ def transaction(engine: Engine) -> Iterator[Connection]:
 
 
 __all__ = [
-    "Float", "areas", "attribute_keys", "campaigns", "check_schema", "create_schema", "events",
+    "Float", "area_populations", "areas", "attribute_keys", "campaigns", "check_schema", "create_schema", "events",
     "insert_for", "make_engine", "message_key", "metadata", "outbox", "runs", "snapshots", "subscribers",
     "utcnow",
 ]

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 
 from loa import snapshots
 from loa.errors import NotFound
-from loa.report import Report, Row
+from loa.report import Report, Row, population_caption
 from loa.snapshots import Summary
 from loa.stats import MIN_EVENTS, MIN_PEOPLE
 
@@ -420,6 +420,7 @@ def render_html(report: Report, snapshots_summary: Summary | None = None, *,
 <header>
 <h1>{_esc(report.campaign)}: per {_esc(report.level or 'area')}</h1>
 <p>{_esc(goal_line)}</p>
+<p class="population">{_esc(population_caption(report))}</p>
 <p>generated {_esc(generated)} from the ledger (every message) and the events</p>
 </header>
 <main>

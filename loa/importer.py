@@ -95,7 +95,14 @@ def _check_utf8(path: Path, line: int, values: list[str]) -> None:
 
 def _records(
     path: Path, progress: Progress | None,
-) -> tuple[list[str], Iterator[tuple[int, dict[str, str], list[str]]], Callable[[], None]]:
+) -> tuple[list[str], Iterator[tuple[int, dict[str, str], list[str], RowError | None]], Callable[[], None]]:
+    """The header, then each non-blank row as (line, cells by column, cells, why it is refused or None).
+
+    A row is refused on its own, so that the good rows around it go in: cells beyond the
+    header, a NUL character (PostgreSQL refuses it, and with it the whole batch), a cell
+    longer than the csv module's field limit.  What leaves the file unreadable past a point
+    (an unclosed quote, bytes that are not UTF-8) stops the import at that line.
+    """
     try:
         raw = path.open("rb")
     except OSError as exc:
@@ -108,6 +115,7 @@ def _records(
     try:
         header = [h.strip() for h in next(reader)]
         _check_utf8(path, 1, header)
+        _check_header_cells(path, header)
     except StopIteration:
         raw.close()
         raise InputError(f"{path}: the file is empty; expected a header row") from None
@@ -118,15 +126,31 @@ def _records(
         raw.close()
         raise
 
-    def rows() -> Iterator[tuple[int, dict[str, str], list[str]]]:
+    def rows() -> Iterator[tuple[int, dict[str, str], list[str], RowError | None]]:
         start = reader.line_num + 1
+        n = 0
         try:
-            for n, values in enumerate(reader):
+            while True:
                 if progress and n % 500 == 0:   # a redraw per row costs more than the row
                     progress(raw.tell(), total)
+                n += 1
+                try:
+                    values = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    # A cell too long for the csv module, within one line: the reader has
+                    # dropped the rest of that line and goes on at the next.  Across lines
+                    # (inside quotes) it cannot tell where the row ends: an unclosed quote.
+                    if not str(exc).startswith("field larger than field limit") or reader.line_num != start:
+                        raise
+                    yield start, {}, [], RowError(
+                        "", f"a cell is longer than {csv.field_size_limit():,} characters; the row is not copied here")
+                    start = reader.line_num + 1
+                    continue
                 _check_utf8(path, start, values)
                 if any(v.strip() for v in values):
-                    yield start, dict(zip(header, values, strict=False)), values
+                    yield start, dict(zip(header, values, strict=False)), values, _cell_problem(header, values)
                 start = reader.line_num + 1
         except csv.Error as exc:
             raise InputError(f"{path}:{start}: malformed CSV: {exc}") from None
@@ -136,6 +160,32 @@ def _records(
             raw.close()
 
     return header, rows(), raw.close
+
+
+def _check_header_cells(path: Path, header: list[str]) -> None:
+    """A column named twice would leave one of its cells unread: refuse the file."""
+    seen: dict[str, int] = {}
+    for number, name in enumerate(header, 1):
+        if "\x00" in name:
+            raise InputError(f"{path}:1: header column {number} contains a NUL character (byte 0x00)")
+        if name and name in seen:
+            raise InputError(f"{path}:1: column {name!r} is named twice in the header "
+                             f"(columns {seen[name]} and {number})")
+        seen.setdefault(name, number)
+
+
+def _cell_problem(header: list[str], values: list[str]) -> RowError | None:
+    for number, value in enumerate(values, 1):
+        if "\x00" in value:
+            column = header[number - 1] if number <= len(header) else ""
+            return RowError(column, f"cell {number} contains a NUL character (byte 0x00)")
+    extra = [(number, v) for number, v in enumerate(values[len(header):], len(header) + 1) if v.strip()]
+    if extra:
+        number, value = extra[0]
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        return RowError("", f"{len(values)} cells but the header has {len(header)} columns: "
+                            f"cell {number} ({shown!r}) has no column")
+    return None
 
 
 class _Rejects:
@@ -186,7 +236,7 @@ def run_import(
     first_line = 0
     unreadable: list[InputError] = []
 
-    def readable_rows() -> Iterator[tuple[int, dict[str, str], list[str]]]:
+    def readable_rows() -> Iterator[tuple[int, dict[str, str], list[str], RowError | None]]:
         # The file turns out unreadable part-way: stop reading, but finish the rows
         # before it like a normal end of file, so that what the error says was kept is.
         try:
@@ -195,15 +245,17 @@ def run_import(
             unreadable.append(exc)
 
     try:
-        for line, row, values in readable_rows():
+        for line, row, values, problem in readable_rows():
             summary.read += 1
             try:
+                if problem is not None:
+                    raise problem
                 record = handler.prepare(row)
             except RowError as exc:
                 summary.rejected += 1
                 rejects.add(line, exc.column, exc.reason, values)
                 if on_reject:
-                    on_reject(f"{path}:{line}: {exc.column}: {exc.reason}")
+                    on_reject(_reject_line(path, line, exc.column, exc.reason))
                 continue
             record["_line"], record["_values"] = line, values
             first_line = first_line or line
@@ -233,6 +285,10 @@ def run_import(
     return summary
 
 
+def _reject_line(path: Path, line: int, column: str, reason: str) -> str:
+    return f"{path}:{line}: {column}: {reason}" if column else f"{path}:{line}: {reason}"
+
+
 class _BatchFailed(Exception):
     pass
 
@@ -256,7 +312,7 @@ def _commit(engine: Engine, handler: Handler, batch: list[dict[str, Any]], summa
         summary.rejected += 1
         rejects.add(record["_line"], column, reason, record["_values"])
         if on_reject:
-            on_reject(f"{path}:{record['_line']}: {column}: {reason}")
+            on_reject(_reject_line(path, record["_line"], column, reason))
 
 
 # -- field parsers ------------------------------------------------------------
@@ -323,14 +379,27 @@ def _header_error(path_hint: str, kind: str, header: Sequence[str], missing: lis
 # -- areas --------------------------------------------------------------------
 
 class AreasHandler:
+    """Areas by code; a re-import updates what its cells say and keeps what they leave empty.
+
+    A population is dated by its ``population_as_of`` cell, or failing one by ``as_of``
+    (``loa import areas --as-of``), and joins the area's history of populations: the
+    latest is the area's current figure, and a report takes the one in force at its
+    campaign's time.  An undated population is taken only for an area with no dated ones.
+    """
+
     kind = "areas"
     required = ("code", "name")
     expected = "code,name[,parent,level,population,population_as_of]"
 
-    def __init__(self, engine: Engine, path: Path) -> None:
+    def __init__(self, engine: Engine, path: Path, *, as_of: date | None = None) -> None:
         self.path = path
+        self.as_of = as_of
         with engine.connect() as conn:
             self.index = AreaIndex.load(conn)
+            h = db.area_populations
+            self._dated: dict[int, set[date]] = {}
+            for area_id, day in conn.execute(select(h.c.area_id, h.c.as_of)):
+                self._dated.setdefault(area_id, set()).add(day)
         self._next_id = max(self.index.by_id, default=0) + 1
 
     def check_header(self, header: Sequence[str]) -> None:
@@ -339,61 +408,87 @@ class AreasHandler:
 
     def prepare(self, row: Mapping[str, str]) -> dict[str, Any]:
         code = _fit("code", row.get("code", "").strip(), 32)
-        name = _fit("name", " ".join(row.get("name", "").split()), 200)
         if not code:
             raise RowError("code", "empty code")
+        existing = self.index.by_code.get(code.casefold())
+        # an empty cell (or a column the file does not have) keeps what is stored
+        name = _fit("name", " ".join(row.get("name", "").split()), 200) or (existing.name if existing else "")
         if not name:
             raise RowError("name", "empty name")
-        parent_id = None
+        area_id = existing.id if existing else self._take_id()
+        parent_id = existing.parent_id if existing else None
         if parent := row.get("parent", "").strip():
             try:
                 parent_id = self.index.resolve(parent).id
             except AreaLookupError as exc:
                 raise RowError("parent", f"{exc} (a parent must come earlier in the file or exist already)") from None
+            if parent_id == area_id:
+                raise RowError("parent", "an area cannot be its own parent")
+            node, seen = parent_id, set()
+            while node is not None and node not in seen:   # re-parenting under a descendant
+                if node == area_id:
+                    raise RowError("parent", f"{parent!r} lies inside {code} itself; that would make a cycle")
+                seen.add(node)
+                node = self.index.by_id[node].parent_id if node in self.index.by_id else None
         population = None
         if text := row.get("population", "").strip().replace(",", "").replace("_", ""):
             if not re.fullmatch(r"[0-9]{1,18}", text):
                 raise RowError("population", f"not a whole number: {row['population']!r}")
             population = int(text)
-        as_of = None
+        as_of = self.as_of
         if text := row.get("population_as_of", "").strip():
-            try:
-                as_of = date.fromisoformat(text)
-            except ValueError:
-                raise RowError("population_as_of", f"not a date (YYYY-MM-DD): {text!r}") from None
-        existing = self.index.by_code.get(code.casefold())
-        area_id = existing.id if existing else self._take_id()
-        if parent_id == area_id:
-            raise RowError("parent", "an area cannot be its own parent")
-        node, seen = parent_id, set()
-        while node is not None and node not in seen:   # re-parenting under a descendant
-            if node == area_id:
-                raise RowError("parent", f"{parent!r} lies inside {code} itself; that would make a cycle")
-            seen.add(node)
-            node = self.index.by_id[node].parent_id if node in self.index.by_id else None
+            as_of = parse_date("population_as_of", text)
+        dated = self._dated.get(area_id, set())
+        if population is not None and as_of is None and dated:
+            days = ", ".join(d.isoformat() for d in sorted(dated)[-3:])
+            raise RowError("population_as_of", f"population {population:,} has no date, but {name} has populations "
+                                               f"dated {days}: give its date (population_as_of, or --as-of)")
         level = _fit("level", row.get("level", "").strip() or (existing.level if existing else ""), 32)
-        self.index.add(Area(area_id, code, name, parent_id, level, "", population))
+        if population is not None and as_of is not None:
+            self._dated.setdefault(area_id, set()).add(as_of)
+        kept = existing.population if existing else None
+        self.index.add(Area(area_id, code, name, parent_id, level, "", population if population is not None else kept))
         return {
             "id": area_id, "code": code, "name": name, "name_key": fold(name),
             "short_key": _short(name), "parent_id": parent_id, "level": level,
-            "population": population, "population_as_of": as_of,
+            "population": population, "population_as_of": as_of if population is not None else None,
         }
 
     def _take_id(self) -> int:
         self._next_id += 1
         return self._next_id - 1
 
-    def write(self, conn: Connection, records: list[dict[str, Any]]) -> int:
+    def write(self, conn: Connection, records: list[dict[str, Any]]) -> tuple[int, list[Late]]:
         now = db.utcnow()
+        t = db.areas
         rows = [{k: v for k, v in r.items() if not k.startswith("_")} | {"updated_at": now, "path": ""} for r in records]
-        stmt = db.insert_for(conn, db.areas)
-        excluded = stmt.excluded
+        stmt = db.insert_for(conn, t)
+        ex = stmt.excluded
+        given = ex.population.is_not(None)
         stmt = stmt.on_conflict_do_update(
             index_elements=["code"],
-            set_={c: excluded[c] for c in ("name", "name_key", "short_key", "parent_id", "level",
-                                             "population", "population_as_of", "updated_at")},
+            set_={c: ex[c] for c in ("name", "name_key", "short_key", "parent_id", "level", "updated_at")} | {
+                # a row without a population keeps the stored one; a dated one is put in
+                # its place below only if it is the latest
+                "population": case((given, ex.population), else_=t.c.population),
+                "population_as_of": case((given, ex.population_as_of), else_=t.c.population_as_of),
+            },
         )
         conn.execute(stmt, rows)
+        dated = {(r["id"], r["population_as_of"]): r["population"] for r in rows
+                 if r["population"] is not None and r["population_as_of"] is not None}
+        if dated:
+            h = db.area_populations
+            history = db.insert_for(conn, h)
+            conn.execute(history.on_conflict_do_update(
+                index_elements=["area_id", "as_of"],
+                set_={"population": history.excluded.population, "imported_at": history.excluded.imported_at},
+            ), [{"area_id": a, "as_of": d, "population": p, "imported_at": now} for (a, d), p in dated.items()])
+            latest = select(h.c.population, h.c.as_of).where(h.c.area_id == t.c.id).order_by(h.c.as_of.desc()).limit(1)
+            conn.execute(update(t).where(t.c.id.in_({a for a, _ in dated})).values(
+                population=latest.with_only_columns(h.c.population).scalar_subquery(),
+                population_as_of=latest.with_only_columns(h.c.as_of).scalar_subquery(),
+            ))
         return len(rows), []
 
     def count(self, conn: Connection) -> int:
@@ -674,7 +769,7 @@ def _count(column: str, text: str, *, signed: bool = False) -> int:
     return number
 
 
-def _date(column: str, text: str) -> date:
+def parse_date(column: str, text: str) -> date:
     try:
         return date.fromisoformat(text.strip())
     except ValueError:
@@ -737,7 +832,7 @@ class SnapshotsHandler:
         metric = row.get("metric", "").strip().lower() or self.metric
         if not _METRIC.match(metric):
             raise RowError("metric", f"not a metric name: {metric!r} (lowercase letters, digits, _; e.g. installed)")
-        as_of = _date("as_of", text) if (text := row.get("as_of", "").strip()) else self.as_of
+        as_of = parse_date("as_of", text) if (text := row.get("as_of", "").strip()) else self.as_of
         if as_of is None:
             raise RowError("as_of", "empty date")
         parent = None
@@ -764,7 +859,7 @@ class SnapshotsHandler:
             change = _count("change", text, signed=True)
             if not (since_text := row.get("change_since", "").strip()):
                 raise RowError("change_since", "a change needs the date it is counted from")
-            since = _date("change_since", since_text)
+            since = parse_date("change_since", since_text)
             if since >= as_of:
                 raise RowError("change_since", f"{since} is not before as_of {as_of}")
         elif row.get("change_since", "").strip():

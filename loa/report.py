@@ -2,7 +2,8 @@
 
 For one campaign (all its runs) and each area:
 
-* population (with its date) and audience (people in any run's outbox);
+* population (with its date): the figure in force when the campaign's first run was
+  scheduled, and audience (people in any run's outbox);
 * held out, suppressed, sent, delivered, failed (people, not messages);
 * responders (the goal's event, "installed" by default) within the
   campaign's attribution window (``attribution``, 7 days by default): among
@@ -32,18 +33,20 @@ import csv
 import io
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import BigInteger, and_, case, func, literal, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement, Subquery
 
 from loa import db, stats
-from loa.areas import Area, AreaIndex
+from loa.areas import Area, AreaIndex, populations_on
 from loa.campaign import ATTRIBUTION, VALIDITY_HOURS, ArrivalRule, Goal, load_one, parse_duration
+from loa.config import DEFAULT_TIMEZONE
 from loa.errors import InputError, LoaError, NotFound
 from loa.ratelimit import db_epoch
 
@@ -144,6 +147,7 @@ class Report:
     total: Row
     notes: list[str] = field(default_factory=list)
     attribution: float | None = ATTRIBUTION   # seconds; None when the runs' windows differ
+    population_on: date | None = None         # the day whose populations are used: the first run's
 
     def progress(self, row: Row) -> float | None:
         if self.goal is None:
@@ -205,7 +209,9 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
         clocks = _run_clocks(conn, campaign_id)
         per_area = _per_area(conn, campaign_id, event, clocks)
         installed = _installed_by_area(conn, event)
-        as_of = dict(conn.execute(select(db.areas.c.id, db.areas.c.population_as_of)).all())
+        first = conn.scalar(select(func.min(R.c.scheduled_for)).where(R.c.campaign_id == campaign_id))
+        day = first.astimezone(ZoneInfo(DEFAULT_TIMEZONE)).date() if first else db.utcnow().date()
+        index, as_of = _populations_in_force(conn, index, day)
     used = {a for a in per_area if a is not None}
     level = level or _deepest_level(index, used)
     rows: dict[int | None, Row] = {}
@@ -226,8 +232,11 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
     total.population = sum(r.population or 0 for r in ordered) or None
     windows = {c.window for c in clocks.values()}
     report = Report(campaign, event, goal, level, ordered, total,
-                    attribution=windows.pop() / 1000 if len(windows) == 1 else None)
+                    attribution=windows.pop() / 1000 if len(windows) == 1 else None, population_on=day)
     report.notes = _disagreements(index, ordered, level)
+    if later := [r for r in ordered if r.population_as_of and r.population_as_of > day]:
+        report.notes.append(f"no population dated on or before {day} (the campaign's first run) for: "
+                            + ", ".join(f"{r.area} (used {r.population_as_of})" for r in later))
     if len(windows) > 1:
         report.notes.append("the runs have different attribution windows ("
                             + ", ".join(_duration_text(w / 1000) for w in sorted(windows))
@@ -399,6 +408,24 @@ def _ancestor_at(index: AreaIndex, area_id: int | None, level: str) -> Area | No
             return node
         node = index.by_id.get(node.parent_id) if node.parent_id is not None else None
     return area
+
+
+def _populations_in_force(conn: Connection, index: AreaIndex, day: date) -> tuple[AreaIndex, dict[int, date | None]]:
+    """The areas with the population each had on ``day``, and that figure's date."""
+    figures = populations_on(conn, day)
+    areas = [replace(a, population=figures[a.id].value if a.id in figures else None) for a in index.by_id.values()]
+    return AreaIndex(areas), {k: f.as_of for k, f in figures.items()}
+
+
+def population_caption(report: Report) -> str:
+    """Which populations the shares use: "population as of 2020-08-17 (in force on ...)"."""
+    dates = sorted({r.population_as_of for r in report.rows if r.population_as_of})
+    if not dates:
+        return ""
+    when = dates[0].isoformat() if len(dates) == 1 else f"{dates[0]} to {dates[-1]}, by area"
+    undated = sum(1 for r in report.rows if r.population is not None and r.population_as_of is None)
+    return (f"population as of {when}" + (f" ({undated} undated)" if undated else "")
+            + f": the figures in force on {report.population_on}, the campaign's first run")
 
 
 def _new_row(area: Area | None, as_of: dict[int, date | None]) -> Row:

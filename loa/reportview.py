@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from loa.report import Report
+from loa.report import Report, population_caption
 
 BAR = 12
 
@@ -33,6 +33,8 @@ def render_table(console: Console, report: Report) -> None:
     if goal:
         by = f" by {goal.by.isoformat()}" if goal.by else ""
         caption = f"goal: {goal.share:.0%} of {goal.of} with '{goal.event}'{by}"
+    if population := population_caption(report):
+        caption = f"{caption}\n{population}" if caption else population
     table = Table(title=title, caption=caption, show_footer=True, header_style="bold")
     # Two header rows: who was reached, then who did what the campaign asks.
     event = report.event

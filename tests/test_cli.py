@@ -322,7 +322,7 @@ def test_unknown_campaign_name(workdir: Path) -> None:
     ok(invoke(workdir, "init"))
     one_line_error(invoke(workdir, "campaigns", "run", "nosuch"), "no campaign named 'nosuch'", code=2)
     one_line_error(invoke(workdir, "campaigns", "preview", "nosuch"), "no campaign named 'nosuch'")
-    one_line_error(invoke(workdir, "report", "nosuch"), "'nosuch' has no runs yet", code=2)
+    one_line_error(invoke(workdir, "report", "nosuch"), "no campaign named 'nosuch'", "has ever run", code=2)
     one_line_error(invoke(workdir, "report"), "no campaign has run yet")
 
 

@@ -21,7 +21,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from conftest import write
-from sqlalchemy import inspect, insert, select, text
+from sqlalchemy import insert, inspect, select, text
 from sqlalchemy.engine import Engine
 from test_cli import invoke, ok, one_line_error
 
@@ -45,7 +45,7 @@ def made_before_migrations(engine: Engine, without: tuple[str, str] | None = Non
     tables = baseline.tables()
     if without is not None:
         table = tables.tables[without[0]]
-        table._columns.remove(table.c[without[1]])   # noqa: SLF001 - build an older table on purpose
+        table._columns.remove(table.c[without[1]])
     with engine.begin() as conn:
         tables.create_all(conn)
         conn.execute(insert(tables.tables["loa_meta"]).values(key="schema_version", value="1"))

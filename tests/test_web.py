@@ -674,7 +674,7 @@ def test_report_json_and_level(engine: Engine, sent: Config) -> None:
 
 
 @pytest.mark.parametrize("query, status, says", [
-    ("campaign=nope", 404, "campaign 'nope' has no runs yet"),
+    ("campaign=nope", 404, "no campaign named 'nope'"),
     ("format=pdf", 400, "unknown format 'pdf': use html, csv, json"),
     ("level=commune", 400, "unknown area level 'commune' (levels: district, province)"),
 ])
