@@ -636,3 +636,36 @@ def test_held_out_greetings_count_from_the_arrival_and_the_delay(engine: Engine,
 
     total = rep.build(engine, "greet", None).total
     assert (total.held_out, total.installed_held_out) == (len(held), 1)
+
+
+# -- the demo states the figures of its own table ------------------------------------------
+
+def test_the_demo_states_the_installs_after_the_message_that_its_table_shows(tmp_path: Path) -> None:
+    """The simulator's installs (step 5) are only some of those the report counts after the message:
+    it also counts those who installed on their own (step 6) once the reminder had reached them.
+    The story states the report's figure, the one in the table, and no other under that name."""
+    import re
+
+    from rich.console import Console
+
+    from loa.demo import run_demo
+
+    console = Console(file=io.StringIO(), width=300, color_system=None)
+    run_demo(tmp_path / "demo", subscribers=3000, seed=11, fmt="table", console=console)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+
+    stated = {int(n.replace(",", "")) for n in re.findall(r"([\d,]+) installs? after the message", text)}
+    total = columns_of(text, "Total")
+    shown = int(total["after msg"].split()[0].replace(",", ""))
+    assert stated == {shown}, text
+    undelivered = int(re.search(r"\(([\d,]+) delivered, ([\d,]+) undelivered\)", text)[2].replace(",", ""))
+    assert int(total["undeliv."].replace(",", "")) == undelivered > 0
+    # and the figure is the report's, as `loa report` makes it from the demo's database
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'demo' / 'loa.db'}")
+    try:
+        again = rep.build(engine, "bluezone-reminder", None).total
+    finally:
+        engine.dispose()
+    assert (again.installed_delivered, again.undelivered) == (shown, undelivered)
+    prompted = int(re.search(r"the simulator had ([\d,]+) of the recipients install", text)[1].replace(",", ""))
+    assert 0 < prompted < shown           # the baseline's installs after the message are counted too
