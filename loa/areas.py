@@ -1,18 +1,20 @@
 """Areas are data: provinces, districts, communes, whatever the data set carries.
 
-Names are matched ignoring case and diacritics ("Son La" finds "Sơn La"), and,
-failing an exact match, without the administrative prefix ("Mai Son" finds
-"Huyện Mai Sơn").
+Names are matched ignoring case and diacritics ("Son La" finds "Sơn La"), and
+without the administrative prefix ("Mai Son" finds "Huyện Mai Sơn").  A name that
+matches several areas is refused with them all, never guessed ("son la": the
+province or its city?), unless it is written as one of them is stored.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from functools import lru_cache
 from collections import defaultdict
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date
+from functools import lru_cache
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
@@ -43,10 +45,24 @@ def short_fold(name: str) -> str:
 
 
 _FOLDED_PREFIXES = tuple(fold(p) for p in ADMIN_PREFIXES)
+_SAME_PREFIX = {"tp": "thanh pho"}   # "TP. Sơn La" is "Thành phố Sơn La"
+
+
+def _prefix(name: str) -> str:
+    """The administrative prefix of a name, folded ("Thành phố Sơn La" -> "thanh pho"), or ""."""
+    key, short = fold(name), short_fold(name)
+    prefix = key[: len(key) - len(short)].strip() if short != key else ""
+    return _SAME_PREFIX.get(prefix, prefix)
 
 
 class AreaLookupError(LookupError):
     pass
+
+
+def candidate_list(areas: Sequence[Area], limit: int = 5) -> str:
+    """ "Sơn La (14); Thành phố Sơn La (116)": the areas a name may mean, for an error."""
+    text = "; ".join(f"{a.name} ({a.code})" for a in areas[:limit])
+    return text + (f" and {len(areas) - limit} more" if len(areas) > limit else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,20 +109,46 @@ class AreaIndex:
         return len(self.by_code)
 
     def resolve(self, text: str) -> Area:
-        """An area by code or by name; raise AreaLookupError saying why not."""
-        text = text.strip()
+        """An area by code or by name; raise AreaLookupError saying why not (see :meth:`matches`)."""
+        text = " ".join(text.split())
         if not text:
             raise AreaLookupError("empty area")
         hit = self.by_code.get(text.casefold())
         if hit is not None:
             return hit
-        for candidates in (self._by_name.get(fold(text)), self._by_short.get(short_fold(text))):
-            if candidates and len(candidates) == 1:
-                return candidates[0]
-            if candidates:
-                names = "; ".join(f"{a.name} ({a.code})" for a in candidates[:5])
-                raise AreaLookupError(f"area {text!r} is ambiguous: {names}; use the code")
+        candidates = self.matches(text)
+        if len(candidates) > 1:
+            raise AreaLookupError(f"area {text!r} is ambiguous: {candidate_list(candidates)}; use the code, "
+                                  "or the name as written with its diacritics")
+        if candidates:
+            return candidates[0]
         raise AreaLookupError(f"no area with code or name {text!r}")
+
+    def matches(self, text: str, among: Collection[int] | None = None) -> list[Area]:
+        """Every area that the name ``text`` may mean (of those with an id in ``among``, if given).
+
+        A name is never guessed: it means each area it matches in full or without its
+        prefix ("son la" is both the province "Sơn La" and "Thành phố Sơn La").  Only
+        a name written as stored, diacritics included ("Sơn La"), picks one of them.
+        A prefix that is given picks the areas stored with the same one ("TP Sơn La"
+        is "Thành phố Sơn La").
+        """
+        text = " ".join(text.split())
+        key, short = fold(text), short_fold(text)
+        candidates = list(self._by_name.get(key, ()))
+        if key == short:             # no prefix given: the name with any prefix
+            candidates += [a for a in self._by_short.get(short, ()) if a not in candidates]
+        elif not candidates:         # a prefix that no stored name has in full: those with the same one
+            prefix, others = _prefix(text), self._by_short.get(short, [])
+            candidates = [a for a in others if _prefix(a.name) == prefix] or list(others)
+        if among is not None:
+            candidates = [a for a in candidates if a.id in among]
+        if len(candidates) > 1:
+            written = unicodedata.normalize("NFC", text).casefold()
+            exact = [a for a in candidates if unicodedata.normalize("NFC", a.name).casefold() == written]
+            if len(exact) == 1:
+                return exact
+        return candidates
 
     def children(self, area_id: int) -> list[Area]:
         return [a for a in self.by_id.values() if a.parent_id == area_id]

@@ -487,7 +487,7 @@ def report(app: App, campaign: str | None, fmt: str, level: str | None, html_pat
     else:
         from loa.reportview import render_table
 
-        render_table(out, result)
+        render_table(out, result, rep.snapshot_summary(engine, result))
 
 
 # -- gateways -------------------------------------------------------------------

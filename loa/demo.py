@@ -6,6 +6,10 @@ real numbers), spread by population, and those already registered by that date
 are imported as "installed" events so the campaign suppresses them.  The
 reminder then goes out through the simulator gateway, some recipients install,
 a few of everyone install on their own, and the report shows the difference.
+The one figure of "installs after the message" that the demo states is the
+report's own (see :func:`after_message_line`): an install counts when it falls
+within the attribution window after the reminder reached the person, whether the
+reminder prompted it or not, so it is more than the simulator's installs alone.
 
 ``--gateway twilio|zalo|esms|smpp`` sends the same campaign through that
 gateway's real adapter and the real dispatcher, against the gateway's loopback
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from loa.dispatch import Dispatcher
+    from loa.report import Report
 
 DATA = Path(loa.__file__).parent / "data" / "son_la_bluezone_2020-08-17.csv"
 CAMPAIGN = "bluezone-reminder"
@@ -236,7 +241,7 @@ def _on_zalo(campaign: Campaign) -> Campaign:
     return dataclasses.replace(campaign, channels=(ChannelSpec("zalo", ZALO_TEMPLATE),), raw=raw)
 
 
-def installs_after_message(engine: Engine, seed: int) -> int:
+def recipients_install(engine: Engine, seed: int) -> int:
     """A gateway reports deliveries, not installs: those come from the app's own figures.
     The demo makes them up as the simulator does, for a share of those who got the reminder."""
     from sqlalchemy import select
@@ -554,12 +559,13 @@ class _Demo:
             dispatcher.pool.close()
         outcomes = ", ".join(f"{n:,} {k}" for k, n in sorted(summary.outcomes.items()))
         if self.fake is None:
-            self.say(f"5. sent through the simulator: {outcomes}; {summary.receipts:,} receipts, "
-                     f"{summary.responses:,} installs after the message")
+            self.say(f"5. sent through the simulator: {outcomes}; {summary.receipts:,} receipts "
+                     f"({_receipts(engine)}); the simulator had {summary.responses:,} of the recipients install")
             return
         self.say(f"5. sent through the {self.fake.type} adapter: {outcomes}; the fake accepted "
-                 f"{self.fake.accepted():,}; {_receipted(engine):,} receipts came back {self.fake.receipts}")
-        self.say(f"   {installs_after_message(engine, self.seed):,} installs after the message "
+                 f"{self.fake.accepted():,}; {_receipted(engine):,} receipts came back {self.fake.receipts} "
+                 f"({_receipts(engine)})")
+        self.say(f"   {recipients_install(engine, self.seed):,} of the recipients install "
                  "(made up, as the app's own figures would be imported)")
 
     def gateway_line(self) -> str:
@@ -579,20 +585,46 @@ def _receipted(engine: Engine) -> int:
                            .where(o.c.state.in_(("delivered", "undelivered")))) or 0
 
 
-def _print_report(console: Console, engine: Engine, campaign: Campaign, fmt: str, subscribers: int, say: Say) -> None:
+def _receipts(engine: Engine) -> str:
+    """"48,228 delivered, 2,015 undelivered": what the receipts said."""
+    from sqlalchemy import func, select
+
+    o = db.outbox
+    with engine.connect() as conn:
+        got = dict(conn.execute(select(o.c.state, func.count()).where(o.c.state.in_(("delivered", "undelivered")))
+                                .group_by(o.c.state)).all())
+    return f"{got.get('delivered', 0):,} delivered, {got.get('undelivered', 0):,} undelivered"
+
+
+def after_message_line(report: Report) -> str:
+    """Step 7: the report's count of installs after the message, as its table shows it."""
+    t = report.total
+    window = f"{report.attribution / 86400:g} days" if report.attribution else "its run's attribution window"
+    return (f"7. {t.installed_delivered:,} installs after the message, of {t.delivered:,} delivered: everyone who "
+            f"installed within {window} of the reminder reaching them, whether it prompted them (step 5) or not "
+            "(step 6); the table's 'after msg'")
+
+
+def _print_report(console: Console, engine: Engine, result: Report, fmt: str, subscribers: int, say: Say) -> None:
     from loa import report as rep
     from loa.reportview import render_table
 
-    result = rep.build(engine, CAMPAIGN, campaign.goal)
     if fmt in ("csv", "json"):
         console.print(rep.render(engine, result, fmt), end="" if fmt == "csv" else "\n", markup=False,
                       highlight=False, soft_wrap=True)
     else:
         console.print()
-        render_table(console, result)
+        render_table(console, result, rep.snapshot_summary(engine, result))
         share = subscribers / sum(int(d["population"]) for d in districts())
         say(f"The {subscribers:,} synthetic subscribers stand for {share:.1%} of the population, so "
             "'installed of pop.' counts only them; with a real subscriber base it is the province's figure.")
+
+
+def report(engine: Engine, campaign: Campaign) -> Report:
+    """The demo's report: the one its table (or CSV, or JSON) shows and its story quotes."""
+    from loa import report as rep
+
+    return rep.build(engine, CAMPAIGN, campaign.goal)
 
 
 def run_demo(directory: Path | None, *, subscribers: int | None = None, seed: int, fmt: str, console: Console,
@@ -632,7 +664,9 @@ def run_demo(directory: Path | None, *, subscribers: int | None = None, seed: in
                 f"{plan.states['held_out']:,} held out, {plan.states['suppressed']:,} suppressed")
             demo.send(engine, config)
             say(f"6. {organic_installs(engine, seed):,} people installed without a message (the baseline)")
-            _print_report(console, engine, campaign, fmt, count, say)
+            result = report(engine, campaign)
+            say(after_message_line(result))
+            _print_report(console, engine, result, fmt, count, say)
             elapsed = f"\ndone in {time.perf_counter() - started:.1f} s."
             say(f"{elapsed} Explore: loa --config {folder / 'config.toml'} report --format csv" if keep else
                 f"{elapsed} Its temporary folder is removed; run with --dir DIR to keep it and explore.")

@@ -29,8 +29,7 @@ from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 from sqlalchemy.engine import Engine
 
-from loa import snapshots
-from loa.errors import NotFound
+from loa import report as rep
 from loa.report import Report, Row, population_caption
 from loa.snapshots import Summary
 from loa.stats import MIN_EVENTS, MIN_PEOPLE
@@ -52,10 +51,23 @@ def _pct(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{100 * value:.{digits}f}%"
 
 
-def _labels(rows: list[Row]) -> list[str]:
+# The page is read in Vietnamese: the lines of people at no area of the report's level, or at none.
+LEVELS_VI = {"province": "tỉnh/thành phố", "district": "quận/huyện", "commune": "xã/phường/thị trấn",
+             "ward": "phường", "region": "vùng"}
+NO_AREA_VI = "(chưa rõ khu vực)"
+
+
+def area_name(report: Report, row: Row) -> str:
+    """A row's area as the page names it: "(chưa rõ quận/huyện)" for "(not in a district)"."""
+    if row.code == "" and row.area == rep.outside_label(report.level):
+        return f"(chưa rõ {LEVELS_VI.get(report.level, report.level)})"
+    return NO_AREA_VI if row.code == "" and row.area == rep.NO_AREA else row.area
+
+
+def _labels(rows: list[Row], report: Report | None = None) -> list[str]:
     """Area names for chart axes: escaped (plotly reads a few HTML tags), made unique with the code."""
-    names = [r.area for r in rows]
-    return [_esc(f"{r.area} ({r.code})" if names.count(r.area) > 1 and r.code else r.area) for r in rows]
+    names = [area_name(report, r) if report else r.area for r in rows]
+    return [_esc(f"{n} ({r.code})" if names.count(n) > 1 and r.code else n) for n, r in zip(names, rows, strict=True)]
 
 
 def _layout(title: str, **kw: Any) -> dict[str, Any]:
@@ -77,7 +89,7 @@ def rates_chart(report: Report, summary: Summary | None = None) -> go.Figure:
     snapshot counts the same area and metric, the share as that count has it (everyone, not only
     the subscribers loa knows)."""
     rows = report.rows
-    labels = _labels(rows)
+    labels = _labels(rows, report)
     of = report.goal.of if report.goal else "population"
     values = [_goal_base(report, r) for r in rows]
     fig = go.Figure(go.Bar(
@@ -135,7 +147,7 @@ def uplift_chart(report: Report) -> go.Figure | None:
     if not rows:
         return None
     fig = go.Figure()
-    labels = _labels(rows)
+    labels = _labels(rows, report)
     for small in (False, True):
         pick = [i for i, r in enumerate(rows) if bool(r.small) is small]
         if not pick:
@@ -225,7 +237,7 @@ def _uplift_cell(row: Row) -> str:
 COLUMNS = (  # key, header, numeric
     ("area", "Area", False), ("population", "Population", True), ("audience", "Audience", True),
     ("held_out", "Held out", True), ("suppressed", "Suppressed", True), ("sent", "Sent", True),
-    ("delivered", "Delivered", True), ("failed", "Failed", True),
+    ("delivered", "Delivered", True), ("undelivered", "Undelivered", True), ("failed", "Failed", True),
     ("rate_delivered", "{event} after a message (of delivered)", True),
     ("rate_held_out", "{event}, held out (of held out)", True), ("uplift", "Uplift, points (95% interval)", True),
     ("installed_share", "{event} in the area (of population)", True), ("progress", "to goal", True),
@@ -239,10 +251,11 @@ def _row_cells(report: Report, row: Row) -> str:
         return "" if v is None else f"{v}"
 
     return "".join([
-        _td(row.area, row.area, title=row.code, lang="vi"),
+        _td(area_name(report, row), area_name(report, row), title=row.code, lang="vi"),
         _td(_num(row.population), opt(row.population)), _td(_num(row.audience), row.audience),
         _td(_num(row.held_out), row.held_out), _td(_num(row.suppressed), row.suppressed),
-        _td(_num(row.sent), row.sent), _td(_num(row.delivered), row.delivered), _td(_num(row.failed), row.failed),
+        _td(_num(row.sent), row.sent), _td(_num(row.delivered), row.delivered),
+        _td(_num(row.undelivered), row.undelivered), _td(_num(row.failed), row.failed),
         _td(f"{_num(row.installed_delivered)} ({_pct(row.rate_delivered)})", opt(row.rate_delivered)),
         _td(f"{_num(row.installed_held_out)} ({_pct(row.rate_held_out)})", opt(row.rate_held_out)),
         _uplift_cell(row),
@@ -266,19 +279,13 @@ def report_table(report: Report) -> str:
 def snapshots_table(summary: Summary) -> str:
     cols = (("area", "Area", False), ("as_of", "As of", False), ("value", summary.metric, True),
             ("rate", "of population", True), ("change", "change", True), ("per_day", "per day", True),
-            ("projected", "goal at this pace", False))
+            ("projected", "goal at this pace", False), ("flags", "disagreements", False))
     head = "".join(f'<th data-key="{k}" data-type="{"num" if n else "text"}" scope="col">{_esc(h)}</th>'
                    for k, h, n in cols)
     lines = []
     for s in summary.series:
         p = s.latest
-        if s.reached:
-            when = "reached"
-        elif s.projected is not None:
-            when = s.projected.isoformat() + ("" if s.on_track is None else " (on track)" if s.on_track
-                                               else " (late)")
-        else:
-            when = "not growing" if len(s.points) >= 2 else "—"
+        when = rep.pace(s) or "—"
         change = "—" if p.change is None else f"{p.change:+,} in {p.days} d"
         lines.append(
             f'<tr data-code="{_esc(s.code)}">'
@@ -288,6 +295,7 @@ def snapshots_table(summary: Summary) -> str:
             + _td("—" if p.per_day is None else f"{p.per_day:,.0f}", "" if p.per_day is None else p.per_day)
             + _td(when, s.projected.isoformat() if s.projected else ("0" if s.reached else "~"),
                   "late" if s.on_track is False else "")
+            + _td(rep.flags(summary, s.code))
             + "</tr>")
     return (f'<table id="snapshots-table" class="sortable"><thead><tr>{head}</tr></thead>\n'
             f"<tbody>\n" + "\n".join(lines) + "\n</tbody></table>")
@@ -398,8 +406,7 @@ def render_html(report: Report, snapshots_summary: Summary | None = None, *,
                      f'<div id="{fid}" class="chart"></div></section>' for fid, fig in figures)
     specs = json.dumps({fid: json.loads(fig.to_json()) for fid, fig in figures}, ensure_ascii=False)
     specs = specs.replace("<", "\\u003c")    # "<" only occurs in strings: nothing can end the block early
-    # the same finding (a population its districts do not add up to) is said once
-    notes = list(dict.fromkeys([*report.notes, *(snapshots_summary.notes if snapshots_summary else [])]))
+    notes = rep.notes(report, snapshots_summary)
     notes_html = ("<h2>Notes</h2><ul class=\"notes\">" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>"
                   if notes else "")
     snap_html = ""
@@ -456,14 +463,7 @@ Charts: plotly.js, embedded.</footer>
 def render_report(engine: Engine, report: Report, *, generated_at: datetime | None = None) -> str:
     """The page for ``report``, with the snapshots of its event for its areas (and their parents
     and children) when there are any: what ``loa report --html`` writes."""
-    try:
-        summary = snapshots.summarize(engine, metric=report.event, goal=report.goal,
-                                      related_to=[r.code for r in report.rows])
-    except NotFound:
-        summary = None
-    if summary is not None and not summary.series:
-        summary = None
-    return render_html(report, summary, generated_at=generated_at)
+    return render_html(report, rep.snapshot_summary(engine, report), generated_at=generated_at)
 
 
 __all__ = ["funnel_chart", "rates_chart", "render_html", "render_report", "report_table", "snapshots_table",

@@ -885,17 +885,16 @@ class SnapshotsHandler:
 
     def _resolve(self, name: str, parent: Area | None) -> Area:
         if parent is not None:
-            # within the parent first: "Sơn La" under "Sơn La" is the province, not the city
+            # within the parent first: "Mộc Châu" under "Sơn La" is its district, wherever else one is
             hit = self.index.by_code.get(name.casefold())
             if hit is None:
-                inside = self._within(parent)
-                for keyfn, key in ((fold, fold(name)), (_short, _short(name))):
-                    hits = [a for a in inside if keyfn(a.name) == key]
-                    if len(hits) == 1:
-                        return hits[0]
-                    if hits:
-                        names = "; ".join(f"{a.name} ({a.code})" for a in hits[:5])
-                        raise RowError("area", f"area {name!r} is ambiguous in {parent.name}: {names}; use the code")
+                hits = self.index.matches(name, among={a.id for a in self._within(parent)})
+                if len(hits) == 1:
+                    return hits[0]
+                if hits:
+                    names = "; ".join(f"{a.name} ({a.code})" for a in hits[:5])
+                    raise RowError("area", f"area {name!r} is ambiguous in {parent.name}: {names}; "
+                                           "use the code, or the name as written with its diacritics")
         try:
             area = self.index.resolve(name)
         except AreaLookupError as exc:

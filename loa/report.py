@@ -4,7 +4,9 @@ For one campaign (all its runs) and each area:
 
 * population (with its date): the figure in force when the campaign's first run was
   scheduled, and audience (people in any run's outbox);
-* held out, suppressed, sent, delivered, failed (people, not messages);
+* held out, suppressed, sent (handed to a gateway), delivered, undelivered,
+  failed (people, not messages; outcomes as :mod:`loa.status` defines them, so
+  ``loa status`` and the report agree);
 * responders (the goal's event, "installed" by default) within the
   campaign's attribution window (``attribution``, 7 days by default): among
   the delivered, counted from the delivery; among the held out, from the
@@ -25,6 +27,15 @@ no delivery time (a gateway's record, not a receipt) is clocked from its send.
 A message sent with no receipt yet is not counted as delivered, so it stays out
 of the delivered's rate but in the intent-to-treat uplift, which needs no
 receipts: with a gateway that never sends them, read the uplift.
+
+Rows are the areas at one level (``--level``): the level the audience lives at
+by default, and every area at that level in the campaign's segment, with zeros
+where no one of the audience lives.  People recorded at a coarser area (a
+province, when the rows are districts) are counted on their own line, "(not in
+a district)", never in the province's row beside its districts: each person,
+and each resident, is counted once.  With snapshots of the goal's event, the
+output carries them too (:func:`snapshot_summary`): their rates, changes, pace
+and the disagreements they show.
 """
 
 from __future__ import annotations
@@ -43,15 +54,23 @@ from sqlalchemy import BigInteger, and_, case, func, literal, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ColumnElement, Subquery
 
-from loa import db, stats
-from loa.areas import Area, AreaIndex, populations_on
+from loa import db, snapshots, stats
+from loa.areas import Area, AreaIndex, AreaLookupError, populations_on
 from loa.campaign import ATTRIBUTION, VALIDITY_HOURS, ArrivalRule, Goal, load_one, parse_duration
 from loa.config import DEFAULT_TIMEZONE
 from loa.errors import InputError, LoaError, NotFound
 from loa.ratelimit import db_epoch
+from loa.snapshots import Series, Summary
+from loa.status import HANDED_OVER, states_of
 
 O, R, E, S = db.outbox, db.runs, db.events, db.subscribers
-SENT_STATES = ("sent", "delivered", "undelivered")
+SENT_STATES = states_of(*HANDED_OVER)
+NO_AREA = "(no area)"
+
+
+def outside_label(level: str) -> str:
+    """The line of the people recorded at no area of the report's level: "(not in a district)"."""
+    return f"(not in a {level})"
 
 
 @dataclass
@@ -67,6 +86,7 @@ class Row:
     targeted: int = 0
     sent: int = 0
     delivered: int = 0
+    undelivered: int = 0
     failed: int = 0
     installed_delivered: int = 0
     installed_targeted: int = 0
@@ -129,7 +149,7 @@ class Row:
         return None if u is None else u.reason
 
 
-COUNTS = ("audience", "held_out", "suppressed", "targeted", "sent", "delivered", "failed",
+COUNTS = ("audience", "held_out", "suppressed", "targeted", "sent", "delivered", "undelivered", "failed",
           "installed_delivered", "installed_targeted", "installed_held_out", "installed_total")
 
 
@@ -148,6 +168,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     attribution: float | None = ATTRIBUTION   # seconds; None when the runs' windows differ
     population_on: date | None = None         # the day whose populations are used: the first run's
+    whole: str | None = None    # the area the rows make up, children all listed (the province of its districts)
 
     def progress(self, row: Row) -> float | None:
         if self.goal is None:
@@ -212,17 +233,20 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
         first = conn.scalar(select(func.min(R.c.scheduled_for)).where(R.c.campaign_id == campaign_id))
         day = first.astimezone(ZoneInfo(DEFAULT_TIMEZONE)).date() if first else db.utcnow().date()
         index, as_of = _populations_in_force(conn, index, day)
+        definitions = [d or {} for d in conn.scalars(select(R.c.definition).where(R.c.campaign_id == campaign_id))]
     used = {a for a in per_area if a is not None}
     level = level or _deepest_level(index, used)
-    rows: dict[int | None, Row] = {}
+    rows: dict[int | str | None, Row] = {}
     for area_id, counts in per_area.items():
-        target = _ancestor_at(index, area_id, level)
-        row = rows.get(target.id if target else None) or _new_row(target, as_of)
-        rows[target.id if target else None] = row
+        key, target = _row_of(index, area_id, level)
+        row = rows.get(key) or _new_row(target, as_of, key, level)
+        rows[key] = row
         row.add(counts)
+    segment, notes = _segment_areas(index, definitions, level)
+    for area in segment:
+        rows.setdefault(area.id, _new_row(area, as_of, area.id, level))
     for area_id, n in installed.items():
-        target = _ancestor_at(index, area_id, level)
-        key = target.id if target else None
+        key, _ = _row_of(index, area_id, level)
         if key in rows:
             rows[key].installed_total += n
     ordered = sorted(rows.values(), key=lambda r: (r.code == "", -(r.population or 0), r.area))
@@ -232,8 +256,9 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
     total.population = sum(r.population or 0 for r in ordered) or None
     windows = {c.window for c in clocks.values()}
     report = Report(campaign, event, goal, level, ordered, total,
-                    attribution=windows.pop() / 1000 if len(windows) == 1 else None, population_on=day)
-    report.notes = _disagreements(index, ordered, level)
+                    attribution=windows.pop() / 1000 if len(windows) == 1 else None, population_on=day,
+                    whole=_whole(index, ordered, level))
+    report.notes = _disagreements(index, ordered, level) + notes
     if later := [r for r in ordered if r.population_as_of and r.population_as_of > day]:
         report.notes.append(f"no population dated on or before {day} (the campaign's first run) for: "
                             + ", ".join(f"{r.area} (used {r.population_as_of})" for r in later))
@@ -241,10 +266,55 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
         report.notes.append("the runs have different attribution windows ("
                             + ", ".join(_duration_text(w / 1000) for w in sorted(windows))
                             + "): each run's responses are counted within its own")
-    if any(r.population is None for r in ordered):
-        missing = ", ".join(r.area for r in ordered if r.population is None)
+    if any(r.population is None and r.code for r in ordered):
+        missing = ", ".join(r.area for r in ordered if r.population is None and r.code)
         report.notes.append(f"no population for: {missing}; their shares are left blank")
     return report
+
+
+def _row_of(index: AreaIndex, area_id: int | None, level: str) -> tuple[int | str | None, Area | None]:
+    """The row that people recorded at ``area_id`` count in: (its key, its area).
+
+    Their area's ancestor at ``level`` (or the area itself); ("outside", None) when the area
+    lies above that level or beside it (a province when the rows are districts), and
+    (None, None) for no area at all.
+    """
+    area = index.by_id.get(area_id) if area_id is not None else None
+    if area is None:
+        return None, None
+    target = _ancestor_at(index, area, level)
+    return (target.id, target) if target is not None else ("outside", None)
+
+
+def _segment_areas(index: AreaIndex, definitions: list[dict[str, Any]], level: str) -> tuple[list[Area], list[str]]:
+    """Every area at ``level`` in the segments the runs were planned with (inside each of their
+    areas, or above it), so that a district where no one of the audience lives still has its row;
+    and a note for a segment area that no longer resolves."""
+    out: dict[int, Area] = {}
+    notes: list[str] = []
+    names = dict.fromkeys(str(n) for d in definitions for n in (d.get("segment") or {}).get("areas") or [])
+    for name in names:
+        try:
+            root = index.resolve(name)
+        except AreaLookupError as exc:
+            notes.append(f"segment area {name!r}: {exc}; only its areas with an audience are listed")
+            continue
+        if (above := _ancestor_at(index, root, level)) is not None:
+            out[above.id] = above
+        out |= {a.id: a for a in index.by_id.values()
+                if a.level == level and a.path.startswith(root.path) and a.id != root.id}
+    return list(out.values()), notes
+
+
+def _whole(index: AreaIndex, rows: list[Row], level: str) -> str | None:
+    """The code of the one area whose children at ``level`` are exactly the rows' areas, if any."""
+    areas = [index.by_code.get(r.code.casefold()) for r in rows if r.code]
+    parents = {a.parent_id for a in areas if a is not None}
+    if len(parents) != 1 or None in parents or None in areas:
+        return None
+    parent = index.by_id[parents.pop()]  # type: ignore[arg-type]
+    children = {a.id for a in index.children(parent.id) if a.level == level}
+    return parent.code if children == {a.id for a in areas if a is not None} else None
 
 
 @dataclass(frozen=True)
@@ -334,8 +404,9 @@ def _people(conn: Connection, campaign_id: int, event: str, clocks: dict[int, _C
             m.subscriber_id, m.area_id,
             _anyone(m.state == "held_out").label("held"), _anyone(m.state == "suppressed").label("supp"),
             _anyone(targeted).label("targeted"), _anyone(m.state.in_(SENT_STATES)).label("sent"),
-            _anyone(m.state == "delivered").label("delivered"),
-            _anyone(m.state.in_(("failed", "expired"))).label("failed"),
+            _anyone(m.state.in_(states_of("delivered"))).label("delivered"),
+            _anyone(m.state.in_(states_of("undelivered"))).label("undelivered"),
+            _anyone(m.state.in_(states_of("failed"))).label("failed"),
             _anyone(from_delivery).label("resp_delivered"),
             _anyone(and_(targeted, from_planned)).label("resp_targeted"),
             _anyone(and_(m.state == "held_out", from_planned)).label("resp_held"),
@@ -351,16 +422,19 @@ def _per_area(conn: Connection, campaign_id: int, event: str, clocks: dict[int, 
     p = _people(conn, campaign_id, event, clocks).c
     # Over several runs one person can be targeted in one and suppressed (or held out)
     # in another: count each person once, as targeted, else held out, else suppressed;
-    # and as failed only if no message of theirs was ever sent.
+    # as undelivered only if no message of theirs was delivered, and as failed only if
+    # none was ever sent.
     held = and_(p.held == 1, p.targeted == 0)
     supp = and_(p.supp == 1, p.targeted == 0, p.held == 0)
+    undelivered = and_(p.undelivered == 1, p.delivered == 0)
     failed = and_(p.failed == 1, p.sent == 0)
     stmt = (
         select(
             p.area_id,
             func.count(),
             func.sum(case((held, 1), else_=0)), func.sum(case((supp, 1), else_=0)), func.sum(p.targeted),
-            func.sum(p.sent), func.sum(p.delivered), func.sum(case((failed, 1), else_=0)),
+            func.sum(p.sent), func.sum(p.delivered), func.sum(case((undelivered, 1), else_=0)),
+            func.sum(case((failed, 1), else_=0)),
             func.sum(p.resp_delivered), func.sum(p.resp_targeted),
             func.sum(case((and_(held, p.resp_held == 1), 1), else_=0)),
         )
@@ -400,14 +474,14 @@ def _deepest_level(index: AreaIndex, used: Iterable[int]) -> str:
     return min(depth, key=depth.get) if depth else ""  # type: ignore[arg-type]
 
 
-def _ancestor_at(index: AreaIndex, area_id: int | None, level: str) -> Area | None:
-    area = index.by_id.get(area_id) if area_id is not None else None
-    node = area
+def _ancestor_at(index: AreaIndex, area: Area, level: str) -> Area | None:
+    """The area itself or its ancestor at ``level``; None if neither is."""
+    node: Area | None = area
     while node is not None:
         if node.level == level:
             return node
         node = index.by_id.get(node.parent_id) if node.parent_id is not None else None
-    return area
+    return None
 
 
 def _populations_in_force(conn: Connection, index: AreaIndex, day: date) -> tuple[AreaIndex, dict[int, date | None]]:
@@ -428,9 +502,9 @@ def population_caption(report: Report) -> str:
             + f": the figures in force on {report.population_on}, the campaign's first run")
 
 
-def _new_row(area: Area | None, as_of: dict[int, date | None]) -> Row:
+def _new_row(area: Area | None, as_of: dict[int, date | None], key: int | str | None, level: str) -> Row:
     if area is None:
-        return Row(code="", area="(no area)", level="")
+        return Row(code="", area=outside_label(level) if key == "outside" else NO_AREA, level="")
     return Row(code=area.code, area=area.name, level=area.level, population=area.population,
                population_as_of=as_of.get(area.id))
 
@@ -458,12 +532,53 @@ def _disagreements(index: AreaIndex, rows: list[Row], level: str) -> list[str]:
     return notes
 
 
+# -- snapshots ----------------------------------------------------------------
+
+def snapshot_summary(engine: Engine, report: Report) -> Summary | None:
+    """The snapshots of the report's event for its areas (their parents and children too), if any."""
+    try:
+        summary = snapshots.summarize(engine, metric=report.event, goal=report.goal,
+                                      related_to=[r.code for r in report.rows])
+    except NotFound:
+        return None
+    return summary if summary.series else None
+
+
+def pace(series: Series) -> str:
+    """When the goal is reached at the pace of the last two snapshots: "2020-09-30 (late)"."""
+    if series.reached:
+        return "reached"
+    if series.projected is not None:
+        return series.projected.isoformat() + ("" if series.on_track is None else " (on track)" if series.on_track
+                                               else " (late)")
+    return "not growing" if len(series.points) >= 2 else ""
+
+
+def flags(summary: Summary, code: str) -> str:
+    """The kinds of disagreement found in an area's statements, e.g. "total; rate"."""
+    kinds = dict.fromkeys(d.kind for d in summary.disagreements if d.code == code)
+    return "; ".join(kinds)
+
+
+def _snapshot_cells(summary: Summary | None, code: str | None) -> dict[str, Any]:
+    """The latest snapshot of an area, as the CSV's snapshot_* columns (blank without one)."""
+    series = next((s for s in summary.series if s.code == code), None) if summary and code else None
+    if series is None:
+        return {}
+    p = series.latest
+    return {"snapshot_as_of": p.as_of.isoformat(), "snapshot_value": p.value, "snapshot_rate": p.rate,
+            "snapshot_change": p.change, "snapshot_change_days": p.days, "snapshot_per_day": p.per_day,
+            "snapshot_goal_at": pace(series), "snapshot_flags": flags(summary, series.code)}  # type: ignore[arg-type]
+
+
 # -- output -------------------------------------------------------------------
 
 FIELDS = ("code", "area", "population", "population_as_of", "audience", "held_out", "suppressed", "sent",
-          "delivered", "failed", "installed_delivered", "rate_delivered", "installed_held_out",
+          "delivered", "undelivered", "failed", "installed_delivered", "rate_delivered", "installed_held_out",
           "rate_held_out", "uplift_points", "uplift_low", "uplift_high", "small", "installed_total",
           "installed_share", "progress")
+SNAPSHOT_FIELDS = ("snapshot_as_of", "snapshot_value", "snapshot_rate", "snapshot_change", "snapshot_change_days",
+                   "snapshot_per_day", "snapshot_goal_at", "snapshot_flags")
 
 
 def as_records(report: Report) -> list[dict[str, Any]]:
@@ -481,12 +596,16 @@ def as_records(report: Report) -> list[dict[str, Any]]:
     return records
 
 
-def to_csv(report: Report) -> str:
+def to_csv(report: Report, summary: Summary | None = None) -> str:
+    """One line per area and the total; with snapshots, each line also has its area's latest
+    (the total's is the area its rows make up, when there is one)."""
+    fields = FIELDS + (SNAPSHOT_FIELDS if summary is not None else ())
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for rec in as_records(report):
-        writer.writerow({k: _cell(v) for k, v in rec.items()})
+    codes = [*(r.code for r in report.rows), report.whole]
+    for rec, code in zip(as_records(report), codes, strict=True):
+        writer.writerow({k: _cell(v) for k, v in (rec | _snapshot_cells(summary, code)).items()})
     return buf.getvalue()
 
 
@@ -498,15 +617,23 @@ def _cell(value: Any) -> Any:
     return round(value, 6) if isinstance(value, float) else value
 
 
-def to_json(report: Report) -> str:
+def to_json(report: Report, summary: Summary | None = None) -> str:
     goal = asdict(report.goal) if report.goal else None
     if goal and goal["by"]:
         goal["by"] = goal["by"].isoformat()
     attribution = None if report.attribution is None else _duration_text(report.attribution)
     return json.dumps({"campaign": report.campaign, "event": report.event, "level": report.level, "goal": goal,
-                       "attribution": attribution,
-                       "rows": as_records(report)[:-1], "total": as_records(report)[-1], "notes": report.notes},
+                       "attribution": attribution, "whole": report.whole,
+                       "rows": as_records(report)[:-1], "total": as_records(report)[-1],
+                       "notes": notes(report, summary),
+                       "snapshots": summary.as_dict() if summary is not None else None},
                       ensure_ascii=False, indent=2)
+
+
+def notes(report: Report, summary: Summary | None = None) -> list[str]:
+    """The report's notes and the snapshots', each finding said once (a population that its
+    districts do not add up to is found by both)."""
+    return list(dict.fromkeys([*report.notes, *(summary.notes if summary is not None else [])]))
 
 FORMATS = ("html", "csv", "json")
 
@@ -518,7 +645,7 @@ def render(engine: Engine, report: Report, fmt: str, *, generated_at: datetime |
 
         return render_report(engine, report, generated_at=generated_at)
     if fmt == "csv":
-        return to_csv(report)
+        return to_csv(report, snapshot_summary(engine, report))
     if fmt == "json":
-        return to_json(report)
+        return to_json(report, snapshot_summary(engine, report))
     raise InputError(f"unknown report format {fmt!r} (formats: {', '.join(FORMATS)})")

@@ -28,6 +28,36 @@ O, R, C = db.outbox, db.runs, db.campaigns
 IN_FLIGHT = ("claimed", "sending")
 OPEN = ("planned", "deferred", *IN_FLIGHT)
 SENT = ("sent", "delivered", "undelivered")
+
+# What became of a message, as `loa status` and `loa report` both count it: one outcome per
+# ledger state.  "sent" is accepted by the gateway with no receipt yet; "undelivered" is a
+# receipt saying the handset was not reached, never a failure to send; "failed" is refused
+# (or never sent within the campaign's validity); "unknown" may or may not have gone out.
+OUTCOMES = ("queued", "sending", "sent", "delivered", "undelivered", "failed", "unknown", "held_out", "suppressed")
+_OUTCOME_OF = {
+    "planned": "queued", "deferred": "queued", "claimed": "sending", "sending": "sending", "sent": "sent",
+    "delivered": "delivered", "undelivered": "undelivered", "failed": "failed", "expired": "failed",
+    "unknown": "unknown", "held_out": "held_out", "suppressed": "suppressed",
+}
+HANDED_OVER = ("sent", "delivered", "undelivered")   # outcomes of a message the gateway accepted
+
+
+def outcome(state: str) -> str:
+    """The outcome that a ledger state counts as (a state this version does not know, as itself)."""
+    return _OUTCOME_OF.get(state, state)
+
+
+def states_of(*outcomes: str) -> tuple[str, ...]:
+    """The ledger states that count as any of ``outcomes``."""
+    return tuple(state for state, o in _OUTCOME_OF.items() if o in outcomes)
+
+
+def outcomes(states: dict[str, int]) -> dict[str, int]:
+    """Counts by ledger state, as counts by outcome."""
+    out: dict[str, int] = {}
+    for state, n in states.items():
+        out[outcome(state)] = out.get(outcome(state), 0) + n
+    return out
 WINDOW = timedelta(minutes=1)
 MIN_SPAN = 1.0     # seconds: a rate measured over less is noise (one message sent just now)
 
@@ -126,6 +156,7 @@ def collect(engine: Engine, recent_runs: int = 20) -> dict[str, Any]:
         "at": now.isoformat(),
         "runs": [{"run": r.id, "campaign": r.name, "status": r.status, "trigger": r.trigger,
                   "scheduled_for": r.scheduled_for.isoformat(), "states": states[r.id],
+                  "outcomes": outcomes(states[r.id]),
                   **by_run.get(r.id, Flow()).as_dict(now)} for r in runs],
         "gateways": gateways,
     }
@@ -133,20 +164,17 @@ def collect(engine: Engine, recent_runs: int = 20) -> dict[str, Any]:
 
 # -- the tables of `loa status` ---------------------------------------------------------
 
-FINISHED = ("sent", "delivered", "undelivered", "failed")
+COLUMNS = ("sending", "sent", "delivered", "undelivered", "failed")   # outcomes with a column of their own
 
 
 def tables(result: dict[str, Any], tz: ZoneInfo) -> list[Table]:
-    runs = Table("campaign", "run", "status", "due", "waiting", "sending", "sent", "delivered", "failed",
-                 "other", "rate (msg/s)", "ETA", title="runs")
+    runs = Table("campaign", "run", "status", "due", "waiting", *COLUMNS, "other", "rate (msg/s)", "ETA",
+                 title="runs")
     for r in result["runs"]:
-        st = r["states"]
-        known = ("planned", "deferred", *IN_FLIGHT, *FINISHED)
+        done = r["outcomes"]
+        other = ", ".join(f"{n:,} {k}" for k, n in done.items() if k not in ("queued", *COLUMNS))
         runs.add_row(escape(r["campaign"]), str(r["run"]), r["status"], f"{r['due']:,}", _waiting(r, tz),
-                     f"{st.get('claimed', 0) + st.get('sending', 0):,}", f"{st.get('sent', 0):,}",
-                     f"{st.get('delivered', 0):,}", f"{st.get('failed', 0) + st.get('undelivered', 0):,}",
-                     escape(", ".join(f"{n:,} {k}" for k, n in st.items() if k not in known)),
-                     f"{r['rate']:.1f}", _eta(r))
+                     *(f"{done.get(k, 0):,}" for k in COLUMNS), escape(other), f"{r['rate']:.1f}", _eta(r))
     gws = Table("gateway", "due", "waiting", "sent last minute", "rate (msg/s)", "ETA", "state", title="gateways")
     for g in result["gateways"]:
         state = f"paused: {g['paused']}" if g["paused"] else "active"

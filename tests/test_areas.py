@@ -225,8 +225,8 @@ def index(engine: Engine, areas_csv: Path) -> AreaIndex:
 
 
 @pytest.mark.parametrize(("text", "code"), [
-    ("son la", "14"), ("SON LA", "14"), ("Sơn La", "14"), ("  sơn  la ", "14"),
-    (unicodedata.normalize("NFD", "Sơn La"), "14"),
+    ("Sơn La", "14"), ("SƠN LA", "14"), ("  sơn  la ", "14"),   # as written: the province, not its city
+    (unicodedata.normalize("NFD", "Sơn La"), "14"), ("TP Sơn La", "116"), ("tp. son la", "116"),
     ("Mai Son", "125"), ("mai sơn", "125"), ("Huyện Mai Sơn", "125"), ("huyen mai son", "125"),
     ("Thành phố Sơn La", "116"), ("thanh pho son la", "116"),
     ("dak nong", "66"), ("ĐẮK NÔNG", "66"), ("Tỉnh Đắk Nông", "66"),
@@ -245,6 +245,43 @@ def test_resolve(index: AreaIndex, text: str, code: str) -> None:
 def test_resolve_failures(index: AreaIndex, text: str, message: str) -> None:
     with pytest.raises(AreaLookupError, match=message):
         index.resolve(text)
+
+
+@pytest.mark.parametrize("text", ["son la", "SON LA", "Son La", "Tỉnh Sơn La", "huyen son la"])
+def test_a_name_that_may_mean_several_areas_is_refused_with_them_all(index: AreaIndex, text: str) -> None:
+    """"son la" is the province "Sơn La" and, without its prefix, "Thành phố Sơn La": never guessed."""
+    with pytest.raises(AreaLookupError) as caught:
+        index.resolve(text)
+    message = str(caught.value)
+    assert f"area {' '.join(text.split())!r} is ambiguous: " in message
+    assert "Sơn La (14)" in message and "Thành phố Sơn La (116)" in message and "use the code" in message
+
+
+def test_a_parent_named_ambiguously_is_rejected_with_the_candidates(engine: Engine, areas_csv: Path,
+                                                                    tmp_path: Path) -> None:
+    import_areas(engine, areas_csv)
+    summary = import_areas(engine, write(tmp_path / "more.csv", """
+        code,name,parent,level
+        12501,Xã Chiềng Mung,son la,commune
+        12502,Xã Chiềng Ban,Sơn La,commune
+    """))
+    assert (summary.imported, summary.rejected) == (1, 1)
+    [row] = rejects(summary.rejects_path)
+    assert (row["line"], row["column"], row["code"]) == ("2", "parent", "12501")
+    assert "Sơn La (14)" in row["reason"] and "Thành phố Sơn La (116)" in row["reason"]
+    assert areas_by_code(engine)["12502"]["parent_id"] == areas_by_code(engine)["14"]["id"]
+
+
+def test_matches_within_some_areas() -> None:
+    index = AreaIndex([
+        Area(1, "14", "Sơn La", None, "province", "/1/", None),
+        Area(2, "116", "Thành phố Sơn La", 1, "district", "/1/2/", None),
+        Area(3, "125", "Huyện Mai Sơn", 1, "district", "/1/3/", None),
+    ])
+    assert [a.code for a in index.matches("son la")] == ["14", "116"]
+    assert [a.code for a in index.matches("son la", among={2, 3})] == ["116"]
+    assert [a.code for a in index.matches("Sơn La")] == ["14"]
+    assert index.matches("mai son", among={1, 2}) == []
 
 
 def test_resolve_ambiguous_short_name() -> None:

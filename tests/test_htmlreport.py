@@ -316,3 +316,17 @@ def test_render_report_finds_the_snapshots(engine: Engine, world: tuple[rep.Repo
         conn.execute(db.snapshots.delete())
     page = render_report(engine, report, generated_at=GENERATED)
     assert "chart-trend" not in page and "snapshots-table" not in page
+
+
+def test_the_tables_show_undelivered_and_the_snapshots_disagreements(world: tuple[rep.Report, snap.Summary]) -> None:
+    report, summary = world
+    page = render_html(report, summary, generated_at=GENERATED)
+    table = page.split('id="report-table"', 1)[1].split("</table>", 1)[0]
+    assert '<th data-key="undelivered" data-type="num" scope="col">Undelivered</th>' in table
+    total = table.split("<tfoot>", 1)[1]
+    assert f'<td data-value="{report.total.undelivered}">{report.total.undelivered:,}</td>' in total
+    assert report.total.undelivered > 0
+    snapshots = page.split('id="snapshots-table"', 1)[1].split("</table>", 1)[0]
+    rows = {code: row for code, row in re.findall(r'<tr data-code="([^"]*)">(.*?)</tr>', snapshots)}
+    assert rows["125"].endswith("<td>rate</td>")                       # Mai Sơn's printed 6.4%
+    assert rows["14"].endswith("<td>total; change; population</td>")   # the letter's own totals

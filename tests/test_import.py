@@ -139,7 +139,7 @@ def test_area_by_code_or_name(engine: Engine, areas: dict[str, int], tmp_path: P
     path = write(tmp_path / "subs.csv", f"""
         phone,{column}
         0912000001,14
-        0912000002,son la
+        0912000002,Sơn La
         0912000003,SƠN LA
         0912000004,Mai Son
         0912000005,huyện mai sơn
@@ -153,6 +153,24 @@ def test_area_by_code_or_name(engine: Engine, areas: dict[str, int], tmp_path: P
     assert got == {"1": areas["14"], "2": areas["14"], "3": areas["14"], "4": areas["125"],
                    "5": areas["125"], "6": areas["116"], "7": areas["66"], "8": None}
     assert attribute_keys(engine) == set()    # the area column is not an attribute
+
+
+def test_an_area_name_that_may_mean_several_is_rejected(engine: Engine, areas: dict[str, int],
+                                                         tmp_path: Path) -> None:
+    """"son la" may be the province or its city: the row is rejected with both, not put in one."""
+    path = write(tmp_path / "subs.csv", """
+        phone,area
+        0912000001,son la
+        0912000002,Sơn La
+    """)
+    summary = import_subscribers(engine, path)
+    assert (summary.imported, summary.rejected) == (1, 1)
+    with summary.rejects_path.open(encoding="utf-8", newline="") as f:
+        [row] = list(csv.DictReader(f))
+    assert (row["line"], row["column"]) == ("2", "area")
+    assert "ambiguous" in row["reason"] and "Sơn La (14)" in row["reason"]
+    assert "Thành phố Sơn La (116)" in row["reason"]
+    assert {phone[-1]: r["area_id"] for phone, r in subscribers(engine).items()} == {"2": areas["14"]}
 
 
 def test_area_column_without_areas_is_refused(engine: Engine, tmp_path: Path) -> None:

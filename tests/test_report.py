@@ -140,17 +140,17 @@ def scenario(engine: Engine, workdir: Path, tmp_path: Path, config: Config) -> C
 
 DISTRICT_116 = dict(
     code="116", area="Thành phố Sơn La", level="district", population=400, population_as_of=date(2020, 8, 17),
-    audience=10, held_out=3, suppressed=1, targeted=6, sent=5, delivered=3, failed=1,
+    audience=10, held_out=3, suppressed=1, targeted=6, sent=5, delivered=3, undelivered=1, failed=1,
     installed_delivered=1, installed_targeted=3, installed_held_out=1, installed_total=6,
 )
 DISTRICT_125 = dict(
     code="125", area="Huyện Mai Sơn", level="district", population=600, population_as_of=date(2020, 8, 16),
-    audience=20, held_out=4, suppressed=0, targeted=16, sent=16, delivered=16, failed=0,
+    audience=20, held_out=4, suppressed=0, targeted=16, sent=16, delivered=16, undelivered=0, failed=0,
     installed_delivered=8, installed_targeted=8, installed_held_out=1, installed_total=9,
 )
 TOTAL = dict(
     code="", area="Total", level="", population=1000, population_as_of=None,
-    audience=30, held_out=7, suppressed=1, targeted=22, sent=21, delivered=19, failed=1,
+    audience=30, held_out=7, suppressed=1, targeted=22, sent=21, delivered=19, undelivered=1, failed=1,
     installed_delivered=9, installed_targeted=11, installed_held_out=2, installed_total=15,
 )
 
@@ -230,7 +230,7 @@ def test_csv_output_matches_the_report(engine: Engine, config: Config, scenario:
     by_code = {r["code"]: r for r in rows}
     for code, expected in (("116", DISTRICT_116), ("125", DISTRICT_125), ("", TOTAL)):
         got = by_code[code]
-        for name in ("audience", "held_out", "suppressed", "sent", "delivered", "failed",
+        for name in ("audience", "held_out", "suppressed", "sent", "delivered", "undelivered", "failed",
                      "installed_delivered", "installed_held_out", "installed_total", "population"):
             assert int(got[name]) == expected[name], (code, name)
         assert got["population_as_of"] == (expected["population_as_of"].isoformat()
@@ -288,8 +288,190 @@ def test_people_are_counted_once_over_several_runs(engine: Engine, workdir: Path
     # each person is in exactly one of: targeted, held out, suppressed
     assert (total.targeted, total.held_out, total.suppressed) == (28, 2, 0)
     assert total.audience == total.targeted + total.held_out + total.suppressed
-    assert (total.sent, total.delivered, total.failed) == (27, 27, 1)
+    assert (total.sent, total.delivered, total.undelivered, total.failed) == (27, 27, 0, 1)
     assert (total.installed_delivered, total.installed_held_out, total.installed_total) == (2, 1, 3)
+
+
+def table_text(render: Any, *args: Any) -> str:
+    """What a Rich table prints, wide enough to keep every column."""
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=400, color_system=None)
+    render(console, *args)
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def columns_of(text: str, first: str) -> dict[str, str]:
+    """A Rich table's line starting with ``first``, by its header (the header's last line)."""
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("┃") and ("area" in line or "campaign" in line))
+    names = [c.strip() for c in header.strip("┃│").split("┃")]
+    row = next(line for line in lines if line.startswith("│") and line.strip("│ ").startswith(first))
+    return dict(zip(names, (c.strip() for c in row.strip("│").split("│")), strict=True))
+
+
+def test_province_level_people_get_their_own_line_at_district_level(engine: Engine, workdir: Path,
+                                                                     tmp_path: Path, config: Config) -> None:
+    """People recorded at the province are not in any district: with --level district they are on
+    a line of their own, and the province (whose population is its districts') is not a row."""
+    campaign = setup_world(engine, workdir, tmp_path)
+    subs = write(tmp_path / "province.csv", "phone,area,smartphone\n" +
+                 "".join(f"09114000{i:02d},14,yes\n" for i in range(3)))
+    assert importer.run_import(engine, importer.SubscribersHandler(engine, subs), subs).imported == 3
+    plan = plan_run(engine, config, campaign)
+    set_fate(engine, plan.run_id, [person("140", i) for i in range(3)], "delivered", db.utcnow())
+
+    report = rep.build(engine, "remind", None, level="district")
+
+    assert [(r.code, r.area, r.level) for r in report.rows] == [
+        ("125", "Huyện Mai Sơn", "district"), ("116", "Thành phố Sơn La", "district"),
+        ("", "(not in a district)", "")]
+    outside = report.rows[-1]
+    assert (outside.population, outside.audience, outside.delivered) == (None, 3, 3)
+    assert report.total.population == 400 + 600          # never the province's 1,100 on top
+    assert report.total.audience == 30 + 3
+    assert not any("no population" in n for n in report.notes)
+    data = json.loads(rep.to_json(report))
+    assert data["rows"][-1]["area"] == "(not in a district)" and data["total"]["population"] == 1000
+    assert list(csv.DictReader(io.StringIO(rep.to_csv(report))))[-2]["area"] == "(not in a district)"
+    from loa.htmlreport import render_html
+    from loa.reportview import render_table
+
+    assert ">(chưa rõ quận/huyện)</td>" in render_html(report, None)
+    assert columns_of(table_text(render_table, report), "(not in a district)")["population"] == "—"
+    # at the province's level they are the province's, with everyone else
+    [province] = rep.build(engine, "remind", None, level="province").rows
+    assert (province.code, province.audience, province.population) == ("14", 33, 1100)
+
+
+def test_status_and_report_count_outcomes_alike(engine: Engine, config: Config, scenario: Campaign) -> None:
+    """Undelivered is its own outcome in both (never failed); expired is failed in both."""
+    from loa import status
+    from loa.reportview import render_table
+
+    with engine.connect() as conn:
+        run_id = conn.scalar(select(db.runs.c.id))
+    set_fate(engine, run_id, [person("125", 19)], "expired")
+    report = rep.build(engine, "remind", None)
+    [run] = status.collect(engine)["runs"]
+    got = run["outcomes"]
+    total = report.total
+    assert (got["delivered"], got["undelivered"], got["failed"]) == (18, 1, 2)
+    assert (total.delivered, total.undelivered, total.failed) == (got["delivered"], got["undelivered"], got["failed"])
+    assert total.sent == sum(got[o] for o in status.HANDED_OVER)
+    assert (total.held_out, total.suppressed) == (got["held_out"], got["suppressed"])
+    assert status.outcome("undelivered") == "undelivered" and status.outcome("expired") == "failed"
+    assert set(status.states_of("failed")) == {"failed", "expired"}
+
+    def status_tables(console: Any) -> None:
+        for table in status.tables(status.collect(engine), config.timezone):
+            console.print(table)
+
+    line = columns_of(table_text(status_tables), "remind")
+    assert (line["delivered"], line["undelivered"], line["failed"]) == ("18", "1", "2")
+    assert "expired" not in line["other"]
+    line = columns_of(table_text(render_table, report), "Total")
+    assert (line["deliv."], line["undeliv."], line["failed"]) == ("18", "1", "2")
+    assert list(csv.DictReader(io.StringIO(rep.to_csv(report))))[-1]["undelivered"] == "1"
+    assert json.loads(rep.to_json(report))["total"]["undelivered"] == 1
+    from loa.htmlreport import report_table
+
+    html = report_table(report)
+    assert 'data-key="undelivered"' in html and '<td data-value="1">1</td>' in html.split("<tfoot>")[1]
+
+
+# -- snapshots: as the province counted, beside the ledger ----------------------------
+
+SNAPSHOTS = """
+area,as_of,value,change,change_since,rate
+116,2020-08-12,40,,,
+116,2020-08-17,60,,,15.0
+125,2020-08-17,90,30,2020-08-12,16.0
+Sơn La,2020-08-17,200,,,
+"""
+
+
+def report_cli(workdir: Path, *args: str) -> str:
+    from click.testing import CliRunner
+
+    from loa.cli import main
+
+    result = CliRunner().invoke(main, ["--config", str(workdir / "config.toml"), "report", "remind", *args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.stdout
+
+
+def test_snapshots_are_in_every_format(engine: Engine, workdir: Path, tmp_path: Path, scenario: Campaign) -> None:
+    """Rates, the change since the previous snapshot, the pace to the goal and the disagreements
+    go into the table, the CSV and the JSON, not only the HTML page."""
+    path = write(tmp_path / "snapshots.csv", SNAPSHOTS)
+    assert importer.run_import(engine, importer.SnapshotsHandler(engine, path), path).imported == 4
+    # 116: 40 then 60 of 400 in 5 days (4 a day); the goal, 50% (200) by 2020-08-20, at that pace
+    # on 2020-08-17 + ceil(140 / 4) days.  125: 90 of 600 is 15.00%, printed as 16.0%.  Sơn La:
+    # stated 200, its districts add up to 150.
+    data = json.loads(report_cli(workdir, "--format", "json"))
+    series = {s["code"]: s for s in data["snapshots"]["series"]}
+    city = series["116"]["points"][-1]
+    assert (city["as_of"], city["value"], city["rate"], city["change"], city["days"], city["per_day"]) == (
+        "2020-08-17", 60, 0.15, 20, 5, 4.0)
+    assert (series["116"]["projected"], series["116"]["on_track"]) == ("2020-09-21", False)
+    assert {(d["code"], d["kind"]) for d in data["snapshots"]["disagreements"]} >= {("14", "total"), ("125", "rate")}
+    assert any("printed as 16.0%" in note for note in data["notes"])
+    assert data["whole"] == "14"
+
+    rows = {r["code"]: r for r in csv.DictReader(io.StringIO(report_cli(workdir, "--format", "csv")))}
+    assert (rows["116"]["snapshot_rate"], rows["116"]["snapshot_change"], rows["116"]["snapshot_change_days"],
+            rows["116"]["snapshot_per_day"], rows["116"]["snapshot_goal_at"]) == ("0.15", "20", "5", "4.0",
+                                                                                  "2020-09-21 (late)")
+    assert rows["125"]["snapshot_flags"] == "rate" and rows["116"]["snapshot_flags"] == ""
+    assert rows[""]["area"] == "Total" and rows[""]["snapshot_value"] == "150"   # the province: its districts'
+    assert "total" in rows[""]["snapshot_flags"].split("; ")
+
+    text = report_cli(workdir)
+    assert "snapshots: installed as others counted it" in text
+    line = columns_of(text[text.index("snapshots: installed"):], "Thành phố Sơn La")
+    assert (line["of pop."], line["change"], line["per day"], line["goal at this pace"]) == (
+        "15.00%", "+20 in 5 d", "4", "2020-09-21 (late)")
+    assert columns_of(text[text.index("snapshots: installed"):], "Huyện Mai Sơn")["disagrees"] == "rate"
+    assert "Huyện Mai Sơn: rate on 2020-08-17 printed as 16.0%" in " ".join(text.split())
+
+
+def test_every_area_of_the_segment_has_its_row_and_its_snapshots(engine: Engine, workdir: Path, tmp_path: Path,
+                                                                  config: Config) -> None:
+    """A district of the segment where no one of the audience lives is a row of zeros, and its
+    snapshots are shown with the others'."""
+    campaign = setup_world(engine, workdir, tmp_path)
+    more = write(tmp_path / "more.csv", "code,name,parent,level,population\n118,Huyện Quỳnh Nhai,14,district,100\n"
+                                        "67,Gia Nghĩa,66,district,50\n")
+    importer.run_import(engine, importer.AreasHandler(engine, more), more)
+    plan_run(engine, config, campaign)
+    path = write(tmp_path / "snapshots.csv", "area,as_of,value\n118,2020-08-17,7\n125,2020-08-17,90\n")
+    importer.run_import(engine, importer.SnapshotsHandler(engine, path), path)
+
+    report = rep.build(engine, "remind", campaign.goal)
+    assert [r.code for r in report.rows] == ["125", "116", "118"]           # not Đắk Nông's district
+    quynh_nhai = report.rows[-1]
+    assert (quynh_nhai.audience, quynh_nhai.sent, quynh_nhai.installed_total, quynh_nhai.population) == (0, 0, 0, 100)
+    assert report.total.population == 1100 and report.whole == "14"
+    data = json.loads(report_cli(workdir, "--format", "json"))
+    assert {s["code"] for s in data["snapshots"]["series"]} == {"118", "125"}
+    assert [r["code"] for r in data["rows"]] == ["125", "116", "118"]
+    from loa.htmlreport import render_report
+
+    page = render_report(engine, report)
+    snapshot_rows = page.split('id="snapshots-table"', 1)[1].split("</table>", 1)[0]
+    assert 'data-code="118"' in snapshot_rows and 'data-code="125"' in snapshot_rows
+
+
+def test_a_segment_area_that_no_longer_resolves_is_noted(engine: Engine, workdir: Path, tmp_path: Path,
+                                                         config: Config) -> None:
+    campaign = setup_world(engine, workdir, tmp_path)
+    plan_run(engine, config, campaign)
+    with engine.begin() as conn:       # as planned by an older version, which took "son la" for the province
+        conn.execute(update(db.runs).values(definition={"name": "remind", "segment": {"areas": ["son la"]}}))
+    report = rep.build(engine, "remind", None)
+    assert [r.code for r in report.rows] == ["125", "116"]
+    assert any(n.startswith("segment area 'son la': area 'son la' is ambiguous") for n in report.notes)
 
 
 def test_unknown_campaign_is_not_found(engine: Engine) -> None:
@@ -454,3 +636,36 @@ def test_held_out_greetings_count_from_the_arrival_and_the_delay(engine: Engine,
 
     total = rep.build(engine, "greet", None).total
     assert (total.held_out, total.installed_held_out) == (len(held), 1)
+
+
+# -- the demo states the figures of its own table ------------------------------------------
+
+def test_the_demo_states_the_installs_after_the_message_that_its_table_shows(tmp_path: Path) -> None:
+    """The simulator's installs (step 5) are only some of those the report counts after the message:
+    it also counts those who installed on their own (step 6) once the reminder had reached them.
+    The story states the report's figure, the one in the table, and no other under that name."""
+    import re
+
+    from rich.console import Console
+
+    from loa.demo import run_demo
+
+    console = Console(file=io.StringIO(), width=300, color_system=None)
+    run_demo(tmp_path / "demo", subscribers=3000, seed=11, fmt="table", console=console)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+
+    stated = {int(n.replace(",", "")) for n in re.findall(r"([\d,]+) installs? after the message", text)}
+    total = columns_of(text, "Total")
+    shown = int(total["after msg"].split()[0].replace(",", ""))
+    assert stated == {shown}, text
+    undelivered = int(re.search(r"\(([\d,]+) delivered, ([\d,]+) undelivered\)", text)[2].replace(",", ""))
+    assert int(total["undeliv."].replace(",", "")) == undelivered > 0
+    # and the figure is the report's, as `loa report` makes it from the demo's database
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'demo' / 'loa.db'}")
+    try:
+        again = rep.build(engine, "bluezone-reminder", None).total
+    finally:
+        engine.dispose()
+    assert (again.installed_delivered, again.undelivered) == (shown, undelivered)
+    prompted = int(re.search(r"the simulator had ([\d,]+) of the recipients install", text)[1].replace(",", ""))
+    assert 0 < prompted < shown           # the baseline's installs after the message are counted too

@@ -311,6 +311,29 @@ def test_import_refuses_what_it_cannot_place(engine: Engine, tmp_path: Path) -> 
                    (2, 1234, None, None, None, None)}
 
 
+def test_a_name_that_may_mean_two_areas_of_the_parent_is_refused(engine: Engine, tmp_path: Path) -> None:
+    """Within Sơn La, "son la" is the province itself or its city: the row names both, a figure
+    is never put on the wrong one; written as stored, or by code, it goes in."""
+    areas = write(tmp_path / "areas.csv", AREAS)
+    import_file(engine, importer.AreasHandler(engine, areas), areas)
+    path = write(tmp_path / "snaps.csv", """
+        area,parent,as_of,value
+        son la,Sơn La,2020-08-17,21106
+        Sơn La,Sơn La,2020-08-17,64000
+        thanh pho son la,Sơn La,2020-08-17,21107
+    """)
+    summary = import_file(engine, importer.SnapshotsHandler(engine, path), path)
+    assert (summary.imported, summary.rejected) == (2, 1)
+    with summary.rejects_path.open(encoding="utf-8") as f:
+        [(line, column, reason)] = [(r["line"], r["column"], r["reason"]) for r in csv.DictReader(f)]
+    assert (line, column) == ("2", "area")
+    assert reason.startswith("area 'son la' is ambiguous in Sơn La: Sơn La (14); Thành phố Sơn La (116); use the code")
+    with engine.connect() as conn:
+        got = dict(conn.execute(select(db.areas.c.code, db.snapshots.c.value)
+                                .join(db.areas, db.areas.c.id == db.snapshots.c.area_id)).all())
+    assert got == {"14": 64000, "116": 21107}
+
+
 def test_reimport_replaces_the_statement(engine: Engine, tmp_path: Path) -> None:
     areas = write(tmp_path / "areas.csv", AREAS)
     import_file(engine, importer.AreasHandler(engine, areas), areas)
