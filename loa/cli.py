@@ -359,7 +359,9 @@ def send(app: App, campaign: str | None, until_empty: bool, threads: int | None)
         summary = dispatcher.run_until_empty()
     finally:
         dispatcher.pool.close()
-    outcomes = ", ".join(f"{n:,} {s}" + (_deferrals(summary.deferred, app.config.timezone) if s == "deferred" else "")
+    why = {"deferred": lambda: _deferrals(summary.deferred, app.config.timezone),
+           "failed": lambda: _failures(summary.failed)}
+    outcomes = ", ".join(f"{n:,} {s}" + (why[s]() if s in why else "")
                          for s, n in sorted(summary.outcomes.items())) or "nothing was due"
     out.print(f"sent: {outcomes}; {summary.receipts:,} receipts, {summary.responses:,} responses"
               + (f"; {summary.expired:,} expired" if summary.expired else ""), highlight=False, soft_wrap=True)
@@ -389,6 +391,21 @@ def _deferrals(deferred: Any, tz: Any) -> str:
     if len(groups) == 1:
         return f" {groups[0][2]} ({groups[0][0]})"
     return " (" + "; ".join(f"{n:,} {at}: {why}" for why, n, at in groups) + ")"
+
+
+FAILURE_GROUPS = 5    # reasons `loa send` names; the rest are counted
+
+
+def _failures(failed: Any) -> str:
+    """" (template 'sms/r.j2': 'x' is undefined)", or per reason its count, most frequent first."""
+    groups = sorted(failed.items(), key=lambda item: (-item[1], item[0]))
+    if len(groups) == 1:
+        return f" ({groups[0][0]})"
+    shown = [f"{n:,}: {why}" for why, n in groups[:FAILURE_GROUPS]]
+    if len(groups) > FAILURE_GROUPS:
+        rest = groups[FAILURE_GROUPS:]
+        shown.append(f"{sum(n for _, n in rest):,}: {len(rest):,} other reasons")
+    return " (" + "; ".join(shown) + ")" if shown else ""
 
 
 @main.command()
