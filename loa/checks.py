@@ -97,14 +97,16 @@ def advertising_problems(config: Config, campaign: Campaign) -> list[str]:
 
 
 def render_problems(config: Config, campaign: Campaign, engine: Engine | None,
-                    renderer: Renderer | None = None, *, areas: bool = True) -> list[str]:
+                    renderer: Renderer | None = None, *, areas: bool = True,
+                    skip: frozenset[str] = frozenset()) -> list[str]:
     """Every template of the campaign, on every channel, rendered as a send would.
 
     Against real members of its segment, or a synthetic subscriber when it has none (or
     there is no database); a rendering over ``max_parts``, an empty one, a sandbox
     refusal, a loop past the sandbox's bounds or an include outside the templates folder
     is a problem, once per reason.  The segment's areas must resolve, unless ``areas`` is
-    False and no area was imported yet.
+    False and no area was imported yet.  The channels in ``skip`` (whose templates have
+    problems already) are not rendered.
     """
     from loa.preview import sample_contexts
     from loa.segments import SegmentError
@@ -122,6 +124,8 @@ def render_problems(config: Config, campaign: Campaign, engine: Engine | None,
     if synthetic:
         samples = [("a synthetic subscriber", "", synthetic_context(campaign))]
     for spec in campaign.channels:
+        if spec.channel in skip:
+            continue
         try:
             renderer.variables(spec.template, spec.channel)
         except LoaError:
@@ -209,6 +213,9 @@ def validate_all(config: Config, engine: Engine | None) -> tuple[dict[str, Campa
     keys = attribute_keys(engine)
     renderer = Renderer(config.templates_dir)
     for campaign in campaigns.values():
-        problems += campaign_problems(config, campaign, keys, renderer)
-        problems += render_problems(config, campaign, engine, renderer, areas=False)
+        static = campaign_problems(config, campaign, keys, renderer)
+        # a variable nobody has is said once, not again for every sample that lacks it
+        broken = frozenset(spec.channel for spec in campaign.channels
+                           if any(p.startswith(f"{campaign.path}: {spec.channel}.template") for p in static))
+        problems += static + render_problems(config, campaign, engine, renderer, areas=False, skip=broken)
     return campaigns, problems

@@ -475,3 +475,12 @@ def test_a_segment_with_nobody_is_rendered_for_a_synthetic_subscriber(workdir: P
     _rendered(workdir, "fine", "Chào {{ subscriber.name }} ở {{ area.name }}, hãy cài Bluezone.")
     r = ok(invoke(workdir, "campaigns", "validate"))
     assert "1 campaign(s) valid (segment areas not checked: no areas imported yet)" in r.stdout
+
+
+def test_a_variable_nobody_has_is_reported_once_not_for_every_sample(town: Path) -> None:
+    from test_cli import invoke
+
+    path = _rendered(town, "zalo-id", "Chào {{ attr.zalo_id }}")
+    lines = invoke(town, "campaigns", "validate").stderr.splitlines()
+    assert lines == [f"{path}: sms.template (sms/zalo-id.j2): attr.zalo_id: no subscriber has an attribute "
+                     "'zalo_id' (known: smartphone)", f"error: 1 problem(s) in {town / 'campaigns'}"]
