@@ -205,12 +205,10 @@ def manual_run_problem(conn: Connection, config: Config, campaign: Campaign, cam
     ).first()
     if earlier is None:
         return None
-    gap = scheduled_for - earlier.scheduled_for
     when = earlier.scheduled_for.astimezone(tz)
-    relation = f"{_span(gap)} before" if gap > timedelta(0) else f"{_span(gap)} after"
     return (f"campaign {name} already has run {earlier.id} ({earlier.trigger}) for {when:%Y-%m-%d %H:%M %Z}, "
-            f"{relation} this one and within {source} ({_span(interval)}): its audience would get the same "
-            f"message again; nothing planned (`loa campaigns run {name} --again` plans a deliberate second round)")
+            f"within {source} ({_span(interval)}) of this one: its audience would get the same message again; "
+            f"nothing planned (`loa campaigns run {name} --again` plans a deliberate second round)")
 
 
 def plan_run(engine: Engine, config: Config, campaign: Campaign, *,

@@ -394,7 +394,8 @@ def test_a_second_manual_run_within_validity_is_refused_and_again_sends_a_second
     for _ in range(2):
         line = one_line_error(invoke(manual, "campaigns", "run", "remind"), code=2)
         assert f"campaign remind already has run {first} (manual) for {local:%Y-%m-%d %H:%M} +07" in line, line
-        assert "within validity_hours (24 h)" in line and "nothing planned" in line
+        assert "within validity_hours (24 h) of this one: its audience would get the same message again; " \
+               "nothing planned" in line
         assert "`loa campaigns run remind --again` plans a deliberate second round" in line
     assert len(_runs(manual)) == 1
     r = ok(invoke(manual, "send"))
