@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from loa import db
@@ -12,6 +13,11 @@ from loa.campaign import Campaign, load_all
 from loa.config import Config
 from loa.errors import LoaError
 from loa.render import Renderer, variable_problems
+
+# Validation renders each template for the segment's first members, and for those with the
+# longest names and area names, whose messages run longest.
+SAMPLE_FIRST = 10
+SAMPLE_LONGEST = 3
 
 
 def campaign_problems(config: Config, campaign: Campaign, attribute_keys: set[str] | None,
@@ -90,6 +96,109 @@ def advertising_problems(config: Config, campaign: Campaign) -> list[str]:
     return problems
 
 
+def render_problems(config: Config, campaign: Campaign, engine: Engine | None,
+                    renderer: Renderer | None = None, *, areas: bool = True,
+                    skip: frozenset[str] = frozenset()) -> list[str]:
+    """Every template of the campaign, on every channel, rendered as a send would.
+
+    Against real members of its segment, or a synthetic subscriber when it has none (or
+    there is no database); a rendering over ``max_parts``, an empty one, a sandbox
+    refusal, a loop past the sandbox's bounds or an include outside the templates folder
+    is a problem, once per reason.  The segment's areas must resolve, unless ``areas`` is
+    False and no area was imported yet.  The channels in ``skip`` (whose templates have
+    problems already) are not rendered.
+    """
+    from loa.preview import sample_contexts
+    from loa.segments import SegmentError
+
+    renderer = renderer or Renderer(config.templates_dir)
+    problems: list[str] = []
+    samples: list[tuple[str, str, dict[str, Any]]] = []
+    if engine is not None:
+        try:
+            samples = sample_contexts(engine, config, campaign, SAMPLE_FIRST, longest=SAMPLE_LONGEST, any_state=True)
+        except SegmentError as exc:
+            if areas or areas_imported(engine):
+                problems.append(f"{campaign.path}: {exc}")
+    synthetic = not samples
+    if synthetic:
+        samples = [("a synthetic subscriber", "", synthetic_context(campaign))]
+    for spec in campaign.channels:
+        if spec.channel in skip:
+            continue
+        try:
+            renderer.variables(spec.template, spec.channel)
+        except LoaError:
+            continue    # a template that does not load is reported by campaign_problems
+        failed: dict[str, list[str]] = {}
+        for who, _, ctx in samples:
+            reason = render_failure(config, renderer, campaign, spec.channel, ctx)
+            if reason is not None:
+                failed.setdefault(reason, []).append(who)
+        for reason, who in failed.items():
+            if synthetic:
+                whom = "for a synthetic subscriber: the segment has no members yet" if engine is not None \
+                    else "for a synthetic subscriber: no database yet"
+            elif len(who) == len(samples) == 1:
+                whom = f"for {who[0]}, the segment's one member"
+            else:
+                whom = f"for {len(who)} of {len(samples)} sample subscribers, e.g. {who[0]}"
+            problems.append(f"{campaign.path}: {spec.channel}.template: {reason} ({whom})")
+    return problems
+
+
+def render_failure(config: Config, renderer: Renderer, campaign: Campaign, channel: str,
+                   context: dict[str, Any]) -> str | None:
+    """Why rendering ``channel``'s template for ``context`` fails, as a send renders it; or None."""
+    spec = campaign.channel(channel)
+    context = dict(context)
+    if campaign.raw.get("link"):
+        from loa.links import url_for
+
+        public = str(config.serve.get("public_url") or "https://loa.invalid")
+        context["link"] = url_for(public, 1)
+    try:
+        if channel == "sms":
+            renderer.render_sms(spec.template, context, unaccented=spec.unaccented, max_parts=spec.max_parts,
+                                advertising_opt_out=campaign.opt_out if campaign.advertising else None)
+        else:
+            payload = renderer.render_zalo(spec.template, context)
+            empty = [key for key, value in payload.data.items() if not value]
+            if empty:
+                return (f"template {spec.template!r}: data.{empty[0]} rendered empty "
+                        "(a ZNS template needs a value for each of its parameters)")
+    except LoaError as exc:
+        return str(exc)
+    return None
+
+
+def synthetic_context(campaign: Campaign) -> dict[str, Any]:
+    """A plausible recipient for a segment with nobody in it yet: a long name, every attribute the
+    templates read set to a word, the segment's first area."""
+    areas = campaign.segment.get("areas") or ["Sơn La"]
+    province = {"code": "00", "name": str(areas[0]), "level": "province", "population": 0, "parent": None}
+    return {
+        "subscriber": {"name": "Nguyễn Thị Phương Thảo", "phone": "+84912345678", "language": "vi",
+                       "carrier": "Viettel"},
+        "attr": _AnyAttribute(),
+        "area": {"code": "000", "name": f"Huyện {areas[0]}", "level": "district", "population": 0,
+                 "parent": province},
+        "campaign": {"name": campaign.name, "description": campaign.description},
+    }
+
+
+class _AnyAttribute(dict[str, str]):
+    """A synthetic subscriber's attributes: whatever a template reads is there, as a word."""
+
+    def __missing__(self, key: str) -> str:
+        return "có"
+
+
+def areas_imported(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        return bool(conn.scalar(select(func.count()).select_from(db.areas)))
+
+
 def attribute_keys(engine: Engine | None) -> set[str] | None:
     if engine is None:
         return None
@@ -98,9 +207,15 @@ def attribute_keys(engine: Engine | None) -> set[str] | None:
 
 
 def validate_all(config: Config, engine: Engine | None) -> tuple[dict[str, Campaign], list[str]]:
+    """Every campaign's problems: the file, its templates statically and rendered, its gateways,
+    its segment.  Before any area is imported, segment areas are not checked."""
     campaigns, problems = load_all(config.campaigns_dir)
     keys = attribute_keys(engine)
     renderer = Renderer(config.templates_dir)
     for campaign in campaigns.values():
-        problems += campaign_problems(config, campaign, keys, renderer)
+        static = campaign_problems(config, campaign, keys, renderer)
+        # a variable nobody has is said once, not again for every sample that lacks it
+        broken = frozenset(spec.channel for spec in campaign.channels
+                           if any(p.startswith(f"{campaign.path}: {spec.channel}.template") for p in static))
+        problems += static + render_problems(config, campaign, engine, renderer, areas=False, skip=broken)
     return campaigns, problems

@@ -243,7 +243,7 @@ def campaigns_list(app: App) -> None:
 @fail_cleanly
 def campaigns_validate(app: App) -> None:
     """Check every campaign: keys, templates, variables, gateways, segments."""
-    from loa.checks import validate_all
+    from loa.checks import areas_imported, validate_all
 
     engine = _engine_if_ready(app)
     found, problems = validate_all(app.config, engine)
@@ -251,7 +251,8 @@ def campaigns_validate(app: App) -> None:
         err.print(p, highlight=False, soft_wrap=True, markup=False)
     if problems:
         raise LoaError(f"{len(problems)} problem(s) in {app.config.campaigns_dir}")
-    note = "" if engine else " (attributes not checked: no database yet)"
+    note = (" (attributes, areas and real subscribers not checked: no database yet)" if engine is None
+            else "" if areas_imported(engine) else " (segment areas not checked: no areas imported yet)")
     out.print(f"{len(found)} campaign(s) valid{note}", highlight=False)
 
 
@@ -295,13 +296,17 @@ def _engine_if_ready(app: App) -> Any:
         return None
 
 
-def _load_valid(app: App, name: str) -> Any:
+def _load_valid(app: App, name: str, *, render: bool = False) -> Any:
+    """The campaign, checked as `loa campaigns validate` checks it; ``render`` also renders its
+    templates for members of its segment."""
     from loa.campaign import load_one
-    from loa.checks import attribute_keys, campaign_problems
+    from loa.checks import attribute_keys, campaign_problems, render_problems
     from loa.errors import CampaignError
 
     campaign = load_one(app.config.campaigns_dir, name)
     problems = campaign_problems(app.config, campaign, attribute_keys(app.engine()))
+    if render and not problems:
+        problems = render_problems(app.config, campaign, app.engine())
     if problems:
         raise CampaignError(problems)
     return campaign
@@ -331,26 +336,38 @@ def campaigns_preview(app: App, name: str, count: int) -> None:
                   ", ".join(f"{n:,} {r}" for r, n in result.reasons.items()) or "0",
                   f"{result.estimated_parts:,}")
     out.print(table)
+    if result.errors:
+        raise LoaError(f"{len(result.errors)} of {len(result.errors) + len(result.samples)} sample rendering(s) "
+                       f"failed: `loa campaigns validate` checks every template of {campaign.name}")
 
 
 @campaigns.command("run")
 @click.argument("name")
 @click.option("--at", "at", default=None, help="The run's scheduled time (ISO 8601); the same time is the same run.")
+@click.option("--again", is_flag=True, help="Plan a deliberate second round although another run of the campaign "
+              "lies within its repeat interval (its schedule's, else validity_hours).")
+@click.option("--outside-dates", is_flag=True, help="Plan the run although it falls outside the campaign's [dates].")
 @click.pass_obj
 @fail_cleanly
-def campaigns_run(app: App, name: str, at: str | None) -> None:
-    """Plan a run: fill its outbox (nothing is sent until `loa send`)."""
+def campaigns_run(app: App, name: str, at: str | None, again: bool, outside_dates: bool) -> None:
+    """Plan a run: fill its outbox (nothing is sent until `loa send`).
+
+    A campaign is validated first, its templates rendered for members of its segment.  A run
+    within the repeat interval of another run of the campaign (its schedule's interval, else
+    its validity_hours) is refused unless --again, and one outside its [dates] unless
+    --outside-dates; planning the same --at again only completes that run.
+    """
     from loa.importer import RowError, parse_time
     from loa.plan import plan_run
 
-    campaign = _load_valid(app, name)
+    campaign = _load_valid(app, name, render=True)
     when = None
     if at:
         try:
             when = parse_time("--at", at, app.config.timezone)
         except RowError as exc:
             raise LoaError(f"--at: {exc.reason}") from None
-    result = plan_run(app.engine(), app.config, campaign, scheduled_for=when)
+    result = plan_run(app.engine(), app.config, campaign, scheduled_for=when, again=again, outside_dates=outside_dates)
     verb = "planned" if result.created else "already planned; added"
     reasons = ", ".join(f"{n:,} {r}" for r, n in sorted(result.reasons.items())) or "none"
     out.print(
@@ -379,7 +396,9 @@ def send(app: App, campaign: str | None, until_empty: bool, threads: int | None)
         summary = dispatcher.run_until_empty()
     finally:
         dispatcher.pool.close()
-    outcomes = ", ".join(f"{n:,} {s}" + (_deferrals(summary.deferred, app.config.timezone) if s == "deferred" else "")
+    why = {"deferred": lambda: _deferrals(summary.deferred, app.config.timezone),
+           "failed": lambda: _failures(summary.failed)}
+    outcomes = ", ".join(f"{n:,} {s}" + (why[s]() if s in why else "")
                          for s, n in sorted(summary.outcomes.items())) or "nothing was due"
     out.print(f"sent: {outcomes}; {summary.receipts:,} receipts, {summary.responses:,} responses"
               + (f"; {summary.expired:,} expired" if summary.expired else ""), highlight=False, soft_wrap=True)
@@ -409,6 +428,21 @@ def _deferrals(deferred: Any, tz: Any) -> str:
     if len(groups) == 1:
         return f" {groups[0][2]} ({groups[0][0]})"
     return " (" + "; ".join(f"{n:,} {at}: {why}" for why, n, at in groups) + ")"
+
+
+FAILURE_GROUPS = 5    # reasons `loa send` names; the rest are counted
+
+
+def _failures(failed: Any) -> str:
+    """" (template 'sms/r.j2': 'x' is undefined)", or per reason its count, most frequent first."""
+    groups = sorted(failed.items(), key=lambda item: (-item[1], item[0]))
+    if len(groups) == 1:
+        return f" ({groups[0][0]})"
+    shown = [f"{n:,}: {why}" for why, n in groups[:FAILURE_GROUPS]]
+    if len(groups) > FAILURE_GROUPS:
+        rest = groups[FAILURE_GROUPS:]
+        shown.append(f"{sum(n for _, n in rest):,}: {len(rest):,} other reasons")
+    return " (" + "; ".join(shown) + ")" if shown else ""
 
 
 @main.command()

@@ -659,7 +659,7 @@ def run_demo(directory: Path | None, *, subscribers: int | None = None, seed: in
             say(demo.gateway_line())
             demo.populate(engine)
             campaign = demo.campaign(config)
-            plan = plan_run(engine, config, campaign)
+            plan = plan_run(engine, config, campaign, outside_dates=True)   # 2020's campaign, replayed today
             say(f"4. run {plan.run_id} planned: {plan.audience:,} residents, {plan.states['planned']:,} to send, "
                 f"{plan.states['held_out']:,} held out, {plan.states['suppressed']:,} suppressed")
             demo.send(engine, config)

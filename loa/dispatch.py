@@ -77,6 +77,7 @@ PAUSING = (AuthError, ConfigError, MoneyError)
 class SendSummary:
     outcomes: Counter[str] = field(default_factory=Counter)
     deferred: Counter[tuple[str, datetime]] = field(default_factory=Counter)   # (why, until) -> messages
+    failed: Counter[str] = field(default_factory=Counter)    # why -> messages
     paused: dict[str, str] = field(default_factory=dict)     # gateway -> reason
     receipts: int = 0
     responses: int = 0
@@ -522,6 +523,8 @@ class Dispatcher:
             self.summary.outcomes[outcome.get("state", "?")] += 1
             if outcome.get("state") == "deferred" and outcome.get("due_at"):
                 self.summary.deferred[(_deferral(outcome), outcome["due_at"])] += 1
+            elif outcome.get("state") == "failed":
+                self.summary.failed[_failure(outcome)] += 1
             outcome.setdefault("attempts", item.attempts)
             outcome |= {"lease_until": None, "updated_at": now}
             if outcome["state"] in ("planned", "deferred"):
@@ -870,6 +873,14 @@ def _deferral(outcome: dict[str, Any]) -> str:
     if reason.startswith(WINDOW_REASON):
         return "send window"
     return reason or (f"retry after {outcome['error_code']}" if outcome.get("error_code") else "retry")
+
+
+def _failure(outcome: dict[str, Any]) -> str:
+    """Why a message failed, in one line: what `loa send` groups its failures by."""
+    code, text = outcome.get("error_code"), (outcome.get("error_text") or "").strip()
+    if code and not text.startswith(str(code)):
+        text = f"{code}: {text}" if text else str(code)
+    return mask_phones(text) or "no reason given"
 
 
 def _failed(code: str | None, text: str) -> dict[str, Any]:

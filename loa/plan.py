@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     BigInteger,
@@ -28,7 +29,7 @@ from sqlalchemy.sql import Select
 from loa import db
 from loa.campaign import Campaign
 from loa.config import Config
-from loa.errors import CampaignError
+from loa.errors import CampaignError, LoaError
 from loa.segments import compile_segment
 
 S = db.subscribers
@@ -128,18 +129,112 @@ def ensure_campaign(conn: Connection, campaign: Campaign) -> int:
     return conn.scalar(select(c.c.id).where(c.c.name == campaign.name))
 
 
+class RunRefused(LoaError):
+    """A manual run that would repeat a recent run, or falls outside the campaign's dates."""
+
+    exit_code = 2
+
+
+def repeat_interval(campaign: Campaign, tz: ZoneInfo, around: datetime) -> tuple[timedelta, str]:
+    """How long one run of ``campaign`` stands for, and where that comes from.
+
+    A repeating schedule's own interval (for a cron schedule, the gap between the fire
+    times around ``around``); otherwise the campaign's validity, during which its
+    messages may still go out.
+    """
+    spec = campaign.schedule
+    if spec is not None and spec.every:
+        return timedelta(seconds=spec.every), "its schedule's interval"
+    if spec is not None and spec.cron:
+        from loa.cron import cron_trigger
+
+        trigger = cron_trigger(spec.cron, tz)
+        start = around - timedelta(days=366)
+        fire = trigger.get_next_fire_time(None, start)
+        gaps: list[timedelta] = []
+        while fire is not None and len(gaps) < 1000:
+            nxt = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+            if nxt is None:
+                break
+            gaps.append(nxt - fire)
+            if nxt > around:     # the gap that holds `around`
+                return gaps[-1], "its schedule's interval"
+            fire = nxt
+        if gaps:
+            return min(gaps), "its schedule's interval"
+    return timedelta(hours=campaign.validity_hours), "validity_hours"
+
+
+def _span(delta: timedelta) -> str:
+    """A duration as a person reads it: "40 s", "12 min", "6 h", "1 h 30 min", "7 d"."""
+    minutes, seconds = divmod(int(abs(delta).total_seconds()), 60)
+    hours, minutes = divmod(minutes, 60)
+    if not hours:
+        return f"{minutes} min" if minutes else f"{seconds} s"
+    if hours >= 48 and hours % 24 == 0 and not minutes:
+        return f"{hours // 24} d"
+    return f"{hours} h" + (f" {minutes} min" if minutes else "")
+
+
+def manual_run_problem(conn: Connection, config: Config, campaign: Campaign, campaign_id: int,
+                       scheduled_for: datetime, *, again: bool, outside_dates: bool) -> str | None:
+    """Why a manual run of ``campaign`` for ``scheduled_for`` is refused, or None.
+
+    A second run within the campaign's repeat interval (:func:`repeat_interval`) would send
+    its audience the same message again; a run outside its ``[dates]`` would send when the
+    campaign is not meant to.  ``again`` and ``outside_dates`` are the explicit overrides.
+    """
+    tz = config.timezone
+    name = campaign.name
+    if not outside_dates:
+        day = scheduled_for.astimezone(tz).date()
+        if (campaign.start and day < campaign.start) or (campaign.end and day > campaign.end):
+            span = (f"from {campaign.start or 'its start'} to {campaign.end or 'its end'}")
+            return (f"campaign {name} runs {span} ([dates] in {campaign.path}); a run now would be on {day}: "
+                    f"nothing planned (`loa campaigns run {name} --outside-dates` runs it anyway)")
+    if again:
+        return None
+    interval, source = repeat_interval(campaign, tz, scheduled_for)
+    r = db.runs
+    earlier = conn.execute(
+        select(r.c.id, r.c.scheduled_for, r.c.trigger).where(
+            r.c.campaign_id == campaign_id, r.c.status != "missed", r.c.trigger != "arrival",
+            r.c.scheduled_for != scheduled_for,
+            r.c.scheduled_for > scheduled_for - interval, r.c.scheduled_for < scheduled_for + interval,
+        ).order_by(r.c.scheduled_for.desc()).limit(1)
+    ).first()
+    if earlier is None:
+        return None
+    when = earlier.scheduled_for.astimezone(tz)
+    return (f"campaign {name} already has run {earlier.id} ({earlier.trigger}) for {when:%Y-%m-%d %H:%M %Z}, "
+            f"within {source} ({_span(interval)}) of this one: its audience would get the same message again; "
+            f"nothing planned (`loa campaigns run {name} --again` plans a deliberate second round)")
+
+
 def plan_run(engine: Engine, config: Config, campaign: Campaign, *,
-             scheduled_for: datetime | None = None, trigger: str = "manual") -> PlanResult:
-    """Create (or complete) the run of ``campaign`` for ``scheduled_for`` and fill its outbox."""
+             scheduled_for: datetime | None = None, trigger: str = "manual",
+             again: bool = False, outside_dates: bool = False) -> PlanResult:
+    """Create (or complete) the run of ``campaign`` for ``scheduled_for`` and fill its outbox.
+
+    A new manual run is refused (:class:`RunRefused`) within the repeat interval of another
+    run of the campaign, unless ``again``, and outside its ``[dates]``, unless
+    ``outside_dates``; completing a run that exists is always allowed.
+    """
     now = db.utcnow()
     scheduled_for = scheduled_for or now
     first = campaign.channels[0]
     gateway = gateway_for(config, campaign, first.channel)
     r = db.runs
     with engine.begin() as conn:
+        # the upsert locks the campaign's row until commit: two manual runs at once are checked in turn
         campaign_id = ensure_campaign(conn, campaign)
         run_id = conn.scalar(select(r.c.id).where(r.c.campaign_id == campaign_id, r.c.scheduled_for == scheduled_for))
         created = run_id is None
+        if created and trigger == "manual":
+            problem = manual_run_problem(conn, config, campaign, campaign_id, scheduled_for, again=again,
+                                         outside_dates=outside_dates)
+            if problem:
+                raise RunRefused(problem)
         if created:
             run_id = conn.execute(
                 r.insert().values(campaign_id=campaign_id, scheduled_for=scheduled_for, trigger=trigger,

@@ -16,14 +16,18 @@ SMS templates are ``.j2`` files; Zalo ZNS templates are TOML files with a
 
 from __future__ import annotations
 
+import math
+import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 from jinja2 import StrictUndefined, nodes
+from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
 from loa.errors import TemplateError
@@ -35,6 +39,115 @@ AREA_FIELDS = {"code", "name", "level", "population", "parent"}
 CAMPAIGN_FIELDS = {"name", "description"}
 ROOTS = {"subscriber": SUBSCRIBER_FIELDS, "attr": None, "area": AREA_FIELDS, "campaign": CAMPAIGN_FIELDS,
          "link": set()}    # link: the message's tracked short URL (the campaign's `link` target)
+
+
+# An SMS is at most 10 parts (1,530 GSM-7 characters): a template needs small loops only, and
+# these bounds keep a mistyped or hostile one from holding a worker, however it tries.
+RANGE_LIMIT = 1_000         # items of one range()
+LOOP_BUDGET = 10_000        # steps of every {% for %} of one rendering together (nested loops)
+OUTPUT_LIMIT = 20_000       # characters one rendering, or one string it builds, may reach
+POWER_BITS = 4_096          # the largest integer ** may build
+_budget: ContextVar[list[int] | None] = ContextVar("loa_render_budget", default=None)
+# a width or precision of five digits or more in a %-format or a {}-format
+_WIDE = re.compile(r"%[-#0 +]*(\d{5,}|\*)|%[-#0 +]*\d*\.(\d{5,}|\*)|\{[^{}]*:[^{}]*\d{5,}[^{}]*\}")
+
+
+class ResourceLimit(ArithmeticError):
+    """A rendering would take more time or memory than any message needs."""
+
+
+def bounded_range(*args: int) -> range:
+    rng = range(*args)
+    if len(rng) > RANGE_LIMIT:
+        raise ResourceLimit(f"Range too big: range() of {len(rng):,} items, where a template may loop "
+                            f"over at most {RANGE_LIMIT:,}")
+    return rng
+
+
+def loop_guard(iterable: Iterable[Any]) -> Iterable[Any]:
+    """What every {% for %} iterates: its iterable, counted against the rendering's budget."""
+    budget = _budget.get()
+    for item in iterable:
+        if budget is not None:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise ResourceLimit(f"its loops take more than {LOOP_BUDGET:,} steps in one rendering")
+        yield item
+
+
+def _check_size(value: Any) -> Any:
+    if isinstance(value, str | list | tuple) and len(value) > OUTPUT_LIMIT:
+        raise ResourceLimit(f"builds a value of {len(value):,} items, more than the {OUTPUT_LIMIT:,} "
+                            "any message needs")
+    return value
+
+
+def _check_widths(args: Iterable[Any], limit: int = OUTPUT_LIMIT) -> None:
+    for arg in args:
+        if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > limit:
+            raise ResourceLimit(f"a width or count of {arg:,}, more than the {limit:,} any message needs")
+        if isinstance(arg, str) and _WIDE.search(arg):
+            raise ResourceLimit(f"a format with a width or precision of {OUTPUT_LIMIT:,} characters or more")
+
+
+class MessageSandbox(SandboxedEnvironment):
+    """Jinja2's sandbox (no Python internals), bounded in time and memory as well: small
+    ranges, a loop budget per rendering, and no operator, method or filter that builds a
+    huge string or number."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.globals["range"] = bounded_range
+        self.globals["lipsum"] = _bounded(self.globals["lipsum"], limit=100)
+        self.loop_guard = loop_guard
+        for name in ("center", "indent", "format", "wordwrap", "truncate", "batch", "slice"):
+            self.filters[name] = _bounded(self.filters[name])
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """The template's tree, each loop's iterable wrapped in :func:`loop_guard` (reached as an
+        attribute of the environment, which no template variable can shadow)."""
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            loop.iter = nodes.Call(nodes.EnvironmentAttribute("loop_guard"), [loop.iter], [], None, None,
+                                   lineno=loop.lineno)
+        return tree
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1 \
+                and right * math.log2(abs(left)) > POWER_BITS:
+            raise ResourceLimit(f"{left} ** {right} is a number of more than {POWER_BITS:,} bits")
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(n, int) and len(seq) * n > OUTPUT_LIMIT:
+                    raise ResourceLimit(f"builds a value of {len(seq) * n:,} items, more than the "
+                                        f"{OUTPUT_LIMIT:,} any message needs")
+        if operator == "%" and isinstance(left, str):
+            _check_widths([left])
+        return _check_size(super().call_binop(context, operator, left, right))
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:              # "{:>100000000}".format(...)
+            _check_widths([value.__self__])
+        return wrapped
+
+    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(getattr(obj, "__self__", None), str):     # "x".center(n), "x".ljust(n)
+            _check_widths(args + tuple(kwargs.values()))
+        return _check_size(super().call(context, obj, *args, **kwargs))
+
+
+def _bounded(fn: Callable[..., Any], limit: int = OUTPUT_LIMIT) -> Callable[..., Any]:
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        _check_widths([*args, *kwargs.values()], limit)
+        return _check_size(fn(*args, **kwargs))
+
+    for attr in ("jinja_pass_arg",):   # keep a filter's request for the context or environment
+        if hasattr(fn, attr):
+            setattr(bounded, attr, getattr(fn, attr))
+    return bounded
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +165,7 @@ class ZaloPayload:
 class Renderer:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.env = SandboxedEnvironment(
+        self.env = MessageSandbox(
             # utf-8-sig: a BOM (Windows editors) must not become a U+FEFF sent to handsets
             loader=jinja2.FileSystemLoader(str(folder), encoding="utf-8-sig"),
             undefined=StrictUndefined,
@@ -149,14 +262,31 @@ class Renderer:
 
 
 def _render(template: jinja2.Template, context: Mapping[str, Any], name: str) -> str:
+    token = _budget.set([LOOP_BUDGET])
     try:
-        return template.render(context)
+        out: list[str] = []
+        size = 0
+        for chunk in template.generate(context):   # streamed: a runaway loop stops at the limit
+            out.append(chunk)
+            size += len(chunk)
+            if size > OUTPUT_LIMIT:
+                raise ResourceLimit(f"renders more than {OUTPUT_LIMIT:,} characters, more than any message needs")
+        return "".join(out)
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"template {name!r}: {exc.message}") from None
+    except jinja2.TemplateNotFound as exc:
+        raise TemplateError(f"template {name!r}: includes {exc.name!r}, which is not a template inside the "
+                            f"templates folder (paths are relative to it and cannot leave it)") from None
     except jinja2.TemplateError as exc:
         raise TemplateError(f"template {name!r}: {exc}") from None
-    except (TypeError, ValueError, ArithmeticError) as exc:
+    except ResourceLimit as exc:
+        raise TemplateError(f"template {name!r}: refused by the sandbox: {exc}") from None
+    except RecursionError:
+        raise TemplateError(f"template {name!r}: includes or calls itself without end") from None
+    except (TypeError, ValueError, ArithmeticError, MemoryError) as exc:
         raise TemplateError(f"template {name!r}: {type(exc).__name__}: {exc}") from None
+    finally:
+        _budget.reset(token)
 
 
 def _paths(tree: nodes.Template) -> set[str]:

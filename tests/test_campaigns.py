@@ -328,3 +328,159 @@ def test_validate_all_collects_parse_and_check_problems(config: Config, folder: 
     assert set(campaigns) == {"a", "c"}
     assert [p.split(": ")[:2] for p in problems] == [[str(folder / "b.toml"), "holdot"],
                                                       [str(folder / "a.toml"), "sms.gateway"]]
+
+
+# -- validate renders every template for real subscribers, as a send would ------------------
+
+RENDERED = """
+name = "{name}"
+channels = {channels}
+[segment]
+areas = {areas}
+[sms]
+template = "sms/{name}.j2"
+max_parts = 4
+{zalo}
+[window]
+start = "00:00"
+end = "24:00"
+"""
+LONG = "Chào {{ subscriber.name }} " + "ơ" * 780    # 793 UCS-2 characters: 12 parts of 67
+
+
+@pytest.fixture
+def town(workdir: Path, tmp_path: Path) -> Path:
+    """Five subscribers in Sơn La's districts, and a valid campaign "ok" for them."""
+    from conftest import AREAS_CSV
+    from test_cli import invoke, ok, subscribers_csv
+
+    ok(invoke(workdir, "init"))
+    ok(invoke(workdir, "import", "areas", str(write(tmp_path / "areas.csv", AREAS_CSV))))
+    ok(invoke(workdir, "import", "subscribers", str(subscribers_csv(tmp_path, 5))))
+    _rendered(workdir, "ok", "Chào {{ subscriber.name }}, hãy cài Bluezone.")
+    return workdir
+
+
+def _rendered(workdir: Path, name: str, template: str, *, areas: str = '["Sơn La"]', channels: str = '["sms"]',
+              zalo: str = "") -> Path:
+    write(workdir / "templates" / "sms" / f"{name}.j2", template)
+    return write(workdir / "campaigns" / f"{name}.toml",
+                 RENDERED.format(name=name, channels=channels, areas=areas, zalo=zalo))
+
+
+def _outbox_rows(workdir: Path) -> int:
+    import os
+
+    from sqlalchemy import func, select
+
+    from loa import db
+
+    engine = db.make_engine(os.environ["LOA_DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            return conn.scalar(select(func.count()).select_from(db.outbox)) or 0
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [
+        (LONG, ("template 'sms/bad.j2': message is 12 UCS-2 parts (793 units), more than the campaign's "
+                "max_parts = 4")),
+        ("{% if attr.smartphone == 'no' %}Chào{% endif %}\n", "template 'sms/bad.j2' rendered an empty message"),
+        ("Chào {{ ''.__class__.__mro__ }}", "access to attribute '__class__' of 'str' object is unsafe"),
+        ("{% for i in range(100000000) %}x{% endfor %}", "refused by the sandbox: Range too big"),
+        ("{% for i in range(999) %}{% for j in range(999) %}{% endfor %}{% endfor %}Chào",
+         "refused by the sandbox: its loops take more than 10,000 steps"),
+        ("Chào {% include '../../config.toml' %}", ("includes '../../config.toml', which is not a template "
+                                                    "inside the templates folder")),
+    ],
+    ids=["parts", "empty", "sandbox", "range", "nested-loops", "include"],
+)
+def test_validate_preview_and_run_refuse_what_would_fail_at_send(town: Path, template: str, reason: str) -> None:
+    from test_cli import invoke, one_line_error
+
+    path = _rendered(town, "bad", template)
+    r = invoke(town, "campaigns", "validate")
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    lines = r.stderr.splitlines()
+    assert len(lines) == 2 and lines[-1].startswith("error: 1 problem(s) in "), r.stderr
+    assert lines[0].startswith(f"{path}: sms.template: "), lines[0]
+    assert reason in lines[0]
+    assert lines[0].endswith("(for 5 of 5 sample subscribers, e.g. Người 0 +8491****000)"), lines[0]
+
+    line = one_line_error(invoke(town, "campaigns", "run", "bad"), code=2)
+    assert line == f"error: {lines[0]}"
+    assert _outbox_rows(town) == 0
+
+    r = invoke(town, "campaigns", "preview", "bad")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.stderr.splitlines()[-1] == ("error: 3 of 3 sample rendering(s) failed: `loa campaigns validate` "
+                                         "checks every template of bad"), r.stderr
+
+
+def test_validate_renders_every_channel(town: Path) -> None:
+    from test_cli import invoke
+
+    write(town / "templates" / "zalo" / "z.toml", 'template_id = "1"\n[data]\nname = "{{ subscriber.name }}"\n'
+          'note = "{{ attr.smartphone if attr.smartphone == \'no\' }}"\n')
+    path = _rendered(town, "both", "Chào {{ subscriber.name.__class__ }}", channels='["zalo", "sms"]',
+                     zalo='[zalo]\ntemplate = "zalo/z.toml"\n')
+    lines = invoke(town, "campaigns", "validate").stderr.splitlines()
+    assert [line.split(": ")[1] for line in lines[:-1]] == ["zalo.template", "sms.template"], lines
+    assert lines[0].startswith(f"{path}: zalo.template: template 'zalo/z.toml': data.note rendered empty")
+    assert "access to attribute '__class__' of 'str' object is unsafe" in lines[1]
+
+
+def test_validate_renders_the_longest_name_of_the_segment(town: Path, tmp_path: Path) -> None:
+    from test_cli import invoke, ok
+
+    name = "Nguyễn Thị Phương Thảo " * 8      # 183 characters: the importer takes up to 200
+    # the first ten subscribers by id have short names; the one whose name makes the message long comes after
+    more = "".join(f"09130000{i:02d},Bình,116\n" for i in range(10)) + f"0912999999,{name.strip()},125\n"
+    r = ok(invoke(town, "import", "subscribers", str(write(tmp_path / "more.csv", "phone,name,area\n" + more))))
+    assert "11 imported" in r.stdout, r.stdout
+    path = _rendered(town, "short", "Chào {{ subscriber.name }}, hãy cài đặt ứng dụng Bluezone tại "
+                     "https://bluezone.gov.vn và bật Bluetooth. Bluezone không thu thập vị trí của bạn.")
+    # 2 UCS-2 parts for "Người 0", 5 for the long name
+    lines = invoke(town, "campaigns", "validate").stderr.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"{path}: sms.template: template 'sms/short.j2': message is ") and \
+        "more than the campaign's max_parts = 4" in lines[0]
+    assert lines[0].endswith(f"(for 1 of 11 sample subscribers, e.g. {name.strip()} +8491****999)"), lines[0]
+
+
+def test_segment_areas_that_do_not_resolve(town: Path) -> None:
+    from test_cli import invoke, one_line_error
+
+    path = _rendered(town, "atlantis", "Chào {{ subscriber.name }}", areas='["Atlantis"]')
+    lines = invoke(town, "campaigns", "validate").stderr.splitlines()
+    assert lines[0] == f"{path}: segment.areas: no area with code or name 'Atlantis'", lines
+    assert len(lines) == 2
+    one_line_error(invoke(town, "campaigns", "run", "atlantis"), f"{path}: segment.areas: ", "'Atlantis'", code=2)
+    assert _outbox_rows(town) == 0
+
+
+def test_a_segment_with_nobody_is_rendered_for_a_synthetic_subscriber(workdir: Path) -> None:
+    from test_cli import invoke, ok
+
+    ok(invoke(workdir, "init"))
+    path = _rendered(workdir, "empty", "Chào {{ lipsum.__globals__ }}", areas="[]")
+    lines = invoke(workdir, "campaigns", "validate").stderr.splitlines()
+    assert lines[0].startswith(f"{path}: sms.template: template 'sms/empty.j2': access to attribute '__globals__'")
+    assert lines[0].endswith("(for a synthetic subscriber: the segment has no members yet)"), lines[0]
+    # a valid one validates before any area is imported, and says what it could not check
+    path.unlink()
+    _rendered(workdir, "fine", "Chào {{ subscriber.name }} ở {{ area.name }}, hãy cài Bluezone.")
+    r = ok(invoke(workdir, "campaigns", "validate"))
+    assert "1 campaign(s) valid (segment areas not checked: no areas imported yet)" in r.stdout
+
+
+def test_a_variable_nobody_has_is_reported_once_not_for_every_sample(town: Path) -> None:
+    from test_cli import invoke
+
+    path = _rendered(town, "zalo-id", "Chào {{ attr.zalo_id }}")
+    lines = invoke(town, "campaigns", "validate").stderr.splitlines()
+    assert lines == [f"{path}: sms.template (sms/zalo-id.j2): attr.zalo_id: no subscriber has an attribute "
+                     "'zalo_id' (known: smartphone)", f"error: 1 problem(s) in {town / 'campaigns'}"]

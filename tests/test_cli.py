@@ -384,3 +384,30 @@ def test_demo_json(tmp_path: Path) -> None:
     again = run_script("demo", "--subscribers", "1000", "--format", "json", "--dir", str(tmp_path / "demo"),
                        cwd=tmp_path)
     assert again.returncode != 0 and again.stderr.startswith("error: ") and len(again.stderr.splitlines()) == 1
+
+
+def test_send_says_why_messages_failed_grouped_by_reason(workdir: Path, tmp_path: Path) -> None:
+    ok(invoke(workdir, "init"))
+    ok(invoke(workdir, "import", "areas", str(write(tmp_path / "areas.csv", AREAS_CSV))))
+    ok(invoke(workdir, "import", "subscribers", str(subscribers_csv(tmp_path, 5, extra="0912000099,An,116,no\n"))))
+    write(workdir / "templates" / "sms" / "remind.j2", "Chào {{ subscriber.name }}, hãy cài Bluezone.\n")
+    write(workdir / "campaigns" / "remind.toml", CAMPAIGN.replace("holdout = 0.2", "holdout = 0"))
+    ok(invoke(workdir, "campaigns", "run", "remind"))
+    # the template is broken after the run was planned: every message fails at send, for one of two reasons
+    write(workdir / "templates" / "sms" / "remind.j2", "{% if attr.smartphone == 'yes' %}{{ x }}{% else %}{{ y }}"
+          "{% endif %}\n")
+    r = ok(invoke(workdir, "send"))
+    assert r.stdout.startswith("sent: 6 failed (5: template 'sms/remind.j2': 'x' is undefined; "
+                               "1: template 'sms/remind.j2': 'y' is undefined); "), r.stdout
+
+
+def test_failures_are_grouped_most_frequent_first_and_the_rest_counted() -> None:
+    from collections import Counter
+
+    from loa.cli import FAILURE_GROUPS, _failures
+
+    assert _failures(Counter({"21211: invalid number": 3})) == " (21211: invalid number)"
+    many = Counter({f"reason {i}": 10 + i for i in range(FAILURE_GROUPS + 2)})
+    shown = _failures(many)
+    assert shown.startswith(f" ({10 + FAILURE_GROUPS + 1}: reason {FAILURE_GROUPS + 1}; ")
+    assert shown.endswith("; 21: 2 other reasons)"), shown

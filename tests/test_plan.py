@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -341,3 +342,128 @@ def test_preview_of_a_zalo_campaign(config: Config, town: Engine) -> None:
     assert [(s.who, s.channel, s.text, s.detail) for s in result.samples] == [
         ("An +8491****001", "zalo", "name: An\ndistrict: Thành phố Sơn La\nprovince: Sơn La", "ZNS template 231455"),
     ]
+
+
+# -- a manual run again: refused within the campaign's repeat interval, and outside its dates -------
+
+MANUAL = """
+name = "remind"
+channels = ["sms"]
+validity_hours = {validity}
+[segment]
+areas = ["Sơn La"]
+[sms]
+template = "sms/remind.j2"
+[window]
+start = "00:00"
+end = "24:00"
+"""
+
+
+@pytest.fixture
+def manual(workdir: Path, tmp_path: Path) -> Path:
+    """Five subscribers in Sơn La and a manual campaign for them, valid 24 hours."""
+    from conftest import AREAS_CSV
+    from test_cli import invoke, ok, subscribers_csv
+
+    write(workdir / "campaigns" / "remind.toml", MANUAL.format(validity=24))
+    write(workdir / "templates" / "sms" / "remind.j2", "Chào {{ subscriber.name }}, hãy cài Bluezone.\n")
+    ok(invoke(workdir, "init"))
+    ok(invoke(workdir, "import", "areas", str(write(tmp_path / "areas.csv", AREAS_CSV))))
+    ok(invoke(workdir, "import", "subscribers", str(subscribers_csv(tmp_path, 5))))
+    return workdir
+
+
+def _runs(workdir: Path) -> list[tuple[int, datetime]]:
+    import os
+
+    engine = db.make_engine(os.environ["LOA_DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(select(R.c.id, R.c.scheduled_for).order_by(R.c.id))]
+    finally:
+        engine.dispose()
+
+
+def test_a_second_manual_run_within_validity_is_refused_and_again_sends_a_second_round(manual: Path) -> None:
+    from test_cli import invoke, ok, one_line_error
+
+    ok(invoke(manual, "campaigns", "run", "remind"))
+    [(first, when)] = _runs(manual)
+    local = when.astimezone(TZ)
+    for _ in range(2):
+        line = one_line_error(invoke(manual, "campaigns", "run", "remind"), code=2)
+        assert f"campaign remind already has run {first} (manual) for {local:%Y-%m-%d %H:%M} +07" in line, line
+        assert "within validity_hours (24 h) of this one: its audience would get the same message again; " \
+               "nothing planned" in line
+        assert "`loa campaigns run remind --again` plans a deliberate second round" in line
+    assert len(_runs(manual)) == 1
+    r = ok(invoke(manual, "send"))
+    assert "sent: 5 " in r.stdout, r.stdout                # everyone once, not three times
+
+    r = ok(invoke(manual, "campaigns", "run", "remind", "--again"))
+    assert re.search(r"run \d+ of remind planned 5 rows", r.stdout), r.stdout
+    assert len(_runs(manual)) == 2
+    assert "sent: 5 " in ok(invoke(manual, "send")).stdout
+
+
+def test_the_same_at_again_completes_its_run_and_is_not_refused(manual: Path) -> None:
+    from test_cli import invoke, ok
+
+    at = (db.utcnow() - timedelta(hours=1)).astimezone(TZ).replace(microsecond=0).isoformat()
+    ok(invoke(manual, "campaigns", "run", "remind", "--at", at))
+    r = ok(invoke(manual, "campaigns", "run", "remind", "--at", at))
+    assert re.search(r"run \d+ of remind already planned; added 0 rows", r.stdout), r.stdout
+    assert len(_runs(manual)) == 1
+
+
+def test_a_manual_run_is_refused_within_the_schedules_own_interval(manual: Path) -> None:
+    """every = "6h": a run 7 hours after another is a new round, one 5 hours after it is not,
+    although the validity (24 h) spans both."""
+    from test_cli import invoke, ok, one_line_error
+
+    write(manual / "campaigns" / "remind.toml",
+          'trigger = "schedule"\n' + MANUAL.format(validity=24) + '[schedule]\nevery = "6h"\n')
+    now = db.utcnow().replace(microsecond=0)
+    ok(invoke(manual, "campaigns", "run", "remind", "--at", (now - timedelta(hours=7)).isoformat()))
+    ok(invoke(manual, "campaigns", "run", "remind"))
+    line = one_line_error(invoke(manual, "campaigns", "run", "remind", "--at",
+                                 (now + timedelta(hours=5)).isoformat()), "--again", code=2)
+    assert "within its schedule's interval (6 h)" in line, line
+    assert len(_runs(manual)) == 2
+
+
+def test_manual_runs_keep_to_the_campaigns_dates_unless_told_otherwise(manual: Path) -> None:
+    from test_cli import invoke, ok, one_line_error
+
+    write(manual / "campaigns" / "remind.toml",
+          MANUAL.format(validity=12) + "[dates]\nstart = 2020-08-17\nend = 2020-08-31\n")
+    line = one_line_error(invoke(manual, "campaigns", "run", "remind"), code=2)
+    assert "campaign remind runs from 2020-08-17 to 2020-08-31 ([dates] in " in line, line
+    assert "remind.toml); a run now would be on " in line and "--outside-dates` runs it anyway" in line
+    assert _runs(manual) == []
+    ok(invoke(manual, "campaigns", "run", "remind", "--at", "2020-08-18T08:00:00+07:00"))    # within them
+    ok(invoke(manual, "campaigns", "run", "remind", "--outside-dates"))
+    assert len(_runs(manual)) == 2
+    # the override is for the dates only: a second round still needs --again
+    one_line_error(invoke(manual, "campaigns", "run", "remind", "--outside-dates"), "--again", code=2)
+
+
+def test_the_repeat_interval_of_a_cron_schedule_is_the_gap_its_run_stands_in() -> None:
+    from loa.campaign import Schedule
+    from loa.plan import repeat_interval
+
+    def interval(schedule: Schedule, at: datetime) -> tuple[timedelta, str]:
+        c = Campaign(name="c", path=Path("c.toml"), description="", advertising=False, channels=(), segment={},
+                     holdout=0.0, suppress_events=(), validity_hours=12.0, trigger="schedule",
+                     window=(datetime.min.time(), datetime.max.time()), start=None, end=None, goal=None,
+                     schedule=schedule)
+        return repeat_interval(c, TZ, at)
+
+    weekdays = Schedule(cron="0 8 * * 1-5")
+    friday = datetime(2026, 12, 4, 12, 0, tzinfo=TZ)
+    assert interval(weekdays, friday) == (timedelta(days=3), "its schedule's interval")      # to Monday
+    assert interval(weekdays, friday - timedelta(days=2))[0] == timedelta(days=1)
+    assert interval(Schedule(cron="0 8,20 * * *"), friday)[0] == timedelta(hours=12)
+    assert interval(Schedule(every=6 * 3600.0), friday)[0] == timedelta(hours=6)
+    assert interval(Schedule(at=friday), friday) == (timedelta(hours=12), "validity_hours")

@@ -85,6 +85,59 @@ def test_sandbox_refuses_huge_ranges(templates: Path, renderer: Renderer) -> Non
         renderer.render_sms(name, ctx())
 
 
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("{% for i in range(100000000) %}x{% endfor %}", "Range too big: range() of 100,000,000 items"),
+        ("{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}Chào",
+         "its loops take more than 10,000 steps in one rendering"),
+        (("{% set l = [1] * 10000 %}{% for a in l %}{% for b in l %}{% for c in l %}{% endfor %}{% endfor %}"
+          "{% endfor %}Chào"), "its loops take more than 10,000 steps"),
+        ("{% for i in range(1000) %}{{ lipsum(1) }}{% endfor %}", "renders more than 20,000 characters"),
+        ("{{ 'x' * 100000000 }}", "builds a value of 100,000,000 items"),
+        ("{{ ('x' * 10000) * 10000 }}", "builds a value of 100,000,000 items"),
+        ("{{ 9 ** 999999999 }}", "is a number of more than 4,096 bits"),
+        ("{{ '%1000000000d' % 1 }}", "a format with a width or precision"),
+        ("{{ '{:>1000000000}'.format(1) }}", "a format with a width or precision"),
+        ("{{ '%.1000000000f'|format(1) }}", "a format with a width or precision"),
+        ("{{ 'x'|center(1000000000) }}", "a width or count of 1,000,000,000"),
+        ("{{ 'x'.ljust(1000000000) }}", "a width or count of 1,000,000,000"),
+        ("{{ lipsum(1000000) }}", "a width or count of 1,000,000"),
+    ],
+)
+def test_sandbox_refuses_what_would_exhaust_time_or_memory(templates: Path, renderer: Renderer, source: str,
+                                                            reason: str) -> None:
+    name = sms(templates, source)
+    with pytest.raises(TemplateError) as err:
+        renderer.render_sms(name, ctx(), max_parts=10)
+    assert str(err.value).startswith(f"template {name!r}: refused by the sandbox: "), str(err.value)
+    assert reason in str(err.value)
+
+
+def test_sandbox_bounds_leave_ordinary_templates_alone(templates: Path, renderer: Renderer) -> None:
+    name = sms(templates, "Chào {{ subscriber.name|upper }}: {{ '%s-%03d'|format('A', 7) }} {{ '{:,}'.format("
+                          "area.population * 1000) }} {{ 2 ** 10 }} {{ '-' * 3 }}{% for i in range(3) %}{{ i }}"
+                          "{% else %}none{% endfor %} {{ 'x'|center(5) }}|{% for k in [1, 2] %}{{ loop.length }}"
+                          "{% endfor %}")
+    assert renderer.render_sms(name, ctx()).text == "Chào NGUYỄN VĂN AN: A-007 400,000 1024 ---012   x  |22"
+
+
+def test_includes_stay_inside_the_templates_folder(templates: Path, renderer: Renderer) -> None:
+    write(templates / "sms" / "footer.j2", "Tu choi soan TC")
+    write(templates.parent / "secret.toml", "token = 's3cret'")
+    name = sms(templates, "Chào. {% include 'sms/footer.j2' %}")
+    assert renderer.render_sms(name, ctx()).text == "Chào. Tu choi soan TC"
+    for i, path in enumerate(("../secret.toml", "sms/../../secret.toml", "/etc/passwd")):
+        name = sms(templates, f"Chào {{% include '{path}' %}}", f"escape{i}.j2")
+        with pytest.raises(TemplateError) as err:
+            renderer.render_sms(name, ctx())
+        assert str(err.value) == (f"template {name!r}: includes {path!r}, which is not a template inside the "
+                                  "templates folder (paths are relative to it and cannot leave it)")
+    name = sms(templates, "Chào {% include 'sms/self.j2' %}", "self.j2")
+    with pytest.raises(TemplateError, match="includes or calls itself without end"):
+        renderer.render_sms(name, ctx())
+
+
 # -- strict undefined -------------------------------------------------------------
 
 @pytest.mark.parametrize(
