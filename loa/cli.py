@@ -512,12 +512,12 @@ def report(app: App, campaign: str | None, fmt: str, level: str | None, html_pat
     result = rep.for_campaign(engine, app.config.campaigns_dir, campaign or rep.latest_campaign(engine), level)
     if html_path is not None:
         try:
-            html_path.write_text(rep.render(engine, result, "html"), encoding="utf-8")
+            html_path.write_text(rep.render(engine, result, "html", lang=app.config.language), encoding="utf-8")
         except OSError as exc:
             raise LoaError(f"{html_path}: cannot write: {exc.strerror}") from None
         err.print(f"wrote {html_path}", highlight=False, markup=False)
     if fmt in ("csv", "json"):
-        click.echo(rep.render(engine, result, fmt), nl=fmt == "json")
+        click.echo(rep.render(engine, result, fmt, lang=app.config.language), nl=fmt == "json")
     else:
         from loa.reportview import render_table
 

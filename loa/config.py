@@ -21,7 +21,7 @@ from loa.errors import ConfigError, SecretMissing
 
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
 TOP_LEVEL_KEYS = {
-    "database_url", "database_url_env", "timezone", "campaigns_dir", "templates_dir",
+    "database_url", "database_url_env", "timezone", "language", "campaigns_dir", "templates_dir",
     "defaults", "gateways", "send", "policy", "serve", "digest",
 }
 SERVE_KEYS = {"host", "port", "public_url", "opt_out_reply", "workers", "arrivals_token_env", "arrivals_folder",
@@ -74,6 +74,7 @@ class Config:
     policy: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     serve: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     digest: DigestSpec | None = None
+    language: str = "vi"                # of the pages and report files officials read
 
     @property
     def label(self) -> str:
@@ -164,7 +165,18 @@ def from_mapping(raw: Mapping[str, Any], path: Path | None = None, root: Path | 
         policy=policy,
         serve=serve,
         digest=_digest(raw, label, base),
+        language=_language(raw, label),
     )
+
+
+def _language(raw: Mapping[str, Any], label: str) -> str:
+    from loa.i18n import DEFAULT, LANGUAGES
+
+    value = raw.get("language", DEFAULT)
+    if value not in LANGUAGES:
+        raise ConfigError(f"{label}: language: {value!r} is not a language loa speaks (languages: "
+                          f"{', '.join(LANGUAGES)})")
+    return str(value)
 
 
 def _table(raw: Mapping[str, Any], key: str, label: str) -> Mapping[str, Any]:

@@ -84,7 +84,7 @@ def _make_folder(folder: Path) -> None:
 def _write_campaign(engine: Engine, config: Config, spec: DigestSpec, name: str, local: datetime) -> list[Path]:
     result = report.for_campaign(engine, config.campaigns_dir, name)
     # every format is rendered before any is written: a rendering error leaves no half-set
-    texts = {fmt: report.render(engine, result, fmt, generated_at=local) for fmt in spec.formats}
+    texts = {fmt: report.render(engine, result, fmt, generated_at=local, lang=config.language) for fmt in spec.formats}
     paths = []
     for fmt, text in texts.items():
         path = spec.folder / file_name(name, local.date(), fmt)

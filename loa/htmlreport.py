@@ -30,7 +30,8 @@ from plotly.offline import get_plotlyjs
 from sqlalchemy.engine import Engine
 
 from loa import report as rep
-from loa.report import Report, Row, population_caption
+from loa.i18n import Language, language
+from loa.report import Report, Row
 from loa.snapshots import Summary
 from loa.stats import MIN_EVENTS, MIN_PEOPLE
 
@@ -43,37 +44,49 @@ def _esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _num(value: int | None) -> str:
-    return "—" if value is None else f"{value:,}"
+def N_(message: str) -> str:
+    """Marks a string for the catalog; it is translated where it is shown."""
+    return message
 
 
-def _pct(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{100 * value:.{digits}f}%"
+# Area levels as the page names them ("per district", "(not in a district)").
+LEVELS = {"province": N_("province"), "district": N_("district"), "commune": N_("commune"), "ward": N_("ward"),
+          "region": N_("region"), "": N_("area")}
+# The events loa knows by name; any other is shown as it is called.
+EVENTS = {"installed": N_("installed"), "clicked": N_("clicked"), "replied": N_("replied"),
+          "opted_out": N_("opted out")}
 
 
-# The page is read in Vietnamese: the lines of people at no area of the report's level, or at none.
-LEVELS_VI = {"province": "tỉnh/thành phố", "district": "quận/huyện", "commune": "xã/phường/thị trấn",
-             "ward": "phường", "region": "vùng"}
-NO_AREA_VI = "(chưa rõ khu vực)"
+def level_name(t: Language, level: str | None) -> str:
+    return t.gettext(LEVELS[level or ""]) if (level or "") in LEVELS else str(level)
 
 
-def area_name(report: Report, row: Row) -> str:
+def event_name(t: Language, event: str) -> str:
+    return t.gettext(EVENTS[event]) if event in EVENTS else event
+
+
+def area_name(report: Report, row: Row, t: Language | None = None) -> str:
     """A row's area as the page names it: "(chưa rõ quận/huyện)" for "(not in a district)"."""
+    t = t or language()
     if row.code == "" and row.area == rep.outside_label(report.level):
-        return f"(chưa rõ {LEVELS_VI.get(report.level, report.level)})"
-    return NO_AREA_VI if row.code == "" and row.area == rep.NO_AREA else row.area
+        return t.gettext("(not in a {level})").format(level=level_name(t, report.level))
+    return t.gettext("(no area)") if row.code == "" and row.area == rep.NO_AREA else row.area
 
 
-def _labels(rows: list[Row], report: Report | None = None) -> list[str]:
+def _labels(rows: list[Row], report: Report, t: Language) -> list[str]:
     """Area names for chart axes: escaped (plotly reads a few HTML tags), made unique with the code."""
-    names = [area_name(report, r) if report else r.area for r in rows]
+    names = [area_name(report, r, t) for r in rows]
     return [_esc(f"{n} ({r.code})" if names.count(n) > 1 and r.code else n) for n, r in zip(names, rows, strict=True)]
 
 
-def _layout(title: str, **kw: Any) -> dict[str, Any]:
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _layout(t: Language, title: str, **kw: Any) -> dict[str, Any]:
     """A chart's layout; its title is the card's heading in the page (kept in ``meta``)."""
     return dict(meta={"title": title}, template="plotly_white", font={"family": FONT, "size": 12},
-                height=CHART_HEIGHT, margin={"l": 60, "r": 20, "t": 30, "b": 90}, **kw)
+                separators=t.separators, height=CHART_HEIGHT, margin={"l": 60, "r": 20, "t": 30, "b": 90}, **kw)
 
 
 # -- charts -----------------------------------------------------------------------------------
@@ -84,18 +97,22 @@ def _goal_base(report: Report, row: Row) -> float | None:
     return row.installed_share
 
 
-def rates_chart(report: Report, summary: Summary | None = None) -> go.Figure:
+def rates_chart(report: Report, summary: Summary | None = None, t: Language | None = None) -> go.Figure:
     """Per area: the share with the goal's event among the known subscribers; beside it, when a
     snapshot counts the same area and metric, the share as that count has it (everyone, not only
     the subscribers loa knows)."""
+    t = t or language()
+    _ = t.gettext
     rows = report.rows
-    labels = _labels(rows, report)
+    labels = _labels(rows, report, t)
     of = report.goal.of if report.goal else "population"
+    event = event_name(t, report.event)
     values = [_goal_base(report, r) for r in rows]
     fig = go.Figure(go.Bar(
-        x=labels, y=[None if v is None else 100 * v for v in values], name=_esc(f"{report.event}, loa's ledger"),
-        marker_color=BLUE, text=[_pct(v, 2) if v is not None else "" for v in values], textposition="outside",
-        hovertemplate="%{x}: %{y:.2f}%<extra>ledger</extra>",
+        x=labels, y=[None if v is None else 100 * v for v in values],
+        name=_esc(_("{event}, loa's ledger").format(event=event)),
+        marker_color=BLUE, text=[t.percent(v, 2) if v is not None else "" for v in values], textposition="outside",
+        hovertemplate="%{x}: %{y:.2f}%<extra>" + _esc(_("ledger")) + "</extra>",
     ))
     shown = [100 * v for v in values if v is not None]
     counted = {}
@@ -103,25 +120,31 @@ def rates_chart(report: Report, summary: Summary | None = None) -> go.Figure:
         counted = {s.code: s.latest for s in summary.series if s.latest.rate is not None}
     if any(r.code in counted for r in rows):
         points = [counted.get(r.code) for r in rows]
-        dates = sorted({p.as_of.isoformat() for p in points if p is not None})
+        dates = sorted({p.as_of for p in points if p is not None})
         fig.add_trace(go.Bar(
             x=labels, y=[None if p is None or p.rate is None else 100 * p.rate for p in points],
-            name=_esc(f"{summary.metric}, snapshot of {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}"
+            name=_esc(_("{metric}, snapshot of {dates}").format(
+                metric=event_name(t, summary.metric), dates=" – ".join(dict.fromkeys([t.date(dates[0]),
+                                                                                      t.date(dates[-1])])))
                       if summary else ""),
-            marker_color=ORANGE, text=[_pct(p.rate, 1) if p is not None else "" for p in points],
-            textposition="outside", customdata=[[p.value if p else None, p.as_of.isoformat() if p else ""]
+            marker_color=ORANGE, text=[t.percent(p.rate, 1) if p is not None else "" for p in points],
+            textposition="outside", customdata=[[p.value if p else None, t.date(p.as_of) if p else ""]
                                                 for p in points],
-            hovertemplate="%{x}: %{y:.2f}% (%{customdata[0]:,} on %{customdata[1]})<extra>snapshot</extra>",
+            hovertemplate="%{x}: %{y:.2f}% (%{customdata[0]:,} " + _esc(_("on")) + " %{customdata[1]})<extra>"
+                          + _esc(_("snapshot")) + "</extra>",
         ))
         shown += [100 * p.rate for p in points if p is not None and p.rate is not None]
     top = max(shown, default=0.0)
     if report.goal is not None:
         goal = 100 * report.goal.share
-        by = f" by {report.goal.by.isoformat()}" if report.goal.by else ""
+        label = (_("goal {share} by {date}").format(share=t.percent(report.goal.share, 0), date=t.date(report.goal.by))
+                 if report.goal.by else _("goal {share}").format(share=t.percent(report.goal.share, 0)))
         fig.add_hline(y=goal, line={"color": RED, "dash": "dash", "width": 2},
-                      annotation_text=_esc(f"goal {goal:g}%{by}"), annotation_position="top left")
+                      annotation_text=_esc(label), annotation_position="top left")
         top = max(top, goal)
-    fig.update_layout(**_layout(f"{report.event.capitalize()} as a share of {of}, per {report.level or 'area'}",
+    title = (_("{event} as a share of the audience, per {level}") if of == "audience"
+             else _("{event} as a share of the population, per {level}"))
+    fig.update_layout(**_layout(t, _capital(title.format(event=event, level=level_name(t, report.level))),
                                 yaxis={"title": "%", "range": [0, top * 1.15 or 1], "ticksuffix": "%"},
                                 barmode="group", showlegend=len(fig.data) > 1,
                                 uniformtext={"minsize": 9, "mode": "hide"},
@@ -129,25 +152,30 @@ def rates_chart(report: Report, summary: Summary | None = None) -> go.Figure:
     return fig
 
 
-def funnel_chart(report: Report) -> go.Figure:
-    t = report.total
-    stages = ["audience", "sent", "delivered", f"{report.event} after a message"]
-    values = [t.audience, t.sent, t.delivered, t.installed_delivered]
+def funnel_chart(report: Report, t: Language | None = None) -> go.Figure:
+    t = t or language()
+    _ = t.gettext
+    total = report.total
+    stages = [_("audience"), _("sent"), _("delivered"),
+              _("{event} after a message").format(event=event_name(t, report.event))]
+    values = [total.audience, total.sent, total.delivered, total.installed_delivered]
     fig = go.Figure(go.Funnel(
         y=[_esc(s) for s in stages], x=values, texttemplate="%{value:,}<br>%{percentInitial:.1%}",
         marker={"color": [GREY, BLUE, BLUE, GREEN]}, hovertemplate="%{y}: %{x:,}<extra></extra>",
     ))
-    fig.update_layout(**_layout("From audience to response (everyone in the report)"))
+    fig.update_layout(**_layout(t, _("From audience to response (everyone in the report)")))
     fig.update_layout(margin={"l": 170, "r": 20, "t": 30, "b": 40})
     return fig
 
 
-def uplift_chart(report: Report) -> go.Figure | None:
+def uplift_chart(report: Report, t: Language | None = None) -> go.Figure | None:
+    t = t or language()
+    _ = t.gettext
     rows = [r for r in [*report.rows, report.total] if r.uplift is not None]
     if not rows:
         return None
     fig = go.Figure()
-    labels = _labels(rows, report)
+    labels = _labels(rows, report, t)
     for small in (False, True):
         pick = [i for i, r in enumerate(rows) if bool(r.small) is small]
         if not pick:
@@ -156,7 +184,7 @@ def uplift_chart(report: Report) -> go.Figure | None:
         symbols = ["diamond" if rows[i] is report.total else "circle" for i in pick]
         fig.add_trace(go.Scatter(
             x=[labels[i] for i in pick], y=pts, mode="markers",
-            name="too small to read" if small else "uplift, 95% interval",
+            name=_("too small to read") if small else _("uplift, 95% interval"),
             marker={"size": 11, "color": GREY if small else GREEN, "line": {"width": 2},
                         "symbol": [f"{x}-open" if small else x for x in symbols]},
             error_y={"type": "data", "symmetric": False, "color": GREY if small else GREEN, "thickness": 2, "width": 6,
@@ -164,18 +192,22 @@ def uplift_chart(report: Report) -> go.Figure | None:
                          "arrayminus": [p - (rows[i].uplift_low or 0.0) for i, p in zip(pick, pts, strict=True)]},
             customdata=[[rows[i].uplift_low, rows[i].uplift_high, _esc(rows[i].small_reason or "")]
                         for i in pick],
-            hovertemplate="%{x}: %{y:+.1f} pt [%{customdata[0]:+.1f}, %{customdata[1]:+.1f}]"
+            hovertemplate="%{x}: %{y:+.1f} " + _esc(_("pt")) + " [%{customdata[0]:+.1f}" + t.list_separator
+                          + "%{customdata[1]:+.1f}]"
                           "<br>%{customdata[2]}<extra></extra>",
         ))
     fig.add_hline(y=0, line={"color": "#555", "width": 1})
-    fig.update_layout(**_layout(f"Uplift: {report.event} targeted − held out (points)",
-                                yaxis={"title": "percentage points", "zeroline": False},
+    fig.update_layout(**_layout(t, _("Uplift: {event}, targeted − held out (points)").format(
+                                    event=event_name(t, report.event)),
+                                yaxis={"title": _("percentage points"), "zeroline": False},
                                 xaxis={"categoryorder": "array", "categoryarray": labels},
                                 legend={"orientation": "h", "y": -0.3}))
     return fig
 
 
-def trend_chart(summary: Summary, report: Report | None = None) -> go.Figure | None:
+def trend_chart(summary: Summary, report: Report | None = None, t: Language | None = None) -> go.Figure | None:
+    t = t or language()
+    _ = t.gettext
     series = [s for s in summary.series if s.points]
     if not series:
         return None
@@ -192,19 +224,22 @@ def trend_chart(summary: Summary, report: Report | None = None) -> go.Figure | N
             mode="lines+markers", name=_esc(s.area),
             line={"width": 4 if top else 2, "color": "#222" if top else None},
             marker={"symbol": ["circle-open" if p.implied else "circle" for p in points], "size": 8},
-            customdata=[[p.value, "implied by a stated change" if p.implied else _esc(p.source)] for p in points],
-            hovertemplate=f"{_esc(s.area)}<br>%{{x}}: " + ("%{y:.2f}%" if use_rate else "%{y:,}")
+            customdata=[[p.value, _("implied by a stated change") if p.implied else _esc(p.source)] for p in points],
+            hovertemplate=f"{_esc(s.area)}<br>%{{x|{t.d3_date}}}: " + ("%{y:.2f}%" if use_rate else "%{y:,}")
                           + " (%{customdata[0]:,})<br>%{customdata[1]}<extra></extra>",
         ))
     goal = summary.goal or (report.goal if report else None)
     if goal is not None and use_rate:
         fig.add_hline(y=100 * goal.share, line={"color": RED, "dash": "dash", "width": 2},
-                      annotation_text=_esc(f"goal {100 * goal.share:g}%"), annotation_position="top left")
-    fig.update_layout(**_layout(f"Trend across snapshots: {summary.metric}"
-                                + (" as a share of population" if use_rate else ""),
-                                yaxis={"title": "%" if use_rate else summary.metric,
+                      annotation_text=_esc(_("goal {share}").format(share=t.percent(goal.share, 0))),
+                      annotation_position="top left")
+    metric = event_name(t, summary.metric)
+    title = (_("Trend across snapshots: {metric} as a share of the population") if use_rate
+             else _("Trend across snapshots: {metric}")).format(metric=metric)
+    fig.update_layout(**_layout(t, title,
+                                yaxis={"title": "%" if use_rate else metric,
                                            "ticksuffix": "%" if use_rate else "", "rangemode": "tozero"},
-                                xaxis={"type": "date", "tickformat": "%Y-%m-%d"},
+                                xaxis={"type": "date", "tickformat": t.d3_date},
                                 legend={"font": {"size": 10}}, colorway=qualitative.Plotly + qualitative.Set2))
     fig.update_layout(margin={"l": 60, "r": 20, "t": 30, "b": 50})
     return fig
@@ -225,74 +260,95 @@ def _td(text: str, value: Any = None, cls: str = "", title: str = "", lang: str 
     return f"<td{attrs}>{_esc(text)}</td>"
 
 
-def _uplift_cell(row: Row) -> str:
+def _uplift_cell(row: Row, t: Language) -> str:
     u = row.uplift
     if u is None or row.uplift_points is None:
         return _td("—", "")
-    text = f"{row.uplift_points:+.1f} [{u.low_points:+.1f}, {u.high_points:+.1f}]"
+    text = f"{t.signed(row.uplift_points)} [{t.signed(u.low_points)}{t.list_separator}{t.signed(u.high_points)}]"
     return _td(text, f"{row.uplift_points:.6f}", "small" if u.small else "",
-               f"too small to read: {u.reason}" if u.small else "95% interval, Newcombe's hybrid score method")
+               t.gettext("too small to read: {reason}").format(reason=u.reason) if u.small
+               else t.gettext("95% interval, Newcombe's hybrid score method"))
 
 
 COLUMNS = (  # key, header, numeric
-    ("area", "Area", False), ("population", "Population", True), ("audience", "Audience", True),
-    ("held_out", "Held out", True), ("suppressed", "Suppressed", True), ("sent", "Sent", True),
-    ("delivered", "Delivered", True), ("undelivered", "Undelivered", True), ("failed", "Failed", True),
-    ("rate_delivered", "{event} after a message (of delivered)", True),
-    ("rate_held_out", "{event}, held out (of held out)", True), ("uplift", "Uplift, points (95% interval)", True),
-    ("installed_share", "{event} in the area (of population)", True), ("progress", "to goal", True),
+    ("area", N_("Area"), False), ("population", N_("Population"), True), ("audience", N_("Audience"), True),
+    ("held_out", N_("Held out"), True), ("suppressed", N_("Suppressed"), True), ("sent", N_("Sent"), True),
+    ("delivered", N_("Delivered"), True), ("undelivered", N_("Undelivered"), True), ("failed", N_("Failed"), True),
+    ("rate_delivered", N_("{event} after a message (of delivered)"), True),
+    ("rate_held_out", N_("{event}, held out (of held out)"), True),
+    ("uplift", N_("Uplift, points (95% interval)"), True),
+    ("installed_share", N_("{event} in the area (of population)"), True), ("progress", N_("to goal"), True),
 )
 
 
-def _row_cells(report: Report, row: Row) -> str:
+def _row_cells(report: Report, row: Row, t: Language) -> str:
     progress = report.progress(row)
 
     def opt(v: float | None) -> str:
         return "" if v is None else f"{v}"
 
+    def share(n: int, rate: float | None, digits: int = 1) -> str:
+        return f"{t.number(n)} ({t.percent(rate, digits)})"
+
     return "".join([
-        _td(area_name(report, row), area_name(report, row), title=row.code, lang="vi"),
-        _td(_num(row.population), opt(row.population)), _td(_num(row.audience), row.audience),
-        _td(_num(row.held_out), row.held_out), _td(_num(row.suppressed), row.suppressed),
-        _td(_num(row.sent), row.sent), _td(_num(row.delivered), row.delivered),
-        _td(_num(row.undelivered), row.undelivered), _td(_num(row.failed), row.failed),
-        _td(f"{_num(row.installed_delivered)} ({_pct(row.rate_delivered)})", opt(row.rate_delivered)),
-        _td(f"{_num(row.installed_held_out)} ({_pct(row.rate_held_out)})", opt(row.rate_held_out)),
-        _uplift_cell(row),
-        _td(f"{_num(row.installed_total)} ({_pct(row.installed_share, 2)})", opt(row.installed_share)),
-        _td(_pct(progress, 0), opt(progress)),
+        _td(area_name(report, row, t), area_name(report, row, t), title=row.code, lang="vi"),
+        _td(t.number(row.population), opt(row.population)), _td(t.number(row.audience), row.audience),
+        _td(t.number(row.held_out), row.held_out), _td(t.number(row.suppressed), row.suppressed),
+        _td(t.number(row.sent), row.sent), _td(t.number(row.delivered), row.delivered),
+        _td(t.number(row.undelivered), row.undelivered), _td(t.number(row.failed), row.failed),
+        _td(share(row.installed_delivered, row.rate_delivered), opt(row.rate_delivered)),
+        _td(share(row.installed_held_out, row.rate_held_out), opt(row.rate_held_out)),
+        _uplift_cell(row, t),
+        _td(share(row.installed_total, row.installed_share, 2), opt(row.installed_share)),
+        _td(t.percent(progress, 0), opt(progress)),
     ])
 
 
-def report_table(report: Report) -> str:
+def report_table(report: Report, t: Language | None = None) -> str:
+    t = t or language()
+    event = event_name(t, report.event)
     head = "".join(
         f'<th data-key="{key}" data-type="{"num" if numeric else "text"}" scope="col">'
-        f"{_esc(label.format(event=report.event))}</th>"
+        f"{_esc(t.gettext(label).format(event=event))}</th>"
         for key, label, numeric in COLUMNS
     )
-    body = "\n".join(f'<tr data-code="{_esc(r.code)}">{_row_cells(report, r)}</tr>' for r in report.rows)
-    foot = f"<tr>{_row_cells(report, report.total)}</tr>"
+    body = "\n".join(f'<tr data-code="{_esc(r.code)}">{_row_cells(report, r, t)}</tr>' for r in report.rows)
+    foot = f"<tr>{_row_cells(report, report.total, t)}</tr>"
     return (f'<table id="report-table" class="sortable"><thead><tr>{head}</tr></thead>\n'
             f"<tbody>\n{body}\n</tbody>\n<tfoot>{foot}</tfoot></table>")
 
 
-def snapshots_table(summary: Summary) -> str:
-    cols = (("area", "Area", False), ("as_of", "As of", False), ("value", summary.metric, True),
-            ("rate", "of population", True), ("change", "change", True), ("per_day", "per day", True),
-            ("projected", "goal at this pace", False), ("flags", "disagreements", False))
+def _pace(series: Any, t: Language) -> str:
+    """When the goal is reached at the pace of the last two snapshots: "30/09/2020 (chậm)"."""
+    _ = t.gettext
+    if series.reached:
+        return _("reached")
+    if series.projected is not None:
+        return t.date(series.projected) + ("" if series.on_track is None else
+                                           " (" + (_("on track") if series.on_track else _("late")) + ")")
+    return _("not growing") if len(series.points) >= 2 else ""
+
+
+def snapshots_table(summary: Summary, t: Language | None = None) -> str:
+    t = t or language()
+    _ = t.gettext
+    cols = (("area", _("Area"), False), ("as_of", _("As of"), False), ("value", event_name(t, summary.metric), True),
+            ("rate", _("of population"), True), ("change", _("change"), True), ("per_day", _("per day"), True),
+            ("projected", _("goal at this pace"), False), ("flags", _("disagreements"), False))
     head = "".join(f'<th data-key="{k}" data-type="{"num" if n else "text"}" scope="col">{_esc(h)}</th>'
                    for k, h, n in cols)
     lines = []
     for s in summary.series:
         p = s.latest
-        when = rep.pace(s) or "—"
-        change = "—" if p.change is None else f"{p.change:+,} in {p.days} d"
+        when = _pace(s, t) or "—"
+        change = "—" if p.change is None else _("{change} in {days} d").format(change=t.signed(p.change, 0),
+                                                                                days=p.days)
         lines.append(
             f'<tr data-code="{_esc(s.code)}">'
-            + _td(s.area, s.area, title=s.code, lang="vi") + _td(p.as_of.isoformat(), p.as_of.isoformat())
-            + _td(_num(p.value), p.value) + _td(_pct(p.rate, 2), "" if p.rate is None else p.rate)
+            + _td(s.area, s.area, title=s.code, lang="vi") + _td(t.date(p.as_of), p.as_of.isoformat())
+            + _td(t.number(p.value), p.value) + _td(t.percent(p.rate, 2), "" if p.rate is None else p.rate)
             + _td(change, "" if p.change is None else p.change)
-            + _td("—" if p.per_day is None else f"{p.per_day:,.0f}", "" if p.per_day is None else p.per_day)
+            + _td(t.number(p.per_day), "" if p.per_day is None else p.per_day)
             + _td(when, s.projected.isoformat() if s.projected else ("0" if s.reached else "~"),
                   "late" if s.on_track is False else "")
             + _td(rep.flags(summary, s.code))
@@ -372,76 +428,114 @@ footer { color: #5b6b7c; font-size: 12px; margin-top: 24px; }
 """.replace("__FONT__", FONT).replace("__RED__", RED)
 
 
-def _kpis(report: Report) -> str:
-    t = report.total
-    items = [(_num(t.audience), "audience"), (_num(t.delivered), "delivered"),
-             (f"{_num(t.installed_delivered)} ({_pct(t.rate_delivered)})", f"{report.event} after a message")]
-    u = t.uplift
+def _kpis(report: Report, t: Language) -> str:
+    _ = t.gettext
+    total = report.total
+    event = event_name(t, report.event)
+    items = [(t.number(total.audience), _("audience")), (t.number(total.delivered), _("delivered")),
+             (f"{t.number(total.installed_delivered)} ({t.percent(total.rate_delivered)})",
+              _("{event} after a message").format(event=event))]
+    u = total.uplift
     if u is not None:
-        items.append((f"{u.points:+.1f} pt", f"uplift, 95% [{u.low_points:+.1f}, {u.high_points:+.1f}]"
-                      + (" — too small to read" if u.small else "")))
-    items.append((_pct(t.installed_share, 2), f"{report.event} of population"))
+        items.append((f"{t.signed(u.points)} " + _("pt"),
+                      _("uplift, 95% interval") + f" [{t.signed(u.low_points)}{t.list_separator}{t.signed(u.high_points)}]"
+                      + (" — " + _("too small to read") if u.small else "")))
+    items.append((t.percent(total.installed_share, 2), _("{event} of population").format(event=event)))
     if report.goal is not None:
-        items.append((_pct(report.progress(t), 0), "of the way to the goal"))
+        items.append((t.percent(report.progress(total), 0), _("of the way to the goal")))
     return '<div class="kpis">' + "".join(f'<div class="kpi"><b>{_esc(v)}</b><span>{_esc(k)}</span></div>'
                                           for v, k in items) + "</div>"
 
 
-def render_html(report: Report, snapshots_summary: Summary | None = None, *,
-                generated_at: datetime | None = None) -> str:
-    """The whole page as one string (UTF-8 when written)."""
-    generated = (generated_at or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M %Z").strip()
+def _goal_line(report: Report, t: Language) -> str:
     goal = report.goal
-    goal_line = ""
-    if goal is not None:
-        by = f" by {goal.by.isoformat()}" if goal.by else ""
-        goal_line = f"goal: {goal.share:.0%} of {goal.of} with '{goal.event}'{by}"
-    figures: list[tuple[str, go.Figure]] = [("chart-rates", rates_chart(report, snapshots_summary)),
-                                            ("chart-funnel", funnel_chart(report))]
-    if snapshots_summary is not None and (trend := trend_chart(snapshots_summary, report)) is not None:
+    if goal is None:
+        return ""
+    _ = t.gettext
+    whom = _("of the audience") if goal.of == "audience" else _("of the population")
+    line = _("goal: {share} {whom} with “{event}”").format(share=t.percent(goal.share, 0), whom=whom,
+                                                          event=event_name(t, goal.event))
+    return line + (" " + _("by {date}").format(date=t.date(goal.by)) if goal.by else "")
+
+
+def _population_caption(report: Report, t: Language) -> str:
+    """Which populations the shares use (as :func:`loa.report.population_caption` says it)."""
+    _ = t.gettext
+    dates = sorted({r.population_as_of for r in report.rows if r.population_as_of})
+    if not dates:
+        return ""
+    when = t.date(dates[0]) if len(dates) == 1 else _("{first} to {last}, by area").format(
+        first=t.date(dates[0]), last=t.date(dates[-1]))
+    undated = sum(1 for r in report.rows if r.population is not None and r.population_as_of is None)
+    caption = _("population as of {when}").format(when=when)
+    if undated:
+        caption += " " + t.ngettext("({n} undated)", "({n} undated)", undated).format(n=undated)
+    return caption + ": " + _("the figures in force on {day}, the campaign's first run").format(
+        day=t.date(report.population_on))
+
+
+def render_html(report: Report, snapshots_summary: Summary | None = None, *,
+                generated_at: datetime | None = None, lang: str | None = None) -> str:
+    """The whole page as one string (UTF-8 when written), in ``lang`` (Vietnamese by default)."""
+    t = language(lang)
+    _ = t.gettext
+    when = generated_at or datetime.now(UTC)
+    generated = f"{t.date(when.date())} {when:%H:%M %Z}".strip()
+    level = level_name(t, report.level)
+    figures: list[tuple[str, go.Figure]] = [("chart-rates", rates_chart(report, snapshots_summary, t)),
+                                            ("chart-funnel", funnel_chart(report, t))]
+    if snapshots_summary is not None and (trend := trend_chart(snapshots_summary, report, t)) is not None:
         figures.append(("chart-trend", trend))
-    if (upl := uplift_chart(report)) is not None:
+    if (upl := uplift_chart(report, t)) is not None:
         figures.append(("chart-uplift", upl))
     divs = "\n".join(f'<section class="card"><h3>{_esc(fig.layout.meta["title"])}</h3>'
                      f'<div id="{fid}" class="chart"></div></section>' for fid, fig in figures)
     specs = json.dumps({fid: json.loads(fig.to_json()) for fid, fig in figures}, ensure_ascii=False)
     specs = specs.replace("<", "\\u003c")    # "<" only occurs in strings: nothing can end the block early
     notes = rep.notes(report, snapshots_summary)
-    notes_html = ("<h2>Notes</h2><ul class=\"notes\">" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>"
-                  if notes else "")
+    notes_heading = _("Notes")
+    notes_html = (f"<h2>{_esc(notes_heading)}</h2><ul class=\"notes\">" + "".join(f"<li>{_esc(n)}</li>" for n in notes)
+                  + "</ul>" if notes else "")
     snap_html = ""
     if snapshots_summary is not None and snapshots_summary.series:
-        snap_html = (f"<h2>Snapshots: {_esc(snapshots_summary.metric)} as others counted it</h2>"
-                     f'<div class="scroll">{snapshots_table(snapshots_summary)}</div>')
+        heading = _("Snapshots: {metric} as others counted it").format(
+            metric=event_name(t, snapshots_summary.metric))
+        snap_html = (f"<h2>{_esc(heading)}</h2>"
+                     f'<div class="scroll">{snapshots_table(snapshots_summary, t)}</div>')
+    footer = _("Uplift intervals: Newcombe's hybrid score method (95%); “too small to read” when either group has "
+               "fewer than {people} people or fewer than {events} responders or non-responders. "
+               "Charts: plotly.js, embedded.").format(people=MIN_PEOPLE, events=MIN_EVENTS)
+    title = _("loa report")
+    heading = _("{campaign}: per {level}").format(campaign=report.campaign, level=level)
+    provenance = _("generated {when} from the ledger (every message) and the events").format(when=generated)
+    table_heading, sort_hint = _("Per {level}").format(level=level), _("click a heading to sort")
     plotly_js = get_plotlyjs().replace("</script", "<\\/script")
     return f"""<!DOCTYPE html>
-<html lang="en">
+<html lang="{t.code}">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="generator" content="loa">
-<title>{_esc(report.campaign)} — loa report</title>
+<title>{_esc(report.campaign)} — {_esc(title)}</title>
 <style>{CSS}</style>
 </head>
 <body>
 <header>
-<h1>{_esc(report.campaign)}: per {_esc(report.level or 'area')}</h1>
-<p>{_esc(goal_line)}</p>
-<p class="population">{_esc(population_caption(report))}</p>
-<p>generated {_esc(generated)} from the ledger (every message) and the events</p>
+<h1>{_esc(heading)}</h1>
+<p>{_esc(_goal_line(report, t))}</p>
+<p class="population">{_esc(_population_caption(report, t))}</p>
+<p>{_esc(provenance)}</p>
 </header>
 <main>
-{_kpis(report)}
+{_kpis(report, t)}
 <div class="grid">
 {divs}
 </div>
-<h2>Per {_esc(report.level or 'area')} <small>(click a heading to sort)</small></h2>
-<div class="scroll">{report_table(report)}</div>
+<h2>{_esc(table_heading)} <small>({_esc(sort_hint)})</small></h2>
+<div class="scroll">{report_table(report, t)}</div>
 {snap_html}
 {notes_html}
-<footer>Uplift intervals: Newcombe's hybrid score method (95%); "too small to read" when either group has
-fewer than {MIN_PEOPLE} people or fewer than {MIN_EVENTS} responders or non-responders.
-Charts: plotly.js, embedded.</footer>
+<footer>{_esc(footer)}</footer>
 </main>
 <script>{plotly_js}</script>
 <script type="application/json" id="loa-figures">{specs}</script>
@@ -460,10 +554,11 @@ Charts: plotly.js, embedded.</footer>
 """
 
 
-def render_report(engine: Engine, report: Report, *, generated_at: datetime | None = None) -> str:
+def render_report(engine: Engine, report: Report, *, generated_at: datetime | None = None,
+                  lang: str | None = None) -> str:
     """The page for ``report``, with the snapshots of its event for its areas (and their parents
     and children) when there are any: what ``loa report --html`` writes."""
-    return render_html(report, rep.snapshot_summary(engine, report), generated_at=generated_at)
+    return render_html(report, rep.snapshot_summary(engine, report), generated_at=generated_at, lang=lang)
 
 
 __all__ = ["funnel_chart", "rates_chart", "render_html", "render_report", "report_table", "snapshots_table",

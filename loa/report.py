@@ -638,12 +638,14 @@ def notes(report: Report, summary: Summary | None = None) -> list[str]:
 FORMATS = ("html", "csv", "json")
 
 
-def render(engine: Engine, report: Report, fmt: str, *, generated_at: datetime | None = None) -> str:
-    """The report as ``loa report`` writes it in ``fmt``: one path for the CLI, ``/report`` and the digest."""
+def render(engine: Engine, report: Report, fmt: str, *, generated_at: datetime | None = None,
+           lang: str | None = None) -> str:
+    """The report as ``loa report`` writes it in ``fmt``: one path for the CLI, ``/report`` and the
+    digest.  The page is in ``lang`` (the configuration's language; Vietnamese by default)."""
     if fmt == "html":
         from loa.htmlreport import render_report   # htmlreport imports this module
 
-        return render_report(engine, report, generated_at=generated_at)
+        return render_report(engine, report, generated_at=generated_at, lang=lang)
     if fmt == "csv":
         return to_csv(report, snapshot_summary(engine, report))
     if fmt == "json":

@@ -179,7 +179,8 @@ class Web:
             return _reply(start_response, 404, f"{exc}\n")
         except InputError as exc:
             return _reply(start_response, 400, f"{exc}\n")
-        return _reply(start_response, 200, report.render(self.engine, result, fmt), REPORT_TYPES[fmt])
+        return _reply(start_response, 200, report.render(self.engine, result, fmt, lang=self.config.language),
+                      REPORT_TYPES[fmt])
 
     # -- arrivals ------------------------------------------------------------------------
     def _arrivals(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

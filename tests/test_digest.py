@@ -127,8 +127,8 @@ def test_each_campaign_gets_html_and_csv_dated_in_local_time(engine: Engine, wor
     html = (folder / "bluezone-2020-08-18.html").read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>")
     assert "Huyện Mộc Châu" in html and "Huyện Mai Sơn" in html
-    assert "<title>bluezone — loa report</title>" in html
-    assert "generated 2020-08-18 06:30 +07" in html          # the local time of writing
+    assert "<title>bluezone — báo cáo loa</title>" in html
+    assert "lập lúc 18/08/2020 06:30 +07" in html           # the local time of writing, in Vietnamese
     assert "<script src=" not in html and 'rel="stylesheet"' not in html   # self-contained
     assert oct(os.stat(folder / "bluezone-2020-08-18.csv").st_mode & 0o777) == "0o644"
 

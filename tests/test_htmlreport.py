@@ -179,7 +179,7 @@ def test_the_page_is_self_contained(world: tuple[rep.Report, snap.Summary]) -> N
     assert ledger["y"] == pytest.approx([100 * r.installed_total / r.population for r in report.rows])
     mai_son = [r.code for r in report.rows].index("125")
     assert counted["y"][mai_son] == pytest.approx(100 * 10_329 / 162_696)
-    assert counted["name"] == "installed, snapshot of 2020-08-17"
+    assert counted["name"] == "cài đặt, số liệu thống kê ngày 17/08/2020"     # Vietnamese unless asked otherwise
     assert specs["chart-funnel"]["data"][0]["x"] == [report.total.audience, report.total.sent,
                                                      report.total.delivered, report.total.installed_delivered]
     assert len(specs["chart-trend"]["data"]) == 13                      # the province and its 12 districts
@@ -253,7 +253,7 @@ def test_in_chromium(world: tuple[rep.Report, snap.Summary], tmp_path: Path) -> 
     rates = chart(dom, "chart-rates")
     assert rates.count('class="trace bars"') == 2                       # the ledger's, the snapshot's
     assert rates.count('<g class="point">') == 24                       # a bar per district in each
-    assert "goal 50% by 2020-08-20" in rates                             # the goal line's label
+    assert "mục tiêu 50 % đến ngày 20/08/2020" in rates                  # the goal line's label, in Vietnamese
     assert chart(dom, "chart-funnel").count('<g class="point">') == 4   # four stages
     assert chart(dom, "chart-trend").count('class="trace scatter') == 13
     assert chart(dom, "chart-uplift").count('class="errorbar"') == 13   # an interval per point
@@ -267,6 +267,11 @@ def test_in_chromium(world: tuple[rep.Report, snap.Summary], tmp_path: Path) -> 
     assert len(rows_of(dom, "snapshots-table")) == 13
 
     assert page_requests(netlog) == []
+
+    # read in Vietnamese: the page says so, its headings and figures are Vietnamese
+    assert '<html lang="vi">' in dom
+    assert ">Dân số</th>" in dom and ">Theo quận/huyện <small>" in dom
+    assert f">{report.total.audience:,}</td>".replace(",", ".") in dom   # 12.345, not 12,345
 
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (1280, 1600)
@@ -322,9 +327,9 @@ def test_the_tables_show_undelivered_and_the_snapshots_disagreements(world: tupl
     report, summary = world
     page = render_html(report, summary, generated_at=GENERATED)
     table = page.split('id="report-table"', 1)[1].split("</table>", 1)[0]
-    assert '<th data-key="undelivered" data-type="num" scope="col">Undelivered</th>' in table
+    assert '<th data-key="undelivered" data-type="num" scope="col">Không đến máy</th>' in table
     total = table.split("<tfoot>", 1)[1]
-    assert f'<td data-value="{report.total.undelivered}">{report.total.undelivered:,}</td>' in total
+    assert f'<td data-value="{report.total.undelivered}">{report.total.undelivered:,}</td>'.replace(",", ".") in total
     assert report.total.undelivered > 0
     snapshots = page.split('id="snapshots-table"', 1)[1].split("</table>", 1)[0]
     rows = {code: row for code, row in re.findall(r'<tr data-code="([^"]*)">(.*?)</tr>', snapshots)}

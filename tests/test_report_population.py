@@ -107,7 +107,9 @@ def test_the_population_in_force_at_the_first_run(engine: Engine, config: Config
     console = Console(record=True, width=250)
     render_table(console, report)
     assert caption in " ".join(console.export_text().split())
-    assert caption.replace("'", "&#x27;") in render_html(report)
+    assert caption.replace("'", "&#x27;") in render_html(report, lang="en")
+    assert ("dân số tính đến 16/08/2020 đến 17/08/2020, tùy khu vực: số liệu có hiệu lực ngày 17/08/2020, "
+            "lần chạy đầu tiên của chiến dịch") in render_html(report)           # the page, in Vietnamese
 
     province = rep.build(engine, "remind", c.goal, level="province")
     assert populations(province) == {"14": (1000, date(2020, 8, 17))}

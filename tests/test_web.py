@@ -642,11 +642,11 @@ def test_report_is_the_self_contained_html_page_of_the_latest_campaign(engine: E
     status, headers, body = get(Web(engine, sent), "/report")
     assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
     assert body.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in body
-    assert "<title>remind — loa report</title>" in body            # run last
+    assert "<title>remind — báo cáo loa</title>" in body            # run last
     assert "Huyện Mộc Châu" in body and "Huyện Mai Sơn" in body
     assert "Plotly.newPlot" in body and "<script src=" not in body and 'rel="stylesheet"' not in body
     status, _, body = get(Web(engine, sent), "/report", "campaign=bluezone")
-    assert status == 200 and "<title>bluezone — loa report</title>" in body
+    assert status == 200 and "<title>bluezone — báo cáo loa</title>" in body
 
 
 def test_report_csv_is_loa_reports_csv(engine: Engine, sent: Config) -> None:
