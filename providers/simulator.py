@@ -317,19 +317,19 @@ class SimulatorProvider(Provider):
     channels = ("sms", "zalo")
     rate = 50.0
     settings = (
-        Setting("seed", required=False, default=0, help="seed of every simulated decision"),
-        Setting("delivery_rate", required=False, default=0.97,
+        Setting("seed", required=False, default=0, kind=int, help="seed of every simulated decision"),
+        Setting("delivery_rate", required=False, default=0.97, kind=float, ge=0, le=1,
                 help="share of accepted messages reported delivered"),
-        Setting("failure_rate", required=False, default=0.0,
+        Setting("failure_rate", required=False, default=0.0, kind=float, ge=0, le=1,
                 help="share of send calls failing transiently"),
-        Setting("permanent_rate", required=False, default=0.0,
+        Setting("permanent_rate", required=False, default=0.0, kind=float, ge=0, le=1,
                 help="share of phone numbers refused permanently"),
-        Setting("install_rate", required=False, default=0.0,
+        Setting("install_rate", required=False, default=0.0, kind=float, ge=0, le=1,
                 help="share of delivered recipients who install"),
-        Setting("latency_ms", required=False, default=0, help="delay per send call"),
-        Setting("receipt_delay", required=False, default=0.0,
+        Setting("latency_ms", required=False, default=0, kind=float, ge=0, help="delay per send call"),
+        Setting("receipt_delay", required=False, default=0.0, kind=float, ge=0,
                 help="seconds before receipts and responses can be fetched"),
-        Setting("dedupe", required=False, default=True,
+        Setting("dedupe", required=False, default=True, kind=bool,
                 help="a re-send with the same key returns the first message"),
     )
 
@@ -581,9 +581,9 @@ class SimulatorHTTPProvider(Provider):
     rate = 50.0
     dedupes_by_key = True  # the server returns the first id for a repeated key (unless dedupe = false)
     settings = (
-        Setting("url", required=True, help="base URL, e.g. http://127.0.0.1:8765"),
+        Setting("url", required=True, kind=str, help="base URL, e.g. http://127.0.0.1:8765"),
         Setting("token", required=False, secret=True, help="bearer token, if the server wants one"),
-        Setting("timeout", required=False, default=5.0, help="seconds per HTTP request"),
+        Setting("timeout", required=False, default=5.0, kind=float, gt=0, help="seconds per HTTP request"),
         Setting("dedupe", required=False, default=True,
                 help="whether the server deduplicates by key (false for one run with --no-dedupe)"),
     )
