@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from conftest import write
 from sqlalchemy.engine import Engine
 
-from conftest import write
 from loa.cli import main
 
 
@@ -111,7 +111,7 @@ def test_serve_refuses_a_port_out_of_range_instead_of_wrapping_it(engine: Engine
     env.pop("LOA_CONFIG", None)
     try:
         done = subprocess.run([sys.executable, "-m", "loa", "--config", str(path), "serve", "--no-scheduler"],
-                              capture_output=True, text=True, env=env, timeout=60)
+                              capture_output=True, text=True, env=env, timeout=60, check=False)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"loa serve kept running with port = 99999: {exc.stdout!r}")
     assert done.returncode == 2, (done.stdout, done.stderr)
