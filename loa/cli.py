@@ -61,7 +61,8 @@ def fail_cleanly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LoaError as exc:
-            err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
+            for line in exc.lines():
+                err.print(f"[red]error:[/red] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         except OperationalError as exc:
             err.print(f"[red]error:[/red] database: {escape(str(exc.orig).splitlines()[0])}", highlight=False, soft_wrap=True)

@@ -11,11 +11,24 @@ class LoaError(Exception):
 
     exit_code = 1
 
+    def lines(self) -> list[str]:
+        """What the user sees, one problem per line."""
+        return [str(self)]
+
 
 class ConfigError(LoaError):
-    """The configuration file or environment is wrong (exit code 2)."""
+    """The configuration file or environment is wrong (exit code 2).
+
+    Built from several problems, it reports each on its own line."""
 
     exit_code = 2
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(problems))
+
+    def lines(self) -> list[str]:
+        return self.problems or [str(self)]
 
 
 class SecretMissing(ConfigError):

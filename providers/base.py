@@ -257,13 +257,23 @@ class MoneyError(ProviderError):
 @dataclasses.dataclass(frozen=True, slots=True)
 class Setting:
     """A declared provider setting.  ``secret`` settings are read from the
-    environment variable named by ``<name>_env`` in the configuration."""
+    environment variable named by ``<name>_env`` in the configuration.
+
+    loa checks the configuration against these declarations when it loads it:
+    ``kind`` is the value's type as written in TOML (``str``, ``int``, ``float``
+    accepting whole numbers too, ``bool``, or a union such as ``str | int``;
+    ``None`` accepts anything), and ``gt``, ``ge``, ``le`` bound a number.
+    """
 
     name: str
     required: bool = True
     secret: bool = False
     default: Any = None
     help: str = ""
+    kind: Any = None
+    gt: float | None = None
+    ge: float | None = None
+    le: float | None = None
 
 
 class Provider:

@@ -28,7 +28,7 @@ class FileProvider(Provider):
     rate = 1000.0
     dedupes_by_key = False  # a re-send appends a second line
     settings = (
-        Setting("path", required=True, help="JSON Lines file to append to; folders are created"),
+        Setting("path", required=True, kind=str, help="JSON Lines file to append to; folders are created"),
     )
 
     def __init__(self, name: str, options: Mapping[str, Any], state: StateStore | None = None) -> None:

@@ -17,6 +17,7 @@ GROUP = "loa.providers"
 BUILTIN: dict[str, str] = {
     "simulator": "providers.simulator:SimulatorProvider",
     "simulator_http": "providers.simulator:SimulatorHTTPProvider",
+    "simulator_http_nodedupe": "providers.simulator:SimulatorHTTPNoDedupeProvider",
     "file": "providers.file:FileProvider",
     "twilio": "providers.twilio_sms:TwilioProvider",
     "zalo_zns": "providers.zalo_zns:ZaloZNSProvider",

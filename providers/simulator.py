@@ -52,6 +52,7 @@ from providers.base import (
 
 __all__ = [
     "SimulatedNetwork",
+    "SimulatorHTTPNoDedupeProvider",
     "SimulatorHTTPProvider",
     "SimulatorProvider",
     "SimulatorServer",
@@ -351,19 +352,19 @@ class SimulatorProvider(Provider):
     channels = ("sms", "zalo")
     rate = 50.0
     settings = (
-        Setting("seed", required=False, default=0, help="seed of every simulated decision"),
-        Setting("delivery_rate", required=False, default=0.97,
+        Setting("seed", required=False, default=0, kind=int, help="seed of every simulated decision"),
+        Setting("delivery_rate", required=False, default=0.97, kind=float, ge=0, le=1,
                 help="share of accepted messages reported delivered"),
-        Setting("failure_rate", required=False, default=0.0,
+        Setting("failure_rate", required=False, default=0.0, kind=float, ge=0, le=1,
                 help="share of send calls failing transiently"),
-        Setting("permanent_rate", required=False, default=0.0,
+        Setting("permanent_rate", required=False, default=0.0, kind=float, ge=0, le=1,
                 help="share of phone numbers refused permanently"),
-        Setting("install_rate", required=False, default=0.0,
+        Setting("install_rate", required=False, default=0.0, kind=float, ge=0, le=1,
                 help="share of delivered recipients who install"),
-        Setting("latency_ms", required=False, default=0, help="delay per send call"),
-        Setting("receipt_delay", required=False, default=0.0,
+        Setting("latency_ms", required=False, default=0, kind=float, ge=0, help="delay per send call"),
+        Setting("receipt_delay", required=False, default=0.0, kind=float, ge=0,
                 help="seconds before receipts and responses can be fetched"),
-        Setting("dedupe", required=False, default=True,
+        Setting("dedupe", required=False, default=True, kind=bool,
                 help="a re-send with the same key returns the first message"),
     )
 
@@ -468,8 +469,9 @@ class _Handler(BaseHTTPRequestHandler):
             as_json = _receipt_json if kind == "receipts" else _response_json
             self._reply(200, {kind: [as_json(item) | {"ack": ack} for ack, item in net.lease(kind, seconds)]})
         elif path == "/v1/health":
+            # "dedupe": whether a repeated key returns the first message; adapters check it
             self._reply(200, {"ok": True, "received": net.total_received,
-                              "accepted": net.total_accepted})
+                              "accepted": net.total_accepted, "dedupe": net.dedupe})
         else:
             self._error(404, CODE_NOTFOUND, f"no such endpoint: GET {path}")
 
@@ -624,18 +626,23 @@ class SimulatorServer:
 # --------------------------------------------------------------------------
 
 class SimulatorHTTPProvider(Provider):
-    """Talks to a :class:`SimulatorServer` (or anything speaking its API)."""
+    """Talks to a :class:`SimulatorServer` (or anything speaking its API).
+
+    The type declares that the server deduplicates by key, as a real gateway's adapter
+    declares what its service does: the dispatcher then re-sends a message whose first
+    call may or may not have arrived.  No setting can say otherwise; :meth:`check` asks
+    the server and refuses one started with ``--no-dedupe``, whose stand-in is the type
+    ``simulator_http_nodedupe``.
+    """
 
     type = "simulator_http"
     channels = ("sms", "zalo")
     rate = 50.0
-    dedupes_by_key = True  # the server returns the first id for a repeated key (unless dedupe = false)
+    dedupes_by_key = True  # the server returns the first id for a repeated key
     settings = (
-        Setting("url", required=True, help="base URL, e.g. http://127.0.0.1:8765"),
+        Setting("url", required=True, kind=str, help="base URL, e.g. http://127.0.0.1:8765"),
         Setting("token", required=False, secret=True, help="bearer token, if the server wants one"),
-        Setting("timeout", required=False, default=5.0, help="seconds per HTTP request"),
-        Setting("dedupe", required=False, default=True,
-                help="whether the server deduplicates by key (false for one run with --no-dedupe)"),
+        Setting("timeout", required=False, default=5.0, kind=float, gt=0, help="seconds per HTTP request"),
     )
 
     def __init__(self, name: str, options: Mapping[str, Any], state: StateStore | None = None) -> None:
@@ -644,11 +651,6 @@ class SimulatorHTTPProvider(Provider):
         if not url.startswith(("http://", "https://")):
             raise self.error(ConfigError, f"setting 'url' must be an http(s) URL, got {url!r}")
         self.url = url
-        try:
-            # an instance attribute: the dispatcher re-sends after a crash only to a server that dedupes
-            self.dedupes_by_key = _as_bool(self.options.get("dedupe", True))  # type: ignore[misc]
-        except ValueError:
-            raise self.error(ConfigError, "setting 'dedupe' must be true or false") from None
         try:
             timeout = float(self.options.get("timeout", 5.0))
         except (TypeError, ValueError):
@@ -729,8 +731,18 @@ class SimulatorHTTPProvider(Provider):
 
     def check(self) -> str:
         data = self._get_json("/v1/health")
+        dedupes = data.get("dedupe")
+        if self.dedupes_by_key and dedupes is not True:
+            said = ("does not deduplicate by key (started with --no-dedupe)" if dedupes is False
+                    else "does not say whether it deduplicates by key")
+            raise self.error(ConfigError, (
+                f"the simulator at {self.url} {said}, but gateway type {self.type!r} re-sends a message "
+                "whose first call may have arrived, so a crash would send it twice; restart the server "
+                "without --no-dedupe, or configure type = \"simulator_http_nodedupe\""))
         state = "ok" if data.get("ok") else "NOT ok"
-        return f"simulator at {self.url}: {state}, {data.get('received', '?')} send calls received"
+        kind = "deduplicates by key" if dedupes else "does not deduplicate by key"
+        return (f"simulator at {self.url}: {state}, {kind}, "
+                f"{data.get('received', '?')} send calls received")
 
     def close(self) -> None:
         self.session.close()
@@ -804,6 +816,15 @@ class SimulatorHTTPProvider(Provider):
             return self.error(PermanentError, detail, code=code or status)
         return self.error(RetryableError, f"unexpected {detail}", code=code or status,
                           ambiguous=True)
+
+
+class SimulatorHTTPNoDedupeProvider(SimulatorHTTPProvider):
+    """The simulator over HTTP standing in for a gateway that does not deduplicate (Twilio,
+    SMPP): a message whose call may have arrived is marked ``unknown``, never re-sent.
+    The server may be started with ``--no-dedupe`` or without it."""
+
+    type = "simulator_http_nodedupe"
+    dedupes_by_key = False
 
 
 def _error_fields(data: Any) -> tuple[str | None, str | None]:

@@ -281,19 +281,19 @@ class TwilioProvider(Provider):
     rate = 10.0
     dedupes_by_key = False  # the Messages API has no idempotency key
     settings = (
-        Setting("account_sid", required=True,
+        Setting("account_sid", required=True, kind=str,
                 help="Account SID (AC...); account_sid_env reads it from the environment"),
         Setting("auth_token", required=True, secret=True, help="Auth Token of the account"),
-        Setting("from_number", required=False,
+        Setting("from_number", required=False, kind=str,
                 help="sender: Twilio number in E.164, short code or alphanumeric sender ID"),
-        Setting("messaging_service_sid", required=False,
+        Setting("messaging_service_sid", required=False, kind=str,
                 help="sender: Messaging Service SID (MG...), instead of from_number"),
-        Setting("status_callback", required=False,
+        Setting("status_callback", required=False, kind=str,
                 help="public URL of loa's Twilio webhook, for delivery receipts"),
-        Setting("validity_period", required=False,
+        Setting("validity_period", required=False, kind=int, ge=1, le=36000,
                 help="seconds (1..36000) a message may wait in Twilio's queue"),
-        Setting("timeout", required=False, default=10.0, help="seconds per HTTP request"),
-        Setting("base_url", required=False,
+        Setting("timeout", required=False, default=10.0, kind=float, gt=0, help="seconds per HTTP request"),
+        Setting("base_url", required=False, kind=str,
                 help="API base URL instead of https://api.twilio.com (tests, proxies)"),
     )
 

@@ -298,7 +298,7 @@ class ZaloZNSProvider(Provider):
     rate = 10.0
     dedupes_by_key = False  # tracking_id is for receipts and lookups; Zalo does not dedupe on it
     settings = (
-        Setting("app_id", required=True, help="Zalo app id (Zalo for Developers)"),
+        Setting("app_id", required=True, kind=str | int, help="Zalo app id (Zalo for Developers)"),
         Setting("secret_key", required=True, secret=True,
                 help="the app's secret key, for refreshing the OA access token"),
         Setting("oa_secret", required=False, secret=True,
@@ -308,9 +308,9 @@ class ZaloZNSProvider(Provider):
         Setting("refresh_token", required=False, secret=True,
                 help="initial OA refresh token; used only while the state store holds none, "
                      "or when the stored one is refused"),
-        Setting("base_url", required=False, default=DEFAULT_BASE_URL, help="ZNS API base URL"),
-        Setting("oauth_url", required=False, default=DEFAULT_OAUTH_URL, help="Zalo OAuth base URL"),
-        Setting("timeout", required=False, default=10.0, help="seconds per HTTP request"),
+        Setting("base_url", required=False, default=DEFAULT_BASE_URL, kind=str, help="ZNS API base URL"),
+        Setting("oauth_url", required=False, default=DEFAULT_OAUTH_URL, kind=str, help="Zalo OAuth base URL"),
+        Setting("timeout", required=False, default=10.0, kind=float, gt=0, help="seconds per HTTP request"),
     )
 
     def __init__(self, name: str, options: Mapping[str, Any], state: Any = None) -> None:

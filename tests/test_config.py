@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from loa.config import DEFAULT_TIMEZONE, discover, load, resolve_settings
+from loa.config import DEFAULT_TIMEZONE, GatewaySpec, discover, load, resolve_settings
 from loa.errors import ConfigError, SecretMissing
 from providers.base import Setting
 
@@ -153,7 +154,8 @@ def test_password_in_database_url_is_refused(tmp_path: Path, monkeypatch: pytest
 # -- keys, time zones, gateways ----------------------------------------------------
 
 def test_unknown_top_level_key(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"config\.toml: databse_url: unknown key \(known: .*database_url"):
+    with pytest.raises(ConfigError, match=r"config\.toml: databse_url: unknown key, did you mean 'database_url'\? "
+                                          r"\(known: .*database_url"):
         load(cfg(tmp_path, 'databse_url = "sqlite:///x.db"'))
 
 
@@ -240,8 +242,11 @@ DECLARED = [
 ]
 
 
-def spec_for(tmp_path: Path, body: str):  # type: ignore[no-untyped-def]
-    return load(cfg(tmp_path, '[gateways.tw]\ntype = "twilio"\n' + textwrap.dedent(body))).gateway("tw")
+def spec_for(tmp_path: Path, body: str) -> GatewaySpec:
+    """A gateway as the adapter gets it, checked again against ``DECLARED`` when it is built
+    (the configuration's own check uses the declarations of the type's adapter)."""
+    return GatewaySpec("tw", "twilio", tomllib.loads(textwrap.dedent(body)), None, None,
+                       f"{tmp_path / 'config.toml'}: gateways.tw")
 
 
 def test_resolve_settings_reads_secrets_and_applies_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -308,7 +313,8 @@ def test_the_example_configuration_loads_with_every_commented_section_enabled(
     path.write_text(enabled, encoding="utf-8")
     for var in set(re.findall(r'_env = "([A-Z_]+)"', enabled)):
         # values of the right shape: the adapters check them (an SMPP password has at most 8 characters)
-        monkeypatch.setenv(var, {"TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "SMPP_PASSWORD": "secret1"}.get(var, "example"))
+        monkeypatch.setenv(var, {"TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "SMPP_PASSWORD": "secret1",
+                                 "LOA_DATABASE_URL_SECRET": f"sqlite:///{tmp_path / 'loa.db'}"}.get(var, "example"))
     config = load(path)
     assert config.digest is not None and list(config.digest.formats) == ["html", "csv"]
     assert set(config.gateways) == {"simulator", "simulator-http", "dry-run", "twilio", "zalo", "esms", "smsc"}

@@ -8,10 +8,11 @@ random moment (in a claim, a gateway call, a commit, a receipt poll: wherever it
 happens to be), starts a replacement, and does it again.  The survivors recover
 what the dead left behind once its lease expires:
 
-* with a server that deduplicates by key (``dedupe = true``), rows caught mid-call
+* with a server that deduplicates by key (type ``simulator_http``), rows caught mid-call
   go back to ``planned`` and are sent again: the server must have *accepted* every
   key exactly once, and nothing may end ``unknown``;
-* with a server that does not (``dedupe = false``), rows caught mid-call become
+* with a server that does not (started with ``dedupe=False``, configured as the type
+  ``simulator_http_nodedupe``, as Twilio or SMPP would be), rows caught mid-call become
   ``unknown`` and are never sent again: the server must have *received* every key
   at most once.
 
@@ -79,7 +80,9 @@ def populate(engine: Engine, n: int) -> None:
 def setup_run(engine: Engine, workdir: Path, url: str, *, n: int, dedupe: bool, rate: float = 100_000,
               lease: float = LEASE, threads: int = THREADS, batch: int = BATCH) -> int:
     """Config for the HTTP simulator at ``url``, n subscribers, one planned run; its id."""
-    write_http_config(workdir, url, gateway={"dedupe": dedupe, "timeout": 30.0, "rate": rate, "burst": 10},
+    # whether the gateway deduplicates is a fact of its type, never a setting
+    gateway_type = "simulator_http" if dedupe else "simulator_http_nodedupe"
+    write_http_config(workdir, url, gateway={"type": gateway_type, "timeout": 30.0, "rate": rate, "burst": 10},
                       send={"threads": threads, "batch_size": batch, "lease_seconds": lease, "limiter": "memory"})
     write(workdir / "templates" / "sms" / "crash.j2", "Xin chào {{ subscriber.name }}, hãy cài Bluezone.\n")
     write(workdir / "campaigns" / "crash.toml", """

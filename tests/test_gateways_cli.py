@@ -317,3 +317,66 @@ def test_check_without_a_database_refuses_before_touching_the_gateway(
     result = check(workdir, case.name)
     assert result.exit_code == 1 and "run `loa init` first" in result.stderr, result.output
     assert not contacted(fake)
+
+
+# -- what the gateway type declares, checked against what the service says ------------
+
+@pytest.fixture
+def standalone_simulator() -> Iterator[Callable[..., str]]:
+    """``python -m providers.simulator`` as an operator starts it, on a free port; its URL."""
+    import subprocess
+    import sys
+
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*flags: str) -> str:
+        proc = subprocess.Popen([sys.executable, "-m", "providers.simulator", "--port", "0", *flags],
+                                stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+        started.append(proc)
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("simulator listening on http://"), line
+        return line.split()[3]
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_check_refuses_a_simulator_that_does_not_deduplicate_although_its_type_says_it_does(
+        workdir: Path, engine: Engine, standalone_simulator: Callable[..., str]) -> None:
+    """simulator_http re-sends a message whose call may have arrived, on the promise that the
+    server deduplicates by key; a server started with --no-dedupe breaks it, and says so."""
+    url = standalone_simulator("--no-dedupe")
+    add_gateway(workdir, f'[gateways.http]\ntype = "simulator_http"\nurl = "{url}"\n')
+    add_gateway(workdir, f'[gateways.plain]\ntype = "simulator_http_nodedupe"\nurl = "{url}"\n')
+
+    result = check(workdir, "http")
+    assert result.exit_code == 1, (result.output, result.exception)
+    line = one_error_line(result)
+    assert f"gateway http: the simulator at {url} does not deduplicate by key (started with --no-dedupe)" in line
+    assert "gateway type 'simulator_http' re-sends" in line and 'type = "simulator_http_nodedupe"' in line, line
+
+    # a type that never re-sends an ambiguous call is safe on it
+    result = check(workdir, "plain")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "does not deduplicate by key" in result.stdout
+
+
+def test_check_accepts_a_simulator_that_deduplicates(workdir: Path, engine: Engine,
+                                                     standalone_simulator: Callable[..., str]) -> None:
+    url = standalone_simulator()
+    add_gateway(workdir, f'[gateways.http]\ntype = "simulator_http"\nurl = "{url}"\n')
+    result = check(workdir, "http")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.stdout.strip() == f"http: simulator at {url}: ok, deduplicates by key, 0 send calls received"
+
+
+def test_no_setting_can_make_a_gateway_type_deduplicate(workdir: Path) -> None:
+    """The old `dedupe` setting of simulator_http defaulted to true whatever the server did."""
+    add_gateway(workdir, '[gateways.http]\ntype = "simulator_http"\nurl = "http://127.0.0.1:9"\ndedupe = true\n')
+    result = check(workdir, "http")
+    assert result.exit_code == 2 and "Traceback" not in result.output, (result.output, result.exception)
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ") and "config.toml: gateways.http.dedupe: unknown setting for gateway type " \
+        "'simulator_http'" in line, line

@@ -126,7 +126,8 @@ def test_the_configured_language_is_followed_by_loa_report(workdir: Path, tmp_pa
     assert '<html lang="en">' in page.read_text(encoding="utf-8")
     config.write_text(re.sub(r'language = "en"', 'language = "fr"', config.read_text(encoding="utf-8")),
                       encoding="utf-8")
-    one_line_error(invoke(workdir, "report", "hi"), "language: 'fr' is not a language loa speaks", "vi, en")
+    one_line_error(invoke(workdir, "report", "hi"), "config.toml: language: must be a language loa speaks",
+                   '"vi" or "en", got \'fr\'')
 
 
 def test_the_configuration_defaults_to_vietnamese() -> None:

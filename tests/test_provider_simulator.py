@@ -28,6 +28,7 @@ from providers.base import (
 )
 from providers.simulator import (
     SimulatedNetwork,
+    SimulatorHTTPNoDedupeProvider,
     SimulatorHTTPProvider,
     SimulatorProvider,
     SimulatorServer,
@@ -374,6 +375,14 @@ class TestHTTP:
         assert srv.network.received["a"] == 2 and srv.network.accepted["a"] == 1
         assert len(client.fetch_receipts()) == 1
 
+    def test_whether_it_dedupes_is_the_types_not_a_setting(self) -> None:
+        assert SimulatorHTTPProvider.dedupes_by_key is True
+        assert SimulatorHTTPNoDedupeProvider.dedupes_by_key is False
+        for cls in (SimulatorHTTPProvider, SimulatorHTTPNoDedupeProvider):
+            assert "dedupe" not in {s.name for s in cls.settings}
+            assert cls("h", {"url": "http://127.0.0.1:9", "dedupe": not cls.dedupes_by_key}).dedupes_by_key \
+                is cls.dedupes_by_key
+
     def test_dedupe_off_over_http(self, server_factory: Any, client_factory: Any) -> None:
         srv = server_factory(dedupe=False)
         client = client_factory(srv.url)
@@ -425,7 +434,7 @@ class TestHTTP:
         r = requests.post(srv.url + "/v1/messages", json={"key": "a"}, timeout=2)
         assert r.status_code == 400 and "to" in r.json()["error"]["message"]
         r = requests.get(srv.url + "/v1/health", timeout=2)
-        assert r.json() == {"ok": True, "received": 0, "accepted": 0}
+        assert r.json() == {"ok": True, "received": 0, "accepted": 0, "dedupe": True}
         assert requests.get(srv.url + "/nope", timeout=2).status_code == 404
 
     def test_read_timeout_is_ambiguous(self, server_factory: Any, client_factory: Any) -> None:
