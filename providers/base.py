@@ -77,6 +77,15 @@ class DeliveryReceipt:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class NotReceived:
+    """A lookup's answer: the gateway keeps a record of every message it takes, by our
+    key, and has none of this one.  It never got the message, which is safe to send again."""
+
+    key: str
+    reason: str = "the gateway has no message with this key"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Response:
     """Something a recipient did after a message: installed, clicked, replied."""
 
@@ -318,8 +327,18 @@ class Provider:
         """Verify credentials and reachability without sending; return a summary."""
         return "no check available"
 
-    def lookup(self, message_key: str, provider_id: str | None) -> DeliveryReceipt | SendResult | None:
-        """The gateway's own record of a message whose send outcome is unknown, if it offers one."""
+    def lookup(self, message_key: str, provider_id: str | None
+               ) -> DeliveryReceipt | SendResult | NotReceived | None:
+        """The gateway's own record of a message whose send outcome is unknown (a timeout, a
+        crash during the call), by our key or by its id when one came back.
+
+        * :class:`SendResult` or :class:`DeliveryReceipt`: the gateway took it;
+        * :class:`NotReceived`: the gateway can be asked by our key and never took it, so it
+          may be sent again.  Only a gateway that records every message it takes under our
+          key may say so: absence from a partial record is not proof;
+        * ``None``: the gateway cannot tell (no lookup by key, no record yet);
+        * a :class:`ProviderError` when the lookup itself failed.
+        """
         return None
 
     def webhook(self, request: WebhookRequest) -> WebhookResult:

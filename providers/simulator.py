@@ -9,7 +9,9 @@ Three layers share one world model:
 * :class:`SimulatorServer` exposes a network as a small JSON HTTP API on
   loopback, and :class:`SimulatorHTTPProvider` talks to it with ``requests``,
   so the real network failure modes (timeouts, refused connections, 429s) can
-  be exercised end to end.
+  be exercised end to end.  ``GET /v1/messages/<key>`` answers what the network
+  accepted under a key (404 ``SIM-NOMESSAGE`` if nothing), as a gateway that can
+  be asked by our key does: loa reconciles ambiguous sends with it.
 
 Run a standalone server with ``python -m providers.simulator --port 8765``.
 """
@@ -23,6 +25,7 @@ import json
 import os
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -38,6 +41,7 @@ from providers.base import (
     ConfigError,
     DeliveryReceipt,
     MoneyError,
+    NotReceived,
     OutgoingMessage,
     PermanentError,
     Provider,
@@ -64,6 +68,8 @@ CODE_BADREQ = "SIM-BADREQ"
 CODE_AUTH = "SIM-AUTH"
 CODE_THROTTLED = "SIM-THROTTLED"
 CODE_NOTFOUND = "SIM-NOTFOUND"
+CODE_NO_MESSAGE = "SIM-NOMESSAGE"   # a lookup by key: no message was ever accepted with it
+MESSAGE_PATH = "/v1/messages/"
 
 
 def mask_phone(phone: str) -> str:
@@ -145,6 +151,7 @@ class SimulatedNetwork:
         self.accepted: Counter[str] = Counter()   # key -> times accepted as a new message
         self.messages: list[OutgoingMessage] = []  # every accepted message, in order
         self._by_key: dict[str, SendResult] = {}
+        self._records: dict[str, SendResult] = {}   # key -> the last message accepted with it
         self._receipts: list[tuple[float, int, DeliveryReceipt]] = []
         self._responses: list[tuple[float, int, Response]] = []
         self._seq = 0
@@ -219,6 +226,7 @@ class SimulatedNetwork:
             raw={"id": provider_id, "status": "accepted", "parts": message.parts},
         )
         self.messages.append(message)
+        self._records[message.key] = result
         if self.dedupe:
             self._by_key[message.key] = result
         self._schedule(message, provider_id)
@@ -243,6 +251,12 @@ class SimulatedNetwork:
                 phone=message.to, type="installed", at=at, key=message.key, source="simulator"
             )
             self._responses.append((due, self._seq, response))
+
+    def lookup(self, key: str) -> SendResult | None:
+        """The message accepted under ``key`` (the last one, without dedupe), or None if
+        none ever was: a call refused, or one that never arrived, left no message."""
+        with self._lock:
+            return self._records.get(key)
 
     # -- draining ----------------------------------------------------------
     def take_receipts(self, now: float | datetime | None = None) -> list[DeliveryReceipt]:
@@ -358,6 +372,9 @@ class SimulatorProvider(Provider):
     def fetch_receipts(self) -> list[DeliveryReceipt]:
         return self.network.take_receipts()
 
+    def lookup(self, message_key: str, provider_id: str | None) -> SendResult | NotReceived:
+        return self.network.lookup(message_key) or NotReceived(message_key)
+
     def fetch_responses(self) -> list[Response]:
         return self.network.take_responses()
 
@@ -421,6 +438,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         if not self._authorized():
             return
+        if self.path.startswith(MESSAGE_PATH):
+            self._lookup(urllib.parse.unquote(self.path.split("?", 1)[0][len(MESSAGE_PATH):]))
+            return
         net = self.server.app.network
         path = self.path.split("?", 1)[0]
         if path == "/v1/receipts":
@@ -449,6 +469,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, CODE_BADREQ, f"bad request: {exc}")
             return
         self._submit(message)
+
+    def _lookup(self, key: str) -> None:
+        """``GET /v1/messages/<key>``: the message accepted under our key, or 404."""
+        found = self.server.app.network.lookup(key)
+        if found is None:
+            self._error(404, CODE_NO_MESSAGE, f"no message with key {key!r}")
+        else:
+            self._reply(200, {"id": found.provider_id, "key": key, "status": "accepted", "parts": found.parts})
 
     def _submit(self, message: OutgoingMessage) -> None:
         try:
@@ -659,6 +687,23 @@ class SimulatorHTTPProvider(Provider):
                      at=_parse_time(item["at"]), key=item.get("key"), source=self.name)
             for item in data.get("responses", ())
         ]
+
+    def lookup(self, message_key: str, provider_id: str | None) -> SendResult | NotReceived:
+        """``GET /v1/messages/<key>``: the server records every message it accepts by key."""
+        resp = self._request("GET", MESSAGE_PATH + urllib.parse.quote(message_key, safe=""))
+        if resp.status_code == 404:
+            try:
+                code, _ = _error_fields(resp.json())
+            except ValueError:
+                code = None
+            if code == CODE_NO_MESSAGE:   # this very answer, not a wrong URL's 404
+                return NotReceived(message_key)
+        data = self._json_or_raise(resp)
+        if not isinstance(data, dict) or not data.get("id"):
+            raise self.error(RetryableError, f"lookup of {message_key}: answer has no message id")
+        parts = data.get("parts")
+        return SendResult(provider_id=str(data["id"]), status="sent",
+                          parts=int(parts) if parts is not None else None, raw=data)
 
     def check(self) -> str:
         data = self._get_json("/v1/health")
