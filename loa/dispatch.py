@@ -828,12 +828,12 @@ class Dispatcher:
                     *unknown, O.c.gateway.not_in(askable)).group_by(O.c.gateway)):
                 done["unknown", f"gateway {gateway} cannot be asked what it received"] += n
             query = (select(O.c.id, O.c.run_id, O.c.subscriber_id, O.c.gateway, O.c.provider_id, O.c.channel,
-                            O.c.updated_at, r.c.definition)
+                            O.c.updated_at, O.c.attempts, r.c.definition)
                      .join(r, r.c.id == O.c.run_id)
                      .where(*unknown, O.c.gateway.in_(askable))
                      .order_by(O.c.updated_at))
             rows = conn.execute(query.limit(limit) if limit else query).all()
-        for row_id, run_id, subscriber_id, gateway, provider_id, channel, updated_at, definition in rows:
+        for row_id, run_id, subscriber_id, gateway, provider_id, channel, updated_at, attempts, definition in rows:
             if updated_at > now - timedelta(seconds=settle_after):
                 done["unknown", "too recent to ask: the gateway may not have recorded it yet"] += 1
                 continue
@@ -853,6 +853,9 @@ class Dispatcher:
                 action = ("unknown", f"gateway {gateway} has no record of it")
                 values: dict[str, Any] = {"error_code": "unreconciled",
                                           "error_text": "the gateway has no record of this message"}
+            elif isinstance(found, NotReceived) and attempts >= MAX_ATTEMPTS:
+                action = ("settled", "failed")
+                values = _failed("not_received", f"{gateway}: {found.reason}, after {attempts} attempts")
             elif isinstance(found, NotReceived):
                 # never taken: back in the queue, to be sent once; its attempt stays counted
                 action, reopen = ("requeued", ""), True

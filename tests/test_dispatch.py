@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from typing import Any, ClassVar
 import pytest
 import time_machine
 from zoneinfo import ZoneInfo
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 
 from conftest import AREAS_CSV, write
@@ -738,6 +739,54 @@ def test_recover_returns_expired_leases_by_what_may_have_been_sent(engine: Engin
                                                                                             None)
     assert rows[ids[4]]["state"] == "sending"
     assert Dispatcher(engine, config).recover() == 0
+
+
+class Watching(Provider):
+    """Accepts every message and notes, at each call, what the ledger says: the rows in
+    ``sending`` in the whole outbox, and the state of the row being sent."""
+
+    type = "test-dispatch-watching"
+    rate = 100_000.0
+
+    def __init__(self, name: str, options: Any, state: Any = None) -> None:
+        super().__init__(name, options, state)
+        self.engine: Engine = options["engine"]
+        self.seen: list[tuple[int, str]] = []
+        self._lock = threading.Lock()
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        run_id, subscriber_id = (int(x) for x in message.key.split("-")[1:3])
+        with self.engine.connect() as conn:
+            sending = conn.scalar(select(func.count()).select_from(O).where(O.c.state == "sending"))
+            mine = conn.scalar(select(O.c.state).where(O.c.run_id == run_id, O.c.subscriber_id == subscriber_id))
+        with self._lock:
+            self.seen.append((sending, mine))
+        time.sleep(0.002)   # a gateway's round trip: the other threads' calls overlap this one
+        return SendResult(provider_id=f"w-{message.key}")
+
+
+@pytest.mark.parametrize("limiter", ["memory", "database"])
+def test_only_the_calls_in_flight_are_marked_sending(engine: Engine, workdir: Path, tmp_path: Path,
+                                                     limiter: str) -> None:
+    """A crash leaves ``unknown`` (through a gateway that does not deduplicate) what was
+    ``sending``: that must be the calls that may have gone out, at most one per sender
+    thread, never the window of rows booked around them."""
+    threads, n = 3, 200
+    import_people(engine, tmp_path, n=n)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir))
+    watching = Watching("sim", {"engine": engine})
+    rate_limit = MemoryGCRA(100_000, 100) if limiter == "memory" else DatabaseGCRA(engine, "sim", 100_000, 100)
+    pool = GatewayPool(config)
+    pool._built["sim"] = Gateway("sim", watching, rate_limit, 100_000.0)
+    Dispatcher(engine, config, threads=threads, batch_size=n, pool=pool).run_until_empty()
+    rows = outbox(engine, plan.run_id)
+    assert by_state(rows) == {"sent": n}
+    assert {r["attempts"] for r in rows} == {1}
+    assert len(watching.seen) == n
+    assert {mine for _, mine in watching.seen} == {"sending"}     # marked before its call, committed
+    most = max(sending for sending, _ in watching.seen)
+    assert most <= threads, f"{most} rows sending at once with {threads} sender threads"
 
 
 def test_a_worker_that_lost_its_lease_sends_nothing_of_what_another_took_over(
