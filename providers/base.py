@@ -288,6 +288,7 @@ class Provider:
     settings: ClassVar[tuple[Setting, ...]] = ()
     rate: ClassVar[float] = 10.0          # parts per second unless configured
     dedupes_by_key: ClassVar[bool] = False  # a re-send with the same key cannot duplicate
+    lookup_by_key: ClassVar[bool] = False   # lookup() finds a message by our key alone (no gateway id)
 
     def __init__(self, name: str, options: Mapping[str, Any], state: StateStore | None = None) -> None:
         self.name = name

@@ -330,6 +330,7 @@ class SimulatorProvider(Provider):
     type = "simulator"
     channels = ("sms", "zalo")
     rate = 50.0
+    lookup_by_key = True
     settings = (
         Setting("seed", required=False, default=0, help="seed of every simulated decision"),
         Setting("delivery_rate", required=False, default=0.97,
@@ -608,6 +609,7 @@ class SimulatorHTTPProvider(Provider):
     channels = ("sms", "zalo")
     rate = 50.0
     dedupes_by_key = True  # the server returns the first id for a repeated key (unless dedupe = false)
+    lookup_by_key = True   # GET /v1/messages/<key>
     settings = (
         Setting("url", required=True, help="base URL, e.g. http://127.0.0.1:8765"),
         Setting("token", required=False, secret=True, help="bearer token, if the server wants one"),

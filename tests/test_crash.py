@@ -354,18 +354,19 @@ def test_a_killed_send_leaves_ambiguous_only_what_was_in_flight_and_reconcile_re
         finished(loa(workdir, database_url, "send"), "loa send")
         after_kills = states(engine, run_id)
         unknown_after_kills = after_kills["unknown"]
+        print(f"\nseed {seed}, limiter {limiter}: rows in sending at each kill {ambiguous_per_kill}, "
+              f"{unknown_after_kills} unknown after the kills")
+        assert all(a <= threads for a in ambiguous_per_kill), ambiguous_per_kill
+        assert unknown_after_kills <= threads * kills, after_kills
+        # (fewer if a receipt, which names our key, settled one first)
+        assert unknown_after_kills <= sum(ambiguous_per_kill), (after_kills, ambiguous_per_kill)
         status = finished(loa(workdir, database_url, "status"), "loa status")
         reconciled = finished(loa(workdir, database_url, "messages", "reconcile", "--settle", "0"),
                               "loa messages reconcile")
         finished(loa(workdir, database_url, "send"), "loa send")
         net = srv.network
         final = rows(engine, run_id)
-    print(f"\nseed {seed}, limiter {limiter}: rows in sending at each kill {ambiguous_per_kill}, "
-          f"{unknown_after_kills} unknown after the kills; reconcile said:\n{reconciled}")
-    assert all(a <= threads for a in ambiguous_per_kill), ambiguous_per_kill
-    assert unknown_after_kills <= threads * kills, after_kills
-    # (fewer if a receipt, which names our key, settled one first)
-    assert unknown_after_kills <= sum(ambiguous_per_kill), (after_kills, ambiguous_per_kill)
+    print(f"reconcile said:\n{reconciled}")
     if unknown_after_kills:
         assert f"{unknown_after_kills:,}" in status and "loa messages reconcile" in status, status
     # every row is sent, and the gateway got every message exactly once: no duplicate, none lost
