@@ -843,8 +843,8 @@ class Dispatcher:
                 if not provider_id and not gw.provider.lookup_by_key:
                     # Twilio, eSMS, Zalo look a message up by their own id, which a send cut
                     # short never returned; a receipt that names our key may still settle it
-                    done["unknown", f"gateway {gateway} looks messages up only by its own id, "
-                                    "and this send returned none"] += 1
+                    why = f"gateway {gateway} looks messages up only by its own id, and this send returned none"
+                    done["unknown", why] += 1
                     continue
                 found = gw.provider.lookup(key, provider_id)
             except (LoaError, ProviderError) as exc:

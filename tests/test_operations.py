@@ -128,6 +128,14 @@ class Recorder(_Scripted):
         return found
 
 
+class ByIdOnly(Recorder):
+    """Looks messages up by the gateway's own id only (Twilio's SID, eSMS's SMSID, Zalo's msg_id)."""
+
+    type = "test-ops-byid"
+    lookup_by_key = False
+    calls: ClassVar[Counter[str]] = Counter()
+
+
 class AmbiguousNoLookup(_Scripted):
     """Times out ambiguously and offers no lookup (like SMPP or Twilio without a SID)."""
 
@@ -139,7 +147,7 @@ class AmbiguousNoLookup(_Scripted):
         raise self.error(RetryableError, "read timeout", code="TIMEOUT", ambiguous=True)
 
 
-SCRIPTED = (FlakyAuth, NightOwl, SilentZalo, Recorder, AmbiguousNoLookup)
+SCRIPTED = (FlakyAuth, NightOwl, SilentZalo, Recorder, ByIdOnly, AmbiguousNoLookup)
 
 EXTRA = """
 [gateways.flaky]
@@ -152,6 +160,8 @@ type = "test-ops-silent-zalo"
 type = "test-ops-lookup"
 [gateways.nolookup]
 type = "test-ops-nolookup"
+[gateways.byid]
+type = "test-ops-byid"
 """
 
 
@@ -670,6 +680,26 @@ def test_a_send_the_gateway_never_got_is_queued_again_and_sent_once_more(engine:
     first = {index(r): r for r in rows(engine, plan.run_id)}[0]
     assert (first["state"], first["error_code"], first["attempts"]) == ("failed", "not_received", MAX_ATTEMPTS)
     assert Recorder.calls[k[0]] == MAX_ATTEMPTS
+
+
+def test_a_gateway_that_looks_up_only_by_its_own_id_is_not_asked_without_one(engine: Engine, workdir: Path,
+                                                                            tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=2)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir, "i", sms={"gateway": "byid"}))
+    make_unknown(engine, plan.run_id)
+    k = {index(r): key(r) for r in rows(engine, plan.run_id)}
+    Recorder.records.update({k[0]: SendResult(provider_id="sid-0"), k[1]: SendResult(provider_id="sid-1")})
+    done = Dispatcher(engine, config).reconcile_unknown(settle_after=0, give_up_after=0)
+    assert done == Counter({("unknown", "gateway byid looks messages up only by its own id, "
+                                        "and this send returned none"): 2})
+    assert not Recorder.lookups
+    assert {(r["state"], r["error_code"]) for r in rows(engine, plan.run_id)} == {("unknown", "TIMEOUT")}
+    with engine.begin() as conn:     # a timeout after the gateway's answer began: its id is known
+        conn.execute(O.update().where(O.c.run_id == plan.run_id, O.c.subscriber_id == int(k[0].split("-")[2]))
+                     .values(provider_id="sid-0"))
+    assert Dispatcher(engine, config).reconcile_unknown(settle_after=0, give_up_after=0)[("settled", "sent")] == 1
+    assert Recorder.lookups == Counter([k[0]])
 
 
 def test_status_counts_unknown_sends_and_reconcile_says_what_it_did(engine: Engine, workdir: Path,
