@@ -691,8 +691,8 @@ def test_a_gateway_that_looks_up_only_by_its_own_id_is_not_asked_without_one(eng
     k = {index(r): key(r) for r in rows(engine, plan.run_id)}
     Recorder.records.update({k[0]: SendResult(provider_id="sid-0"), k[1]: SendResult(provider_id="sid-1")})
     done = Dispatcher(engine, config).reconcile_unknown(settle_after=0, give_up_after=0)
-    assert done == Counter({("unknown", "gateway byid looks messages up only by its own id, "
-                                        "and this send returned none"): 2})
+    why = "gateway byid looks messages up only by its own id, and this send returned none"
+    assert done == Counter({("unknown", why): 2})
     assert not Recorder.lookups
     assert {(r["state"], r["error_code"]) for r in rows(engine, plan.run_id)} == {("unknown", "TIMEOUT")}
     with engine.begin() as conn:     # a timeout after the gateway's answer began: its id is known
