@@ -60,6 +60,7 @@ from providers.base import (
     AuthError,
     ConfigError,
     DeferredError,
+    DeliveryReceipt,
     InboundMessage,
     MoneyError,
     NotReachableError,
@@ -828,12 +829,13 @@ class Dispatcher:
                     *unknown, O.c.gateway.not_in(askable)).group_by(O.c.gateway)):
                 done["unknown", f"gateway {gateway} cannot be asked what it received"] += n
             query = (select(O.c.id, O.c.run_id, O.c.subscriber_id, O.c.gateway, O.c.provider_id, O.c.channel,
-                            O.c.updated_at, O.c.attempts, r.c.definition)
+                            O.c.updated_at, O.c.attempts, r.c.definition, r.c.created_at)
                      .join(r, r.c.id == O.c.run_id)
                      .where(*unknown, O.c.gateway.in_(askable))
                      .order_by(O.c.updated_at))
             rows = conn.execute(query.limit(limit) if limit else query).all()
-        for row_id, run_id, subscriber_id, gateway, provider_id, channel, updated_at, attempts, definition in rows:
+        for (row_id, run_id, subscriber_id, gateway, provider_id, channel, updated_at, attempts, definition,
+             run_created) in rows:
             if updated_at > now - timedelta(seconds=settle_after):
                 done["unknown", "too recent to ask: the gateway may not have recorded it yet"] += 1
                 continue
@@ -842,11 +844,14 @@ class Dispatcher:
                 gw = self.pool.get(gateway)
                 if not provider_id and not gw.provider.lookup_by_key:
                     # Twilio, eSMS, Zalo look a message up by their own id, which a send cut
-                    # short never returned; a receipt that names our key may still settle it
-                    why = f"gateway {gateway} looks messages up only by its own id, and this send returned none"
-                    done["unknown", why] += 1
-                    continue
-                found = gw.provider.lookup(key, provider_id)
+                    # short never returned: Twilio can list what it sent to the number; a
+                    # receipt that names our key may still settle it
+                    found, why = self._search(gw, key, row_id, subscriber_id, run_created)
+                    if why:
+                        done["unknown", why] += 1
+                        continue
+                else:
+                    found = gw.provider.lookup(key, provider_id)
             except (LoaError, ProviderError) as exc:
                 log.info("gateway %s: lookup failed: %s", gateway, exc)
                 done["unknown", f"gateway {gateway}: lookup failed: {mask_phones(str(exc))[:200]}"] += 1
@@ -887,6 +892,24 @@ class Dispatcher:
             if moved:
                 done[action] += 1
         return done
+
+    def _search(self, gw: Gateway, key: str, row_id: int, subscriber_id: int, run_created: datetime
+                ) -> tuple[DeliveryReceipt | SendResult | NotReceived | None, str | None]:
+        """Ask a gateway that finds messages by its own ids only for what it sent to the
+        subscriber since the run began (:meth:`Provider.search`); (answer, None), or
+        (None, why it cannot be asked)."""
+        if type(gw.provider).search is ProviderBase.search:
+            return None, f"gateway {gw.name} looks messages up only by its own id, and this send returned none"
+        with self.engine.connect() as conn:
+            phone = conn.scalar(select(db.subscribers.c.phone).where(db.subscribers.c.id == subscriber_id))
+            others = conn.execute(select(O.c.id, O.c.state, O.c.provider_id).where(
+                O.c.subscriber_id == subscriber_id, O.c.gateway == gw.name, O.c.id != row_id)).all()
+        if any(state in ("unknown", "sending") and not pid for _, state, pid in others):
+            return None, (f"gateway {gw.name} looks messages up only by its own id, and several sends "
+                          "to this number returned none")
+        known = frozenset(pid for _, _, pid in others if pid)
+        # a minute before the run began: the clocks of loa's database and of the gateway differ
+        return gw.provider.search(key, phone, run_created - timedelta(minutes=1), known), None
 
     def finish_runs(self) -> None:
         r = db.runs

@@ -342,6 +342,16 @@ class Provider:
         """
         return None
 
+    def search(self, message_key: str, to: str, since: datetime, known: frozenset[str]
+               ) -> DeliveryReceipt | SendResult | NotReceived | None:
+        """For a send whose outcome is unknown and that returned no gateway id, on a gateway
+        that looks messages up only by its own id: its messages to ``to`` since ``since``
+        (before the message could have been sent), less those loa knows as other messages
+        (``known``: their gateway ids).  One left is this one; none left, and the gateway
+        lists every message it took, means it never got it; several, or no such list: None.
+        loa asks only when no other send to ``to`` on this gateway is unknown too."""
+        return None
+
     def webhook(self, request: WebhookRequest) -> WebhookResult:
         """Verify and parse a callback (receipt or inbound SMS); raise WebhookRejected if forged."""
         raise WebhookRejected(404, f"gateway {self.name} takes no callbacks")

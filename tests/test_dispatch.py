@@ -46,7 +46,7 @@ from providers.base import (
     SendResult,
     ThrottledError,
 )
-from providers.fakes.twilio import FakeTwilio
+from providers.fakes.twilio import RESET, FakeTwilio
 from providers.fakes.zalo import FakeZalo
 from providers.simulator import SimulatedNetwork, SimulatorProvider
 
@@ -973,6 +973,43 @@ def test_a_recipient_who_replied_stop_to_twilio_is_opted_out_everywhere(
 
         third = plan_run(engine, config, make_campaign(workdir, "third", sms_gateway="tw"))
         assert {r["phone"]: r["state"] for r in outbox(engine, third.run_id)}[stopped] == "suppressed"
+
+
+def test_unknown_twilio_sends_are_reconciled_from_twilios_list_of_messages_to_the_number(
+        engine: Engine, workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twilio finds messages by SID only, and a send cut short returned none: loa reads
+    Twilio's list of messages to the number since the run began, less the SIDs it knows."""
+    import_people(engine, tmp_path, n=4)
+    with FakeTwilio() as fake:
+        config = fake_gateways(workdir, monkeypatch, twilio=fake)
+        fake.failures[phone(0)] = RESET          # the connection dropped: Twilio never took it
+        plan = plan_run(engine, config, make_campaign(workdir, sms_gateway="tw"))
+        Dispatcher(engine, config).run_until_empty()
+        rows = {r["phone"]: r for r in outbox(engine, plan.run_id)}
+        assert (rows[phone(0)]["state"], rows[phone(0)]["provider_id"]) == ("unknown", None)
+        sid = {p: r["provider_id"] for p, r in rows.items()}
+        # a crash during the call after Twilio took it: the row is unknown and its SID lost
+        lost = [rows[phone(1)]["id"], rows[phone(3)]["id"]]
+        with engine.begin() as conn:
+            conn.execute(update(O).where(O.c.id.in_(lost)).values(state="unknown", provider_id=None,
+                                                                 error_code="ambiguous"))
+        # phone 3 also got a message of another system through the same account
+        other = GatewayPool(config)
+        other.get("tw").provider.send(OutgoingMessage(key="elsewhere", to=phone(3), channel="sms", text="Khác"))
+        other.close()
+        del fake.failures[phone(0)]
+        done = Dispatcher(engine, config).reconcile_unknown(settle_after=0, give_up_after=0)
+        assert done == Counter({("requeued", ""): 1, ("settled", "sent"): 1,
+                                ("unknown", "gateway tw has no record of it"): 1}), done
+        after = {r["phone"]: r for r in outbox(engine, plan.run_id)}
+        assert (after[phone(0)]["state"], after[phone(0)]["error_code"]) == ("planned", "not_received")
+        assert (after[phone(1)]["state"], after[phone(1)]["provider_id"]) == ("sent", sid[phone(1)])
+        assert (after[phone(3)]["state"], after[phone(3)]["error_code"]) == ("unknown", "unreconciled")
+        Dispatcher(engine, config).run_until_empty()
+        final = {r["phone"]: r for r in outbox(engine, plan.run_id)}
+        assert final[phone(0)]["state"] == "sent"
+        created = Counter(m["to"] for m in fake.messages.values())
+        assert created == Counter({phone(0): 1, phone(1): 1, phone(2): 1, phone(3): 2})   # nobody twice from loa
 
 
 def test_a_zalo_daily_quota_holds_the_whole_queue_until_it_resets(
