@@ -537,16 +537,26 @@ class Dispatcher:
         recorded as the handover: a sender preempted since it woke must not send late (the
         gateway would see a bunch).  A slot booked with the window that is missed goes back
         to be booked with the others (``item.missed``); one booked here is booked again.
+
+        The message is marked ``sending`` (:meth:`_mark`) :attr:`MARK_AHEAD` before its turn,
+        not when the window is booked: were the process killed while it waits, the row is
+        still ``claimed``, and goes back to the queue.
         """
         assert item.message is not None
         limiter, parts = gw.limiter, item.message.parts
         booked, item.slot = item.slot, None
         book = getattr(limiter, "book", None)
         if book is None:            # an in-process limiter: its turn comes, nothing to miss
-            limiter.acquire(parts)
+            if not hasattr(limiter, "sleep_until"):
+                limiter.acquire(parts)
+                return None if self._held_outcome(item) or not self._mark(item) else db.utcnow()
+            # marked just ahead of its turn, as below for a booked slot
+            turn = limiter.now() + limiter.reserve(parts)   # type: ignore[attr-defined]
+            limiter.sleep_until(turn - self.MARK_AHEAD)     # type: ignore[attr-defined]
             if self._held_outcome(item) or not self._mark(item):
                 return None
-            return db.utcnow()
+            limiter.sleep_until(turn)   # type: ignore[attr-defined]
+            return None if self._held_outcome(item) else db.utcnow()
         while True:
             slot = booked if booked is not None else book([parts])[0]
             if not item.marked:
