@@ -18,6 +18,9 @@ what the dead left behind once its lease expires:
 Either way every planned row ends in a terminal state.  The assertions hold
 whatever the kill timing; each run prints its seed, and ``LOA_CRASH_SEED=N``
 replays that kill schedule.
+
+The last test kills `loa send` itself, and counts what each kill left ambiguous (at
+most one row per sender thread) and what `loa messages reconcile` makes of it.
 """
 
 from __future__ import annotations
