@@ -5,8 +5,9 @@ in the same run (no timing assertions: it prints figures).
     the configured threads) against a loopback SimulatorServer, versus a bare loop of
     ``requests.Session.post`` with the same JSON body to the same server from this
     process, single-threaded and with the dispatcher's thread count.  The gap is
-    what loa costs per message: claiming, rendering, the ledger's two commits per
-    window, receipts.
+    what loa costs per message: claiming, rendering, the ledger's commits (each
+    message is marked sending before its call, in commits the sender threads
+    share), receipts.
 (b) 50 ms of gateway latency and a 500/s limit: the rate achieved (first to last
     arrival at the server) and the largest number of arrivals in any 1-second window.
 (c) 1, 2 and 4 worker processes sharing one PostgreSQL database at 50 ms latency:

@@ -495,6 +495,52 @@ def status(app: App, fmt: str) -> None:
         out.print(table)
 
 
+# -- messages -------------------------------------------------------------------
+
+@main.group()
+def messages() -> None:
+    """Messages in the ledger."""
+
+
+@messages.command("reconcile")
+@click.option("--campaign", default=None, help="Only this campaign's messages.")
+@click.option("--settle", type=click.FloatRange(0), default=None,
+              help="Ask only about messages unknown for at least this many seconds: a gateway may record "
+                   "a message a moment after answering (default: 60).")
+@click.pass_obj
+@fail_cleanly
+def reconcile(app: App, campaign: str | None, settle: float | None) -> None:
+    """Ask the gateways what became of messages whose outcome is unknown.
+
+    A message the gateway has is recorded as sent (or delivered); one it never got goes
+    back to the queue, for the next `loa send`; any other stays unknown, with the reason.
+    """
+    from sqlalchemy import select
+
+    from loa import db
+    from loa.dispatch import Dispatcher
+
+    engine = app.engine()
+    if campaign is not None:
+        with engine.connect() as conn:
+            if conn.scalar(select(db.campaigns.c.id).where(db.campaigns.c.name == campaign)) is None:
+                raise LoaError(f"no campaign named {campaign!r}")
+    dispatcher = Dispatcher(engine, app.config, campaign=campaign)
+    try:
+        done = dispatcher.reconcile_unknown(limit=None, settle_after=settle)
+    finally:
+        dispatcher.pool.close()
+    if not done:
+        out.print("no messages with an unknown outcome" + (f" in campaign {campaign}" if campaign else ""),
+                  highlight=False, markup=False)
+        return
+    for (action, detail), n in sorted(done.items()):
+        line = {"settled": f"{n:,} {detail}: the gateway has them",
+                "requeued": f"{n:,} queued again: the gateway never got them (loa send sends them)",
+                "unknown": f"{n:,} left unknown: {detail}"}[action]
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 # -- report -------------------------------------------------------------------
 
 @main.command()

@@ -10,11 +10,19 @@ The life of a row::
                                                                |--> unknown (may have arrived)
                                                                '--> planned on the next channel
 
-Rows are claimed under a lease.  A window of them is marked ``sending`` in one
-committed statement *before* any gateway call, so a crash leaves evidence: on
-recovery, ``claimed`` rows (never sent) go back to ``planned``; ``sending`` rows
-go back only for a gateway that deduplicates by our key, and otherwise become
-``unknown`` — nobody gets the same message twice because loa crashed.
+Rows are claimed under a lease.  Each row is marked ``sending`` in a committed
+statement just before its own gateway call, never earlier, so a crash leaves
+evidence of exactly the calls that may have gone out: on recovery, ``claimed``
+rows (never sent) go back to ``planned``; ``sending`` rows go back only for a
+gateway that deduplicates by our key, and otherwise become ``unknown`` — nobody
+gets the same message twice because loa crashed, and at most one row per sender
+thread is left ambiguous.  ``loa messages reconcile`` then asks each gateway that
+keeps records what became of them.
+
+The marks and the outcomes of the sender threads share their commits (a group
+commit, :meth:`Dispatcher._mark`): a thread's last outcome is written in the same
+transaction as its next mark, so the rows in ``sending`` are never more than the
+threads, and a window costs about one commit per thread's turn, not one per message.
 """
 
 from __future__ import annotations
@@ -52,9 +60,11 @@ from providers.base import (
     AuthError,
     ConfigError,
     DeferredError,
+    DeliveryReceipt,
     InboundMessage,
     MoneyError,
     NotReachableError,
+    NotReceived,
     OptedOutError,
     OutgoingMessage,
     PermanentError,
@@ -105,6 +115,7 @@ class _Item:
     slot: float | None = None     # when its gateway's limiter booked it to leave (time.monotonic())
     missed: bool = False          # woken too late for that slot: not sent, to be booked again
     opted_out: str | None = None  # the gateway's code for "the recipient refused": recorded with the outcome
+    marked: bool = False          # marked ``sending`` (its attempt counted): the gateway may be called
 
 
 class Dispatcher:
@@ -132,6 +143,14 @@ class Dispatcher:
         # gateway -> (until, outcome) while its quota is used up: its messages wait, uncalled
         self._held: dict[str, tuple[datetime, dict[str, Any]]] = {}
         self._hold_lock = threading.Lock()
+        # the senders' group commit (_mark): what waits for the next transaction
+        self._ledger = threading.Condition()
+        self._writing = False
+        self._to_record: list[_Item] = []     # outcomes of finished sends
+        self._to_unmark: list[_Item] = []     # marked, then not sent (a missed slot): back to claimed
+        self._to_mark: list[_Item] = []       # about to be sent
+        self._mark_answers: dict[int, bool | BaseException] = {}
+        self._ledger_error: BaseException | None = None
 
     # -- the loops ------------------------------------------------------------
     def run_until_empty(self) -> SendSummary:
@@ -263,7 +282,7 @@ class Dispatcher:
         failed_early = [item for item in items if item.outcome is not None]
         if failed_early:
             self._record(failed_early)
-        # The window bounds what a crash can leave ambiguous, and amortises two commits over it.
+        # A window is what the limiter books at once; each row is marked sending on its own turn.
         window = max(self.threads * 16, 64)
         for start in range(0, len(ready), window):
             if self.stop.is_set():
@@ -280,9 +299,8 @@ class Dispatcher:
                 self._release(skipped)
             if not chunk:
                 continue
-            chunk = self._mark_sending(chunk)
+            self._renew_lease()   # the window's rows are still ours: their lease runs from now
             self._send_all(chunk, claim_next=start + window >= len(ready))
-            self._record(chunk)
 
     def _send_all(self, chunk: list[_Item], claim_next: bool = False) -> None:
         """Send a window on the thread pool, renewing this worker's lease while it lasts.
@@ -314,6 +332,7 @@ class Dispatcher:
                 self._renew_lease()
             for f in futures:
                 f.result()   # _send records its own failures; anything else is a bug to surface
+            self._flush()    # the last outcomes of the round, and the marks of missed slots undone
             todo = [item for item in todo if item.missed]
             if not todo:
                 break
@@ -402,28 +421,109 @@ class Dispatcher:
             return False
         return True
 
-    def _mark_sending(self, chunk: list[_Item]) -> list[_Item]:
-        now = db.utcnow()
-        with self.engine.begin() as conn:
-            lock_rows(conn, and_(O.c.state == "claimed", O.c.worker == self.worker))
-            marked = set(conn.execute(
-                update(O).where(O.c.id.in_([i.id for i in chunk]), O.c.state == "claimed",
-                                O.c.worker == self.worker)
-                .values(state="sending", attempts=O.c.attempts + 1, updated_at=now,
-                        encoding=None, parts=None, lease_until=now + self.lease)
-                .returning(O.c.id)
-            ).scalars())
-            # the rest of the batch is still ours: its lease runs from now, not from the claim
-            conn.execute(update(O).where(O.c.state == "claimed", O.c.worker == self.worker)
-                         .values(lease_until=now + self.lease))
-        for item in chunk:
+    # -- the senders' group commit -----------------------------------------------
+    def _mark(self, item: _Item) -> bool:
+        """Mark ``item`` sending, committed, before its gateway call; False if this worker
+        lost the row's lease (another worker took it over: it must not be sent here).
+
+        The threads of a window share their commits: whoever finds no transaction under
+        way writes everything queued so far (finished outcomes, undone marks, marks), and
+        the others wait for it.  A thread's outcome is queued before its next mark, so it
+        is written no later than that mark: each thread has at most one row in
+        ``sending`` in the ledger at any moment.
+        """
+        with self._ledger:
+            self._to_mark.append(item)
+            while item.id not in self._mark_answers:
+                if self._writing:
+                    self._ledger.wait()
+                else:
+                    self._write_queued()
+            answer = self._mark_answers.pop(item.id)
+        if isinstance(answer, BaseException):
+            raise answer
+        if answer:
+            item.marked = True
             item.attempts += 1
-        return [i for i in chunk if i.id in marked]   # rows whose lease we lost are left alone
+        return answer
+
+    def _done(self, item: _Item) -> None:
+        """Queue a finished send's outcome for the next commit (a mark's, or :meth:`_flush`)."""
+        with self._ledger:
+            self._to_record.append(item)
+
+    def _unmark(self, item: _Item) -> None:
+        """A marked message that is not sent now (its slot missed): back to ``claimed``."""
+        item.marked = False
+        item.attempts -= 1
+        with self._ledger:
+            self._to_unmark.append(item)
+
+    def _flush(self) -> None:
+        """Write what the senders queued; raise what a shared commit failed with."""
+        with self._ledger:
+            while self._writing:
+                self._ledger.wait()
+            if self._to_record or self._to_unmark or self._to_mark:
+                self._write_queued()
+            error, self._ledger_error = self._ledger_error, None
+        if error is not None:
+            raise error
+
+    def _write_queued(self) -> None:
+        """One transaction for everything queued; called holding ``self._ledger``, which is
+        released while the database works."""
+        record, unmark, mark = self._to_record, self._to_unmark, self._to_mark
+        self._to_record, self._to_unmark, self._to_mark = [], [], []
+        self._writing = True
+        self._ledger.release()
+        answers: dict[int, bool | BaseException] = {}
+        try:
+            marked = self._write(record, unmark, mark)
+            answers = {item.id: item.id in marked for item in mark}
+        except Exception as exc:  # noqa: BLE001 - every thread of this commit learns of it, and the window
+            answers = {item.id: exc for item in mark}
+            self._ledger_error = exc
+        finally:
+            self._ledger.acquire()
+            self._writing = False
+            self._mark_answers.update(answers)
+            self._ledger.notify_all()
+
+    def _write(self, record: list[_Item], unmark: list[_Item], mark: list[_Item]) -> set[int]:
+        now = db.utcnow()
+        ours = O.c.worker == self.worker
+        with self.engine.begin() as conn:
+            lock_rows(conn, O.c.id.in_([i.id for i in (*record, *unmark, *mark)]))
+            refused = self._record_rows(conn, record, now) if record else []
+            if unmark:
+                conn.execute(update(O).where(O.c.id.in_([i.id for i in unmark]), O.c.state == "sending", ours)
+                             .values(state="claimed", attempts=O.c.attempts - 1, updated_at=now,
+                                     lease_until=now + self.lease))
+            marked: set[int] = set()
+            if mark:
+                marked = set(conn.execute(
+                    update(O).where(O.c.id.in_([i.id for i in mark]), O.c.state == "claimed", ours)
+                    .values(state="sending", attempts=O.c.attempts + 1, updated_at=now,
+                            encoding=None, parts=None, lease_until=now + self.lease)
+                    .returning(O.c.id)
+                ).scalars())
+        self._log_refused(refused)
+        return marked   # rows whose lease we lost are left alone
 
     def _send(self, item: _Item) -> None:
+        """One message on a sender thread: marked sending just before its call, its outcome
+        queued for the next shared commit."""
+        try:
+            self._send_one(item)
+        finally:
+            if item.outcome is not None and not item.missed:
+                self._done(item)
+
+    def _send_one(self, item: _Item) -> None:
         assert item.message is not None
         gw: Gateway | None = None
-        if self._held_outcome(item, sending=True):   # another thread of this window hit the quota
+        if self._held_outcome(item):   # another thread of this window hit the quota
             return
         try:
             gw = self.pool.get(item.gateway)
@@ -436,11 +536,14 @@ class Dispatcher:
             item.outcome = self._classify(item, gw, exc)
         except LoaError as exc:   # the gateway cannot even be built: a missing secret, a bad setting
             self._pause(item.gateway, str(exc))
-            item.outcome = {"state": "planned", "attempts": item.attempts - 1, "error_code": "config",
+            item.outcome = {"state": "planned", "attempts": item.attempts - item.marked, "error_code": "config",
                             "error_text": str(exc)[:500]}
         except Exception as exc:  # a bug in an adapter must not lose the row: treat as ambiguous
             log.exception("gateway %s raised unexpectedly for %s", item.gateway, mask(item.phone))
             item.outcome = {"state": "unknown", "error_code": "exception", "error_text": repr(exc)[:500]}
+
+    #: seconds before its slot at which a message is marked sending: time for the commit
+    MARK_AHEAD = 0.05
 
     def _wait_for_slot(self, item: _Item, gw: Gateway) -> datetime | None:
         """Wait for the message's turn with its gateway's limiter; the moment it is handed
@@ -450,24 +553,42 @@ class Dispatcher:
         recorded as the handover: a sender preempted since it woke must not send late (the
         gateway would see a bunch).  A slot booked with the window that is missed goes back
         to be booked with the others (``item.missed``); one booked here is booked again.
+
+        The message is marked ``sending`` (:meth:`_mark`) :attr:`MARK_AHEAD` before its turn,
+        not when the window is booked: were the process killed while it waits, the row is
+        still ``claimed``, and goes back to the queue.
         """
         assert item.message is not None
         limiter, parts = gw.limiter, item.message.parts
         booked, item.slot = item.slot, None
         book = getattr(limiter, "book", None)
         if book is None:            # an in-process limiter: its turn comes, nothing to miss
-            limiter.acquire(parts)
-            return None if self._held_outcome(item, sending=True) else db.utcnow()
+            if not hasattr(limiter, "sleep_until"):
+                limiter.acquire(parts)
+                return None if self._held_outcome(item) or not self._mark(item) else db.utcnow()
+            # marked just ahead of its turn, as below for a booked slot
+            turn = limiter.now() + limiter.reserve(parts)   # type: ignore[attr-defined]
+            limiter.sleep_until(turn - self.MARK_AHEAD)     # type: ignore[attr-defined]
+            if self._held_outcome(item) or not self._mark(item):
+                return None
+            limiter.sleep_until(turn)   # type: ignore[attr-defined]
+            return None if self._held_outcome(item) else db.utcnow()
         while True:
             slot = booked if booked is not None else book([parts])[0]
+            if not item.marked:
+                # marked just ahead of the slot, so that the commit does not make it late
+                limiter.wait_until(slot - self.MARK_AHEAD)   # type: ignore[attr-defined]
+                if self._held_outcome(item) or not self._mark(item):
+                    return None
             on_time = limiter.wait_until(slot)   # type: ignore[attr-defined]
-            if self._held_outcome(item, sending=True):   # held while this message waited for its slot
+            if self._held_outcome(item):   # held while this message waited for its slot
                 return None
             handed_over = db.utcnow()
             if on_time and limiter.on_time(slot):   # type: ignore[attr-defined]
                 return handed_over
             if booked is not None:
                 item.missed = True
+                self._unmark(item)
                 return None
 
     def _classify(self, item: _Item, gw: Gateway | None, exc: ProviderError) -> dict[str, Any]:
@@ -517,6 +638,14 @@ class Dispatcher:
 
     def _record(self, items: list[_Item]) -> None:
         now = db.utcnow()
+        with self.engine.begin() as conn:
+            lock_rows(conn, O.c.id.in_([item.id for item in items]))
+            refused = self._record_rows(conn, items, now)
+        self._log_refused(refused)
+
+    def _record_rows(self, conn: Connection, items: list[_Item], now: datetime) -> list[_Item]:
+        """Write the outcomes of ``items`` (rows locked by the caller); the recipients who
+        refused, to be logged once committed."""
         by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for item in items:
             outcome = dict(item.outcome or {})
@@ -532,12 +661,13 @@ class Dispatcher:
             shape = tuple(sorted(outcome))
             by_shape.setdefault(shape, []).append({"b_id": item.id, **{f"v_{k}": v for k, v in outcome.items()}})
         refused = [item for item in items if item.opted_out]
-        with self.engine.begin() as conn:
-            lock_rows(conn, O.c.id.in_([item.id for item in items]))
-            for shape, params in by_shape.items():
-                conn.execute(_update_for(shape), params)
-            for item in refused:   # with the row's own outcome: one is never kept without the other
-                opt_out(conn, item.phone, now, f"gateway:{item.gateway}:{item.opted_out}")
+        for shape, params in by_shape.items():
+            conn.execute(_update_for(shape), params)
+        for item in refused:   # with the row's own outcome: one is never kept without the other
+            opt_out(conn, item.phone, now, f"gateway:{item.gateway}:{item.opted_out}")
+        return refused
+
+    def _log_refused(self, refused: list[_Item]) -> None:
         for item in refused:
             log.warning("gateway %s: %s opted out (the gateway refused with %s)", item.gateway, mask(item.phone),
                         item.opted_out, extra={"gateway": item.gateway, "kind": "opted_out", "code": item.opted_out})
@@ -577,13 +707,13 @@ class Dispatcher:
         with self._hold_lock:   # send threads add holds while the next batch is claimed
             return [name for name, (until, _) in self._held.items() if until > now]
 
-    def _held_outcome(self, item: _Item, *, sending: bool = False) -> bool:
+    def _held_outcome(self, item: _Item) -> bool:
         """Defer a message whose gateway is held (:meth:`_hold`) without calling it; False if
         the gateway is not held.  A message already marked ``sending`` gets its attempt back."""
         held = self._held.get(item.gateway)
         if held is None or held[0] <= db.utcnow():
             return False
-        item.outcome = {**held[1], "attempts": item.attempts - (1 if sending else 0)}
+        item.outcome = {**held[1], "attempts": item.attempts - item.marked}
         return True
 
     def _defer_queue(self, gateway: str, outcome: dict[str, Any]) -> int:
@@ -694,56 +824,120 @@ class Dispatcher:
     RECONCILE_AFTER = 60.0        # seconds before asking about an unknown send
     RECONCILE_GIVE_UP = 3600.0    # seconds of "no record" before settling for unreconciled
 
-    def reconcile(self, limit: int = 200, settle_after: float | None = None,
+    def reconcile(self, limit: int | None = 200, settle_after: float | None = None,
                   give_up_after: float | None = None) -> int:
-        """Ask gateways that keep records about messages whose outcome is unknown.
+        """Ask gateways that keep records about messages whose outcome is unknown; how many
+        rows moved (settled, or back in the queue)."""
+        done = self.reconcile_unknown(limit, settle_after, give_up_after)
+        return sum(n for (action, _), n in done.items() if action in ("settled", "requeued"))
 
-        A gateway may record a message a little after answering, so rows are asked about
-        once they are ``settle_after`` seconds old, and marked unreconciled only when the
-        gateway still has no record ``give_up_after`` seconds on.
+    def reconcile_unknown(self, limit: int | None = 200, settle_after: float | None = None,
+                          give_up_after: float | None = None) -> Counter[tuple[str, str]]:
+        """Resolve ``unknown`` rows by asking their gateway (:meth:`Provider.lookup`).
+
+        A row the gateway has becomes sent (or delivered, undelivered); one the gateway says
+        it never got (:class:`NotReceived`) goes back to the queue, to be sent once; any
+        other stays unknown, with the reason.  A gateway may record a message a little after
+        answering, so rows are asked about once they are ``settle_after`` seconds old, and
+        marked unreconciled only when the gateway still has no record ``give_up_after``
+        seconds on.  Returns (action, detail) -> rows: ``settled`` (detail: the new state),
+        ``requeued``, ``unknown`` (detail: why it stays).
         """
         settle_after = self.RECONCILE_AFTER if settle_after is None else settle_after
         give_up_after = self.RECONCILE_GIVE_UP if give_up_after is None else give_up_after
-        names = [name for name, spec in self.config.gateways.items() if _has_lookup(spec.type)]
-        if not names:
-            return 0
+        done: Counter[tuple[str, str]] = Counter()
         now = db.utcnow()
         r = db.runs
+        unknown = [O.c.state == "unknown", O.c.error_code.is_distinct_from("unreconciled")]
+        if (flt := self._campaign_filter()) is not None:
+            unknown.append(flt)
+        askable = [name for name, spec in self.config.gateways.items() if _has_lookup(spec.type)]
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(O.c.id, O.c.run_id, O.c.subscriber_id, O.c.gateway, O.c.provider_id, O.c.channel,
-                       O.c.updated_at, r.c.definition)
-                .join(r, r.c.id == O.c.run_id)
-                .where(O.c.state == "unknown", O.c.gateway.in_(names),
-                       O.c.error_code.is_distinct_from("unreconciled"),
-                       O.c.updated_at <= now - timedelta(seconds=settle_after))
-                .order_by(O.c.updated_at).limit(limit)
-            ).all()
-        settled = 0
-        for row_id, run_id, subscriber_id, gateway, provider_id, channel, updated_at, definition in rows:
+            for gateway, n in conn.execute(select(O.c.gateway, func.count()).where(
+                    *unknown, O.c.gateway.not_in(askable)).group_by(O.c.gateway)):
+                done["unknown", f"gateway {gateway} cannot be asked what it received"] += n
+            query = (select(O.c.id, O.c.run_id, O.c.subscriber_id, O.c.gateway, O.c.provider_id, O.c.channel,
+                            O.c.updated_at, O.c.attempts, r.c.definition, r.c.created_at)
+                     .join(r, r.c.id == O.c.run_id)
+                     .where(*unknown, O.c.gateway.in_(askable))
+                     .order_by(O.c.updated_at))
+            rows = conn.execute(query.limit(limit) if limit else query).all()
+        for (row_id, run_id, subscriber_id, gateway, provider_id, channel, updated_at, attempts, definition,
+             run_created) in rows:
+            if updated_at > now - timedelta(seconds=settle_after):
+                done["unknown", "too recent to ask: the gateway may not have recorded it yet"] += 1
+                continue
+            key = db.key_for(run_id, subscriber_id, channel, definition)
             try:
                 gw = self.pool.get(gateway)
-                found = gw.provider.lookup(db.key_for(run_id, subscriber_id, channel, definition), provider_id)
+                if not provider_id and not gw.provider.lookup_by_key:
+                    # Twilio, eSMS, Zalo look a message up by their own id, which a send cut
+                    # short never returned: Twilio can list what it sent to the number; a
+                    # receipt that names our key may still settle it
+                    found, why = self._search(gw, key, row_id, subscriber_id, run_created)
+                    if why:
+                        done["unknown", why] += 1
+                        continue
+                else:
+                    found = gw.provider.lookup(key, provider_id)
             except (LoaError, ProviderError) as exc:
                 log.info("gateway %s: lookup failed: %s", gateway, exc)
+                done["unknown", f"gateway {gateway}: lookup failed: {mask_phones(str(exc))[:200]}"] += 1
                 continue
+            reopen = False
             if found is None:
                 if updated_at > now - timedelta(seconds=give_up_after):
+                    done["unknown", f"gateway {gateway} has no record of it yet; asked again later"] += 1
                     continue           # ask again later
+                action = ("unknown", f"gateway {gateway} has no record of it")
                 values: dict[str, Any] = {"error_code": "unreconciled",
                                           "error_text": "the gateway has no record of this message"}
+            elif isinstance(found, NotReceived) and attempts >= MAX_ATTEMPTS:
+                action = ("settled", "failed")
+                values = _failed("not_received", f"{gateway}: {found.reason}, after {attempts} attempts")
+            elif isinstance(found, NotReceived):
+                # never taken: back in the queue, to be sent once; its attempt stays counted
+                action, reopen = ("requeued", ""), True
+                values = {"state": "planned", "due_at": now, "worker": None, "lease_until": None,
+                          "provider_id": None, "error_code": "not_received",
+                          "error_text": f"{gateway}: {found.reason}; queued again"[:500]}
             elif isinstance(found, SendResult):
                 values = {"state": "delivered" if found.status == "delivered" else "sent",
                           "provider_id": found.provider_id, "sent_at": func.coalesce(O.c.sent_at, O.c.updated_at),
                           "error_code": None, "error_text": None}
+                action = ("settled", values["state"])
             else:
                 values = {"state": found.status, "provider_id": found.provider_id or provider_id,
                           "sent_at": func.coalesce(O.c.sent_at, O.c.updated_at), "delivered_at": found.at or now,
                           "error_code": found.error_code, "error_text": found.error_text}
+                action = ("settled", found.status)
             with self.engine.begin() as conn:
-                settled += conn.execute(update(O).where(O.c.id == row_id, O.c.state == "unknown")
-                                        .values(updated_at=db.utcnow(), **values)).rowcount
-        return settled
+                moved = conn.execute(update(O).where(O.c.id == row_id, O.c.state == "unknown")
+                                     .values(updated_at=db.utcnow(), **values)).rowcount
+                if moved and reopen:   # a run already done has a message to send again
+                    conn.execute(update(r).where(r.c.id == run_id, r.c.status == "done")
+                                 .values(status="planned", finished_at=None))
+            if moved:
+                done[action] += 1
+        return done
+
+    def _search(self, gw: Gateway, key: str, row_id: int, subscriber_id: int, run_created: datetime
+                ) -> tuple[DeliveryReceipt | SendResult | NotReceived | None, str | None]:
+        """Ask a gateway that finds messages by its own ids only for what it sent to the
+        subscriber since the run began (:meth:`Provider.search`); (answer, None), or
+        (None, why it cannot be asked)."""
+        if type(gw.provider).search is ProviderBase.search:
+            return None, f"gateway {gw.name} looks messages up only by its own id, and this send returned none"
+        with self.engine.connect() as conn:
+            phone = conn.scalar(select(db.subscribers.c.phone).where(db.subscribers.c.id == subscriber_id))
+            others = conn.execute(select(O.c.id, O.c.state, O.c.provider_id).where(
+                O.c.subscriber_id == subscriber_id, O.c.gateway == gw.name, O.c.id != row_id)).all()
+        if any(state in ("unknown", "sending") and not pid for _, state, pid in others):
+            return None, (f"gateway {gw.name} looks messages up only by its own id, and several sends "
+                          "to this number returned none")
+        known = frozenset(pid for _, _, pid in others if pid)
+        # a minute before the run began: the clocks of loa's database and of the gateway differ
+        return gw.provider.search(key, phone, run_created - timedelta(minutes=1), known), None
 
     def finish_runs(self) -> None:
         r = db.runs

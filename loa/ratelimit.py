@@ -62,6 +62,16 @@ class MemoryGCRA:
             self._sleep(wait)
         return wait
 
+    def now(self) -> float:
+        """This limiter's clock, on which :meth:`sleep_until` takes its moments."""
+        return self._clock()
+
+    def sleep_until(self, moment: float) -> None:
+        """Sleep until ``moment`` of :meth:`now` (a sender marks its message just ahead of it)."""
+        wait = moment - self._clock()
+        if wait > 0:
+            self._sleep(wait)
+
     def slow_down(self, seconds: float) -> None:
         with self._lock:
             # TAT minus the tolerance is when the next part may leave: push that past `seconds`.

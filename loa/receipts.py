@@ -67,7 +67,9 @@ def apply_receipts(conn: Connection, gateway: str, receipts: Iterable[DeliveryRe
         not_yet_recorded = and_(O.c.provider_id.is_(None), O.c.run_id == bindparam("b_run"),
                                 O.c.subscriber_id == bindparam("b_sub"))
         moved += _executemany(
-            conn, and_(O.c.gateway == gateway, or_(O.c.provider_id == bindparam("b_pid"), not_yet_recorded)), by_id
+            conn, and_(O.c.gateway == gateway, or_(O.c.provider_id == bindparam("b_pid"), not_yet_recorded)), by_id,
+            # a message whose send left no id (a crash, a timeout: unknown) learns it from its receipt
+            provider_id=func.coalesce(O.c.provider_id, bindparam("b_pid", type_=O.c.provider_id.type)),
         )
     if by_key:
         moved += _executemany(
@@ -76,13 +78,14 @@ def apply_receipts(conn: Connection, gateway: str, receipts: Iterable[DeliveryRe
     return moved
 
 
-def _executemany(conn: Connection, where: object, params: list[dict[str, object]]) -> int:
+def _executemany(conn: Connection, where: object, params: list[dict[str, object]], **extra: Any) -> int:
     # plain bound values, not an expanding IN: executemany cannot expand
     stmt = update(O).where(where, O.c.state.in_([literal(s) for s in RECEIVABLE])).values(
         state=bindparam("b_state"), delivered_at=bindparam("b_at", type_=db.UTCDateTime),
         updated_at=bindparam("b_now", type_=db.UTCDateTime),
         error_code=func.coalesce(bindparam("b_code", type_=O.c.error_code.type), O.c.error_code),
         error_text=func.coalesce(bindparam("b_text", type_=O.c.error_text.type), O.c.error_text),
+        **extra,
     )
     result = conn.execute(stmt, params)
     return max(result.rowcount, 0)

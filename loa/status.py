@@ -6,7 +6,9 @@ window during which they went out.  An ETA counts only the messages due now
 (planned, deferred to a time already past, or in flight); one deferred to later (a
 night rule, a quota, a frequency cap) is *waiting* and counts for nothing until its
 time.  Messages due on a paused gateway are *blocked*: they wait for an operator,
-so no ETA is given for them.
+so no ETA is given for them.  Messages whose send outcome is *unknown* (a crash or a
+timeout during the gateway call) are counted per run and per gateway: ``loa messages
+reconcile`` asks the gateways about them.
 """
 
 from __future__ import annotations
@@ -142,12 +144,15 @@ def collect(engine: Engine, recent_runs: int = 20) -> dict[str, Any]:
             states[run_id][state] = n
         by_run = _flows(conn, O.c.run_id, now, set(paused), O.c.run_id.in_(ids))
         by_gateway = _flows(conn, O.c.gateway, now, set(paused))
+        # sends whose outcome is unknown (a crash or a timeout during the gateway call), in every run
+        unknown = dict(conn.execute(select(O.c.gateway, func.count()).where(O.c.state == "unknown")
+                                    .group_by(O.c.gateway)).all())
     gateways = []
-    for name in sorted((set(by_gateway) | set(paused)) - {None}):
+    for name in sorted((set(by_gateway) | set(paused) | set(unknown)) - {None}):
         flow = by_gateway.get(name, Flow())
         since = paused[name]["since"] if name in paused else None
         gateways.append({
-            "name": name, **flow.as_dict(now),
+            "name": name, **flow.as_dict(now), "unknown": unknown.get(name, 0),
             "paused": paused[name]["reason"] if name in paused else None,
             # ISO 8601 like every other time here (json.dumps would otherwise fall back to str())
             "paused_since": since.isoformat() if since else None,
@@ -159,12 +164,13 @@ def collect(engine: Engine, recent_runs: int = 20) -> dict[str, Any]:
                   "outcomes": outcomes(states[r.id]),
                   **by_run.get(r.id, Flow()).as_dict(now)} for r in runs],
         "gateways": gateways,
+        "unknown": sum(unknown.values()),
     }
 
 
 # -- the tables of `loa status` ---------------------------------------------------------
 
-COLUMNS = ("sending", "sent", "delivered", "undelivered", "failed")   # outcomes with a column of their own
+COLUMNS = ("sending", "sent", "delivered", "undelivered", "failed", "unknown")   # outcomes with a column of their own
 
 
 def tables(result: dict[str, Any], tz: ZoneInfo) -> list[Table]:
@@ -175,11 +181,15 @@ def tables(result: dict[str, Any], tz: ZoneInfo) -> list[Table]:
         other = ", ".join(f"{n:,} {k}" for k, n in done.items() if k not in ("queued", *COLUMNS))
         runs.add_row(escape(r["campaign"]), str(r["run"]), r["status"], f"{r['due']:,}", _waiting(r, tz),
                      *(f"{done.get(k, 0):,}" for k in COLUMNS), escape(other), f"{r['rate']:.1f}", _eta(r))
-    gws = Table("gateway", "due", "waiting", "sent last minute", "rate (msg/s)", "ETA", "state", title="gateways")
+    # unknown: the send may or may not have reached the gateway; `loa messages reconcile` asks it
+    caption = (f"{result['unknown']:,} message(s) with an unknown outcome: loa messages reconcile"
+               if result.get("unknown") else None)
+    gws = Table("gateway", "due", "waiting", "sent last minute", "rate (msg/s)", "ETA", "unknown", "state",
+                title="gateways", caption=caption)
     for g in result["gateways"]:
         state = f"paused: {g['paused']}" if g["paused"] else "active"
         gws.add_row(escape(g["name"]), f"{g['due']:,}", _waiting(g, tz), f"{g['sent_last_minute']:,}",
-                    f"{g['rate']:.1f}", _eta(g), escape(state))
+                    f"{g['rate']:.1f}", _eta(g), f"{g['unknown']:,}", escape(state))
     return [runs, gws]
 
 

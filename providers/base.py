@@ -77,6 +77,15 @@ class DeliveryReceipt:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class NotReceived:
+    """A lookup's answer: the gateway keeps a record of every message it takes, by our
+    key, and has none of this one.  It never got the message, which is safe to send again."""
+
+    key: str
+    reason: str = "the gateway has no message with this key"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Response:
     """Something a recipient did after a message: installed, clicked, replied."""
 
@@ -289,6 +298,7 @@ class Provider:
     settings: ClassVar[tuple[Setting, ...]] = ()
     rate: ClassVar[float] = 10.0          # parts per second unless configured
     dedupes_by_key: ClassVar[bool] = False  # a re-send with the same key cannot duplicate
+    lookup_by_key: ClassVar[bool] = False   # lookup() finds a message by our key alone (no gateway id)
 
     def __init__(self, name: str, options: Mapping[str, Any], state: StateStore | None = None) -> None:
         self.name = name
@@ -334,8 +344,28 @@ class Provider:
         """Verify credentials and reachability without sending; return a summary."""
         return "no check available"
 
-    def lookup(self, message_key: str, provider_id: str | None) -> DeliveryReceipt | SendResult | None:
-        """The gateway's own record of a message whose send outcome is unknown, if it offers one."""
+    def lookup(self, message_key: str, provider_id: str | None
+               ) -> DeliveryReceipt | SendResult | NotReceived | None:
+        """The gateway's own record of a message whose send outcome is unknown (a timeout, a
+        crash during the call), by our key or by its id when one came back.
+
+        * :class:`SendResult` or :class:`DeliveryReceipt`: the gateway took it;
+        * :class:`NotReceived`: the gateway can be asked by our key and never took it, so it
+          may be sent again.  Only a gateway that records every message it takes under our
+          key may say so: absence from a partial record is not proof;
+        * ``None``: the gateway cannot tell (no lookup by key, no record yet);
+        * a :class:`ProviderError` when the lookup itself failed.
+        """
+        return None
+
+    def search(self, message_key: str, to: str, since: datetime, known: frozenset[str]
+               ) -> DeliveryReceipt | SendResult | NotReceived | None:
+        """For a send whose outcome is unknown and that returned no gateway id, on a gateway
+        that looks messages up only by its own id: its messages to ``to`` since ``since``
+        (before the message could have been sent), less those loa knows as other messages
+        (``known``: their gateway ids).  One left is this one; none left, and the gateway
+        lists every message it took, means it never got it; several, or no such list: None.
+        loa asks only when no other send to ``to`` on this gateway is unknown too."""
         return None
 
     def webhook(self, request: WebhookRequest) -> WebhookResult:

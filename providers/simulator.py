@@ -9,7 +9,9 @@ Three layers share one world model:
 * :class:`SimulatorServer` exposes a network as a small JSON HTTP API on
   loopback, and :class:`SimulatorHTTPProvider` talks to it with ``requests``,
   so the real network failure modes (timeouts, refused connections, 429s) can
-  be exercised end to end.
+  be exercised end to end.  ``GET /v1/messages/<key>`` answers what the network
+  accepted under a key (404 ``SIM-NOMESSAGE`` if nothing), as a gateway that can
+  be asked by our key does: loa reconciles ambiguous sends with it.
 
 Run a standalone server with ``python -m providers.simulator --port 8765``.
 """
@@ -23,6 +25,7 @@ import json
 import os
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -39,6 +42,7 @@ from providers.base import (
     ConfigError,
     DeliveryReceipt,
     MoneyError,
+    NotReceived,
     OutgoingMessage,
     PermanentError,
     Provider,
@@ -66,6 +70,8 @@ CODE_BADREQ = "SIM-BADREQ"
 CODE_AUTH = "SIM-AUTH"
 CODE_THROTTLED = "SIM-THROTTLED"
 CODE_NOTFOUND = "SIM-NOTFOUND"
+CODE_NO_MESSAGE = "SIM-NOMESSAGE"   # a lookup by key: no message was ever accepted with it
+MESSAGE_PATH = "/v1/messages/"
 
 # how long a receipt or response fetched over HTTP stays hidden before it is handed out
 # again, unless its ack comes first
@@ -151,6 +157,7 @@ class SimulatedNetwork:
         self.accepted: Counter[str] = Counter()   # key -> times accepted as a new message
         self.messages: list[OutgoingMessage] = []  # every accepted message, in order
         self._by_key: dict[str, SendResult] = {}
+        self._records: dict[str, SendResult] = {}   # key -> the last message accepted with it
         self._receipts: list[tuple[float, int, DeliveryReceipt]] = []
         self._responses: list[tuple[float, int, Response]] = []
         # leased over HTTP and not yet acknowledged: seq -> (lease expiry, entry); an
@@ -229,6 +236,7 @@ class SimulatedNetwork:
             raw={"id": provider_id, "status": "accepted", "parts": message.parts},
         )
         self.messages.append(message)
+        self._records[message.key] = result
         if self.dedupe:
             self._by_key[message.key] = result
         self._schedule(message, provider_id)
@@ -254,6 +262,12 @@ class SimulatedNetwork:
             )
             self._seq += 1   # ack ids are shared by receipts and responses
             self._responses.append((due, self._seq, response))
+
+    def lookup(self, key: str) -> SendResult | None:
+        """The message accepted under ``key`` (the last one, without dedupe), or None if
+        none ever was: a call refused, or one that never arrived, left no message."""
+        with self._lock:
+            return self._records.get(key)
 
     # -- draining ----------------------------------------------------------
     def take_receipts(self, now: float | datetime | None = None) -> list[DeliveryReceipt]:
@@ -351,6 +365,7 @@ class SimulatorProvider(Provider):
     type = "simulator"
     channels = ("sms", "zalo")
     rate = 50.0
+    lookup_by_key = True
     settings = (
         Setting("seed", required=False, default=0, kind=int, help="seed of every simulated decision"),
         Setting("delivery_rate", required=False, default=0.97, kind=float, ge=0, le=1,
@@ -392,6 +407,9 @@ class SimulatorProvider(Provider):
 
     def fetch_receipts(self) -> list[DeliveryReceipt]:
         return self.network.take_receipts()
+
+    def lookup(self, message_key: str, provider_id: str | None) -> SendResult | NotReceived:
+        return self.network.lookup(message_key) or NotReceived(message_key)
 
     def fetch_responses(self) -> list[Response]:
         return self.network.take_responses()
@@ -456,6 +474,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         if not self._authorized():
             return
+        if self.path.startswith(MESSAGE_PATH):
+            self._lookup(urllib.parse.unquote(self.path.split("?", 1)[0][len(MESSAGE_PATH):]))
+            return
         net = self.server.app.network
         path = self.path.split("?", 1)[0]
         if path in ("/v1/receipts", "/v1/responses"):
@@ -499,6 +520,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, CODE_BADREQ, f"bad request: {exc}")
             return
         self._submit(message)
+
+    def _lookup(self, key: str) -> None:
+        """``GET /v1/messages/<key>``: the message accepted under our key, or 404."""
+        found = self.server.app.network.lookup(key)
+        if found is None:
+            self._error(404, CODE_NO_MESSAGE, f"no message with key {key!r}")
+        else:
+            self._reply(200, {"id": found.provider_id, "key": key, "status": "accepted", "parts": found.parts})
 
     def _submit(self, message: OutgoingMessage) -> None:
         try:
@@ -639,6 +668,7 @@ class SimulatorHTTPProvider(Provider):
     channels = ("sms", "zalo")
     rate = 50.0
     dedupes_by_key = True  # the server returns the first id for a repeated key
+    lookup_by_key = True   # GET /v1/messages/<key>
     settings = (
         Setting("url", required=True, kind=str, help="base URL, e.g. http://127.0.0.1:8765"),
         Setting("token", required=False, secret=True, help="bearer token, if the server wants one"),
@@ -728,6 +758,23 @@ class SimulatorHTTPProvider(Provider):
             acks = [ack for item in (*receipts, *responses) for ack in self._acks.pop(item, ())]
         if acks:
             self._json_or_raise(self._request("POST", "/v1/acks", json={"acks": acks}))
+
+    def lookup(self, message_key: str, provider_id: str | None) -> SendResult | NotReceived:
+        """``GET /v1/messages/<key>``: the server records every message it accepts by key."""
+        resp = self._request("GET", MESSAGE_PATH + urllib.parse.quote(message_key, safe=""))
+        if resp.status_code == 404:
+            try:
+                code, _ = _error_fields(resp.json())
+            except ValueError:
+                code = None
+            if code == CODE_NO_MESSAGE:   # this very answer, not a wrong URL's 404
+                return NotReceived(message_key)
+        data = self._json_or_raise(resp)
+        if not isinstance(data, dict) or not data.get("id"):
+            raise self.error(RetryableError, f"lookup of {message_key}: answer has no message id")
+        parts = data.get("parts")
+        return SendResult(provider_id=str(data["id"]), status="sent",
+                          parts=int(parts) if parts is not None else None, raw=data)
 
     def check(self) -> str:
         data = self._get_json("/v1/health")

@@ -115,6 +115,7 @@ from providers.base import (
     DeliveryReceipt,
     InboundMessage,
     MoneyError,
+    NotReceived,
     OptedOutError,
     OutgoingMessage,
     PermanentError,
@@ -430,6 +431,36 @@ class TwilioProvider(Provider):
                 error_text=None if delivered else (record.error_message or status),
             )
         return self._result(record)
+
+    def search(self, message_key: str, to: str, since: datetime, known: frozenset[str]
+               ) -> DeliveryReceipt | SendResult | NotReceived | None:
+        """Twilio's list of messages to ``to`` (``GET .../Messages.json?To=``, most recent
+        first), read back to ``since``.  Twilio creates a Message resource for every request
+        it accepts, so an empty list (after the settling delay) means it never got ours.
+        The list is not filtered by DateSent: a queued message has no date_sent yet."""
+        candidates = []
+        page = self._call(lambda: self._messages().page(to=to, page_size=50), sending=False)
+        while page is not None:
+            for record in page:
+                created = _aware(record.date_created)
+                if created is not None and created < since:
+                    page = None
+                    break
+                if record.sid in known or not str(record.direction or "").startswith("outbound"):
+                    continue
+                if self.from_number and record.from_ != self.from_number:
+                    continue
+                if self.messaging_service_sid and record.messaging_service_sid not in (None,
+                                                                                        self.messaging_service_sid):
+                    continue
+                candidates.append(record)
+                if len(candidates) > 1:
+                    return None    # two messages to one number: which is ours cannot be told
+            if page is not None:
+                page = self._call(page.next_page, sending=False)
+        if not candidates:
+            return NotReceived(message_key, f"Twilio lists no message to this number since {since:%Y-%m-%d %H:%M} UTC")
+        return self.lookup(message_key, candidates[0].sid)
 
     def webhook(self, request: WebhookRequest) -> WebhookResult:
         """A status callback (receipt) or an incoming SMS, both signed by Twilio."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from typing import Any, ClassVar
 import pytest
 import time_machine
 from zoneinfo import ZoneInfo
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 
 from conftest import AREAS_CSV, write
@@ -45,7 +46,7 @@ from providers.base import (
     SendResult,
     ThrottledError,
 )
-from providers.fakes.twilio import FakeTwilio
+from providers.fakes.twilio import RESET, FakeTwilio
 from providers.fakes.zalo import FakeZalo
 from providers.simulator import SimulatedNetwork, SimulatorProvider
 
@@ -740,6 +741,54 @@ def test_recover_returns_expired_leases_by_what_may_have_been_sent(engine: Engin
     assert Dispatcher(engine, config).recover() == 0
 
 
+class Watching(Provider):
+    """Accepts every message and notes, at each call, what the ledger says: the rows in
+    ``sending`` in the whole outbox, and the state of the row being sent."""
+
+    type = "test-dispatch-watching"
+    rate = 100_000.0
+
+    def __init__(self, name: str, options: Any, state: Any = None) -> None:
+        super().__init__(name, options, state)
+        self.engine: Engine = options["engine"]
+        self.seen: list[tuple[int, str]] = []
+        self._lock = threading.Lock()
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        run_id, subscriber_id = (int(x) for x in message.key.split("-")[1:3])
+        with self.engine.connect() as conn:
+            sending = conn.scalar(select(func.count()).select_from(O).where(O.c.state == "sending"))
+            mine = conn.scalar(select(O.c.state).where(O.c.run_id == run_id, O.c.subscriber_id == subscriber_id))
+        with self._lock:
+            self.seen.append((sending, mine))
+        time.sleep(0.002)   # a gateway's round trip: the other threads' calls overlap this one
+        return SendResult(provider_id=f"w-{message.key}")
+
+
+@pytest.mark.parametrize("limiter", ["memory", "database"])
+def test_only_the_calls_in_flight_are_marked_sending(engine: Engine, workdir: Path, tmp_path: Path,
+                                                     limiter: str) -> None:
+    """A crash leaves ``unknown`` (through a gateway that does not deduplicate) what was
+    ``sending``: that must be the calls that may have gone out, at most one per sender
+    thread, never the window of rows booked around them."""
+    threads, n = 3, 200
+    import_people(engine, tmp_path, n=n)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir))
+    watching = Watching("sim", {"engine": engine})
+    rate_limit = MemoryGCRA(100_000, 100) if limiter == "memory" else DatabaseGCRA(engine, "sim", 100_000, 100)
+    pool = GatewayPool(config)
+    pool._built["sim"] = Gateway("sim", watching, rate_limit, 100_000.0)
+    Dispatcher(engine, config, threads=threads, batch_size=n, pool=pool).run_until_empty()
+    rows = outbox(engine, plan.run_id)
+    assert by_state(rows) == {"sent": n}
+    assert {r["attempts"] for r in rows} == {1}
+    assert len(watching.seen) == n
+    assert {mine for _, mine in watching.seen} == {"sending"}     # marked before its call, committed
+    most = max(sending for sending, _ in watching.seen)
+    assert most <= threads, f"{most} rows sending at once with {threads} sender threads"
+
+
 def test_a_worker_that_lost_its_lease_sends_nothing_of_what_another_took_over(
         engine: Engine, workdir: Path, tmp_path: Path) -> None:
     """Worker A claims a batch, then stalls past its lease (a long pause, a frozen VM); B
@@ -924,6 +973,43 @@ def test_a_recipient_who_replied_stop_to_twilio_is_opted_out_everywhere(
 
         third = plan_run(engine, config, make_campaign(workdir, "third", sms_gateway="tw"))
         assert {r["phone"]: r["state"] for r in outbox(engine, third.run_id)}[stopped] == "suppressed"
+
+
+def test_unknown_twilio_sends_are_reconciled_from_twilios_list_of_messages_to_the_number(
+        engine: Engine, workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twilio finds messages by SID only, and a send cut short returned none: loa reads
+    Twilio's list of messages to the number since the run began, less the SIDs it knows."""
+    import_people(engine, tmp_path, n=4)
+    with FakeTwilio() as fake:
+        config = fake_gateways(workdir, monkeypatch, twilio=fake)
+        fake.failures[phone(0)] = RESET          # the connection dropped: Twilio never took it
+        plan = plan_run(engine, config, make_campaign(workdir, sms_gateway="tw"))
+        Dispatcher(engine, config).run_until_empty()
+        rows = {r["phone"]: r for r in outbox(engine, plan.run_id)}
+        assert (rows[phone(0)]["state"], rows[phone(0)]["provider_id"]) == ("unknown", None)
+        sid = {p: r["provider_id"] for p, r in rows.items()}
+        # a crash during the call after Twilio took it: the row is unknown and its SID lost
+        lost = [rows[phone(1)]["id"], rows[phone(3)]["id"]]
+        with engine.begin() as conn:
+            conn.execute(update(O).where(O.c.id.in_(lost)).values(state="unknown", provider_id=None,
+                                                                 error_code="ambiguous"))
+        # phone 3 also got a message of another system through the same account
+        other = GatewayPool(config)
+        other.get("tw").provider.send(OutgoingMessage(key="elsewhere", to=phone(3), channel="sms", text="Khác"))
+        other.close()
+        del fake.failures[phone(0)]
+        done = Dispatcher(engine, config).reconcile_unknown(settle_after=0, give_up_after=0)
+        assert done == Counter({("requeued", ""): 1, ("settled", "sent"): 1,
+                                ("unknown", "gateway tw has no record of it"): 1}), done
+        after = {r["phone"]: r for r in outbox(engine, plan.run_id)}
+        assert (after[phone(0)]["state"], after[phone(0)]["error_code"]) == ("planned", "not_received")
+        assert (after[phone(1)]["state"], after[phone(1)]["provider_id"]) == ("sent", sid[phone(1)])
+        assert (after[phone(3)]["state"], after[phone(3)]["error_code"]) == ("unknown", "unreconciled")
+        Dispatcher(engine, config).run_until_empty()
+        final = {r["phone"]: r for r in outbox(engine, plan.run_id)}
+        assert final[phone(0)]["state"] == "sent"
+        created = Counter(m["to"] for m in fake.messages.values())
+        assert created == Counter({phone(0): 1, phone(1): 1, phone(2): 1, phone(3): 2})   # nobody twice from loa
 
 
 def test_a_zalo_daily_quota_holds_the_whole_queue_until_it_resets(

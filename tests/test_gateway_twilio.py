@@ -9,6 +9,7 @@ import base64
 import socket
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlsplit
@@ -22,6 +23,7 @@ from providers.base import (
     ConfigError,
     DeliveryReceipt,
     MoneyError,
+    NotReceived,
     OptedOutError,
     OutgoingMessage,
     PermanentError,
@@ -488,3 +490,27 @@ def test_fake_rejects_requests_without_basic_auth(fake: FakeTwilio) -> None:
     req = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
     with urllib.request.urlopen(req, timeout=5) as resp:
         assert json.loads(resp.read())["sid"] == fake.account_sid
+
+
+def test_search_reads_twilios_list_of_messages_to_the_number(fake: FakeTwilio, tw: TwilioProvider) -> None:
+    """For a send that returned no SID: Twilio's list of messages to the number, most recent
+    first, back to ``since``, less the SIDs loa knows: one left is ours, none means Twilio
+    never got it, several cannot be told apart."""
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    sid = tw.send(msg("k1")).provider_id
+    found = tw.search("k1", PHONE, since, frozenset())
+    assert isinstance(found, SendResult) and found.provider_id == sid
+    assert isinstance(tw.search("k1", PHONE, since, frozenset({sid})), NotReceived)
+    assert isinstance(tw.search("k1", PHONE, datetime.now(UTC) + timedelta(minutes=5), frozenset()), NotReceived)
+    assert isinstance(tw.search("k1", "+84912000999", since, frozenset()), NotReceived)   # nothing to that number
+    tw.send(msg("k2"))
+    assert tw.search("k1", PHONE, since, frozenset()) is None                # two: which one is ours?
+
+    # the one left unknown is the oldest of 60: found on the list's second page
+    other = "+84912000111"
+    sids = [tw.send(msg(f"m{i}", to=other)).provider_id for i in range(60)]
+    found = tw.search("m0", other, since, frozenset(sids[1:]))
+    assert isinstance(found, SendResult) and found.provider_id == sids[0]
+    pages = [r for r in fake.requests if r.method == "GET" and r.path.endswith("/Messages.json")
+             and r.query.get("To") == other]
+    assert len(pages) == 2

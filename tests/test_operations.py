@@ -41,6 +41,7 @@ from providers.base import (
     AuthError,
     DeferredError,
     DeliveryReceipt,
+    NotReceived,
     OutgoingMessage,
     Provider,
     RetryableError,
@@ -110,6 +111,7 @@ class Recorder(_Scripted):
     """Every send times out after the request was written; ``lookup`` answers from ``records``."""
 
     type = "test-ops-lookup"
+    lookup_by_key = True
     calls: ClassVar[Counter[str]] = Counter()
     lookups: ClassVar[Counter[str]] = Counter()
     records: ClassVar[dict[str, Any]] = {}
@@ -126,6 +128,14 @@ class Recorder(_Scripted):
         return found
 
 
+class ByIdOnly(Recorder):
+    """Looks messages up by the gateway's own id only (Twilio's SID, eSMS's SMSID, Zalo's msg_id)."""
+
+    type = "test-ops-byid"
+    lookup_by_key = False
+    calls: ClassVar[Counter[str]] = Counter()
+
+
 class AmbiguousNoLookup(_Scripted):
     """Times out ambiguously and offers no lookup (like SMPP or Twilio without a SID)."""
 
@@ -137,7 +147,7 @@ class AmbiguousNoLookup(_Scripted):
         raise self.error(RetryableError, "read timeout", code="TIMEOUT", ambiguous=True)
 
 
-SCRIPTED = (FlakyAuth, NightOwl, SilentZalo, Recorder, AmbiguousNoLookup)
+SCRIPTED = (FlakyAuth, NightOwl, SilentZalo, Recorder, ByIdOnly, AmbiguousNoLookup)
 
 EXTRA = """
 [gateways.flaky]
@@ -150,6 +160,8 @@ type = "test-ops-silent-zalo"
 type = "test-ops-lookup"
 [gateways.nolookup]
 type = "test-ops-nolookup"
+[gateways.byid]
+type = "test-ops-byid"
 """
 
 
@@ -632,6 +644,99 @@ def test_a_reconciled_send_is_recorded_like_a_send(engine: Engine, workdir: Path
     assert row["state"] == "sent"
     assert row["sent_at"] is not None
     assert row["error_code"] is None
+
+
+def test_a_send_the_gateway_never_got_is_queued_again_and_sent_once_more(engine: Engine, workdir: Path,
+                                                                        tmp_path: Path) -> None:
+    """A gateway asked by our key that has no such message (NotReceived) never got it: the
+    row goes back to the queue, and its run, already done, is open again."""
+    import_people(engine, tmp_path, n=3)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir, "q", sms={"gateway": "recon"}))
+    Dispatcher(engine, config).run_until_empty()       # every send times out: unknown, the run done
+    with engine.connect() as conn:
+        assert conn.scalar(select(db.runs.c.status).where(db.runs.c.id == plan.run_id)) == "done"
+    k = {index(r): key(r) for r in rows(engine, plan.run_id)}
+    Recorder.records.update({k[0]: NotReceived(k[0]), k[1]: SendResult(provider_id="gw-1"), k[2]: None})
+    done = Dispatcher(engine, config).reconcile_unknown(settle_after=0, give_up_after=0)
+    assert done == Counter({("requeued", ""): 1, ("settled", "sent"): 1,
+                           ("unknown", "gateway recon has no record of it"): 1})
+    after = {index(r): r for r in rows(engine, plan.run_id)}
+    assert (after[0]["state"], after[0]["error_code"], after[0]["worker"]) == ("planned", "not_received", None)
+    assert after[0]["due_at"] <= db.utcnow()
+    assert (after[1]["state"], after[1]["provider_id"]) == ("sent", "gw-1")
+    assert (after[2]["state"], after[2]["error_code"]) == ("unknown", "unreconciled")
+    with engine.connect() as conn:
+        assert conn.scalar(select(db.runs.c.status).where(db.runs.c.id == plan.run_id)) == "planned"
+    Dispatcher(engine, config).run_until_empty()
+    assert Recorder.calls == Counter({k[0]: 2, k[1]: 1, k[2]: 1})    # only the one never received again
+    first = {index(r): r for r in rows(engine, plan.run_id)}[0]
+    assert first["attempts"] == 2
+
+    # a gateway that never gets it, however often: given up after the attempts, not sent forever
+    for attempt in range(3, MAX_ATTEMPTS + 2):
+        Dispatcher(engine, config).reconcile_unknown(settle_after=0, give_up_after=0)
+        Dispatcher(engine, config).run_until_empty()
+    first = {index(r): r for r in rows(engine, plan.run_id)}[0]
+    assert (first["state"], first["error_code"], first["attempts"]) == ("failed", "not_received", MAX_ATTEMPTS)
+    assert Recorder.calls[k[0]] == MAX_ATTEMPTS
+
+
+def test_a_gateway_that_looks_up_only_by_its_own_id_is_not_asked_without_one(engine: Engine, workdir: Path,
+                                                                            tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=2)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir, "i", sms={"gateway": "byid"}))
+    make_unknown(engine, plan.run_id)
+    k = {index(r): key(r) for r in rows(engine, plan.run_id)}
+    Recorder.records.update({k[0]: SendResult(provider_id="sid-0"), k[1]: SendResult(provider_id="sid-1")})
+    done = Dispatcher(engine, config).reconcile_unknown(settle_after=0, give_up_after=0)
+    why = "gateway byid looks messages up only by its own id, and this send returned none"
+    assert done == Counter({("unknown", why): 2})
+    assert not Recorder.lookups
+    assert {(r["state"], r["error_code"]) for r in rows(engine, plan.run_id)} == {("unknown", "TIMEOUT")}
+    with engine.begin() as conn:     # a timeout after the gateway's answer began: its id is known
+        conn.execute(O.update().where(O.c.run_id == plan.run_id, O.c.subscriber_id == int(k[0].split("-")[2]))
+                     .values(provider_id="sid-0"))
+    assert Dispatcher(engine, config).reconcile_unknown(settle_after=0, give_up_after=0)[("settled", "sent")] == 1
+    assert Recorder.lookups == Counter([k[0]])
+
+
+def test_status_counts_unknown_sends_and_reconcile_says_what_it_did(engine: Engine, workdir: Path,
+                                                                     tmp_path: Path) -> None:
+    import_people(engine, tmp_path, n=5)
+    config = make_config(workdir)
+    recon = plan_run(engine, config, make_campaign(workdir, "r", sms={"gateway": "recon"}))
+    blind = plan_run(engine, config, make_campaign(workdir, "b", sms={"gateway": "nolookup"}))
+    make_unknown(engine, recon.run_id)
+    make_unknown(engine, blind.run_id)
+
+    status = json.loads(ok(invoke(workdir, "status", "--format", "json")).output)
+    assert status["unknown"] == 10
+    assert {g["name"]: g["unknown"] for g in status["gateways"]} == {"recon": 5, "nolookup": 5}
+    assert {r["run"]: r["states"] for r in status["runs"]} == {recon.run_id: {"unknown": 5},
+                                                              blind.run_id: {"unknown": 5}}
+    table = ok(invoke(workdir, "status")).output
+    assert "10 message(s) with an unknown outcome: loa messages reconcile" in table
+
+    k = {index(r): key(r) for r in rows(engine, recon.run_id)}
+    Recorder.records.update({k[0]: SendResult(provider_id="gw-0"), k[1]: SendResult(provider_id="gw-1"),
+                             k[2]: NotReceived(k[2]), k[3]: RetryableError("lookup API down", gateway="recon")})
+    # too recent: a gateway may record a message a moment after answering
+    assert "5 left unknown: too recent to ask" in ok(invoke(workdir, "messages", "reconcile", "--campaign", "r")).output
+    assert not Recorder.lookups
+    output = ok(invoke(workdir, "messages", "reconcile", "--campaign", "r", "--settle", "0")).output
+    assert output.splitlines() == [
+        "1 queued again: the gateway never got them (loa send sends them)",
+        "2 sent: the gateway has them",
+        "1 left unknown: gateway recon has no record of it yet; asked again later",
+        "1 left unknown: gateway recon: lookup failed: recon: lookup API down",
+    ], output
+    output = ok(invoke(workdir, "messages", "reconcile", "--settle", "0")).output
+    assert "5 left unknown: gateway nolookup cannot be asked what it received" in output, output
+    # left: the 5 of the gateway that cannot be asked, and the 2 the other could not answer for
+    assert json.loads(ok(invoke(workdir, "status", "--format", "json")).output)["unknown"] == 7
+    one_line_error(invoke(workdir, "messages", "reconcile", "--campaign", "nope"), "no campaign named 'nope'")
 
 
 # -- deferrals -------------------------------------------------------------------------------

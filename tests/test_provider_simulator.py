@@ -20,10 +20,12 @@ from providers.base import (
     AuthError,
     ConfigError,
     MoneyError,
+    NotReceived,
     OutgoingMessage,
     PermanentError,
     ProviderError,
     RetryableError,
+    SendResult,
     ThrottledError,
 )
 from providers.simulator import (
@@ -536,3 +538,30 @@ class TestHTTPStatusMapping:
         with pytest.raises(ThrottledError) as info:
             client_factory(url).send(msg())
         assert info.value.retry_after is not None and 20 <= info.value.retry_after <= 31
+
+
+# -- lookups by our key ------------------------------------------------------------
+
+def test_the_server_answers_a_lookup_by_key_with_what_it_accepted(
+        server_factory: Callable[..., SimulatorServer], client_factory: Callable[..., SimulatorHTTPProvider],
+        canned_server: Callable[..., str]) -> None:
+    """``GET /v1/messages/<key>``: the message accepted under the key, or 404 SIM-NOMESSAGE
+    when none ever was (never sent, or refused), which only that answer may mean."""
+    srv = server_factory(seed=1, dedupe=False, failure_rate=0.0, permanent_rate=0.0)
+    client = client_factory(srv.url)
+    sent = client.send(msg("loa-7-1"))
+    found = client.lookup("loa-7-1", None)
+    assert isinstance(found, SendResult) and found.provider_id == sent.provider_id and found.status == "sent"
+    assert client.lookup("loa-7-2", None) == NotReceived("loa-7-2")
+    assert client.lookup("loa 7/3?x", None) == NotReceived("loa 7/3?x")        # the key travels quoted
+    assert SimulatorProvider("sim", {"network": srv.network}).lookup("loa-7-1", None) == srv.network.lookup("loa-7-1")
+
+    refusing = server_factory(seed=1, failure_rate=1.0)     # every call refused with 503: nothing accepted
+    with pytest.raises(RetryableError):
+        client_factory(refusing.url).send(msg("loa-8-1"))
+    assert client_factory(refusing.url).lookup("loa-8-1", None) == NotReceived("loa-8-1")
+
+    # a 404 that is not the server's answer about the key (an old server, a wrong URL) proves nothing
+    elsewhere = canned_server(404, {"error": {"code": "SIM-NOTFOUND", "message": "no such endpoint"}})
+    with pytest.raises(ProviderError):
+        client_factory(elsewhere).lookup("loa-7-2", None)

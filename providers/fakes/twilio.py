@@ -6,6 +6,8 @@ It answers the paths the Messages adapter uses, as Twilio documents them:
   ``To``, ``From`` or ``MessagingServiceSid``, ``Body``, ``StatusCallback``,
   ``ValidityPeriod``) -> 201 with a Message resource;
 * ``GET /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}.json``;
+* ``GET /2010-04-01/Accounts/{AccountSid}/Messages.json`` (the list, most recent first,
+  filtered by ``To`` and ``From``, paged by ``PageSize`` and ``Page``);
 * ``GET /2010-04-01/Accounts/{AccountSid}.json``.
 
 Every request needs HTTP basic auth ``AccountSid:AuthToken`` (else 401 with
@@ -211,6 +213,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, fake._account_json())
         elif rec.method == "POST" and tail == "Messages.json":
             self._create(rec)
+        elif rec.method == "GET" and tail == "Messages.json":
+            self._reply(200, fake._list(rec.path, rec.query))
         elif rec.method == "GET" and tail.startswith("Messages/") and tail.endswith(".json"):
             sid = tail[len("Messages/"):-len(".json")]
             record = fake._message(sid)
@@ -406,6 +410,29 @@ class FakeTwilio:
             record = self.messages.get(sid)
             return None if record is None else {k: v for k, v in record.items() if not k.startswith("_")}
 
+    def _list(self, path: str, query: Mapping[str, str]) -> dict[str, Any]:
+        """``GET .../Messages.json``: Twilio's list, most recent first, filtered by ``To`` and
+        ``From``, in pages of ``PageSize`` (default 50) numbered from 0 by ``Page``."""
+        size = max(1, min(int(query.get("PageSize") or 50), 1000))
+        page = max(0, int(query.get("Page") or 0))
+        with self._lock:
+            found = [r for r in self.messages.values()
+                     if (not query.get("To") or r["to"] == query["To"])
+                     and (not query.get("From") or r["from"] == query["From"])]
+        found.sort(key=lambda r: r["_created"], reverse=True)
+        chunk = found[page * size:(page + 1) * size]
+
+        def uri(n: int) -> str:
+            return f"{path}?{urlencode({**{k: v for k, v in query.items() if k != 'Page'}, 'Page': n, 'PageSize': size})}"
+
+        return {
+            "messages": [{k: v for k, v in r.items() if not k.startswith("_")} for r in chunk],
+            "page": page, "page_size": size, "start": page * size, "end": page * size + max(len(chunk) - 1, 0),
+            "uri": uri(page), "first_page_uri": uri(0),
+            "next_page_uri": uri(page + 1) if len(found) > (page + 1) * size else None,
+            "previous_page_uri": uri(page - 1) if page else None,
+        }
+
     def _create(self, form: Mapping[str, str]) -> dict[str, Any]:
         sid = "SM" + secrets.token_hex(16)
         now = _rfc2822()
@@ -434,6 +461,7 @@ class FakeTwilio:
             "to": form["To"],
             "uri": uri,
             "_status_callback": form.get("StatusCallback"),
+            "_created": time.time(),
         }
         with self._lock:
             self.messages[sid] = record
