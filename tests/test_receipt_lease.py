@@ -15,8 +15,9 @@ from pathlib import Path
 import requests
 from click.testing import CliRunner
 from conftest import write, write_http_config
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
+from test_crash import populate
 from test_provider_simulator import msg
 
 from loa import db
@@ -39,11 +40,7 @@ def setup(engine: Engine, workdir: Path, url: str) -> None:
         start = "00:00"
         end = "24:00"
     """)
-    now = db.utcnow()
-    with engine.begin() as conn:
-        conn.execute(insert(db.subscribers), [
-            {"phone": f"+8491{i:07d}", "carrier": "Viettel", "name": f"Người {i}", "language": "vi",
-             "attributes": {}, "created_at": now, "updated_at": now} for i in range(N)])
+    populate(engine, N)
 
 
 def loa(workdir: Path, *args: str) -> str:
