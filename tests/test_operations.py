@@ -545,7 +545,7 @@ def test_reconcile_waits_for_the_gateway_to_settle_and_gives_up_after_an_hour(
     import_people(engine, tmp_path, n=1)
     config = make_config(workdir)
     with time_machine.travel(DAYTIME, tick=False):
-        plan = plan_run(engine, config, make_campaign(workdir, "w", sms={"gateway": "recon"}))
+        plan = plan_run(engine, config, make_campaign(workdir, "w", sms={"gateway": "recon"}, window=ALL_DAY))
         make_unknown(engine, plan.run_id)
         [row] = rows(engine, plan.run_id)
         Recorder.records[key(row)] = None
@@ -566,7 +566,7 @@ def test_reconcile_settles_unknown_sends_from_the_gateways_records(engine: Engin
     config = make_config(workdir)
     at = DAYTIME + timedelta(seconds=3)
     with time_machine.travel(DAYTIME, tick=True):
-        plan = plan_run(engine, config, make_campaign(workdir, "r", sms={"gateway": "recon"}))
+        plan = plan_run(engine, config, make_campaign(workdir, "r", sms={"gateway": "recon"}, window=ALL_DAY))
         k = {index(r): key(r) for r in rows(engine, plan.run_id)}
         Recorder.records.update({
             k[0]: SendResult(provider_id="gw-0"),
@@ -613,7 +613,7 @@ def test_reconcile_settles_unknown_sends_from_the_gateways_records(engine: Engin
 def test_reconcile_skips_gateways_without_lookup(engine: Engine, workdir: Path, tmp_path: Path) -> None:
     import_people(engine, tmp_path, n=2)
     config = make_config(workdir)
-    plan = plan_run(engine, config, make_campaign(workdir, "n", sms={"gateway": "nolookup"}))
+    plan = plan_run(engine, config, make_campaign(workdir, "n", sms={"gateway": "nolookup"}, window=ALL_DAY))
     make_unknown(engine, plan.run_id)
     assert Dispatcher(engine, config).reconcile() == 0
     assert {(r["state"], r["error_code"]) for r in rows(engine, plan.run_id)} == {("unknown", "TIMEOUT")}
@@ -623,8 +623,8 @@ def test_reconcile_skips_gateways_without_lookup(engine: Engine, workdir: Path, 
 def test_reconcile_is_not_starved_by_gateways_without_lookup(engine: Engine, workdir: Path, tmp_path: Path) -> None:
     import_people(engine, tmp_path, n=3)
     config = make_config(workdir)
-    first = plan_run(engine, config, make_campaign(workdir, "first", sms={"gateway": "nolookup"}))
-    later = plan_run(engine, config, make_campaign(workdir, "later", sms={"gateway": "recon"}))
+    first = plan_run(engine, config, make_campaign(workdir, "first", sms={"gateway": "nolookup"}, window=ALL_DAY))
+    later = plan_run(engine, config, make_campaign(workdir, "later", sms={"gateway": "recon"}, window=ALL_DAY))
     make_unknown(engine, first.run_id)
     make_unknown(engine, later.run_id)
     Recorder.records.update({key(r): SendResult(provider_id="x") for r in rows(engine, later.run_id)})
@@ -636,7 +636,7 @@ def test_reconcile_is_not_starved_by_gateways_without_lookup(engine: Engine, wor
 def test_a_reconciled_send_is_recorded_like_a_send(engine: Engine, workdir: Path, tmp_path: Path) -> None:
     import_people(engine, tmp_path, n=1)
     config = make_config(workdir)
-    plan = plan_run(engine, config, make_campaign(workdir, "r", sms={"gateway": "recon"}))
+    plan = plan_run(engine, config, make_campaign(workdir, "r", sms={"gateway": "recon"}, window=ALL_DAY))
     make_unknown(engine, plan.run_id)
     Recorder.records.update({key(r): SendResult(provider_id="gw") for r in rows(engine)})
     assert Dispatcher(engine, config).reconcile() == 1
@@ -652,7 +652,7 @@ def test_a_send_the_gateway_never_got_is_queued_again_and_sent_once_more(engine:
     row goes back to the queue, and its run, already done, is open again."""
     import_people(engine, tmp_path, n=3)
     config = make_config(workdir)
-    plan = plan_run(engine, config, make_campaign(workdir, "q", sms={"gateway": "recon"}))
+    plan = plan_run(engine, config, make_campaign(workdir, "q", sms={"gateway": "recon"}, window=ALL_DAY))
     Dispatcher(engine, config).run_until_empty()       # every send times out: unknown, the run done
     with engine.connect() as conn:
         assert conn.scalar(select(db.runs.c.status).where(db.runs.c.id == plan.run_id)) == "done"
@@ -686,7 +686,7 @@ def test_a_gateway_that_looks_up_only_by_its_own_id_is_not_asked_without_one(eng
                                                                             tmp_path: Path) -> None:
     import_people(engine, tmp_path, n=2)
     config = make_config(workdir)
-    plan = plan_run(engine, config, make_campaign(workdir, "i", sms={"gateway": "byid"}))
+    plan = plan_run(engine, config, make_campaign(workdir, "i", sms={"gateway": "byid"}, window=ALL_DAY))
     make_unknown(engine, plan.run_id)
     k = {index(r): key(r) for r in rows(engine, plan.run_id)}
     Recorder.records.update({k[0]: SendResult(provider_id="sid-0"), k[1]: SendResult(provider_id="sid-1")})
@@ -706,8 +706,8 @@ def test_status_counts_unknown_sends_and_reconcile_says_what_it_did(engine: Engi
                                                                      tmp_path: Path) -> None:
     import_people(engine, tmp_path, n=5)
     config = make_config(workdir)
-    recon = plan_run(engine, config, make_campaign(workdir, "r", sms={"gateway": "recon"}))
-    blind = plan_run(engine, config, make_campaign(workdir, "b", sms={"gateway": "nolookup"}))
+    recon = plan_run(engine, config, make_campaign(workdir, "r", sms={"gateway": "recon"}, window=ALL_DAY))
+    blind = plan_run(engine, config, make_campaign(workdir, "b", sms={"gateway": "nolookup"}, window=ALL_DAY))
     make_unknown(engine, recon.run_id)
     make_unknown(engine, blind.run_id)
 
