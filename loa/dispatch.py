@@ -48,6 +48,7 @@ from loa import db
 from loa.config import Config
 from loa.errors import LoaError
 from loa import gateways as gateway_state
+from loa import lifecycle
 from loa.gateways import Gateway, GatewayPool
 from loa.inbound import receive_inbound
 from loa.logs import mask_phones
@@ -151,6 +152,9 @@ class Dispatcher:
         self._to_mark: list[_Item] = []       # about to be sent
         self._mark_answers: dict[int, bool | BaseException] = {}
         self._ledger_error: BaseException | None = None
+        # runs found paused or cancelled when their messages were to be marked: the rest of
+        # what this worker holds of them is not sent (the ledger has them back already)
+        self._halted: set[int] = set()
 
     # -- the loops ------------------------------------------------------------
     def run_until_empty(self) -> SendSummary:
@@ -217,6 +221,7 @@ class Dispatcher:
     def _take(self) -> list[_Item]:
         """The next batch: the one claimed while the last window was sending, or a new claim."""
         items, self._next = self._next, []
+        items = [i for i in items if i.run_id not in self._halted]   # given back when their run halted
         return items or self.claim()
 
     def _give_back(self) -> None:
@@ -233,9 +238,11 @@ class Dispatcher:
 
     def claim(self) -> list[_Item]:
         now = db.utcnow()
+        self._halted = set()   # what is claimed now is of runs that may send (checked again at each mark)
         with self.engine.begin() as conn:
             due = select(O.c.id).where(O.c.state.in_(DUE), O.c.due_at <= now,
-                                       O.c.gateway.not_in(gateway_state.paused_names()))
+                                       O.c.gateway.not_in(gateway_state.paused_names()),
+                                       O.c.run_id.not_in(lifecycle.halted()))
             if self.summary.paused:
                 due = due.where(O.c.gateway.not_in(list(self.summary.paused)))
             if held := self._held_gateways(now):
@@ -292,7 +299,7 @@ class Dispatcher:
             if held:
                 self._record(held)
             chunk = [i for i in ready[start:start + window]
-                     if i.outcome is None and i.gateway not in self.summary.paused]
+                     if i.outcome is None and i.gateway not in self.summary.paused and i.run_id not in self._halted]
             skipped = [i for i in ready[start:start + window]
                        if i.outcome is None and i.gateway in self.summary.paused]
             if skipped:
@@ -502,14 +509,33 @@ class Dispatcher:
                                      lease_until=now + self.lease))
             marked: set[int] = set()
             if mark:
+                # the campaign's and the run's state are checked in the statement that marks
+                # the message: a pause committed before it stops this send, on every worker
                 marked = set(conn.execute(
-                    update(O).where(O.c.id.in_([i.id for i in mark]), O.c.state == "claimed", ours)
+                    update(O).where(O.c.id.in_([i.id for i in mark]), O.c.state == "claimed", ours,
+                                    O.c.run_id.not_in(lifecycle.halted()))
                     .values(state="sending", attempts=O.c.attempts + 1, updated_at=now,
                             encoding=None, parts=None, lease_until=now + self.lease)
                     .returning(O.c.id)
                 ).scalars())
+                if len(marked) < len(mark):
+                    self._give_back_halted(conn, {i.run_id for i in mark if i.id not in marked}, now)
         self._log_refused(refused)
-        return marked   # rows whose lease we lost are left alone
+        return marked   # rows whose lease we lost, or whose run was halted, are left alone
+
+    def _give_back_halted(self, conn: Connection, run_ids: set[int], now: datetime) -> None:
+        """Of runs whose message was refused its mark: those paused or cancelled meanwhile.
+        Every row this worker holds of them goes back at once, planned with the pause as its
+        reason (or cancelled), and the senders waiting for their turn skip them."""
+        halted = lifecycle.halted_runs(conn, run_ids)
+        for run_id, (state, reason) in halted.items():
+            n = conn.execute(update(O).where(O.c.run_id == run_id, O.c.state == "claimed", O.c.worker == self.worker)
+                             .values(state=state, reason=reason, worker=None, lease_until=None,
+                                     updated_at=now)).rowcount
+            if run_id not in self._halted:
+                log.warning("run %s halted (%s): %d message(s) given back unsent", run_id, reason, n,
+                            extra={"kind": "halted"})
+        self._halted |= set(halted)
 
     def _send(self, item: _Item) -> None:
         """One message on a sender thread: marked sending just before its call, its outcome
@@ -561,6 +587,8 @@ class Dispatcher:
         assert item.message is not None
         limiter, parts = gw.limiter, item.message.parts
         booked, item.slot = item.slot, None
+        if item.run_id in self._halted:   # paused or cancelled while it waited: given back already
+            return None
         book = getattr(limiter, "book", None)
         if book is None:            # an in-process limiter: its turn comes, nothing to miss
             if not hasattr(limiter, "sleep_until"):
@@ -796,7 +824,8 @@ class Dispatcher:
         moved = 0
         with self.engine.begin() as conn:
             runs = conn.execute(select(r.c.id, r.c.definition).where(
-                r.c.status.in_(("planned", "done")), r.c.scheduled_for >= now - timedelta(days=3))).all()
+                r.c.status.in_(("planned", "done")), r.c.scheduled_for >= now - timedelta(days=3),
+                r.c.id.not_in(lifecycle.cancelled()))).all()
             for run_id, definition in runs:
                 channels = list(definition.get("channels", []))
                 n = 0
@@ -1022,7 +1051,8 @@ def _update_for(shape: tuple[str, ...]) -> Any:
     for k in ("state", "error_code", "error_text"):
         if k in values:
             values[k] = case((receipted, O.c[k]), else_=values[k])
-    return update(O).where(O.c.id == bindparam("b_id")).values(**values)
+    # a message cancelled while this worker held it (never handed to its gateway) stays cancelled
+    return update(O).where(O.c.id == bindparam("b_id"), O.c.state != literal("cancelled")).values(**values)
 
 
 def _has_lookup(type_name: str) -> bool:
