@@ -210,11 +210,12 @@ def test_cancel_marks_every_unsent_message_and_the_one_in_flight_finishes(
 
 def test_a_cancelled_row_is_never_overwritten_by_an_outcome_of_a_worker_that_held_it(
         engine: Engine, workdir: Path, tmp_path: Path) -> None:
-    """A worker claims a batch; the run is cancelled; the worker's send window then finds its
-    rows taken from it and sends none of them."""
-    import_people(engine, tmp_path, n=12)
+    """A worker claims a batch; the run is cancelled; the worker then carries on with the batch
+    in its hands: it sends none of it, and what it finds before sending (here a template
+    error for the recipients without ``x``) does not overwrite the cancellation."""
+    import_people(engine, tmp_path, n=12, with_x=lambda i: i % 3 != 0)
     config = load(workdir / "config.toml")
-    plan = plan_run(engine, config, make_campaign(workdir, "c"))
+    plan = plan_run(engine, config, make_campaign(workdir, "c", sms_text="Chào {{ subscriber.name }}, mã {{ attr.x }}"))
     net = SimulatedNetwork(seed=3, delivery_rate=1.0)
     worker = Dispatcher(engine, config, pool=sim_pool(config, net))
     in_hand = worker.claim()
