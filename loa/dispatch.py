@@ -518,24 +518,34 @@ class Dispatcher:
                             encoding=None, parts=None, lease_until=now + self.lease)
                     .returning(O.c.id)
                 ).scalars())
-                if len(marked) < len(mark):
-                    self._give_back_halted(conn, {i.run_id for i in mark if i.id not in marked}, now)
         self._log_refused(refused)
+        if len(marked) < len(mark):
+            self._give_back_halted({i.run_id for i in mark if i.id not in marked})
         return marked   # rows whose lease we lost, or whose run was halted, are left alone
 
-    def _give_back_halted(self, conn: Connection, run_ids: set[int], now: datetime) -> None:
+    def _give_back_halted(self, run_ids: set[int]) -> None:
         """Of runs whose message was refused its mark: those paused or cancelled meanwhile.
         Every row this worker holds of them goes back at once, planned with the pause as its
-        reason (or cancelled), and the senders waiting for their turn skip them."""
-        halted = lifecycle.halted_runs(conn, run_ids)
-        for run_id, (state, reason) in halted.items():
-            n = conn.execute(update(O).where(O.c.run_id == run_id, O.c.state == "claimed", O.c.worker == self.worker)
-                             .values(state=state, reason=reason, worker=None, lease_until=None,
-                                     updated_at=now)).rowcount
-            if run_id not in self._halted:
+        reason (or cancelled), and the senders waiting for their turn skip them.  In a
+        transaction of its own, its rows locked in id order, as every writer of the outbox
+        locks them (:func:`lock_rows`): a cancel may be locking the same rows."""
+        now = db.utcnow()
+        with self.engine.begin() as conn:
+            halted = lifecycle.halted_runs(conn, run_ids)
+            if not halted:   # the lease was lost, not the run halted: nothing of ours to give back
+                return
+            mine = and_(O.c.run_id.in_(list(halted)), O.c.state == "claimed", O.c.worker == self.worker)
+            lock_rows(conn, mine)
+            given = {run_id: conn.execute(update(O).where(mine, O.c.run_id == run_id)
+                                          .values(state=state, reason=reason, worker=None, lease_until=None,
+                                                  updated_at=now)).rowcount
+                     for run_id, (state, reason) in halted.items()}
+        self._halted |= set(halted)
+        for run_id, n in given.items():
+            reason = halted[run_id][1]
+            if n:
                 log.warning("run %s halted (%s): %d message(s) given back unsent", run_id, reason, n,
                             extra={"kind": "halted"})
-        self._halted |= set(halted)
 
     def _send(self, item: _Item) -> None:
         """One message on a sender thread: marked sending just before its call, its outcome

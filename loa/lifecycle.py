@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from loa import db
 from loa.errors import LoaError, NotFound
+from loa.receipts import lock_rows
 
 C, R, O = db.campaigns, db.runs, db.outbox
 
@@ -179,8 +180,9 @@ def stop_all(engine: Engine, *, who: str, reason: str) -> list[Change]:
 
 def _hold_messages(conn: Connection, runs: Any, text: str, now: Any) -> int:
     """The messages waiting to go out keep their state, with the pause as their reason."""
-    return conn.execute(update(O).where(O.c.run_id.in_(runs), O.c.state.in_(("planned", "deferred")))
-                        .values(reason=text, updated_at=now)).rowcount
+    waiting = and_(O.c.run_id.in_(runs), O.c.state.in_(("planned", "deferred")))
+    lock_rows(conn, waiting)
+    return conn.execute(update(O).where(waiting).values(reason=text, updated_at=now)).rowcount
 
 
 def _release_messages(conn: Connection, runs: Any, now: Any) -> int:
@@ -189,6 +191,7 @@ def _release_messages(conn: Connection, runs: Any, now: Any) -> int:
     waiting = and_(O.c.run_id.in_(runs), O.c.state.in_(("planned", "deferred")),
                    O.c.reason.like(PAUSED_PREFIX + "%"))
     n = 0
+    lock_rows(conn, waiting)
     held = halted_runs(conn, conn.scalars(runs).all())
     if held:
         for run_id, (_, text) in held.items():
@@ -201,9 +204,10 @@ def _release_messages(conn: Connection, runs: Any, now: Any) -> int:
 def _cancel_messages(conn: Connection, runs: Any, text: str, now: Any) -> int:
     """Every message not yet handed to a gateway: cancelled.  One a worker has claimed is
     taken from it (its mark as ``sending`` then finds it gone); one being sent finishes."""
-    return conn.execute(update(O).where(O.c.run_id.in_(runs), O.c.state.in_(("planned", "deferred", "claimed")))
-                        .values(state="cancelled", reason=text, worker=None, lease_until=None,
-                                updated_at=now)).rowcount
+    unsent = and_(O.c.run_id.in_(runs), O.c.state.in_(("planned", "deferred", "claimed")))
+    lock_rows(conn, unsent)   # in id order, as the workers lock them
+    return conn.execute(update(O).where(unsent).values(state="cancelled", reason=text, worker=None, lease_until=None,
+                                                       updated_at=now)).rowcount
 
 
 def halted() -> Any:
