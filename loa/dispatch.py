@@ -934,6 +934,12 @@ class Dispatcher:
             elif isinstance(found, NotReceived) and attempts >= MAX_ATTEMPTS:
                 action = ("settled", "failed")
                 values = _failed("not_received", f"{gateway}: {found.reason}, after {attempts} attempts")
+            elif isinstance(found, NotReceived) and (cancel := self._cancelled(run_id)):
+                # never taken, and its run was cancelled meanwhile: an unsent message, so cancelled
+                action = ("settled", "cancelled")
+                values = {"state": "cancelled", "reason": cancel, "worker": None, "lease_until": None,
+                          "provider_id": None, "error_code": "not_received",
+                          "error_text": f"{gateway}: {found.reason}; not sent again: cancelled"[:500]}
             elif isinstance(found, NotReceived):
                 # never taken: back in the queue, to be sent once; its attempt stays counted
                 action, reopen = ("requeued", ""), True
@@ -959,6 +965,12 @@ class Dispatcher:
             if moved:
                 done[action] += 1
         return done
+
+    def _cancelled(self, run_id: int) -> str | None:
+        """The reason of the cancellation of ``run_id`` (or of its campaign), or None."""
+        with self.engine.connect() as conn:
+            state, reason = lifecycle.halted_runs(conn, [run_id]).get(run_id, (None, None))
+        return reason if state == "cancelled" else None
 
     def _search(self, gw: Gateway, key: str, row_id: int, subscriber_id: int, run_created: datetime
                 ) -> tuple[DeliveryReceipt | SendResult | NotReceived | None, str | None]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from test_cli import invoke, ok, one_line_error
 from test_dispatch import import_people, make_campaign, outbox
@@ -226,6 +226,26 @@ def test_a_cancelled_row_is_never_overwritten_by_an_outcome_of_a_worker_that_hel
     worker.run_until_empty()
     assert not net.received
     assert Counter(r["state"] for r in outbox(engine, plan.run_id)) == {"cancelled": 12}
+
+
+def test_an_unknown_send_the_gateway_never_got_is_cancelled_not_queued_again(
+        engine: Engine, workdir: Path, tmp_path: Path) -> None:
+    """A send whose outcome was unknown (a timeout) when its run was cancelled: once the gateway
+    says it never got it, it is an unsent message, so cancelled, and never sent."""
+    import_people(engine, tmp_path, n=4)
+    config = load(workdir / "config.toml")
+    plan = plan_run(engine, config, make_campaign(workdir, "c"))
+    with engine.begin() as conn:
+        ids = conn.scalars(select(O.c.id).where(O.c.run_id == plan.run_id).order_by(O.c.id).limit(2)).all()
+        conn.execute(update(O).where(O.c.id.in_(ids)).values(state="unknown", attempts=1, error_code="TIMEOUT"))
+    lifecycle.change_run(engine, "c", plan.run_id, "cancel", who=WHO, reason="hủy")
+    net = SimulatedNetwork(seed=3, delivery_rate=1.0)
+    dispatcher = Dispatcher(engine, config, pool=sim_pool(config, net))
+    assert dispatcher.reconcile_unknown(settle_after=0, give_up_after=0) == {("settled", "cancelled"): 2}
+    dispatcher.run_until_empty()
+    rows = outbox(engine, plan.run_id)
+    assert Counter(r["state"] for r in rows) == {"cancelled": 4} and not net.received
+    assert {r["reason"] for r in rows} == {f"cancelled by {WHO}: hủy"}
 
 
 # -- the command line ----------------------------------------------------------------------
