@@ -115,7 +115,7 @@ def test_a_pause_stops_every_worker_and_resume_sends_the_rest_once(
             stop_time = max(0.0, max(after, default=paused_at) - paused_at)
             print(f"\npause: {len(after)} call(s) reached the gateway after the pause's commit; the last "
                   f"{stop_time * 1000:.0f} ms after it ({WORKERS} workers, {sent_before_resume} of {MESSAGES} "
-                  f"sent before the pause took hold, {engine.dialect.name})")
+                  f"sent when the workers settled, {engine.dialect.name})")
             assert stop_time < BOUND, f"the last worker stopped {stop_time:.2f} s after the pause\n{crew.logs()}"
             assert len(after) <= WORKERS * 4, "more calls after the pause than sender threads had under way"
 
