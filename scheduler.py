@@ -29,6 +29,7 @@ from loa import db
 from loa.campaign import Campaign, load_all
 from loa.config import Config
 from loa.cron import cron_trigger
+from loa.lifecycle import no_new_runs
 from loa.plan import PlanResult, ensure_campaign, plan_run
 from loa.policy import apply_window_edits
 from loa.state import DatabaseStateStore
@@ -174,6 +175,12 @@ class CampaignScheduler:
             job = self.scheduler.get_job(f"campaign:{campaign.name}")
             if job is not None:
                 job.remove()
+            return None
+        with self.engine.connect() as conn:
+            campaign_id = conn.scalar(select(db.campaigns.c.id).where(db.campaigns.c.name == campaign.name))
+            halted = no_new_runs(conn, campaign_id) if campaign_id is not None else None
+        if halted:   # paused, finished or cancelled (loa.lifecycle): its schedule stays, and plans nothing
+            log.warning("%s (the run of %s)", halted, when.astimezone(self.config.timezone).isoformat())
             return None
         result = plan_run(self.engine, self.config, campaign, scheduled_for=when, trigger="schedule")
         log.info("campaign %s: run %s for %s (%s rows added)", campaign.name, result.run_id, when, result.added)

@@ -30,6 +30,7 @@ from loa.campaign import Campaign, load_all
 from loa.config import Config
 from loa.errors import LoaError
 from loa.importer import RowError, parse_time
+from loa.lifecycle import no_new_runs
 from loa.phones import PhoneError, normalize
 from loa.plan import audience_select, ensure_campaign, gateway_for
 
@@ -176,6 +177,9 @@ def _greet(engine: Engine, config: Config, campaign: Campaign, now: datetime) ->
     gateway = gateway_for(config, campaign, first.channel)
     with engine.begin() as conn:
         campaign_id = ensure_campaign(conn, campaign)
+        if halted := no_new_runs(conn, campaign_id):   # paused, finished or cancelled: nobody is greeted
+            log.info("%s: arrivals not greeted", halted)
+            return 0
         arrivals = conn.execute(
             select(A.c.subscriber_id, A.c.area_id, A.c.arrived_at)
             .where(A.c.arrived_at >= now - validity, A.c.arrived_at <= now, _in_areas(conn, campaign),

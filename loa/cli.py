@@ -378,6 +378,100 @@ def campaigns_run(app: App, name: str, at: str | None, again: bool, outside_date
     )
 
 
+# -- lifecycle: pause, resume, cancel -------------------------------------------
+
+def _lifecycle(app: App, name: str, run_id: int | None, action: str, reason: str | None) -> None:
+    """Apply ``action`` to a campaign, or to one of its runs, and say what it did."""
+    from loa import lifecycle
+
+    if reason is not None and not reason.strip():
+        raise LoaError(f"--reason is empty: say why the campaign is {lifecycle.PAST[action]}")
+    reason = reason.strip() if reason else None
+    who = lifecycle.actor()
+    engine = app.engine()
+    if run_id is None:
+        change = lifecycle.change_campaign(engine, name, action, who=who, reason=reason)
+    else:
+        change = lifecycle.change_run(engine, name, run_id, action, who=who, reason=reason)
+    effect = {
+        "pause": f"{change.messages:,} message(s) held back, planned, with the pause as their reason; "
+                 f"`loa campaigns resume {name}{f' --run {run_id}' if run_id else ''}` sends them",
+        "resume": f"{change.messages:,} held message(s) go out with the next send",
+        "cancel": f"{change.messages:,} unsent message(s) cancelled; those already sent are unchanged",
+    }[action]
+    out.print(f"{change.kind} {change.name} {change.after} (was {change.before}) by {who}"
+              + (f": {reason}" if reason else "") + f"; {effect}", highlight=False, markup=False, soft_wrap=True)
+
+
+_RUN_OPTION = click.option("--run", "run_id", type=int, default=None, help="Only this run of the campaign.")
+
+
+@campaigns.command("pause")
+@click.argument("name")
+@_RUN_OPTION
+@click.option("--reason", required=True, help="Why: kept with the campaign (or run) and on its held messages.")
+@click.pass_obj
+@fail_cleanly
+def campaigns_pause(app: App, name: str, run_id: int | None, reason: str) -> None:
+    """Pause an active campaign (or one run): no worker sends its messages from now on.
+
+    Messages already handed to a gateway finish; the others stay planned, with the pause
+    as their reason, until `loa campaigns resume`.  Actor: $LOA_ACTOR, else the OS user.
+    """
+    _lifecycle(app, name, run_id, "pause", reason)
+
+
+@campaigns.command("resume")
+@click.argument("name")
+@_RUN_OPTION
+@click.option("--reason", default=None, help="Why (optional).")
+@click.pass_obj
+@fail_cleanly
+def campaigns_resume(app: App, name: str, run_id: int | None, reason: str | None) -> None:
+    """Resume a paused campaign (or run): its messages go out from where they stopped."""
+    _lifecycle(app, name, run_id, "resume", reason)
+
+
+@campaigns.command("cancel")
+@click.argument("name")
+@_RUN_OPTION
+@click.option("--reason", required=True, help="Why: kept with the campaign (or run) and on every cancelled message.")
+@click.pass_obj
+@fail_cleanly
+def campaigns_cancel(app: App, name: str, run_id: int | None, reason: str) -> None:
+    """Cancel a campaign (or one run) for good: every message not yet sent is cancelled.
+
+    Messages already sent, or being sent, are unchanged; a cancelled campaign gets no
+    new runs.  Actor: $LOA_ACTOR, else the OS user.
+    """
+    _lifecycle(app, name, run_id, "cancel", reason)
+
+
+@main.command()
+@click.option("--all", "all_", is_flag=True, help="Every active campaign (required: the emergency brake).")
+@click.option("--reason", required=True, help="Why: kept with each campaign and on its held messages.")
+@click.pass_obj
+@fail_cleanly
+def stop(app: App, all_: bool, reason: str) -> None:
+    """The emergency brake: pause every active campaign at once (`loa stop --all --reason ...`).
+
+    Each is resumed on its own with `loa campaigns resume NAME`.
+    """
+    from loa import lifecycle
+
+    if not all_:
+        raise LoaError("loa stop pauses every active campaign: give --all (one campaign: loa campaigns pause NAME)")
+    if not reason.strip():
+        raise LoaError("--reason is empty: say why every campaign is stopped")
+    who = lifecycle.actor()
+    changes = lifecycle.stop_all(app.engine(), who=who, reason=reason.strip())
+    for change in changes:
+        out.print(f"campaign {change.name} paused by {who}: {change.messages:,} message(s) held back",
+                  highlight=False, markup=False, soft_wrap=True)
+    out.print(f"{len(changes)} campaign(s) paused" if changes else "no active campaign: nothing to stop",
+              highlight=False)
+
+
 # -- send ---------------------------------------------------------------------
 
 @main.command()

@@ -139,6 +139,12 @@ campaigns = Table(
     Column("advertising", Boolean, nullable=False, default=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # the lifecycle (loa.lifecycle): draft, pending_approval, approved, active, paused, finished,
+    # cancelled; only an active campaign's messages are sent.  Who moved it last, when and why.
+    Column("state", String(24), nullable=False, default="active", server_default="active"),
+    Column("state_reason", Text, nullable=True),
+    Column("state_by", String(100), nullable=True),
+    Column("state_at", UTCDateTime, nullable=True),
 )
 
 runs = Table(
@@ -153,6 +159,12 @@ runs = Table(
     Column("planned_at", UTCDateTime, nullable=True),
     Column("finished_at", UTCDateTime, nullable=True),
     Column("note", Text, nullable=False, default=""),
+    # what people decided (loa.lifecycle): active, paused or cancelled; ``status`` is how far
+    # planning and sending got.  Who moved it last, when and why.
+    Column("state", String(16), nullable=False, default="active", server_default="active"),
+    Column("state_reason", Text, nullable=True),
+    Column("state_by", String(100), nullable=True),
+    Column("state_at", UTCDateTime, nullable=True),
     UniqueConstraint("campaign_id", "scheduled_for"),
 )
 

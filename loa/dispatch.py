@@ -48,6 +48,7 @@ from loa import db
 from loa.config import Config
 from loa.errors import LoaError
 from loa import gateways as gateway_state
+from loa import lifecycle
 from loa.gateways import Gateway, GatewayPool
 from loa.inbound import receive_inbound
 from loa.logs import mask_phones
@@ -151,6 +152,9 @@ class Dispatcher:
         self._to_mark: list[_Item] = []       # about to be sent
         self._mark_answers: dict[int, bool | BaseException] = {}
         self._ledger_error: BaseException | None = None
+        # runs found paused or cancelled when their messages were to be marked: the rest of
+        # what this worker holds of them is not sent (the ledger has them back already)
+        self._halted: set[int] = set()
 
     # -- the loops ------------------------------------------------------------
     def run_until_empty(self) -> SendSummary:
@@ -217,6 +221,7 @@ class Dispatcher:
     def _take(self) -> list[_Item]:
         """The next batch: the one claimed while the last window was sending, or a new claim."""
         items, self._next = self._next, []
+        items = [i for i in items if i.run_id not in self._halted]   # given back when their run halted
         return items or self.claim()
 
     def _give_back(self) -> None:
@@ -233,9 +238,11 @@ class Dispatcher:
 
     def claim(self) -> list[_Item]:
         now = db.utcnow()
+        self._halted = set()   # what is claimed now is of runs that may send (checked again at each mark)
         with self.engine.begin() as conn:
             due = select(O.c.id).where(O.c.state.in_(DUE), O.c.due_at <= now,
-                                       O.c.gateway.not_in(gateway_state.paused_names()))
+                                       O.c.gateway.not_in(gateway_state.paused_names()),
+                                       O.c.run_id.not_in(lifecycle.halted()))
             if self.summary.paused:
                 due = due.where(O.c.gateway.not_in(list(self.summary.paused)))
             if held := self._held_gateways(now):
@@ -292,7 +299,7 @@ class Dispatcher:
             if held:
                 self._record(held)
             chunk = [i for i in ready[start:start + window]
-                     if i.outcome is None and i.gateway not in self.summary.paused]
+                     if i.outcome is None and i.gateway not in self.summary.paused and i.run_id not in self._halted]
             skipped = [i for i in ready[start:start + window]
                        if i.outcome is None and i.gateway in self.summary.paused]
             if skipped:
@@ -502,14 +509,43 @@ class Dispatcher:
                                      lease_until=now + self.lease))
             marked: set[int] = set()
             if mark:
+                # the campaign's and the run's state are checked in the statement that marks
+                # the message: a pause committed before it stops this send, on every worker
                 marked = set(conn.execute(
-                    update(O).where(O.c.id.in_([i.id for i in mark]), O.c.state == "claimed", ours)
+                    update(O).where(O.c.id.in_([i.id for i in mark]), O.c.state == "claimed", ours,
+                                    O.c.run_id.not_in(lifecycle.halted()))
                     .values(state="sending", attempts=O.c.attempts + 1, updated_at=now,
                             encoding=None, parts=None, lease_until=now + self.lease)
                     .returning(O.c.id)
                 ).scalars())
         self._log_refused(refused)
-        return marked   # rows whose lease we lost are left alone
+        if len(marked) < len(mark):
+            self._give_back_halted({i.run_id for i in mark if i.id not in marked})
+        return marked   # rows whose lease we lost, or whose run was halted, are left alone
+
+    def _give_back_halted(self, run_ids: set[int]) -> None:
+        """Of runs whose message was refused its mark: those paused or cancelled meanwhile.
+        Every row this worker holds of them goes back at once, planned with the pause as its
+        reason (or cancelled), and the senders waiting for their turn skip them.  In a
+        transaction of its own, its rows locked in id order, as every writer of the outbox
+        locks them (:func:`lock_rows`): a cancel may be locking the same rows."""
+        now = db.utcnow()
+        with self.engine.begin() as conn:
+            halted = lifecycle.halted_runs(conn, run_ids)
+            if not halted:   # the lease was lost, not the run halted: nothing of ours to give back
+                return
+            mine = and_(O.c.run_id.in_(list(halted)), O.c.state == "claimed", O.c.worker == self.worker)
+            lock_rows(conn, mine)
+            given = {run_id: conn.execute(update(O).where(mine, O.c.run_id == run_id)
+                                          .values(state=state, reason=reason, worker=None, lease_until=None,
+                                                  updated_at=now)).rowcount
+                     for run_id, (state, reason) in halted.items()}
+        self._halted |= set(halted)
+        for run_id, n in given.items():
+            reason = halted[run_id][1]
+            if n:
+                log.warning("run %s halted (%s): %d message(s) given back unsent", run_id, reason, n,
+                            extra={"kind": "halted"})
 
     def _send(self, item: _Item) -> None:
         """One message on a sender thread: marked sending just before its call, its outcome
@@ -561,6 +597,8 @@ class Dispatcher:
         assert item.message is not None
         limiter, parts = gw.limiter, item.message.parts
         booked, item.slot = item.slot, None
+        if item.run_id in self._halted:   # paused or cancelled while it waited: given back already
+            return None
         book = getattr(limiter, "book", None)
         if book is None:            # an in-process limiter: its turn comes, nothing to miss
             if not hasattr(limiter, "sleep_until"):
@@ -796,7 +834,8 @@ class Dispatcher:
         moved = 0
         with self.engine.begin() as conn:
             runs = conn.execute(select(r.c.id, r.c.definition).where(
-                r.c.status.in_(("planned", "done")), r.c.scheduled_for >= now - timedelta(days=3))).all()
+                r.c.status.in_(("planned", "done")), r.c.scheduled_for >= now - timedelta(days=3),
+                r.c.id.not_in(lifecycle.cancelled()))).all()
             for run_id, definition in runs:
                 channels = list(definition.get("channels", []))
                 n = 0
@@ -895,6 +934,12 @@ class Dispatcher:
             elif isinstance(found, NotReceived) and attempts >= MAX_ATTEMPTS:
                 action = ("settled", "failed")
                 values = _failed("not_received", f"{gateway}: {found.reason}, after {attempts} attempts")
+            elif isinstance(found, NotReceived) and (cancel := self._cancelled(run_id)):
+                # never taken, and its run was cancelled meanwhile: an unsent message, so cancelled
+                action = ("settled", "cancelled")
+                values = {"state": "cancelled", "reason": cancel, "worker": None, "lease_until": None,
+                          "provider_id": None, "error_code": "not_received",
+                          "error_text": f"{gateway}: {found.reason}; not sent again: cancelled"[:500]}
             elif isinstance(found, NotReceived):
                 # never taken: back in the queue, to be sent once; its attempt stays counted
                 action, reopen = ("requeued", ""), True
@@ -920,6 +965,12 @@ class Dispatcher:
             if moved:
                 done[action] += 1
         return done
+
+    def _cancelled(self, run_id: int) -> str | None:
+        """The reason of the cancellation of ``run_id`` (or of its campaign), or None."""
+        with self.engine.connect() as conn:
+            state, reason = lifecycle.halted_runs(conn, [run_id]).get(run_id, (None, None))
+        return reason if state == "cancelled" else None
 
     def _search(self, gw: Gateway, key: str, row_id: int, subscriber_id: int, run_created: datetime
                 ) -> tuple[DeliveryReceipt | SendResult | NotReceived | None, str | None]:
@@ -1022,7 +1073,8 @@ def _update_for(shape: tuple[str, ...]) -> Any:
     for k in ("state", "error_code", "error_text"):
         if k in values:
             values[k] = case((receipted, O.c[k]), else_=values[k])
-    return update(O).where(O.c.id == bindparam("b_id")).values(**values)
+    # a message cancelled while this worker held it (never handed to its gateway) stays cancelled
+    return update(O).where(O.c.id == bindparam("b_id"), O.c.state != literal("cancelled")).values(**values)
 
 
 def _has_lookup(type_name: str) -> bool:

@@ -30,6 +30,7 @@ from loa import db
 from loa.campaign import Campaign
 from loa.config import Config
 from loa.errors import CampaignError, LoaError
+from loa.lifecycle import LifecycleError, no_new_runs
 from loa.segments import compile_segment
 
 S = db.subscribers
@@ -218,7 +219,8 @@ def plan_run(engine: Engine, config: Config, campaign: Campaign, *,
 
     A new manual run is refused (:class:`RunRefused`) within the repeat interval of another
     run of the campaign, unless ``again``, and outside its ``[dates]``, unless
-    ``outside_dates``; completing a run that exists is always allowed.
+    ``outside_dates``; completing a run that exists is always allowed.  A campaign that is
+    paused, finished or cancelled gets no run at all (:class:`LifecycleError`).
     """
     now = db.utcnow()
     scheduled_for = scheduled_for or now
@@ -228,6 +230,8 @@ def plan_run(engine: Engine, config: Config, campaign: Campaign, *,
     with engine.begin() as conn:
         # the upsert locks the campaign's row until commit: two manual runs at once are checked in turn
         campaign_id = ensure_campaign(conn, campaign)
+        if halted := no_new_runs(conn, campaign_id):   # paused, finished or cancelled
+            raise LifecycleError(halted)
         run_id = conn.scalar(select(r.c.id).where(r.c.campaign_id == campaign_id, r.c.scheduled_for == scheduled_for))
         created = run_id is None
         if created and trigger == "manual":

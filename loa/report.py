@@ -234,6 +234,10 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
         day = first.astimezone(ZoneInfo(DEFAULT_TIMEZONE)).date() if first else db.utcnow().date()
         index, as_of = _populations_in_force(conn, index, day)
         definitions = [d or {} for d in conn.scalars(select(R.c.definition).where(R.c.campaign_id == campaign_id))]
+        cancelled = conn.execute(
+            select(R.c.id, func.count()).join(db.outbox, db.outbox.c.run_id == R.c.id)
+            .where(R.c.campaign_id == campaign_id, db.outbox.c.state == "cancelled")
+            .group_by(R.c.id).order_by(R.c.id)).all()
     used = {a for a in per_area if a is not None}
     level = level or _deepest_level(index, used)
     rows: dict[int | str | None, Row] = {}
@@ -269,6 +273,9 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
     if any(r.population is None and r.code for r in ordered):
         missing = ", ".join(r.area for r in ordered if r.population is None and r.code)
         report.notes.append(f"no population for: {missing}; their shares are left blank")
+    if cancelled:   # counted as targeted and not sent, as the intent-to-treat uplift needs
+        report.notes.append(f"{sum(n for _, n in cancelled):,} message(s) cancelled before they were sent ("
+                            + ", ".join(f"run {run_id}: {n:,}" for run_id, n in cancelled) + ")")
     return report
 
 

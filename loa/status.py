@@ -34,12 +34,14 @@ SENT = ("sent", "delivered", "undelivered")
 # What became of a message, as `loa status` and `loa report` both count it: one outcome per
 # ledger state.  "sent" is accepted by the gateway with no receipt yet; "undelivered" is a
 # receipt saying the handset was not reached, never a failure to send; "failed" is refused
-# (or never sent within the campaign's validity); "unknown" may or may not have gone out.
-OUTCOMES = ("queued", "sending", "sent", "delivered", "undelivered", "failed", "unknown", "held_out", "suppressed")
+# (or never sent within the campaign's validity); "unknown" may or may not have gone out;
+# "cancelled" was never sent because someone cancelled its run or campaign (loa.lifecycle).
+OUTCOMES = ("queued", "sending", "sent", "delivered", "undelivered", "failed", "unknown", "held_out", "suppressed",
+            "cancelled")
 _OUTCOME_OF = {
     "planned": "queued", "deferred": "queued", "claimed": "sending", "sending": "sending", "sent": "sent",
     "delivered": "delivered", "undelivered": "undelivered", "failed": "failed", "expired": "failed",
-    "unknown": "unknown", "held_out": "held_out", "suppressed": "suppressed",
+    "unknown": "unknown", "held_out": "held_out", "suppressed": "suppressed", "cancelled": "cancelled",
 }
 HANDED_OVER = ("sent", "delivered", "undelivered")   # outcomes of a message the gateway accepted
 
@@ -133,7 +135,8 @@ def collect(engine: Engine, recent_runs: int = 20) -> dict[str, Any]:
     paused = gw.paused(engine)
     with engine.connect() as conn:
         runs = conn.execute(
-            select(R.c.id, C.c.name, R.c.status, R.c.scheduled_for, R.c.trigger)
+            select(R.c.id, C.c.name, R.c.status, R.c.scheduled_for, R.c.trigger, R.c.state,
+                   C.c.state.label("campaign_state"))
             .join(C, C.c.id == R.c.campaign_id).order_by(R.c.id.desc()).limit(recent_runs)
         ).all()
         ids = [r.id for r in runs]
@@ -160,6 +163,8 @@ def collect(engine: Engine, recent_runs: int = 20) -> dict[str, Any]:
     return {
         "at": now.isoformat(),
         "runs": [{"run": r.id, "campaign": r.name, "status": r.status, "trigger": r.trigger,
+                  # the lifecycle: a paused or cancelled run, or campaign, sends nothing
+                  "state": r.state, "campaign_state": r.campaign_state,
                   "scheduled_for": r.scheduled_for.isoformat(), "states": states[r.id],
                   "outcomes": outcomes(states[r.id]),
                   **by_run.get(r.id, Flow()).as_dict(now)} for r in runs],
@@ -179,7 +184,7 @@ def tables(result: dict[str, Any], tz: ZoneInfo) -> list[Table]:
     for r in result["runs"]:
         done = r["outcomes"]
         other = ", ".join(f"{n:,} {k}" for k, n in done.items() if k not in ("queued", *COLUMNS))
-        runs.add_row(escape(r["campaign"]), str(r["run"]), r["status"], f"{r['due']:,}", _waiting(r, tz),
+        runs.add_row(escape(r["campaign"]), str(r["run"]), _status(r), f"{r['due']:,}", _waiting(r, tz),
                      *(f"{done.get(k, 0):,}" for k in COLUMNS), escape(other), f"{r['rate']:.1f}", _eta(r))
     # unknown: the send may or may not have reached the gateway; `loa messages reconcile` asks it
     caption = (f"{result['unknown']:,} message(s) with an unknown outcome: loa messages reconcile"
@@ -191,6 +196,16 @@ def tables(result: dict[str, Any], tz: ZoneInfo) -> list[Table]:
         gws.add_row(escape(g["name"]), f"{g['due']:,}", _waiting(g, tz), f"{g['sent_last_minute']:,}",
                     f"{g['rate']:.1f}", _eta(g), f"{g['unknown']:,}", escape(state))
     return [runs, gws]
+
+
+def _status(run: dict[str, Any]) -> str:
+    """"planned", or "planned, paused" / "planned, campaign paused" when the run or its campaign is halted."""
+    state, campaign_state = run.get("state") or "active", run.get("campaign_state") or "active"
+    if state != "active":
+        return f"{run['status']}, {state}"
+    if campaign_state != "active":
+        return f"{run['status']}, campaign {campaign_state}"
+    return str(run["status"])
 
 
 def _waiting(flow: dict[str, Any], tz: ZoneInfo) -> str:
