@@ -218,12 +218,18 @@ def create_app(web: Web) -> FastAPI:
         field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
         return error_response(400, str(first.get("msg", "invalid request")), field)
 
-    @app.api_route("/l/{code}", methods=["GET", "HEAD"], tags=["links"], response_class=Response,
-                   summary="A tracked link: record the click, redirect to the campaign's link",
-                   responses={302: {"description": "To the campaign's link (Location)"},
-                              404: {"description": "Forged, unknown, or links are off",
-                                    "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    link_responses: dict[int | str, dict[str, Any]] = {
+        302: {"description": "To the campaign's link (Location)"},
+        404: {"description": "Forged, unknown, or links are off", "content": {"text/plain": {"schema": {"type": "string"}}}}}
+
+    @app.get("/l/{code}", tags=["links"], response_class=Response, responses=link_responses,
+             summary="A tracked link: record the click, redirect to the campaign's link")
     def click(code: str) -> Response:
+        return web.click(code)
+
+    @app.head("/l/{code}", tags=["links"], response_class=Response, responses=link_responses,
+              summary="A tracked link, as a link preview fetches it: recorded and redirected as GET is")
+    def click_head(code: str) -> Response:
         return web.click(code)
 
     @app.get("/report", tags=["api"], response_class=Response, summary="The campaign report, as `loa report` makes it",
@@ -235,7 +241,7 @@ def create_app(web: Web) -> FastAPI:
                campaign: str | None = Query(None, description="Campaign name; default: the one run last"),
                level: str | None = Query(None, description="Area level to roll up to (district, province)"),
                format: str | None = Query(None, description="html (default), csv or json",
-                                          json_schema_extra={"examples": ["html", "csv", "json"]}),
+                                          json_schema_extra={"enum": ["html", "csv", "json"]}),
                ) -> Response:
         return web.report(request, campaign, level, format)
 
