@@ -15,7 +15,7 @@ reminder prompted it or not, so it is more than the simulator's installs alone.
 gateway's real adapter and the real dispatcher, against the gateway's loopback
 fake from ``providers/fakes/`` started in this process.  Receipts come back the
 way the gateway sends them: signed callbacks over HTTP to loa's own web
-endpoints (served by waitress, as ``loa serve`` does), or ``deliver_sm`` on the
+endpoints (served by uvicorn, as ``loa serve`` does), or ``deliver_sm`` on the
 SMPP bind.
 """
 
@@ -30,9 +30,7 @@ import os
 import random
 import secrets
 import shutil
-import socket
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -459,42 +457,31 @@ FAKES: dict[str, type[DemoFake]] = {f.name: f for f in (TwilioDemo, ZaloDemo, ES
 
 
 class CallbackServer:
-    """loa's web endpoints (the WSGI app of ``loa serve``) on a loopback port, served by
-    waitress: the fakes call ``/hooks/NAME`` over HTTP as the real gateways call loa."""
+    """loa's web endpoints (the application of ``loa serve``) on a loopback port, served by
+    uvicorn: the fakes call ``/hooks/NAME`` over HTTP as the real gateways call loa."""
 
     def __init__(self) -> None:
         # bound now, served once the configuration exists: the gateway settings need the URL
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.socket.bind(("127.0.0.1", 0))
+        from loa.web.server import bind
+
+        self.socket = bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._server: Any = None
         self._web: Any = None
 
     def start(self, engine: Engine, config: Config) -> None:
-        import waitress
-
-        from loa.web import Web
+        from loa.web import Web, WebServer
 
         self._web = Web(engine, config)
-        server = waitress.create_server(self._web, sockets=[self.socket], threads=4, ident="loa")
-        self._thread = threading.Thread(target=self._serve, args=(server,), name="loa-demo-web", daemon=True)
-        self._thread.start()
-
-    def _serve(self, server: Any) -> None:
-        # as in `loa serve`: waitress's run() cannot be stopped from another thread
-        while not self._stop.is_set():
-            server.asyncore.loop(timeout=0.1, map=server._map, use_poll=True, count=1)
-        server.close()
-        server.task_dispatcher.shutdown()
+        self._server = WebServer(self._web, sock=self.socket)
+        self._server.start("loa-demo-web")
 
     def __enter__(self) -> CallbackServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._server is not None:
+            self._server.stop(timeout=10)
         if self._web is not None:
             self._web.pool.close()
         self.socket.close()

@@ -13,7 +13,7 @@ same line.
 
 Phone numbers are masked by :class:`MaskPhones`, a filter on the root logger's handlers:
 every record passes it before any handler writes it, whoever logged it (loa, a gateway
-adapter, requests, waitress), so a number is hidden even where a call site forgot
+adapter, requests, uvicorn), so a number is hidden even where a call site forgot
 :func:`loa.phones.mask`, or where the number came inside a gateway's error text or an
 exception.
 """

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
 from loa.config import Config
 from loa.dispatch import Dispatcher
 from loa.leader import Leadership
-from loa.web import Web
+from loa.web import Web, WebServer
 
 log = logging.getLogger("loa.serve")
 
@@ -20,37 +23,25 @@ log = logging.getLogger("loa.serve")
 class Service:
     def __init__(self, engine: Engine, config: Config, *, host: str = "127.0.0.1", port: int = 8080,
                  workers: int = 1, scheduler: bool = True, idle: float = 1.0) -> None:
-        import waitress
-
         import scheduler as scheduling
 
         self.engine = engine
         self.config = config
         self.workers = workers
         self.web = Web(engine, config)
-        self.server: Any = waitress.create_server(self.web, host=host, port=port, threads=8,
-                                                  clear_untrusted_proxy_headers=False, ident="loa")
-        self.host, self.port = self.server.effective_host, self.server.effective_port
+        self.server = WebServer(self.web, host, port)        # bound now: a taken port fails here
+        self.host, self.port = self.server.host, self.server.port
         self.dispatchers = [Dispatcher(engine, config) for _ in range(workers)]
         self.idle = idle
         self.scheduler = scheduling.CampaignScheduler(engine, config) if scheduler else None
         self.leadership = Leadership(engine, self._elected, self._lost) if scheduler else None
-        self.web.extra_metrics.append(self._metrics)
+        self.web.registry.register(SchedulerCollector(self))
         self._threads: list[threading.Thread] = []
         self._web_stop = threading.Event()
 
-    def _serve_web(self) -> None:
-        # waitress's own run() cannot be stopped from another thread: closing its socket
-        # under select() fails; so loop here and close from the loop's own thread
-        server = self.server
-        while not self._web_stop.is_set():
-            server.asyncore.loop(timeout=0.2, map=server._map, use_poll=True, count=1)
-        server.close()
-        server.task_dispatcher.shutdown()
-
     # -- life ----------------------------------------------------------------------
     def start(self) -> None:
-        self._spawn(self._serve_web, "loa-web")
+        self._threads.append(self.server.start("loa-web"))
         self._spawn(self._arrivals_loop, "loa-arrivals")
         for d in self.dispatchers:
             self._spawn(lambda d=d: d.run_forever(idle=self.idle), f"loa-dispatch-{d.worker}")
@@ -65,6 +56,7 @@ class Service:
         if self.scheduler:
             self.scheduler.shutdown(wait=False)
         self._web_stop.set()
+        self.server.stop(timeout=0)
         for t in self._threads:
             t.join(timeout=30)
         for d in self.dispatchers:
@@ -147,16 +139,27 @@ class Service:
         if self.scheduler and self.scheduler.scheduler.running:
             self.scheduler.scheduler.pause()
 
-    def _metrics(self) -> list[str]:
-        lines = ["# HELP loa_scheduler_leader 1 if this process runs the active scheduler.",
-                 "# TYPE loa_scheduler_leader gauge",
-                 f"loa_scheduler_leader {1 if self.leadership and self.leadership.leader else 0}",
-                 "# HELP loa_next_fire_time_seconds Next scheduled run per campaign (Unix time).",
-                 "# TYPE loa_next_fire_time_seconds gauge"]
+
+
+class SchedulerCollector(Collector):
+    """The serve process's own figures: whether it leads the scheduler, and when each campaign fires next."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        service = self.service
+        leader = bool(service.leadership and service.leadership.leader)
+        yield GaugeMetricFamily("loa_scheduler_leader", "1 if this process runs the active scheduler.",
+                                value=1 if leader else 0)
+        fire = GaugeMetricFamily("loa_next_fire_time_seconds", "Next scheduled run per campaign (Unix time).",
+                                 labels=["campaign"])
         # a scheduler that lost the election is only paused, and still "running"
-        if self.scheduler and self.leadership and self.leadership.leader and self.scheduler.scheduler.running:
-            for job in self.scheduler.scheduler.get_jobs():
+        if service.scheduler and leader and service.scheduler.scheduler.running:
+            for job in service.scheduler.scheduler.get_jobs():
                 if job.id.startswith("campaign:") and job.next_run_time is not None:   # not the digest, not the watcher
-                    name = job.id.removeprefix("campaign:").replace('"', "")
-                    lines.append(f'loa_next_fire_time_seconds{{campaign="{name}"}} {job.next_run_time.timestamp():.0f}')
-        return lines
+                    fire.add_metric([job.id.removeprefix("campaign:")], round(job.next_run_time.timestamp()))
+        yield fire

@@ -542,23 +542,26 @@ def test_post_arrivals(service: tuple[Service, Config], people: Engine, monkeypa
 
     monkeypatch.delenv("LOA_ARRIVALS_TOKEN", raising=False)
     r = post(svc, good)
-    assert r.status_code == 503 and "LOA_ARRIVALS_TOKEN" in r.json()["error"]
+    assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+    assert "LOA_ARRIVALS_TOKEN" in r.json()["error"]["message"]
 
     monkeypatch.setenv("LOA_ARRIVALS_TOKEN", TOKEN)
     for token in (None, "wrong", ""):
         r = post(svc, good, token=token)
         assert r.status_code == 401, token
-        assert r.headers["Content-Type"] == "application/json" and "token" in r.json()["error"]
+        assert r.headers["Content-Type"] == "application/json" and "token" in r.json()["error"]["message"]
+        assert (r.json()["error"]["code"], r.json()["error"]["field"]) == ("unauthorized", "Authorization")
     assert arrivals(engine) == []
 
     for raw in (b"{not json", b"", b"null", b"[]", b'"text"'):
         r = post(svc, None, raw=raw)
         assert r.status_code == 400, raw
-        assert "error" in r.json()
+        assert set(r.json()["error"]) == {"code", "message", "field"} and r.json()["error"]["code"] == "invalid"
 
     r = post(svc, [{"phone": "12ab", "area": "116"}, {"phone": local_phone(1), "area": "Atlantis"}])
     assert r.status_code == 422
     assert [(x["index"], x["field"]) for x in r.json()["rejected"]] == [(0, "phone"), (1, "area")]
+    assert (r.json()["error"]["code"], r.json()["error"]["field"]) == ("rejected", "0.phone")
 
     start = db.utcnow()
     earlier = start - timedelta(minutes=3)
@@ -595,7 +598,7 @@ def test_post_arrivals_with_a_configured_token_variable(people: Engine, workdir:
     svc.start()
     try:
         r = post(svc, {"phone": local_phone(0), "area": "116"})
-        assert r.status_code == 503 and "LOA_TEST_HOTEL_TOKEN" in r.json()["error"]
+        assert r.status_code == 503 and "LOA_TEST_HOTEL_TOKEN" in r.json()["error"]["message"]
         monkeypatch.setenv("LOA_TEST_HOTEL_TOKEN", "hotel")
         assert post(svc, {"phone": local_phone(0), "area": "116"}).status_code == 401
         r = post(svc, {"phone": local_phone(0), "area": "116"}, token="hotel")

@@ -73,6 +73,13 @@ def states(engine: Engine) -> Counter[str]:
         return Counter(dict(conn.execute(select(O.c.state, func.count()).group_by(O.c.state)).all()))
 
 
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(x.name, frozenset(x.labels.items())): x.value
+            for family in text_string_to_metric_families(text) for x in family.samples}
+
+
 class Served:
     """One ``loa serve`` subprocess."""
 
@@ -113,14 +120,16 @@ class Served:
     def get(self, path: str) -> requests.Response:
         return requests.get(f"{self.url}{path}", timeout=5)
 
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """``/metrics``, read with Prometheus' own parser: value by (name, labels)."""
+        return samples(self.get("/metrics").text)
+
     def is_leader(self) -> bool:
         try:
-            body = self.get("/metrics").text
+            values = self.metrics()
         except requests.RequestException:
             return False
-        m = re.search(r"^loa_scheduler_leader (\d+)$", body, re.M)
-        assert m, body
-        return m.group(1) == "1"
+        return values[("loa_scheduler_leader", frozenset())] == 1
 
     def terminate(self, timeout: float = 10.0) -> tuple[int, float]:
         """SIGTERM; (exit code, seconds it took)."""
@@ -191,10 +200,10 @@ def test_serve_sends_what_is_planned_and_what_it_schedules_then_stops_cleanly(
 
     health = s.get("/healthz")
     assert (health.status_code, health.json()) == (200, {"ok": True})
-    metrics = s.get("/metrics").text
+    metrics = s.metrics()
     for state, n in done.items():
-        assert f'loa_messages{{state="{state}",gateway="sim"}} {n}' in metrics.splitlines()
-    assert "loa_queue_depth 0" in metrics.splitlines()
+        assert metrics[("loa_messages", frozenset({("state", state), ("gateway", "sim")}))] == n
+    assert metrics[("loa_queue_depth", frozenset())] == 0
 
     # SIGHUP reloads the campaigns and leaves the service up
     s.proc.send_signal(signal.SIGHUP)

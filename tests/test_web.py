@@ -1,6 +1,6 @@
-"""loa's HTTP side (loa/web.py) under a real waitress server, against the gateway fakes.
+"""loa's HTTP side (loa/web/) under a real uvicorn server, against the gateway fakes.
 
-Every test runs ``loa.serve.Service`` (waitress on 127.0.0.1, a free port, no
+Every test runs ``loa.serve.Service`` (uvicorn on 127.0.0.1, a free port, no
 dispatchers, no scheduler) and talks to it over HTTP.  Messages are sent by the
 real dispatcher to loopback fakes of Twilio and eSMS, so the outbox rows carry
 the gateway's own ids; callbacks are built and signed with the fakes' helpers,
@@ -22,7 +22,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -605,25 +605,18 @@ def test_concurrent_deliveries_of_one_opt_out_confirm_once(site: Site) -> None:
 
 
 # -- the report (GET /report) ----------------------------------------------------------
-# These drive the WSGI application directly (no server) on the digest tests' world: Mộc Châu
+# These drive the application in process (no server) on the digest tests' world: Mộc Châu
 # and Mai Sơn, two campaigns sent through the simulator (bluezone, then remind).
 
-def get(web: Web, path: str, query: str = "", token: str | None = None) -> tuple[int, dict[str, str], str]:
-    """One GET through the WSGI application: status, headers, body."""
-    from wsgiref.util import setup_testing_defaults
+def get(web: Web, path: str, query: str = "", token: str | None = None) -> tuple[int, Mapping[str, str], str]:
+    """One GET through the application, in process (no server): status, headers, body."""
+    from starlette.testclient import TestClient
 
-    environ: dict[str, Any] = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query}
-    if token is not None:
-        environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
-    setup_testing_defaults(environ)
-    got: dict[str, Any] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
-        got.update(status=int(status.split()[0]), headers=dict(headers))
-
-    body = b"".join(web(environ, start_response))
-    assert int(got["headers"]["Content-Length"]) == len(body)
-    return got["status"], got["headers"], body.decode("utf-8")
+    headers = {"Authorization": f"Bearer {token}".encode("latin-1")} if token is not None else {}
+    with TestClient(web, raise_server_exceptions=False) as client:
+        r = client.get(path + (f"?{query}" if query else ""), headers=headers)   # type: ignore[arg-type]
+    assert int(r.headers["Content-Length"]) == len(r.content)
+    return r.status_code, r.headers, r.content.decode("utf-8")
 
 
 @pytest.fixture
@@ -673,21 +666,25 @@ def test_report_json_and_level(engine: Engine, sent: Config) -> None:
     assert data["total"]["audience"] == 64
 
 
-@pytest.mark.parametrize("query, status, says", [
-    ("campaign=nope", 404, "no campaign named 'nope'"),
-    ("format=pdf", 400, "unknown format 'pdf': use html, csv, json"),
-    ("level=commune", 400, "unknown area level 'commune' (levels: district, province)"),
+@pytest.mark.parametrize("query, status, code, field, says", [
+    ("campaign=nope", 404, "not_found", "campaign", "no campaign named 'nope'"),
+    ("format=pdf", 400, "invalid", "format", "unknown format 'pdf': use html, csv, json"),
+    ("level=commune", 400, "invalid", "level", "unknown area level 'commune' (levels: district, province)"),
 ])
-def test_report_refuses_unknown_campaigns_formats_and_levels(engine: Engine, sent: Config, query: str,
-                                                             status: int, says: str) -> None:
+def test_report_refuses_unknown_campaigns_formats_and_levels(engine: Engine, sent: Config, query: str, status: int,
+                                                             code: str, field: str, says: str) -> None:
     got, headers, body = get(Web(engine, sent), "/report", query)
-    assert (got, headers["Content-Type"]) == (status, "text/plain; charset=utf-8")
-    assert body.startswith(says) and body.count("\n") == 1
+    assert (got, headers["Content-Type"]) == (status, "application/json")
+    error = json.loads(body)["error"]
+    assert (error["code"], error["field"]) == (code, field)
+    assert error["message"].startswith(says) and "\n" not in error["message"]
 
 
 def test_report_before_any_run_is_404(engine: Engine, config: Config) -> None:
     status, _, body = get(Web(engine, config), "/report")
-    assert status == 404 and body == "no campaign has run yet; name one, or run `loa campaigns run NAME`\n"
+    assert status == 404 and json.loads(body) == {"error": {
+        "code": "not_found", "field": "campaign",
+        "message": "no campaign has run yet; name one, or run `loa campaigns run NAME`"}}
 
 
 def test_report_token_when_configured(engine: Engine, sent: Config, workdir: Path,
@@ -697,7 +694,7 @@ def test_report_token_when_configured(engine: Engine, sent: Config, workdir: Pat
     web = Web(engine, load(workdir / "config.toml"))
     monkeypatch.delenv("LOA_TEST_REPORT_TOKEN", raising=False)
     status, _, body = get(web, "/report", "format=csv", token="anything")
-    assert status == 503 and "$LOA_TEST_REPORT_TOKEN is not set" in body       # named, unset: shut, not open
+    assert status == 503 and "$LOA_TEST_REPORT_TOKEN is not set" in json.loads(body)["error"]["message"]  # shut
     monkeypatch.setenv("LOA_TEST_REPORT_TOKEN", "s3cret-đúng")
     assert get(web, "/report", "format=csv")[0] == 401
     assert get(web, "/report", "format=csv", token="wrong")[0] == 401
@@ -707,7 +704,7 @@ def test_report_token_when_configured(engine: Engine, sent: Config, workdir: Pat
 
 
 def test_report_over_http(site: Site) -> None:
-    """Through waitress: a campaign sent to Twilio's fake, its report as CSV."""
+    """Over HTTP: a campaign sent to Twilio's fake, its report as CSV."""
     send(site, "r1", "tw")
     r = requests.get(f"{site.url}/report", params={"format": "csv"}, timeout=30)
     assert r.status_code == 200 and r.headers["Content-Type"] == "text/csv; charset=utf-8"

@@ -1,0 +1,93 @@
+"""How loa's HTTP side answers a refusal or a failure.
+
+loa's own API endpoints answer every error as one JSON shape::
+
+    {"error": {"code": "invalid", "message": "unknown format 'pdf': use html, csv, json", "field": "format"}}
+
+``code`` is one of :data:`CODES` (stable, for programs), ``message`` one line for people,
+``field`` the request field at fault, or null.  Gateway callbacks, tracked links and the
+unknown paths keep the plain text their callers expect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("loa.web")
+
+# the error codes, by the HTTP status they come with
+CODES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
+         413: "too_large", 422: "rejected", 500: "internal", 503: "unavailable"}
+API_PATHS = ("/arrivals", "/report")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="What went wrong, for programs: " + ", ".join(sorted(set(CODES.values()))))
+    message: str = Field(description="One line for people")
+    field: str | None = Field(description="The request field at fault (a query parameter, a body item), or null")
+
+
+class ErrorBody(BaseModel):
+    """Every error of loa's API endpoints."""
+
+    error: ErrorDetail
+
+
+def error_response(status: int, message: str, field: str | None = None, *, code: str | None = None,
+                   headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    """The JSON error of an API endpoint; ``extra`` keys go beside ``error``."""
+    body = {"error": {"code": code or CODES.get(status, "invalid"), "message": message, "field": field}} | extra
+    return reply(status, json.dumps(body, ensure_ascii=False), "application/json", headers)
+
+
+def reply(status: int, body: str | bytes, content_type: str = "text/plain; charset=utf-8",
+          headers: dict[str, str] | None = None) -> Response:
+    """A response with exactly this Content-Type (Starlette would add a charset to text/* ones)."""
+    data = body.encode("utf-8") if isinstance(body, str) else body
+    return Response(data, status_code=status, headers={"Content-Type": content_type, **(headers or {})})
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI description of an API endpoint's errors."""
+    said = {400: "Bad request: the field named is wrong", 401: "Missing or wrong bearer token",
+            404: "Not found", 413: "Request body over 1 MB", 422: "Nothing in the request could be used",
+            503: "Switched off: the token's environment variable is not set"}
+    return {s: {"model": ErrorBody, "description": said.get(s, "Error")} for s in statuses}
+
+
+class CatchAll:
+    """One bad request must never take the service down: an exception becomes a logged 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            log.exception("error serving %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            path = scope.get("path", "")
+            if path in API_PATHS:
+                response = error_response(500, "internal error")
+            else:
+                response = reply(500, "internal error\n")
+            await response(scope, receive, send)

@@ -1,0 +1,69 @@
+"""``GET /metrics``: the ledger, read at scrape time, in Prometheus' text format (prometheus_client).
+
+Every process that serves loa's endpoints reports the same ledger figures, so a scrape
+of any one of them is the whole picture; ``loa serve`` adds its scheduler's figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from loa import db
+
+if TYPE_CHECKING:
+    from loa.web.app import Web
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+WAITING = ("planned", "deferred", "claimed")
+
+
+class LedgerCollector(Collector):
+    """Messages by state and gateway, the queue, the send rate and the paused gateways."""
+
+    def __init__(self, web: Web) -> None:
+        self.web = web
+
+    def describe(self) -> Iterable[Metric]:
+        return []     # registering must not read the database
+
+    def collect(self) -> Iterable[Metric]:
+        from loa import gateways as gw
+
+        o = db.outbox
+        with self.web.engine.connect() as conn:
+            rows = conn.execute(select(o.c.state, o.c.gateway, func.count()).group_by(o.c.state, o.c.gateway)).all()
+            sent_minute = conn.scalar(select(func.count()).select_from(o).where(
+                o.c.sent_at >= db.utcnow() - timedelta(minutes=1))) or 0
+        messages = GaugeMetricFamily("loa_messages", "Messages in the ledger by state and gateway.",
+                                     labels=["state", "gateway"])
+        for state, gateway, n in rows:
+            messages.add_metric([str(state), str(gateway or "")], n)
+        yield messages
+        yield GaugeMetricFamily("loa_queue_depth", "Messages waiting to be sent.",
+                                value=sum(n for state, _, n in rows if state in WAITING))
+        yield GaugeMetricFamily("loa_send_rate", "Messages handed to gateways per second over the last minute.",
+                                value=round(sent_minute / 60, 3))
+        paused = gw.paused(self.web.engine)
+        family = GaugeMetricFamily("loa_gateway_paused", "1 while a gateway is paused.", labels=["gateway"])
+        for name in self.web.config.gateways:
+            family.add_metric([name], 1 if name in paused else 0)
+        yield family
+
+
+def registry(web: Web) -> CollectorRegistry:
+    """The web application's own registry (not prometheus_client's global one): the ledger's
+    figures; ``loa serve`` registers its scheduler's beside them."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(LedgerCollector(web))
+    return reg
+
+
+def render(reg: CollectorRegistry) -> bytes:
+    return generate_latest(reg)
