@@ -333,6 +333,7 @@ def campaigns_preview(app: App, name: str, count: int) -> None:
 
     campaign = _load_valid(app, name)
     result = preview(app.engine(), app.config, campaign, count)
+    _audit_preview(app.engine(), campaign.name, result)
     out.print(f"[bold]{campaign.name}[/bold]: {escape(campaign.description)}", highlight=False)
     for sample in result.samples:
         out.print(f"\n[cyan]{escape(sample.who)}[/cyan] ({escape(sample.area)}) · {sample.channel} · {sample.detail}",
@@ -349,6 +350,14 @@ def campaigns_preview(app: App, name: str, count: int) -> None:
     if result.errors:
         raise LoaError(f"{len(result.errors)} of {len(result.errors) + len(result.samples)} sample rendering(s) "
                        f"failed: `loa campaigns validate` checks every template of {campaign.name}")
+
+
+def _audit_preview(engine: Any, name: str, result: Any) -> None:
+    """A preview shows real subscribers' names and messages: an access to personal data."""
+    from loa import audit
+
+    audit.record_now(engine, audit.cli_actor(), "campaigns.preview", "campaign", name,
+                     after={"subscribers_shown": len(result.samples) + len(result.errors), "audience": result.audience})
 
 
 @campaigns.command("run")

@@ -4,7 +4,8 @@
   made by ``create_all`` and on one made by the migrations alike; and loa's code has no
   statement that changes or removes its rows.
 * The state-changing commands record who (``$LOA_ACTOR``, else the system user), what, which
-  object and its state before and after: gateways resume, imports, campaign runs.
+  object and its state before and after: gateways resume, imports, campaign runs; and so does
+  a preview, which shows subscribers' personal data.
 * ``loa audit`` filters by actor, action (and its sub-actions), time and object.
 """
 
@@ -99,6 +100,7 @@ def test_resume_import_and_run_are_recorded_with_the_actor(workdir: Path, tmp_pa
     ok(invoke(workdir, "import", "subscribers", str(subscribers_csv(tmp_path, 10, extra="0123,Sai,116,yes\n"))))
     write(workdir / "templates" / "sms" / "remind.j2", "Chào {{ subscriber.name }}, hãy cài Bluezone.\n")
     write(workdir / "campaigns" / "remind.toml", CAMPAIGN)
+    ok(invoke(workdir, "campaigns", "preview", "remind", "-n", "2"))
     ok(invoke(workdir, "campaigns", "run", "remind"))
     gw.pause(engine, "sim", "eSMS 101: sai ApiKey")
     ok(invoke(workdir, "gateways", "resume", "sim", "--reason", "đã sửa khoá"))
@@ -107,6 +109,7 @@ def test_resume_import_and_run_are_recorded_with_the_actor(workdir: Path, tmp_pa
     found = entries(engine)
     assert [(actor.startswith("os:"), action) for actor, action, _, _ in found[:1]] == [(True, "imports.areas")]
     assert found[1:] == [("chuyên-viên", "imports.subscribers", "file", str((tmp_path / "subscribers.csv").resolve())),
+                         ("chuyên-viên", "campaigns.preview", "campaign", "remind"),
                          ("chuyên-viên", "campaigns.run", "campaign", "remind"),
                          ("chuyên-viên", "gateways.resume", "gateway", "sim")]
     log = {e["action"]: e for e in json.loads(ok(invoke(workdir, "audit", "--format", "json")).stdout)}
@@ -115,6 +118,7 @@ def test_resume_import_and_run_are_recorded_with_the_actor(workdir: Path, tmp_pa
     with engine.connect() as conn:
         run_id = conn.scalar(select(db.runs.c.id))
     assert log["campaigns.run"]["after"]["run"] == run_id and log["campaigns.run"]["after"]["added"] == 10
+    assert log["campaigns.preview"]["after"] == {"subscribers_shown": 2, "audience": 10}
     assert log["gateways.resume"]["before"]["paused_reason"] == "eSMS 101: sai ApiKey"
     assert log["gateways.resume"]["after"]["paused_reason"] is None
     assert log["gateways.resume"]["reason"] == "đã sửa khoá"

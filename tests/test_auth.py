@@ -163,6 +163,27 @@ def test_failed_sign_ins_lock_the_name_for_every_process_until_the_window_passes
             other.dispose()
 
 
+def test_guesses_made_at_once_get_no_more_tries_than_the_limit(ready: Path, engine: Engine) -> None:
+    """Each attempt counts before its password is checked, under a lock per name: guesses sent
+    together, by as many connections, are checked no more often than one after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    auth.add_user(engine, "os:root", "ana", PASSWORD, "operator")
+
+    def guess(n: int) -> str:
+        try:
+            auth.authenticate_password(engine, "ana", f"doan-{n:02d}-xxxxxx", f"10.1.0.{n}")
+        except LockedOut:
+            return "locked"
+        except AuthError:
+            return "checked"
+        return "signed in"
+
+    with ThreadPoolExecutor(10) as pool:
+        outcomes = list(pool.map(guess, range(10)))
+    assert sorted(outcomes) == ["checked"] * auth.MAX_FAILURES_PER_NAME + ["locked"] * 5, outcomes
+
+
 def test_failed_sign_ins_from_one_client_lock_that_client_out_whatever_the_names(
         ready: Path, engine: Engine) -> None:
     auth.add_user(engine, "os:root", "ana", PASSWORD, "operator")
