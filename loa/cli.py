@@ -183,6 +183,7 @@ def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: i
     with _progress(f"importing {kind}") as advance:
         summary = importer.run_import(engine, handler, file, rejects_path=rejects, batch_size=batch_size,
                                       progress=advance, on_reject=on_reject)
+    _audit_import(engine, kind, file, summary)
     if summary.rejected > len(shown):
         err.print(f"... and {summary.rejected - len(shown)} more rejects", highlight=False)
     out.print(summary.line(), highlight=False, soft_wrap=True, markup=False)
@@ -193,6 +194,14 @@ def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: i
             out.print(f"{name}: {n:,} greeting(s) planned", highlight=False, markup=False)
     if summary.failure:
         raise LoaError(summary.failure)
+
+
+def _audit_import(engine: Any, kind: str, file: Path, summary: Any) -> None:
+    from loa import audit
+
+    audit.record_now(engine, audit.cli_actor(), f"imports.{kind}", "file", str(file.resolve()), after={
+        "read": summary.read, "imported": summary.imported, "new": summary.new, "rejected": summary.rejected,
+        "failure": summary.failure})
 
 
 def _arrivals_handler(engine: Any, file: Path, tz: Any) -> Any:
@@ -324,6 +333,7 @@ def campaigns_preview(app: App, name: str, count: int) -> None:
 
     campaign = _load_valid(app, name)
     result = preview(app.engine(), app.config, campaign, count)
+    _audit_preview(app.engine(), campaign.name, result)
     out.print(f"[bold]{campaign.name}[/bold]: {escape(campaign.description)}", highlight=False)
     for sample in result.samples:
         out.print(f"\n[cyan]{escape(sample.who)}[/cyan] ({escape(sample.area)}) · {sample.channel} · {sample.detail}",
@@ -340,6 +350,14 @@ def campaigns_preview(app: App, name: str, count: int) -> None:
     if result.errors:
         raise LoaError(f"{len(result.errors)} of {len(result.errors) + len(result.samples)} sample rendering(s) "
                        f"failed: `loa campaigns validate` checks every template of {campaign.name}")
+
+
+def _audit_preview(engine: Any, name: str, result: Any) -> None:
+    """A preview shows real subscribers' names and messages: an access to personal data."""
+    from loa import audit
+
+    audit.record_now(engine, audit.cli_actor(), "campaigns.preview", "campaign", name,
+                     after={"subscribers_shown": len(result.samples) + len(result.errors), "audience": result.audience})
 
 
 @campaigns.command("run")
@@ -369,6 +387,7 @@ def campaigns_run(app: App, name: str, at: str | None, again: bool, outside_date
         except RowError as exc:
             raise LoaError(f"--at: {exc.reason}") from None
     result = plan_run(app.engine(), app.config, campaign, scheduled_for=when, again=again, outside_dates=outside_dates)
+    _audit_run(app.engine(), result, again=again, outside_dates=outside_dates)
     verb = "planned" if result.created else "already planned; added"
     reasons = ", ".join(f"{n:,} {r}" for r, n in sorted(result.reasons.items())) or "none"
     out.print(
@@ -399,8 +418,17 @@ def _lifecycle(app: App, name: str, run_id: int | None, action: str, reason: str
         "resume": f"{change.messages:,} held message(s) go out with the next send",
         "cancel": f"{change.messages:,} unsent message(s) cancelled; those already sent are unchanged",
     }[action]
+    _audit_change(engine, change, action, reason)
     out.print(f"{change.kind} {change.name} {change.after} (was {change.before}) by {who}"
               + (f": {reason}" if reason else "") + f"; {effect}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _audit_change(engine: Any, change: Any, action: str, reason: str | None) -> None:
+    from loa import audit
+
+    audit.record_now(engine, audit.cli_actor(), f"campaigns.{action}", change.kind, change.name,
+                     before={"state": change.before}, after={"state": change.after, "messages": change.messages},
+                     reason=reason or "")
 
 
 _RUN_OPTION = click.option("--run", "run_id", type=int, default=None, help="Only this run of the campaign.")
@@ -466,10 +494,21 @@ def stop(app: App, all_: bool, reason: str) -> None:
     who = lifecycle.actor()
     changes = lifecycle.stop_all(app.engine(), who=who, reason=reason.strip())
     for change in changes:
+        _audit_change(app.engine(), change, "pause", reason.strip())
+    for change in changes:
         out.print(f"campaign {change.name} paused by {who}: {change.messages:,} message(s) held back",
                   highlight=False, markup=False, soft_wrap=True)
     out.print(f"{len(changes)} campaign(s) paused" if changes else "no active campaign: nothing to stop",
               highlight=False)
+
+
+def _audit_run(engine: Any, result: Any, **flags: bool) -> None:
+    from loa import audit
+
+    audit.record_now(engine, audit.cli_actor(), "campaigns.run", "campaign", result.campaign, after={
+        "run": result.run_id, "scheduled_for": result.scheduled_for.isoformat(), "created": result.created,
+        "added": result.added, **{state: result.states[state] for state in ("planned", "held_out", "suppressed")},
+        **{name: True for name, on in flags.items() if on}})
 
 
 # -- send ---------------------------------------------------------------------
@@ -694,17 +733,19 @@ def gateways_list(app: App) -> None:
 
 @gateways.command("resume")
 @click.argument("name")
+@click.option("--reason", "why", default="", help="Why, for the audit log.")
 @click.pass_obj
 @fail_cleanly
-def gateways_resume(app: App, name: str) -> None:
+def gateways_resume(app: App, name: str, why: str) -> None:
     """Resume a gateway paused by an authentication, configuration or money error."""
+    from loa import audit
     from loa import gateways as gw
 
     engine = app.engine()
     if name not in gw.paused(engine):
         app.config.gateway(name)   # a typo gets the list of configured gateways
     # a paused gateway can be resumed even after it left the configuration: its rows are not stuck
-    reason = gw.resume(engine, name)
+    reason = gw.resume(engine, name, actor=audit.cli_actor(), why=why)
     out.print(f"gateway {name} resumed (it was paused: {reason}); its messages go out with the next send",
               highlight=False, markup=False)
 
@@ -851,3 +892,169 @@ def serve(app: App, host: str | None, port: int | None, workers: int | None, sch
         stop.wait()
     finally:
         service.stop()
+
+
+# -- users, keys and the audit log ------------------------------------------------
+
+@main.group()
+def users() -> None:
+    """People who sign in to the API: roles viewer < operator < approver < admin, optionally bound
+    to an area.  Every change is in `loa audit`, by $LOA_ACTOR (else the system user)."""
+
+
+def _when(app: App, moment: Any) -> str:
+    return "" if moment is None else moment.astimezone(app.config.timezone).strftime("%Y-%m-%d %H:%M")
+
+
+def _new_password() -> str:
+    """$LOA_NEW_PASSWORD, else asked twice without echo: a password is never an argument."""
+    import os
+
+    given = os.environ.get("LOA_NEW_PASSWORD")
+    if given is not None:
+        return given
+    if not sys.stdin.isatty():
+        raise LoaError("no password: set $LOA_NEW_PASSWORD, or run in a terminal to be asked for it")
+    return str(click.prompt("password", hide_input=True, confirmation_prompt=True, err=True))
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["viewer", "operator", "approver", "admin"]))
+@click.option("--area", "area_code", default=None, help="Bind the user to this area's subtree (its code).")
+@click.pass_obj
+@fail_cleanly
+def users_add(app: App, name: str, role: str, area_code: str | None) -> None:
+    """Add a user; the password comes from $LOA_NEW_PASSWORD or a prompt."""
+    from loa import audit, auth
+
+    engine = app.engine()
+    name = auth.check_name(name)
+    auth.check_new_user(engine, name, area_code)    # before asking for a password
+    user = auth.add_user(engine, audit.cli_actor(), name, _new_password(), role, area_code)
+    where = f", bound to {user.area_name} ({user.area_code})" if user.area_code else ""
+    out.print(f"user {user.name} added: {user.role}{where}", highlight=False, markup=False)
+
+
+@users.command("list")
+@click.pass_obj
+@fail_cleanly
+def users_list(app: App) -> None:
+    """Every user, its role, area and last sign-in."""
+    from loa import auth
+
+    table = Table("name", "role", "area", "created", "last sign-in", "state")
+    for u in auth.list_users(app.engine()):
+        table.add_row(escape(u.name), u.role, escape(f"{u.area_name} ({u.area_code})") if u.area_code else "all",
+                      _when(app, u.created_at), _when(app, u.last_login_at),
+                      f"disabled {_when(app, u.disabled_at)}" if u.disabled_at else "active")
+    out.print(table)
+
+
+@users.command("disable")
+@click.argument("name")
+@click.option("--reason", default="", help="Why, for the audit log.")
+@click.pass_obj
+@fail_cleanly
+def users_disable(app: App, name: str, reason: str) -> None:
+    """Disable a user: it can no longer sign in."""
+    from loa import audit, auth
+
+    user = auth.disable_user(app.engine(), audit.cli_actor(), name, reason)
+    out.print(f"user {user.name} disabled", highlight=False, markup=False)
+
+
+@users.command("role")
+@click.argument("name")
+@click.argument("role", type=click.Choice(["viewer", "operator", "approver", "admin"]))
+@click.option("--reason", default="", help="Why, for the audit log.")
+@click.pass_obj
+@fail_cleanly
+def users_role(app: App, name: str, role: str, reason: str) -> None:
+    """Give a user another role."""
+    from loa import audit, auth
+
+    before, after = auth.set_role(app.engine(), audit.cli_actor(), name, role, reason)
+    out.print(f"user {after.name}: {before.role} → {after.role}", highlight=False, markup=False)
+
+
+@main.group()
+def keys() -> None:
+    """API keys for programs: each with a role and optionally an area, shown once."""
+
+
+@keys.command("create")
+@click.option("--role", required=True, type=click.Choice(["viewer", "operator", "approver", "admin"]))
+@click.option("--area", "area_code", default=None, help="Bind the key to this area's subtree (its code).")
+@click.option("--name", default="", help="What the key is for.")
+@click.pass_obj
+@fail_cleanly
+def keys_create(app: App, role: str, area_code: str | None, name: str) -> None:
+    """Create a key and print it, this once: loa keeps only its hash."""
+    from loa import audit, auth
+
+    key, full = auth.create_key(app.engine(), audit.cli_actor(), role, area_code, name)
+    where = f", area {key.area_code}" if key.area_code else ""
+    err.print(f"API key {key.id} ({key.role}{where}) created; it is shown only this once:", highlight=False,
+              markup=False)
+    click.echo(full)
+
+
+@keys.command("list")
+@click.pass_obj
+@fail_cleanly
+def keys_list(app: App) -> None:
+    """Every key by its id and prefix (never its secret)."""
+    from loa import auth
+
+    table = Table("id", "key", "name", "role", "area", "created by", "created", "last used", "state")
+    for k in auth.list_keys(app.engine()):
+        table.add_row(str(k.id), k.shown, escape(k.name), k.role, escape(k.area_code or "all"), escape(k.created_by),
+                      _when(app, k.created_at), _when(app, k.last_used_at),
+                      f"revoked {_when(app, k.revoked_at)}" if k.revoked_at else "active")
+    out.print(table)
+
+
+@keys.command("revoke")
+@click.argument("key_id", metavar="ID", type=int)
+@click.option("--reason", default="", help="Why, for the audit log.")
+@click.pass_obj
+@fail_cleanly
+def keys_revoke(app: App, key_id: int, reason: str) -> None:
+    """Revoke a key: it is refused from now on."""
+    from loa import audit, auth
+
+    key = auth.revoke_key(app.engine(), audit.cli_actor(), key_id, reason)
+    out.print(f"API key {key.id} ({key.shown}) revoked", highlight=False, markup=False)
+
+
+@main.command("audit")
+@click.option("--actor", default=None, help="Only this actor's entries (user:NAME, key:PREFIX, os:USER, ...).")
+@click.option("--action", default=None, help="Only this action and its sub-actions (users, users.role, ...).")
+@click.option("--since", default=None, help="Only entries since this time (ISO 8601, local time) or age (2h, 7d).")
+@click.option("--object", "object_", default=None, help="Only entries about this object: TYPE or TYPE:ID.")
+@click.option("--limit", type=click.IntRange(0), default=200, show_default=True,
+              help="The newest this many entries (0: all).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_obj
+@fail_cleanly
+def audit_(app: App, actor: str | None, action: str | None, since: str | None, object_: str | None, limit: int,
+           fmt: str) -> None:
+    """The audit log, oldest first: who changed what, when, before and after (read-only)."""
+    import json
+
+    from loa import audit
+
+    moment = audit.parse_since(since, app.config.timezone) if since else None
+    entries = audit.query(app.engine(), actor=actor, action=action, since=moment, object=object_,
+                          limit=limit or None)
+    if fmt == "json":
+        click.echo(json.dumps([e.as_dict() for e in entries], ensure_ascii=False, indent=2, default=str))
+        return
+    table = Table("id", "at", "actor", "action", "object", "change", "reason")
+    for e in entries:
+        table.add_row(str(e.id), _when(app, e.at), escape(e.actor), e.action, escape(e.object), escape(e.change()),
+                      escape(e.reason))
+    out.print(table)
+    if limit and len(entries) == limit:
+        err.print(f"the newest {limit} entries; --limit 0 shows all", highlight=False, markup=False)

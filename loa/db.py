@@ -281,6 +281,92 @@ dnc = Table(
 )
 
 
+# -- users, API keys and the audit log (loa.auth, loa.audit) --------------------
+
+# People who sign in: an argon2id hash of the password (never the password), a role, and
+# optionally an area whose subtree is all they see and act on.
+users = Table(
+    "users", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("password_hash", String(200), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("area_id", Integer, ForeignKey("areas.id"), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("disabled_at", UTCDateTime, nullable=True),
+    Column("last_login_at", UTCDateTime, nullable=True),
+)
+
+# Keys for programs: "loa_<prefix>_<secret>".  The prefix identifies the key in lists and
+# logs; only the SHA-256 of the 256-bit secret is kept (loa.auth says why not argon2).
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("prefix", String(16), nullable=False, unique=True),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("name", String(100), nullable=False, default=""),
+    Column("role", String(16), nullable=False),
+    Column("area_id", Integer, ForeignKey("areas.id"), nullable=True),
+    Column("created_by", String(100), nullable=False, default=""),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("last_used_at", UTCDateTime, nullable=True),
+)
+
+# Sign-in attempts, kept in the database so that the lockout holds across processes
+# and machines; pruned after a day.
+login_attempts = Table(
+    "login_attempts", metadata,
+    Column("id", BigId, primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("user_name", String(64), nullable=False),
+    Column("client", String(64), nullable=False, default=""),
+    Column("success", Boolean, nullable=False),
+    Index("ix_login_attempts_user_name_at", "user_name", "at"),
+    Index("ix_login_attempts_client_at", "client", "at"),
+)
+
+# Who did what, when, to which object, with its state before and after.  Append-only:
+# loa has no statement that changes or removes a row, and the database refuses one
+# (AUDIT_APPEND_ONLY, installed with the table).
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", BigId, primary_key=True),
+    Column("at", UTCDateTime, nullable=False, index=True),
+    Column("actor", String(100), nullable=False, index=True),
+    Column("action", String(64), nullable=False, index=True),
+    Column("object_type", String(32), nullable=False, default=""),
+    Column("object_id", String(200), nullable=False, default=""),
+    Column("before", Json, nullable=True),
+    Column("after", Json, nullable=True),
+    Column("reason", Text, nullable=False, default=""),
+    Index("ix_audit_log_object", "object_type", "object_id"),
+)
+
+AUDIT_APPEND_ONLY: dict[str, tuple[str, ...]] = {
+    "sqlite": (
+        ("CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log "
+        "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: UPDATE refused'); END"),
+        ("CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log "
+        "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: DELETE refused'); END"),
+    ),
+    "postgresql": (
+        ("CREATE OR REPLACE FUNCTION loa_audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $fn$ "
+        "BEGIN RAISE EXCEPTION USING MESSAGE = 'audit_log is append-only: ' || TG_OP || ' refused', "
+        "ERRCODE = 'insufficient_privilege'; END $fn$"),
+        ("CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+        "FOR EACH ROW EXECUTE FUNCTION loa_audit_log_append_only()"),
+    ),
+}
+
+
+@event.listens_for(audit_log, "after_create")
+def _audit_log_append_only(target: Table, conn: Connection, **_: Any) -> None:
+    for statement in AUDIT_APPEND_ONLY[conn.dialect.name]:
+        conn.exec_driver_sql(statement)
+
+
 def utcnow() -> datetime:
     """The one clock: tests move it with time-machine."""
     return datetime.now(UTC)

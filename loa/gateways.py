@@ -97,15 +97,21 @@ def pause(engine: Engine, name: str, reason: str) -> bool:
                             .values(paused_reason=reason[:1000], paused_at=now, updated_at=now)).rowcount > 0
 
 
-def resume(engine: Engine, name: str) -> str:
-    """Clear a pause; return the reason it had."""
+def resume(engine: Engine, name: str, *, actor: str = "unknown", why: str = "") -> str:
+    """Clear a pause, recorded in the audit log as ``actor``'s; return the reason it had."""
+    from loa import audit
+
     with engine.begin() as conn:
-        reason = conn.scalar(select(G.c.paused_reason).where(G.c.name == name))
-        if reason is None:
+        row = conn.execute(select(G.c.paused_reason, G.c.paused_at).where(G.c.name == name)).one_or_none()
+        if row is None or row.paused_reason is None:
             raise NotFound(f"gateway {name!r} is not paused")
         conn.execute(update(G).where(G.c.name == name)
                      .values(paused_reason=None, paused_at=None, updated_at=db.utcnow()))
-    return str(reason)
+        audit.record(conn, actor, "gateways.resume", "gateway", name, reason=why,
+                     before={"paused_reason": row.paused_reason, "paused_at": row.paused_at.isoformat()
+                             if row.paused_at else None},
+                     after={"paused_reason": None, "paused_at": None})
+    return str(row.paused_reason)
 
 
 def paused(engine: Engine) -> dict[str, dict[str, Any]]:

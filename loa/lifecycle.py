@@ -23,8 +23,6 @@ later step that adds its actions to the table.
 
 from __future__ import annotations
 
-import getpass
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,14 +86,11 @@ def transition(kind: str, name: str, current: str, action: str) -> str:
 
 
 def actor() -> str:
-    """Who acts from this shell: $LOA_ACTOR, else the operating system's user."""
-    name = os.environ.get("LOA_ACTOR", "").strip()
-    if name:
-        return name[:100]
-    try:
-        return getpass.getuser()[:100]
-    except (KeyError, OSError):   # no name for this uid (a container)
-        return f"uid:{os.getuid()}"
+    """Who acts from this shell: $LOA_ACTOR, else ``os:`` and the operating system's user (as the
+    audit log names a command's actor)."""
+    from loa.audit import cli_actor
+
+    return cli_actor()
 
 
 @dataclass
