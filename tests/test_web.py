@@ -669,6 +669,7 @@ def test_report_json_and_level(engine: Engine, sent: Config) -> None:
 @pytest.mark.parametrize("query, status, code, field, says", [
     ("campaign=nope", 404, "not_found", "campaign", "no campaign named 'nope'"),
     ("format=pdf", 400, "invalid", "format", "unknown format 'pdf': use html, csv, json"),
+    ("format=", 400, "invalid", "format", "unknown format '': use html, csv, json"),   # empty is no default
     ("level=commune", 400, "invalid", "level", "unknown area level 'commune' (levels: district, province)"),
 ])
 def test_report_refuses_unknown_campaigns_formats_and_levels(engine: Engine, sent: Config, query: str, status: int,

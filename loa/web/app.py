@@ -110,7 +110,7 @@ class Web:
         var = self.serve.get("report_token_env")
         if var and (refused := refuse_bearer(request, str(var), "the report is locked")) is not None:
             return refused
-        fmt = fmt or "html"
+        fmt = "html" if fmt is None else fmt    # "format=" is a format, and not one loa writes
         if fmt not in report.FORMATS:
             return error_response(400, f"unknown format {fmt!r}: use {', '.join(report.FORMATS)}", "format")
         try:
