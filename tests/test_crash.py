@@ -228,10 +228,10 @@ def _seed() -> int:
 
 def test_sigkilled_workers_with_a_deduplicating_gateway_send_every_message_exactly_once(
         engine: Engine, workdir: Path, database_url: str) -> None:
-    n = 6_000
+    n = 3_000
     with SimulatorServer(seed=3, delivery_rate=0.9, latency_ms=5, receipt_delay=4.0, dedupe=True) as srv:
         run_id = setup_run(engine, workdir, srv.url, n=n, dedupe=True)
-        crew, codes = run_with_kills(engine, workdir, database_url, run_id, n=n, workers=3, kills=8,
+        crew, codes = run_with_kills(engine, workdir, database_url, run_id, n=n, workers=3, kills=6,
                                      seed=_seed())
         net = srv.network
         final = rows(engine, run_id)
@@ -254,10 +254,10 @@ def test_sigkilled_workers_with_a_deduplicating_gateway_send_every_message_exact
 
 def test_sigkilled_workers_never_resend_to_a_gateway_that_does_not_deduplicate(
         engine: Engine, workdir: Path, database_url: str) -> None:
-    n = 2_000
+    n = 1_500
     with SimulatorServer(seed=4, delivery_rate=0.9, latency_ms=5, receipt_delay=4.0, dedupe=False) as srv:
         run_id = setup_run(engine, workdir, srv.url, n=n, dedupe=False)
-        crew, codes = run_with_kills(engine, workdir, database_url, run_id, n=n, workers=3, kills=6,
+        crew, codes = run_with_kills(engine, workdir, database_url, run_id, n=n, workers=3, kills=5,
                                      seed=_seed())
         net = srv.network
         final = rows(engine, run_id)
@@ -337,7 +337,7 @@ def test_a_killed_send_leaves_ambiguous_only_what_was_in_flight_and_reconcile_re
     ``unknown`` and are never re-sent blindly; `loa messages reconcile` asks the gateway by
     our key, records the ones it has as sent and queues the others again, so that in the
     end everybody got the message exactly once."""
-    n, kills, threads, lease = 3_000, 5, 4, 1.5
+    n, kills, threads, lease = 1_500, 4, 4, 1.5
     rng = random.Random(seed := _seed())
     with SimulatorServer(seed=5, delivery_rate=1.0, latency_ms=10, dedupe=False) as srv:
         run_id = setup_run(engine, workdir, srv.url, n=n, dedupe=False, lease=lease, threads=threads, batch=200)
