@@ -467,7 +467,7 @@ def campaigns_export(app: App, folder: Path | None, templates: Path | None) -> N
 @fail_cleanly
 def campaigns_versions(app: App, name: str) -> None:
     """The stored versions of a campaign, oldest first, and which are current, submitted, approved."""
-    from sqlalchemy import select
+    from sqlalchemy import func, select
 
     from loa import db
     from loa.versions import versions_of
@@ -478,7 +478,7 @@ def campaigns_versions(app: App, name: str) -> None:
         row = conn.execute(select(db.campaigns.c.current_version, db.campaigns.c.submitted_version,
                                   db.campaigns.c.approved_version, db.campaigns.c.state)
                            .where(db.campaigns.c.name == name)).one()
-        runs = dict(conn.execute(select(db.runs.c.campaign_version, db.func.count())
+        runs = dict(conn.execute(select(db.runs.c.campaign_version, func.count())
                                  .join(db.campaigns, db.campaigns.c.id == db.runs.c.campaign_id)
                                  .where(db.campaigns.c.name == name).group_by(db.runs.c.campaign_version)).all())
     table = Table("version", "applied at", "by", "file", "templates", "digest", "runs", "", title=f"{name} ({row.state})")

@@ -234,11 +234,17 @@ def plan_run(engine: Engine, config: Config, campaign: Campaign, *,
     gateway = gateway_for(config, campaign, first.channel)
     r = db.runs
     with engine.begin() as conn:
+        stored = None
         if campaign.version is None:
+            stored = versions.stored(conn, campaign.name)
             campaign = versions.record_definition(conn, config, campaign, cli_actor())
         # the upsert locks the campaign's row until commit: two manual runs at once are checked in turn
         campaign_id = ensure_campaign(conn, campaign)
         if refusal := planning_refusal(conn, campaign_id, campaign.version):   # not active, or not this version
+            if stored is not None and stored.version != campaign.version and " is draft:" in refusal:
+                refusal = (f"campaign {campaign.name}: the definition given differs from its stored version "
+                           f"{stored.version} and, as a new version, needs approval: nothing planned "
+                           f"(`loa campaigns apply` it, then `loa campaigns submit {campaign.name}`)")
             raise LifecycleError(refusal)
         run_id = conn.scalar(select(r.c.id).where(r.c.campaign_id == campaign_id, r.c.scheduled_for == scheduled_for))
         created = run_id is None
