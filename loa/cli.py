@@ -278,7 +278,10 @@ def campaigns_validate(app: App, folder: bool) -> None:
 @click.pass_obj
 @fail_cleanly
 def campaigns_reload(app: App, force: bool) -> None:
-    """Have the active scheduler, on whichever machine, re-read the campaign files."""
+    """Have the active scheduler, on whichever machine, rebuild its jobs from the stored campaigns.
+
+    Before the first `loa campaigns apply` that is the campaigns folder, applied implicitly;
+    afterwards `loa campaigns apply` loads changed files (and requests a reload itself)."""
     import scheduler
     from loa.checks import validate_all
 

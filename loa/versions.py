@@ -327,6 +327,17 @@ def apply(engine: Engine, config: Config, who: str, *, folder: Path | None = Non
         if problems:
             raise CampaignError(list(dict.fromkeys(problems)))
     result = ApplyResult(problems=problems)
+    if implicit:   # read first: a folder that did not change takes no write lock (it is read often)
+        with engine.connect() as conn:
+            if is_database_source(conn):
+                return result
+            now = {r.name: r for r in conn.execute(select(C.c.name, C.c.state, V.c.version, V.c.digest).join(
+                V, (V.c.campaign_id == C.c.id) & (V.c.version == C.c.current_version))
+                .where(C.c.name.in_([d.campaign.name for d in drafts])))} if drafts else {}
+        if all(d.campaign.name in now and now[d.campaign.name].digest == d.digest for d in drafts):
+            result.campaigns = [Applied(d.campaign.name, now[d.campaign.name].version, False,
+                                        now[d.campaign.name].state, now[d.campaign.name].state) for d in drafts]
+            return result
     with engine.begin() as conn:
         _lock(conn)
         if implicit and is_database_source(conn):   # applied meanwhile: the database rules now
