@@ -109,6 +109,9 @@ def test_the_user_who_submitted_cannot_approve_and_an_operator_cannot_either(off
                    "campaigns.approve is not allowed for role operator")
     one_line_error(invoke(office, "campaigns", "approve", "offer", "--as", "nobody", "--yes"), "nobody")
     engine = engine_of()
+    auth.add_user(engine, "test", "dak", "a long password", "approver", area_code="66")   # Đắk Nông's approver
+    one_line_error(invoke(office, "campaigns", "approve", "offer", "--as", "dak", "--yes"),
+                   "campaigns.approve on Sơn La (14) is outside the area of user dak")
     assert state(engine) == ("pending_approval", 1, 1, None)
     assert actions(engine) == [("campaigns.submit", "user:anh")]
     ok(invoke(office, "campaigns", "approve", "offer", "--as", "binh", "--yes"))
