@@ -25,11 +25,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
-from loa import db
+from loa import db, versions
 from loa.campaign import Campaign, load_all
 from loa.config import Config
 from loa.cron import cron_trigger
-from loa.lifecycle import no_new_runs
+from loa.lifecycle import planning_refusal
 from loa.plan import PlanResult, ensure_campaign, plan_run
 from loa.policy import apply_window_edits
 from loa.state import DatabaseStateStore
@@ -115,8 +115,9 @@ class CampaignScheduler:
         self.scheduler.add_listener(self._missed, EVENT_JOB_MISSED)
 
     def reload(self) -> list[str]:
-        """Re-read the campaign files and make the jobs match them; return job ids."""
-        found, self.problems = load_all(self.config.campaigns_dir)
+        """Re-read the campaigns (their stored versions, loa.versions) and make the jobs match
+        them; return job ids."""
+        found, self.problems = versions.catalog(self.engine, self.config)
         for problem in self.problems:
             log.error("campaign not scheduled: %s", problem)
         for line in apply_window_edits(self.engine, found):
@@ -178,8 +179,11 @@ class CampaignScheduler:
             return None
         with self.engine.connect() as conn:
             campaign_id = conn.scalar(select(db.campaigns.c.id).where(db.campaigns.c.name == campaign.name))
-            halted = no_new_runs(conn, campaign_id) if campaign_id is not None else None
-        if halted:   # paused, finished or cancelled (loa.lifecycle): its schedule stays, and plans nothing
+            fresh = versions.stored(conn, campaign.name) if campaign.version is not None else None
+            if fresh is not None and fresh.version != campaign.version:   # applied since the last reload
+                campaign = versions.campaign_of(self.config, fresh)
+            halted = planning_refusal(conn, campaign_id, campaign.version) if campaign_id is not None else None
+        if halted:   # not active (loa.lifecycle): its schedule stays, and plans nothing
             log.warning("%s (the run of %s)", halted, when.astimezone(self.config.timezone).isoformat())
             return None
         result = plan_run(self.engine, self.config, campaign, scheduled_for=when, trigger="schedule")
@@ -305,9 +309,11 @@ def _last_scheduled(conn: Connection, name: str) -> datetime | None:
                        .where(c.c.name == name, r.c.trigger == "schedule"))
 
 
-def next_runs(config: Config, count: int = 3, now: datetime | None = None) -> dict[str, list[datetime]]:
-    """The next fire times of every scheduled campaign, for `loa campaigns schedule` and checks."""
-    found, _ = load_all(config.campaigns_dir)
+def next_runs(config: Config, count: int = 3, now: datetime | None = None,
+              engine: Engine | None = None) -> dict[str, list[datetime]]:
+    """The next fire times of every scheduled campaign, for `loa campaigns schedule` and checks:
+    their stored versions (loa.versions) with an ``engine``, else their files."""
+    found, _ = versions.catalog(engine, config) if engine is not None else load_all(config.campaigns_dir)
     now = now or db.utcnow()
     return {name: fire_times(trigger_for(campaign, config.timezone), now - timedelta(microseconds=1), limit=count)
             for name, campaign in found.items() if campaign.trigger == "schedule" and campaign.schedule is not None}

@@ -30,7 +30,7 @@ from loa.campaign import Campaign, load_all
 from loa.config import Config
 from loa.errors import LoaError
 from loa.importer import RowError, parse_time
-from loa.lifecycle import no_new_runs
+from loa.lifecycle import planning_refusal
 from loa.phones import PhoneError, normalize
 from loa.plan import audience_select, ensure_campaign, gateway_for
 
@@ -144,8 +144,15 @@ class ArrivalsHandler:
 _reported: set[str] = set()
 
 
-def arrival_campaigns(config: Config) -> list[Campaign]:
-    found, problems = load_all(config.campaigns_dir)
+def arrival_campaigns(config: Config, engine: Engine | None = None) -> list[Campaign]:
+    """The arrival campaigns: their stored current versions (loa.versions.catalog); without an
+    ``engine``, their files."""
+    if engine is not None:
+        from loa.versions import catalog
+
+        found, problems = catalog(engine, config)
+    else:
+        found, problems = load_all(config.campaigns_dir)
     for p in problems:   # read every few seconds: say each problem once, not at every tick
         if p not in _reported:
             log.error("campaign not loaded: %s", p)
@@ -159,7 +166,7 @@ def greet(engine: Engine, config: Config, campaigns: Iterable[Campaign] | None =
     """Plan greetings for recent arrivals; return rows added per campaign.  Safe to call often."""
     now = now or db.utcnow()
     added = {}
-    for campaign in campaigns if campaigns is not None else arrival_campaigns(config):
+    for campaign in campaigns if campaigns is not None else arrival_campaigns(config, engine):
         try:
             added[campaign.name] = _greet(engine, config, campaign, now)
         except LoaError as exc:   # one broken campaign must not stop the others' greetings
@@ -176,8 +183,13 @@ def _greet(engine: Engine, config: Config, campaign: Campaign, now: datetime) ->
     first = campaign.channels[0]
     gateway = gateway_for(config, campaign, first.channel)
     with engine.begin() as conn:
+        if campaign.version is None:    # a parsed file: recorded as a version first, as plan_run does
+            from loa.audit import cli_actor
+            from loa.versions import record_definition
+
+            campaign = record_definition(conn, config, campaign, cli_actor())
         campaign_id = ensure_campaign(conn, campaign)
-        if halted := no_new_runs(conn, campaign_id):   # paused, finished or cancelled: nobody is greeted
+        if halted := planning_refusal(conn, campaign_id, campaign.version):   # not active: nobody is greeted
             log.info("%s: arrivals not greeted", halted)
             return 0
         arrivals = conn.execute(
@@ -255,7 +267,7 @@ def _run_for(conn: Connection, campaign: Campaign, campaign_id: int, at: datetim
     day = datetime.combine(at.astimezone(tz).date(), time(0), tz).astimezone(at.tzinfo)
     conn.execute(db.insert_for(conn, R).values(
         campaign_id=campaign_id, scheduled_for=day, trigger="arrival", status="planned",
-        definition=campaign.snapshot(), created_at=now, planned_at=now,
+        definition=campaign.snapshot(), created_at=now, planned_at=now, campaign_version=campaign.version,
     ).on_conflict_do_nothing(index_elements=["campaign_id", "scheduled_for"]))
     run_id = conn.scalar(select(R.c.id).where(R.c.campaign_id == campaign_id, R.c.scheduled_for == day))
     # a day's run may have been finished by a dispatcher before this arrival: open it again

@@ -101,6 +101,10 @@ class Campaign:
     schedule: Schedule | None = None
     attribution: float = ATTRIBUTION      # seconds
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    # stored in the database (loa.versions): its version, and the templates it uses ({path: text});
+    # None for a definition read from a file that has not been applied
+    version: int | None = None
+    templates: dict[str, str] | None = field(repr=False, default=None, compare=False)
 
     def channel(self, name: str) -> ChannelSpec:
         return next(c for c in self.channels if c.channel == name)
@@ -137,15 +141,23 @@ class _Problems:
 def parse_file(path: Path) -> tuple[Campaign | None, list[str]]:
     problems = _Problems(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-    except tomllib.TOMLDecodeError as exc:
-        problems.add("", f"not valid TOML: {exc}")
-        return None, problems.items
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         problems.add("", f"cannot read: {exc.strerror}")
         return None, problems.items
     except UnicodeDecodeError as exc:
         problems.add("", f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+        return None, problems.items
+    return parse_text(text, path)
+
+
+def parse_text(text: str, path: Path) -> tuple[Campaign | None, list[str]]:
+    """A campaign from its TOML text; ``path`` names it in problems (its file, or where it came from)."""
+    problems = _Problems(path)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        problems.add("", f"not valid TOML: {exc}")
         return None, problems.items
     campaign = parse(raw, path, problems)
     return (campaign if not problems.items else None), problems.items

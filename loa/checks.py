@@ -22,7 +22,7 @@ SAMPLE_LONGEST = 3
 
 def campaign_problems(config: Config, campaign: Campaign, attribute_keys: set[str] | None,
                       renderer: Renderer | None = None) -> list[str]:
-    renderer = renderer or Renderer(config.templates_dir)
+    renderer = renderer or Renderer(config.templates_dir, campaign.templates)
     problems: list[str] = []
     for spec in campaign.channels:
         where = f"{campaign.path}: {spec.channel}"
@@ -111,7 +111,7 @@ def render_problems(config: Config, campaign: Campaign, engine: Engine | None,
     from loa.preview import sample_contexts
     from loa.segments import SegmentError
 
-    renderer = renderer or Renderer(config.templates_dir)
+    renderer = renderer or Renderer(config.templates_dir, campaign.templates)
     problems: list[str] = []
     samples: list[tuple[str, str, dict[str, Any]]] = []
     if engine is not None:
@@ -206,13 +206,22 @@ def attribute_keys(engine: Engine | None) -> set[str] | None:
         return set(conn.scalars(select(db.attribute_keys.c.name)))
 
 
-def validate_all(config: Config, engine: Engine | None) -> tuple[dict[str, Campaign], list[str]]:
-    """Every campaign's problems: the file, its templates statically and rendered, its gateways,
-    its segment.  Before any area is imported, segment areas are not checked."""
-    campaigns, problems = load_all(config.campaigns_dir)
+def validate_all(config: Config, engine: Engine | None, *, folder: bool = False
+                 ) -> tuple[dict[str, Campaign], list[str]]:
+    """Every campaign's problems: the definition, its templates statically and rendered, its
+    gateways, its segment.  Before any area is imported, segment areas are not checked.
+
+    The stored current versions (loa.versions.catalog); the campaigns folder itself with
+    ``folder``, or without a database."""
+    if engine is None or folder:
+        campaigns, problems = load_all(config.campaigns_dir)
+    else:
+        from loa.versions import catalog
+
+        campaigns, problems = catalog(engine, config)
     keys = attribute_keys(engine)
-    renderer = Renderer(config.templates_dir)
     for campaign in campaigns.values():
+        renderer = Renderer(config.templates_dir, campaign.templates)
         static = campaign_problems(config, campaign, keys, renderer)
         # a variable nobody has is said once, not again for every sample that lacks it
         broken = frozenset(spec.channel for spec in campaign.channels

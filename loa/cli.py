@@ -190,7 +190,7 @@ def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: i
     if kind == "arrivals":   # greet what was kept, even if a later batch failed
         from loa.arrivals import arrival_campaigns, greet
 
-        for name, n in greet(engine, app.config, arrival_campaigns(app.config)).items():
+        for name, n in greet(engine, app.config, arrival_campaigns(app.config, engine)).items():
             out.print(f"{name}: {n:,} greeting(s) planned", highlight=False, markup=False)
     if summary.failure:
         raise LoaError(summary.failure)
@@ -235,28 +235,35 @@ def campaigns() -> None:
 @click.pass_obj
 @fail_cleanly
 def campaigns_list(app: App) -> None:
-    """The campaigns in the campaigns folder."""
+    """The campaigns: their stored current versions (the campaigns folder without a database)."""
     from loa.campaign import load_all
+    from loa.versions import catalog
 
-    found, problems = load_all(app.config.campaigns_dir)
-    table = Table("name", "channels", "trigger", "advertising", "holdout", "file")
+    engine = _engine_if_ready(app)
+    found, problems = catalog(engine, app.config) if engine is not None else load_all(app.config.campaigns_dir)
+    table = Table("name", "channels", "trigger", "advertising", "holdout", "file", "version")
     for c in found.values():
         table.add_row(c.name, ", ".join(s.channel for s in c.channels), c.trigger, "yes" if c.advertising else "no",
-                      f"{c.holdout:.0%}", str(c.path.name))
+                      f"{c.holdout:.0%}", str(c.path.name), str(c.version or "-"))
     out.print(table)
     for p in problems:
         err.print(f"[red]invalid:[/red] {escape(p)}", highlight=False, soft_wrap=True)
 
 
 @campaigns.command("validate")
+@click.option("--files", "folder", is_flag=True, help="Check the campaigns folder's files (what an apply would "
+              "load) instead of the stored current versions.")
 @click.pass_obj
 @fail_cleanly
-def campaigns_validate(app: App) -> None:
-    """Check every campaign: keys, templates, variables, gateways, segments."""
+def campaigns_validate(app: App, folder: bool) -> None:
+    """Check every campaign: keys, templates, variables, gateways, segments.
+
+    The stored current versions, once `loa campaigns apply` has run; the folder's files with
+    --files, or before the database exists."""
     from loa.checks import areas_imported, validate_all
 
     engine = _engine_if_ready(app)
-    found, problems = validate_all(app.config, engine)
+    found, problems = validate_all(app.config, engine, folder=folder)
     for p in problems:
         err.print(p, highlight=False, soft_wrap=True, markup=False)
     if problems:
@@ -271,7 +278,10 @@ def campaigns_validate(app: App) -> None:
 @click.pass_obj
 @fail_cleanly
 def campaigns_reload(app: App, force: bool) -> None:
-    """Have the active scheduler, on whichever machine, re-read the campaign files."""
+    """Have the active scheduler, on whichever machine, rebuild its jobs from the stored campaigns.
+
+    Before the first `loa campaigns apply` that is the campaigns folder, applied implicitly;
+    afterwards `loa campaigns apply` loads changed files (and requests a reload itself)."""
     import scheduler
     from loa.checks import validate_all
 
@@ -289,12 +299,10 @@ def campaigns_reload(app: App, force: bool) -> None:
 
 def _follow_window_edits(app: App, engine: Any, say: Callable[..., Any]) -> None:
     """Open runs take their campaign's current send window (loa.policy.apply_window_edits)."""
-    from loa.campaign import load_all
     from loa.policy import apply_window_edits
+    from loa.versions import catalog
 
-    if not app.config.campaigns_dir.is_dir():   # sending needs no campaign files
-        return
-    found, _ = load_all(app.config.campaigns_dir)
+    found, _ = catalog(engine, app.config)   # sending needs no campaign files: none is no campaign
     for line in apply_window_edits(engine, found):
         say(line, highlight=False, markup=False, soft_wrap=True)
 
@@ -309,11 +317,11 @@ def _engine_if_ready(app: App) -> Any:
 def _load_valid(app: App, name: str, *, render: bool = False) -> Any:
     """The campaign, checked as `loa campaigns validate` checks it; ``render`` also renders its
     templates for members of its segment."""
-    from loa.campaign import load_one
     from loa.checks import attribute_keys, campaign_problems, render_problems
     from loa.errors import CampaignError
+    from loa.versions import load
 
-    campaign = load_one(app.config.campaigns_dir, name)
+    campaign = load(app.engine(), app.config, name)   # its stored current version
     problems = campaign_problems(app.config, campaign, attribute_keys(app.engine()))
     if render and not problems:
         problems = render_problems(app.config, campaign, app.engine())
@@ -395,6 +403,229 @@ def campaigns_run(app: App, name: str, at: str | None, again: bool, outside_date
         f"to send {result.states['planned']:,}, held out {result.states['held_out']:,}, "
         f"suppressed {result.states['suppressed']:,} ({reasons})", highlight=False, soft_wrap=True, markup=False,
     )
+
+
+# -- versions: apply, export, versions, diff --------------------------------------
+
+@campaigns.command("apply")
+@click.argument("folder", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--templates", "templates", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The templates folder (default: the configured templates_dir).")
+@click.option("--reason", default="", help="Why: kept in the audit log with each new version.")
+@click.pass_obj
+@fail_cleanly
+def campaigns_apply(app: App, folder: Path | None, templates: Path | None, reason: str) -> None:
+    """Load the campaign files of FOLDER (default: the configured campaigns_dir) into the database.
+
+    Each campaign whose TOML or templates changed gets a new, immutable version; applying the
+    same files again adds nothing.  Every file must validate, or nothing is applied.  From the
+    first apply on, the database is the only source of campaigns on every machine: an edited
+    file changes nothing until it is applied.  A changed campaign that needs approval
+    ([approval]) goes back to draft.
+    """
+    import scheduler
+    from loa.versions import apply
+
+    engine = app.engine()
+    result = apply(engine, app.config, _actor(), folder=folder, templates=templates, reason=reason.strip())
+    for a in result.campaigns:
+        if not a.added:
+            out.print(f"{a.name}: unchanged (version {a.version})", highlight=False, markup=False)
+            continue
+        state = f"{a.after}" + (f" (was {a.before})" if a.before and a.before != a.after else "")
+        why = f"; needs approval: {a.approval} (`loa campaigns submit {a.name}`)" if a.approval else ""
+        out.print(f"{a.name}: version {a.version} applied, {state}{why}", highlight=False, markup=False,
+                  soft_wrap=True)
+    out.print(f"{len(result.added)} of {len(result.campaigns)} campaign(s) changed", highlight=False)
+    if result.added:
+        scheduler.request_reload(engine)
+
+
+@campaigns.command("export")
+@click.argument("folder", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--templates", "templates", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the templates go (default: FOLDER/../templates, or the configured templates_dir).")
+@click.pass_obj
+@fail_cleanly
+def campaigns_export(app: App, folder: Path | None, templates: Path | None) -> None:
+    """Write every campaign's current version back as files: its TOML into FOLDER (default: the
+    configured campaigns_dir) and its templates into the templates folder.  Applying them again
+    changes nothing."""
+    from loa.versions import export
+
+    folder = folder or app.config.campaigns_dir
+    if templates is None:
+        templates = app.config.templates_dir if folder == app.config.campaigns_dir else folder.parent / "templates"
+    done = export(app.engine(), folder, templates)
+    for name, version, paths in done:
+        out.print(f"{name}: version {version} → {', '.join(str(p) for p in paths)}", highlight=False, markup=False,
+                  soft_wrap=True)
+    out.print(f"{len(done)} campaign(s) exported to {folder} (templates in {templates})", highlight=False,
+              markup=False, soft_wrap=True)
+
+
+@campaigns.command("versions")
+@click.argument("name")
+@click.pass_obj
+@fail_cleanly
+def campaigns_versions(app: App, name: str) -> None:
+    """The stored versions of a campaign, oldest first, and which are current, submitted, approved."""
+    from sqlalchemy import func, select
+
+    from loa import db
+    from loa.versions import versions_of
+
+    engine = app.engine()
+    found = versions_of(engine, name)
+    with engine.connect() as conn:
+        row = conn.execute(select(db.campaigns.c.current_version, db.campaigns.c.submitted_version,
+                                  db.campaigns.c.approved_version, db.campaigns.c.state)
+                           .where(db.campaigns.c.name == name)).one()
+        runs = dict(conn.execute(select(db.runs.c.campaign_version, func.count())
+                                 .join(db.campaigns, db.campaigns.c.id == db.runs.c.campaign_id)
+                                 .where(db.campaigns.c.name == name).group_by(db.runs.c.campaign_version)).all())
+    table = Table("version", "applied at", "by", "file", "templates", "digest", "runs", "", title=f"{name} ({row.state})")
+    for v in found:
+        marks = [m for m, n in (("current", row.current_version), ("submitted", row.submitted_version),
+                                ("approved", row.approved_version)) if n == v.version]
+        table.add_row(str(v.version), v.created_at.astimezone(app.config.timezone).strftime("%Y-%m-%d %H:%M %Z"),
+                      escape(v.created_by), escape(v.file), escape(", ".join(sorted(v.templates))), v.digest[:12],
+                      f"{runs.get(v.version, 0):,}", ", ".join(marks))
+    out.print(table)
+
+
+@campaigns.command("diff")
+@click.argument("name")
+@click.argument("a", type=int, required=False)
+@click.argument("b", type=int, required=False)
+@click.pass_obj
+@fail_cleanly
+def campaigns_diff(app: App, name: str, a: int | None, b: int | None) -> None:
+    """A unified diff of the TOML and templates of versions A and B (default: the current version
+    and the one before it; with A only, A and the current version)."""
+    from loa.versions import diff
+
+    text = diff(app.engine(), name, a, b)
+    click.echo(text if text else f"versions {a or 'previous'} and {b or 'current'} of {name} are the same", nl=not text)
+
+
+def _actor() -> str:
+    from loa import audit
+
+    return audit.cli_actor()
+
+
+# -- approval: submit, approve, reject, launch -------------------------------------
+
+_AS_OPTION = click.option("--as", "as_user", required=True, metavar="USER",
+                          help="The loa user who acts (`loa users add`): approval is by named users, with roles.")
+
+
+def _decide(app: App, name: str, action: str, as_user: str, reason: str | None, version: int | None = None) -> None:
+    from loa import approval
+    from loa.auth import principal_for_user
+
+    if reason is not None and not reason.strip():
+        raise LoaError(f"--reason is empty: say why the campaign is {action}ed")
+    engine = app.engine()
+    principal = principal_for_user(engine, as_user.strip().lower())
+    decision = approval.decide(engine, app.config, name, action, principal, reason=reason.strip() if reason else None,
+                               version=version)
+    hint = {"submit": f"; an approver other than {principal.name} runs `loa campaigns approve {name}`",
+            "approve": f"; `loa campaigns launch {name}` makes it active",
+            "reject": f"; apply a corrected version, then `loa campaigns submit {name}`",
+            "launch": "; it is planned and sent from now on"}[action]
+    out.print(f"campaign {name} version {decision.version} {decision.after} (was {decision.before}) by "
+              f"{decision.actor}" + (f": {reason.strip()}" if reason else "") + hint,
+              highlight=False, markup=False, soft_wrap=True)
+
+
+@campaigns.command("submit")
+@click.argument("name")
+@_AS_OPTION
+@click.option("--reason", default=None, help="Why (optional): kept in the audit log.")
+@click.pass_obj
+@fail_cleanly
+def campaigns_submit(app: App, name: str, as_user: str, reason: str | None) -> None:
+    """Submit a draft campaign's current version for approval (operator or above)."""
+    _decide(app, name, "submit", as_user, reason)
+
+
+@campaigns.command("approve")
+@click.argument("name")
+@_AS_OPTION
+@click.option("--reason", default=None, help="Why (optional): kept in the audit log.")
+@click.option("-n", "--count", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Sample messages to render before approving.")
+@click.option("--yes", is_flag=True, help="Approve without asking (the review is printed all the same).")
+@click.pass_obj
+@fail_cleanly
+def campaigns_approve(app: App, name: str, as_user: str, reason: str | None, count: int, yes: bool) -> None:
+    """Approve the submitted version (approver role; not the user who submitted it).
+
+    First prints what is approved: the version, its audience, rendered samples with their
+    encoding and parts per message, and the estimated cost (or the SMS parts it is made of);
+    only that version is then planned and sent."""
+    from loa import approval
+
+    engine = app.engine()
+    seen = approval.review(engine, app.config, name, count)
+    _audit_review(engine, seen)
+    _print_review(seen)
+    if not yes and not click.confirm(f"approve version {seen.version} of {name}?", default=False, err=True):
+        raise LoaError(f"campaign {name}: not approved (nothing changed)")
+    _decide(app, name, "approve", as_user, reason, version=seen.version)
+
+
+def _audit_review(engine: Any, seen: Any) -> None:
+    """A review shows real subscribers' names and messages: an access to personal data."""
+    from loa import audit
+
+    audit.record_now(engine, audit.cli_actor(), "campaigns.review", "campaign", seen.campaign,
+                     after={"version": seen.version, "subscribers_shown": len(seen.samples) + len(seen.errors),
+                            "audience": seen.audience})
+
+
+def _print_review(seen: Any) -> None:
+    submitted = f", submitted by {seen.submitted_by}" if seen.submitted_by else ""
+    out.print(f"[bold]{escape(seen.campaign)}[/bold] version {seen.version} ({seen.state}{escape(submitted)})",
+              highlight=False)
+    out.print(f"approval: {seen.approval or 'not required by [approval]'}", highlight=False, markup=False)
+    for sample in seen.samples:
+        out.print(f"\n[cyan]{escape(sample.who)}[/cyan] ({escape(sample.area)}) · {sample.channel} · {sample.detail}",
+                  highlight=False)
+        out.print(sample.text, highlight=False, markup=False)
+    for e in seen.errors:
+        err.print(f"[red]template error:[/red] {escape(e)}", highlight=False, soft_wrap=True)
+    cost = (f"{seen.estimated_cost:,.0f} VND" if seen.estimated_cost is not None
+            else f"not priced (gateway prices not configured): {seen.estimated_parts:,} SMS part(s)")
+    table = Table("audience", "to send", "held out", "suppressed", "estimated parts", "estimated cost",
+                  title=f"version {seen.version} if run now")
+    table.add_row(f"{seen.audience:,}", f"{seen.to_send:,}", f"{seen.held_out:,}",
+                  ", ".join(f"{n:,} {r}" for r, n in seen.suppressed.items()) or "0", f"{seen.estimated_parts:,}", cost)
+    out.print(table)
+
+
+@campaigns.command("reject")
+@click.argument("name")
+@_AS_OPTION
+@click.option("--reason", required=True, help="Why: kept with the campaign and in the audit log.")
+@click.pass_obj
+@fail_cleanly
+def campaigns_reject(app: App, name: str, as_user: str, reason: str) -> None:
+    """Reject the submitted version (approver role): the campaign goes back to draft."""
+    _decide(app, name, "reject", as_user, reason)
+
+
+@campaigns.command("launch")
+@click.argument("name")
+@_AS_OPTION
+@click.option("--reason", default=None, help="Why (optional): kept in the audit log.")
+@click.pass_obj
+@fail_cleanly
+def campaigns_launch(app: App, name: str, as_user: str, reason: str | None) -> None:
+    """Make an approved campaign active (approver role): its approved version is planned and sent."""
+    _decide(app, name, "launch", as_user, reason)
 
 
 # -- lifecycle: pause, resume, cancel -------------------------------------------
@@ -716,9 +947,8 @@ def gateways() -> None:
 @fail_cleanly
 def gateways_list(app: App) -> None:
     """Configured gateways and the gateway types loa knows."""
-    from providers import registry
-
     from loa import gateways as gw
+    from providers import registry
 
     engine = _engine_if_ready(app)
     paused = gw.paused(engine) if engine is not None else {}
@@ -816,7 +1046,7 @@ def schedule_list(app: App, count: int) -> None:
     import scheduler
 
     table = Table("campaign", "next runs")
-    for name, times in scheduler.next_runs(app.config, count).items():
+    for name, times in scheduler.next_runs(app.config, count, engine=_engine_if_ready(app)).items():
         table.add_row(name, ", ".join(t.strftime("%Y-%m-%d %H:%M %Z") for t in times) or "none (dates over)")
     out.print(table)
 

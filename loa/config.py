@@ -43,10 +43,10 @@ DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
 DIGEST_AT = re.compile(r"^(\d{1,2}):(\d{2})$")
 COMMON_GATEWAY_KEYS = {"type", "rate", "burst", "description"}
 # Names that hold a secret whatever the gateway type: a literal value is refused.
-SECRET_NAME = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|secret_?key|auth)(_|$)", re.I)
+SECRET_NAME = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|secret_?key|auth)(_|$)", re.IGNORECASE)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SQLITE_URL = re.compile(r"^sqlite(\+\w+)?:///")
-URL_PASSWORD = re.compile(r"^[a-z0-9+]+://[^/@:]*:[^/@]+@", re.I)
+URL_PASSWORD = re.compile(r"^[a-z0-9+]+://[^/@:]*:[^/@]+@", re.IGNORECASE)
 DATABASES = {"sqlite": "SQLite (sqlite:///loa.db)", "postgresql": "PostgreSQL (postgresql+psycopg://...)"}
 
 
@@ -73,6 +73,19 @@ class DigestSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class ApprovalPolicy:
+    """[approval]: the campaigns that need four-eyes approval (loa.versions.needs_approval)."""
+
+    advertising: bool = False
+    above_recipients: int | None = None
+    always: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.always or self.advertising or self.above_recipients is not None
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     path: Path | None
     database_url: str
@@ -86,6 +99,7 @@ class Config:
     serve: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     digest: DigestSpec | None = None
     language: str = "vi"                # of the pages and report files officials read
+    approval: ApprovalPolicy = ApprovalPolicy()
 
     @property
     def label(self) -> str:
@@ -175,6 +189,14 @@ class _Policy(_Table):
     frequency_hours: float = Field(24.0, ge=0, description="must be a non-negative number")
 
 
+class _Approval(_Table):
+    """Which campaigns a second user with the approver role must approve before they run."""
+
+    advertising: bool = Field(False, description="must be true or false")
+    above_recipients: int | None = Field(None, ge=0, description="must be a whole number of recipients, at least 0")
+    always: bool = Field(False, description="must be true or false")
+
+
 class _Serve(_Table):
     host: str = Field("127.0.0.1", description="must be a host name or address")
     port: int = Field(8080, ge=1, le=65535, description="must be a port number from 1 to 65535")
@@ -214,7 +236,9 @@ def _digest_campaigns(value: Any) -> tuple[str, ...]:
 
 
 def _digest_formats(value: Any) -> tuple[str, ...]:
-    from loa.report import FORMATS   # the report owns its formats; it loads the database layer
+    from loa.report import (
+        FORMATS,  # the report owns its formats; it loads the database layer
+    )
 
     if not isinstance(value, list) or not value or any(v not in FORMATS for v in value):
         raise ValueError(f"must be a non-empty list of {', '.join(map(repr, FORMATS))}, got {value!r}")
@@ -246,6 +270,7 @@ class _Schema(_Table):
     policy: _Policy = _Policy()
     serve: _Serve = _Serve()
     digest: _Digest | None = None
+    approval: _Approval = _Approval()
 
 
 class _Gateway(_Table):
@@ -524,6 +549,7 @@ def from_mapping(raw: Mapping[str, Any], path: Path | None = None, root: Path | 
         serve=schema.serve.model_dump(exclude_unset=True),
         digest=_digest(schema.digest, base),
         language=schema.language,
+        approval=ApprovalPolicy(**schema.approval.model_dump()),
     )
 
 
@@ -577,7 +603,7 @@ def resolve_settings(spec: GatewaySpec, declared: list[Any]) -> dict[str, Any]:
     by_name = {s.name: s for s in declared}
     options: dict[str, Any] = {}
     for key, value in spec.settings.items():
-        name = key[:-4] if key.endswith("_env") else key
+        name = key.removesuffix("_env")
         setting = by_name.get(name)
         if setting is None:
             known = ", ".join(sorted(by_name)) or "none"

@@ -145,6 +145,27 @@ campaigns = Table(
     Column("state_reason", Text, nullable=True),
     Column("state_by", String(100), nullable=True),
     Column("state_at", UTCDateTime, nullable=True),
+    # the stored definitions (loa.versions): the newest version, the one submitted for
+    # approval and the one approved (pinned: only it is planned when approval is needed)
+    Column("current_version", Integer, nullable=True),
+    Column("submitted_version", Integer, nullable=True),
+    Column("approved_version", Integer, nullable=True),
+)
+
+# Campaign definitions as immutable versions: the TOML text and the templates it uses
+# ({path: text}, relative to the templates folder), numbered 1, 2, ... per campaign.
+campaign_versions = Table(
+    "campaign_versions", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("campaign_id", Integer, ForeignKey("campaigns.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("file", String(255), nullable=False),           # the file name it came from: NAME.toml
+    Column("toml", Text, nullable=False),
+    Column("templates", Json, nullable=False),
+    Column("digest", String(64), nullable=False),          # SHA-256 of the TOML and the templates
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(100), nullable=False),
+    UniqueConstraint("campaign_id", "version"),
 )
 
 runs = Table(
@@ -165,6 +186,7 @@ runs = Table(
     Column("state_reason", Text, nullable=True),
     Column("state_by", String(100), nullable=True),
     Column("state_at", UTCDateTime, nullable=True),
+    Column("campaign_version", Integer, nullable=True),   # the version planned from (loa.versions)
     UniqueConstraint("campaign_id", "scheduled_for"),
 )
 
@@ -540,7 +562,7 @@ def transaction(engine: Engine) -> Iterator[Connection]:
 
 
 __all__ = [
-    "Float", "area_populations", "areas", "attribute_keys", "campaigns", "check_schema", "create_schema", "events",
+    "Float", "area_populations", "areas", "attribute_keys", "campaign_versions", "campaigns", "check_schema", "create_schema", "events",
     "insert_for", "make_engine", "message_key", "metadata", "outbox", "runs", "snapshots", "subscribers",
     "utcnow",
 ]

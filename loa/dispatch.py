@@ -117,6 +117,7 @@ class _Item:
     missed: bool = False          # woken too late for that slot: not sent, to be booked again
     opted_out: str | None = None  # the gateway's code for "the recipient refused": recorded with the outcome
     marked: bool = False          # marked ``sending`` (its attempt counted): the gateway may be called
+    version: tuple[int, int] | None = None   # (campaign id, version) its run was planned from
 
 
 class Dispatcher:
@@ -133,7 +134,8 @@ class Dispatcher:
         if shared_limit is None:   # several workers share one limit through the database
             shared_limit = config.send.get("limiter", "database") == "database"
         self.pool = pool or GatewayPool(config, engine, shared_limit=shared_limit)
-        self.renderer = Renderer(config.templates_dir)
+        self.renderer = Renderer(config.templates_dir)   # for runs planned before campaigns had versions
+        self._renderers: dict[tuple[int, int], Renderer] = {}
         # unique per dispatcher: two in one process must not take each other's claims for theirs
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.summary = SendSummary()
@@ -264,7 +266,7 @@ class Dispatcher:
         parent = a.alias("parent")
         rows = conn.execute(
             select(O.c.id, O.c.run_id, O.c.subscriber_id, O.c.channel, O.c.gateway, O.c.attempts,
-                   r.c.definition, c.c.name.label("campaign"), c.c.description,
+                   r.c.definition, r.c.campaign_id, r.c.campaign_version, c.c.name.label("campaign"), c.c.description,
                    s.c.phone, s.c.name, s.c.language, s.c.carrier, s.c.attributes,
                    a.c.code, a.c.name.label("area_name"), a.c.level, a.c.population,
                    parent.c.code.label("p_code"), parent.c.name.label("p_name"), parent.c.level.label("p_level"),
@@ -278,7 +280,8 @@ class Dispatcher:
         ).mappings().all()
         return [
             _Item(row["id"], row["run_id"], row["subscriber_id"], row["channel"], row["gateway"],
-                  row["attempts"], row["definition"], _context(row), row["phone"])
+                  row["attempts"], row["definition"], _context(row), row["phone"],
+                  version=(row["campaign_id"], row["campaign_version"]) if row["campaign_version"] else None)
             for row in rows
         ]
 
@@ -395,9 +398,23 @@ class Dispatcher:
             self._record(held)
         return [i for i in items if i.outcome is None]
 
+    def renderer_for(self, version: tuple[int, int] | None) -> Renderer:
+        """The templates of the campaign version a run was planned from, as stored (loa.versions)."""
+        if version is None:
+            return self.renderer
+        found = self._renderers.get(version)
+        if found is None:
+            V = db.campaign_versions
+            with self.engine.connect() as conn:
+                templates = conn.scalar(select(V.c.templates).where(V.c.campaign_id == version[0],
+                                                                    V.c.version == version[1]))
+            found = self._renderers.setdefault(version, Renderer(self.config.templates_dir, templates or {}))
+        return found
+
     def _prepare(self, item: _Item) -> bool:
         """Render the message; a template error fails this message only."""
         definition = item.definition
+        renderer = self.renderer_for(item.version)
         spec = definition.get(item.channel, {})
         try:
             if definition.get("link"):
@@ -405,7 +422,7 @@ class Dispatcher:
 
                 item.context["link"] = url_for(str(self.config.serve.get("public_url", "")), item.id)
             if item.channel == "sms":
-                sms = self.renderer.render_sms(
+                sms = renderer.render_sms(
                     spec["template"], item.context, unaccented=bool(spec.get("unaccented", False)),
                     max_parts=int(spec.get("max_parts", 6)),
                     advertising_opt_out=definition.get("opt_out", "") if definition.get("advertising") else None,
@@ -416,7 +433,7 @@ class Dispatcher:
                     advertising=bool(definition.get("advertising", False)),
                 )
             else:
-                payload = self.renderer.render_zalo(spec["template"], item.context)
+                payload = renderer.render_zalo(spec["template"], item.context)
                 item.message = OutgoingMessage(
                     key=db.key_for(item.run_id, item.subscriber_id, item.channel, definition), to=item.phone,
                     channel=item.channel,

@@ -17,8 +17,10 @@ stays ``planned`` (or ``deferred``) with the pause as its reason, and goes out o
 cancel makes every unsent message ``cancelled``, with the actor and the reason, and
 leaves alone what was sent or is being sent.
 
-A campaign loaded from its file and run is active; approval (draft to active) is a
-later step that adds its actions to the table.
+A campaign that needs no approval is active once applied (loa.versions); one that the
+``[approval]`` policy covers starts in draft and goes through submit, approve (by a second
+user) and launch (loa.approval); planning refuses any campaign that is not active
+(:func:`planning_refusal`), and plans only its approved version.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ CAMPAIGN_ACTIONS: dict[str, dict[str, str]] = {
     "submit": {"draft": "pending_approval"},
     "approve": {"pending_approval": "approved"},
     "reject": {"pending_approval": "draft"},
-    "edit": {"pending_approval": "draft", "approved": "draft"},
+    # a changed version of a campaign that needs approval (loa.versions.apply)
+    "edit": {"pending_approval": "draft", "approved": "draft", "active": "draft", "paused": "draft"},
     "launch": {"approved": "active"},
     "pause": {"active": "paused"},
     "resume": {"paused": "active"},
@@ -255,6 +258,37 @@ def no_new_runs(conn: Connection, campaign_id: int) -> str | None:
     return f"campaign {row.name} is {row.state}{by}{why}: no run planned{hint}"
 
 
+_HINTS = {
+    "draft": "`loa campaigns submit {name}` asks for its approval",
+    "pending_approval": "it awaits approval (`loa campaigns approve {name}` by an approver)",
+    "approved": "`loa campaigns launch {name}` makes it active",
+}
+
+
+def planning_refusal(conn: Connection, campaign_id: int, version: int | None = None) -> str | None:
+    """Why campaign ``campaign_id`` may not get a new run (or greeting) of ``version`` now, in
+    one line: it is not active, or ``version`` is not the one to plan (its approved version, if
+    it was approved, else its current one); None if it may."""
+    if halted := no_new_runs(conn, campaign_id):
+        return halted
+    row = conn.execute(select(C.c.name, C.c.state, C.c.current_version, C.c.approved_version)
+                       .where(C.c.id == campaign_id)).first()
+    if row is None:
+        return None
+    if row.state != SENDING:
+        hint = _HINTS.get(row.state, "").format(name=row.name)
+        return f"campaign {row.name} is {row.state}: only an active campaign is planned; nothing planned" + (
+            f" ({hint})" if hint else "")
+    if version is not None:
+        if row.approved_version is not None and version != row.approved_version:
+            return (f"campaign {row.name}: version {version} is not its approved version {row.approved_version}: "
+                    "nothing planned")
+        if row.approved_version is None and row.current_version is not None and version != row.current_version:
+            return (f"campaign {row.name}: version {version} is not its current version {row.current_version} "
+                    "(applied since): nothing planned")
+    return None
+
+
 __all__ = ["CAMPAIGN_ACTIONS", "CAMPAIGN_STATES", "RUN_ACTIONS", "RUN_STATES", "Change", "LifecycleError",
-           "actor", "change_campaign", "change_run", "halted", "halted_runs", "no_new_runs", "stop_all",
+           "actor", "change_campaign", "change_run", "halted", "halted_runs", "no_new_runs", "planning_refusal", "stop_all",
            "transition"]

@@ -30,7 +30,7 @@ from loa import db
 from loa.campaign import Campaign
 from loa.config import Config
 from loa.errors import CampaignError, LoaError
-from loa.lifecycle import LifecycleError, no_new_runs
+from loa.lifecycle import LifecycleError, planning_refusal
 from loa.segments import compile_segment
 
 S = db.subscribers
@@ -220,18 +220,32 @@ def plan_run(engine: Engine, config: Config, campaign: Campaign, *,
     A new manual run is refused (:class:`RunRefused`) within the repeat interval of another
     run of the campaign, unless ``again``, and outside its ``[dates]``, unless
     ``outside_dates``; completing a run that exists is always allowed.  A campaign that is
-    paused, finished or cancelled gets no run at all (:class:`LifecycleError`).
+    not active gets no run at all (:class:`LifecycleError`), and only the version to plan
+    (the approved one, else the current one) is planned.  A campaign given as a parsed file
+    (``campaign.version`` None) is recorded as a version first (loa.versions), as an apply
+    of that one file would; the run records its version.
     """
+    from loa import versions
+    from loa.audit import cli_actor
+
     now = db.utcnow()
     scheduled_for = scheduled_for or now
     first = campaign.channels[0]
     gateway = gateway_for(config, campaign, first.channel)
     r = db.runs
     with engine.begin() as conn:
+        stored = None
+        if campaign.version is None:
+            stored = versions.stored(conn, campaign.name)
+            campaign = versions.record_definition(conn, config, campaign, cli_actor())
         # the upsert locks the campaign's row until commit: two manual runs at once are checked in turn
         campaign_id = ensure_campaign(conn, campaign)
-        if halted := no_new_runs(conn, campaign_id):   # paused, finished or cancelled
-            raise LifecycleError(halted)
+        if refusal := planning_refusal(conn, campaign_id, campaign.version):   # not active, or not this version
+            if stored is not None and stored.version != campaign.version and " is draft:" in refusal:
+                refusal = (f"campaign {campaign.name}: the definition given differs from its stored version "
+                           f"{stored.version} and, as a new version, needs approval: nothing planned "
+                           f"(`loa campaigns apply` it, then `loa campaigns submit {campaign.name}`)")
+            raise LifecycleError(refusal)
         run_id = conn.scalar(select(r.c.id).where(r.c.campaign_id == campaign_id, r.c.scheduled_for == scheduled_for))
         created = run_id is None
         if created and trigger == "manual":
@@ -242,7 +256,8 @@ def plan_run(engine: Engine, config: Config, campaign: Campaign, *,
         if created:
             run_id = conn.execute(
                 r.insert().values(campaign_id=campaign_id, scheduled_for=scheduled_for, trigger=trigger,
-                                  status="planning", definition=campaign.snapshot(), created_at=now)
+                                  status="planning", definition=campaign.snapshot(), created_at=now,
+                                  campaign_version=campaign.version)
                 .returning(r.c.id)
             ).scalar_one()
         audience = audience_select(conn, config, campaign, now).subquery()

@@ -94,7 +94,7 @@ def sample_contexts(engine: Engine, config: Config, campaign: Campaign, count: i
 def preview(engine: Engine, config: Config, campaign: Campaign, count: int = 3) -> PreviewResult:
     result = PreviewResult()
     result.states, result.reasons = preview_counts(engine, config, campaign)
-    renderer = Renderer(config.templates_dir)
+    renderer = Renderer(config.templates_dir, campaign.templates)   # its stored version's templates
     spec = campaign.channels[0]
     sample_parts = []
     for who, area, ctx in sample_contexts(engine, config, campaign, count):

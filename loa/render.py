@@ -163,11 +163,20 @@ class ZaloPayload:
 
 
 class Renderer:
-    def __init__(self, folder: Path) -> None:
+    """Templates from the templates folder, or from a stored campaign version's ``templates``
+    ({path: text}, loa.versions); ``folder`` then only names where they came from."""
+
+    def __init__(self, folder: Path, templates: Mapping[str, str] | None = None) -> None:
         self.folder = folder
-        self.env = MessageSandbox(
+        self.templates = dict(templates) if templates is not None else None
+        loader: jinja2.BaseLoader
+        if self.templates is not None:
+            loader = jinja2.DictLoader(self.templates)
+        else:
             # utf-8-sig: a BOM (Windows editors) must not become a U+FEFF sent to handsets
-            loader=jinja2.FileSystemLoader(str(folder), encoding="utf-8-sig"),
+            loader = jinja2.FileSystemLoader(str(folder), encoding="utf-8-sig")
+        self.env = MessageSandbox(
+            loader=loader,
             undefined=StrictUndefined,
             autoescape=False,
             keep_trailing_newline=False,
@@ -179,6 +188,11 @@ class Renderer:
     # -- loading ----------------------------------------------------------
     def source(self, name: str) -> str:
         path = self.folder / name
+        if self.templates is not None:
+            if name not in self.templates:
+                raise TemplateError(f"template {name!r}: not in the campaign's stored version "
+                                    f"(templates are stored from {self.folder} when it is applied)")
+            return self.templates[name]
         try:
             return path.read_text(encoding="utf-8-sig")
         except OSError as exc:

@@ -169,6 +169,9 @@ class Report:
     attribution: float | None = ATTRIBUTION   # seconds; None when the runs' windows differ
     population_on: date | None = None         # the day whose populations are used: the first run's
     whole: str | None = None    # the area the rows make up, children all listed (the province of its districts)
+    # the campaign versions its runs were planned from (loa.versions): version -> run ids; the
+    # text that went out is `loa campaigns diff NAME` / the stored version's templates
+    versions: dict[int, list[int]] = field(default_factory=dict)
 
     def progress(self, row: Row) -> float | None:
         if self.goal is None:
@@ -208,8 +211,14 @@ def for_campaign(engine: Engine, campaigns_dir: Path, name: str, level: str | No
     """
     if level is not None and level not in (known := levels(engine)):
         raise InputError(f"unknown area level {level!r} (levels: {', '.join(sorted(known)) or 'none imported'})")
+    from loa.versions import campaign_of, stored
+
+    with engine.connect() as conn:
+        version = stored(conn, name)
     try:
-        goal = load_one(campaigns_dir, name).goal
+        # the stored current version's goal, once the campaign has one; else its file's
+        goal = campaign_of(_config_for(campaigns_dir), version).goal if version is not None \
+            else load_one(campaigns_dir, name).goal
     except NotFound as exc:   # no file: a campaign the ledger knows is still reported, without a goal
         with engine.connect() as conn:
             if conn.scalar(select(db.campaigns.c.id).where(db.campaigns.c.name == name)) is None:
@@ -218,6 +227,13 @@ def for_campaign(engine: Engine, campaigns_dir: Path, name: str, level: str | No
     except LoaError:
         goal = None
     return build(engine, name, goal, level)
+
+
+def _config_for(campaigns_dir: Path) -> Any:
+    """Just enough of a configuration to parse a stored version (named after its folder)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(campaigns_dir=campaigns_dir)
 
 
 def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = None) -> Report:
@@ -234,6 +250,10 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
         day = first.astimezone(ZoneInfo(DEFAULT_TIMEZONE)).date() if first else db.utcnow().date()
         index, as_of = _populations_in_force(conn, index, day)
         definitions = [d or {} for d in conn.scalars(select(R.c.definition).where(R.c.campaign_id == campaign_id))]
+        versions: dict[int, list[int]] = {}
+        for run_id, number in conn.execute(select(R.c.id, R.c.campaign_version).where(
+                R.c.campaign_id == campaign_id, R.c.campaign_version.is_not(None)).order_by(R.c.id)):
+            versions.setdefault(number, []).append(run_id)
         cancelled = conn.execute(
             select(R.c.id, func.count()).join(db.outbox, db.outbox.c.run_id == R.c.id)
             .where(R.c.campaign_id == campaign_id, db.outbox.c.state == "cancelled")
@@ -273,6 +293,7 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
     if any(r.population is None and r.code for r in ordered):
         missing = ", ".join(r.area for r in ordered if r.population is None and r.code)
         report.notes.append(f"no population for: {missing}; their shares are left blank")
+    report.versions = versions
     if cancelled:   # counted as targeted and not sent, as the intent-to-treat uplift needs
         report.notes.append(f"{sum(n for _, n in cancelled):,} message(s) cancelled before they were sent ("
                             + ", ".join(f"run {run_id}: {n:,}" for run_id, n in cancelled) + ")")
@@ -631,6 +652,7 @@ def to_json(report: Report, summary: Summary | None = None) -> str:
     attribution = None if report.attribution is None else _duration_text(report.attribution)
     return json.dumps({"campaign": report.campaign, "event": report.event, "level": report.level, "goal": goal,
                        "attribution": attribution, "whole": report.whole,
+                       "versions": {str(v): runs for v, runs in sorted(report.versions.items())},
                        "rows": as_records(report)[:-1], "total": as_records(report)[-1],
                        "notes": notes(report, summary),
                        "snapshots": summary.as_dict() if summary is not None else None},
@@ -650,7 +672,7 @@ def render(engine: Engine, report: Report, fmt: str, *, generated_at: datetime |
     """The report as ``loa report`` writes it in ``fmt``: one path for the CLI, ``/report`` and the
     digest.  The page is in ``lang`` (the configuration's language; Vietnamese by default)."""
     if fmt == "html":
-        from loa.htmlreport import render_report   # htmlreport imports this module
+        from loa.htmlreport import render_report  # htmlreport imports this module
 
         return render_report(engine, report, generated_at=generated_at, lang=lang)
     if fmt == "csv":

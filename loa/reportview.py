@@ -66,6 +66,11 @@ def render_table(console: Console, report: Report, summary: Summary | None = Non
     console.print(table)
     if summary is not None:
         console.print(snapshots_table(summary))
+    if report.versions:
+        console.print("sent from campaign version " + "; ".join(
+            f"{v} (run{'s' if len(runs) > 1 else ''} {', '.join(map(str, runs))})"
+            for v, runs in sorted(report.versions.items()))
+            + f": `loa campaigns versions {report.campaign}` lists them", highlight=False, markup=False, soft_wrap=True)
     for note in rep.notes(report, summary):
         console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
 

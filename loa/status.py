@@ -136,7 +136,7 @@ def collect(engine: Engine, recent_runs: int = 20) -> dict[str, Any]:
     with engine.connect() as conn:
         runs = conn.execute(
             select(R.c.id, C.c.name, R.c.status, R.c.scheduled_for, R.c.trigger, R.c.state,
-                   C.c.state.label("campaign_state"))
+                   C.c.state.label("campaign_state"), R.c.campaign_version)
             .join(C, C.c.id == R.c.campaign_id).order_by(R.c.id.desc()).limit(recent_runs)
         ).all()
         ids = [r.id for r in runs]
@@ -165,6 +165,7 @@ def collect(engine: Engine, recent_runs: int = 20) -> dict[str, Any]:
         "runs": [{"run": r.id, "campaign": r.name, "status": r.status, "trigger": r.trigger,
                   # the lifecycle: a paused or cancelled run, or campaign, sends nothing
                   "state": r.state, "campaign_state": r.campaign_state,
+                  "version": r.campaign_version,     # the campaign version it was planned from
                   "scheduled_for": r.scheduled_for.isoformat(), "states": states[r.id],
                   "outcomes": outcomes(states[r.id]),
                   **by_run.get(r.id, Flow()).as_dict(now)} for r in runs],
@@ -184,7 +185,8 @@ def tables(result: dict[str, Any], tz: ZoneInfo) -> list[Table]:
     for r in result["runs"]:
         done = r["outcomes"]
         other = ", ".join(f"{n:,} {k}" for k, n in done.items() if k not in ("queued", *COLUMNS))
-        runs.add_row(escape(r["campaign"]), str(r["run"]), _status(r), f"{r['due']:,}", _waiting(r, tz),
+        label = r["campaign"] + (f" v{r['version']}" if r.get("version") else "")
+        runs.add_row(escape(label), str(r["run"]), _status(r), f"{r['due']:,}", _waiting(r, tz),
                      *(f"{done.get(k, 0):,}" for k in COLUMNS), escape(other), f"{r['rate']:.1f}", _eta(r))
     # unknown: the send may or may not have reached the gateway; `loa messages reconcile` asks it
     caption = (f"{result['unknown']:,} message(s) with an unknown outcome: loa messages reconcile"

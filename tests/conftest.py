@@ -89,6 +89,8 @@ def database_url(pg_database: str | None, tmp_path: Path) -> Iterator[str]:
     tables = ", ".join(t.name for t in db.metadata.sorted_tables if t.name != "loa_meta")
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        # loa_meta keeps the schema's version; whether campaigns were applied is the test's own
+        conn.execute(text("DELETE FROM loa_meta WHERE key = 'campaigns_source'"))
     engine.dispose()
     yield pg_database
 

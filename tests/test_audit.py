@@ -109,6 +109,8 @@ def test_resume_import_and_run_are_recorded_with_the_actor(workdir: Path, tmp_pa
     found = entries(engine)
     assert [(actor.startswith("os:"), action) for actor, action, _, _ in found[:1]] == [(True, "imports.areas")]
     assert found[1:] == [("chuyên-viên", "imports.subscribers", "file", str((tmp_path / "subscribers.csv").resolve())),
+                         # the first command to read the campaigns loads the folder as version 1
+                         ("chuyên-viên", "campaigns.apply", "campaign", "remind"),
                          ("chuyên-viên", "campaigns.preview", "campaign", "remind"),
                          ("chuyên-viên", "campaigns.run", "campaign", "remind"),
                          ("chuyên-viên", "gateways.resume", "gateway", "sim")]

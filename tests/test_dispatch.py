@@ -323,13 +323,15 @@ def test_every_planned_row_is_sent_once_and_nobody_else_is(engine: Engine, workd
     assert outbox(engine) == list(after.values())
 
 
-def test_template_is_rendered_at_send_time(engine: Engine, workdir: Path, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_template_is_rendered_at_send_time_from_the_version_the_run_was_planned_from(
+        engine: Engine, workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(workdir)   # the file gateway's path is relative to the working directory
     import_people(engine, tmp_path, n=6)
     config = make_config(workdir)
-    plan = plan_run(engine, config, make_campaign(workdir, sms_text="old text", sms_gateway="jsonl"))
-    write(workdir / "templates" / "sms" / "c.j2", "Mới: chào {{ subscriber.name }} ở {{ area.name }}\n")
+    plan = plan_run(engine, config, make_campaign(workdir, sms_text="Mới: chào {{ subscriber.name }} ở {{ area.name }}",
+                                                  sms_gateway="jsonl"))
+    # the file edited after planning: the run's stored version is what is sent (loa.versions)
+    write(workdir / "templates" / "sms" / "c.j2", "edited after the run was planned\n")
 
     dispatcher = Dispatcher(engine, config)
     summary = dispatcher.run_until_empty()

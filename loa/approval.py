@@ -1,0 +1,165 @@
+"""Four-eyes approval: submit, approve, reject and launch a campaign version.
+
+The ``[approval]`` policy (loa.config.ApprovalPolicy, loa.versions.needs_approval) says which
+campaigns need it.  Such a campaign is a draft when a version of it is applied; an operator
+submits it (the current version is pinned as ``submitted_version``), a *second* user with
+the approver role approves it (``approved_version``: only that version is planned) or rejects
+it, and an approver launches it.  Applying a changed version sends it back to draft.
+
+Every function takes the engine, the acting :class:`loa.auth.Principal` and the campaign's
+name, checks the role (and the area of the campaign's segment), makes the move and writes
+the audit entry in one transaction, and returns what changed; a wrong role, a wrong state,
+the submitter approving, or a version that changed since (:class:`StaleVersion`) changes
+nothing and raises one clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection, Engine
+
+from loa import audit, db, versions
+from loa.auth import EVERYWHERE, Forbidden, Principal, require
+from loa.config import Config
+from loa.errors import LoaError, NotFound
+from loa.lifecycle import PAST, transition
+from loa.versions import StaleVersion
+
+C = db.campaigns
+PERMISSION = {"submit": "campaigns.draft", "approve": "campaigns.approve", "reject": "campaigns.approve",
+              "launch": "campaigns.launch"}
+
+# The hook for the estimated cost shown before approval: a function (engine, config, campaign,
+# preview result) -> cost in VND, or None while gateways carry no prices.  Until one is set,
+# the review shows the total of SMS parts, which is what prices multiply.
+estimate_cost: Callable[[Engine, Config, Any, Any], float | None] | None = None
+
+
+@dataclass
+class Decision:
+    """One approval move made."""
+
+    campaign: str
+    action: str
+    before: str
+    after: str
+    version: int | None      # the version submitted, approved, rejected or launched
+    actor: str
+
+
+@dataclass
+class Review:
+    """What an approver sees before approving: the version, its audience, rendered samples with
+    their encoding and parts, and the estimated cost (or the parts it is made of)."""
+
+    campaign: str
+    version: int
+    state: str
+    submitted_by: str | None
+    submitted_version: int | None
+    approval: str | None                 # why the policy asks for approval; None if it does not
+    audience: int
+    to_send: int
+    held_out: int
+    suppressed: dict[str, int]
+    samples: list[Any] = field(default_factory=list)   # loa.preview.Sample: who, area, channel, text, detail
+    errors: list[str] = field(default_factory=list)
+    estimated_parts: int = 0             # SMS parts of the messages to send, estimated from the samples
+    estimated_cost: float | None = None  # VND, when gateway prices are known (see ``estimate_cost``)
+
+
+def review(engine: Engine, config: Config, name: str, count: int = 3) -> Review:
+    """The review of campaign ``name``'s current version (its submitted one, if that is current)."""
+    from loa.preview import preview
+
+    campaign = versions.load(engine, config, name)
+    with engine.connect() as conn:
+        row = conn.execute(select(C.c.state, C.c.state_by, C.c.submitted_version).where(C.c.name == name)).one()
+        audience = versions.audience_size(conn, config, campaign)
+    result = preview(engine, config, campaign, count)
+    cost = estimate_cost(engine, config, campaign, result) if estimate_cost is not None else None
+    return Review(
+        campaign=name, version=campaign.version or 0, state=row.state,
+        submitted_by=row.state_by if row.state == "pending_approval" else None,
+        submitted_version=row.submitted_version,
+        approval=versions.needs_approval(config.approval, campaign, audience),
+        audience=result.audience, to_send=result.planned, held_out=result.held_out,
+        suppressed=dict(result.reasons), samples=list(result.samples), errors=list(result.errors),
+        estimated_parts=result.estimated_parts, estimated_cost=cost,
+    )
+
+
+def _where(conn: Connection, config: Config, name: str) -> Any:
+    """The areas of the campaign's segment (for :func:`require`); the whole country if none."""
+    from loa.areas import AreaIndex, AreaLookupError
+
+    version = versions.stored(conn, name)
+    names = versions.campaign_of(config, version).segment.get("areas") if version is not None else None
+    if not names:
+        return EVERYWHERE
+    index = AreaIndex.load(conn)
+    try:
+        return [index.resolve(n) for n in names]
+    except AreaLookupError:
+        return EVERYWHERE
+
+
+def decide(engine: Engine, config: Config, name: str, action: str, principal: Principal, *,
+           reason: str | None = None, version: int | None = None) -> Decision:
+    """``action`` (submit, approve, reject, launch) on campaign ``name`` by ``principal``.
+
+    ``version``: the version the actor reviewed; if the campaign's current version is another,
+    nothing changes (:class:`StaleVersion`)."""
+    if action not in PERMISSION:
+        raise LoaError(f"unknown approval action {action!r} (one of {', '.join(PERMISSION)})")
+    if action == "reject" and not (reason or "").strip():
+        raise LoaError(f"campaign {name}: a rejection needs a reason (--reason)")
+    now = db.utcnow()
+    who = principal.actor
+    with engine.begin() as conn:
+        query = select(C).where(C.c.name == name)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None or row.current_version is None:
+            raise NotFound(f"no campaign named {name!r} in the database: `loa campaigns apply` loads it")
+        require(principal, PERMISSION[action], _where(conn, config, name))
+        current = row.current_version
+        if version is not None and version != current:
+            raise StaleVersion(f"campaign {name}: version {version} is not its current version {current} "
+                               f"(applied since): nothing {PAST[action]}; review version {current}")
+        if action in ("approve", "reject") and row.submitted_version is not None and row.submitted_version != current:
+            raise StaleVersion(f"campaign {name} changed since it was submitted (version {row.submitted_version} "
+                               f"submitted, version {current} applied since, now {row.state}): nothing "
+                               f"{PAST[action]}; it must be submitted again")
+        if action == "launch" and row.approved_version is not None and row.approved_version != current:
+            raise StaleVersion(f"campaign {name}: version {row.approved_version} was approved, version {current} "
+                               "is current: nothing launched")
+        after = transition("campaign", name, row.state, action)
+        if action == "approve" and row.state_by == who:
+            raise Forbidden(f"campaign {name}: {who} submitted version {current} and cannot approve it too: "
+                            "a second user with the approver role must (four eyes)", "four_eyes")
+        values: dict[str, Any] = {"state": after, "state_by": who, "state_at": now, "state_reason": reason,
+                                  "updated_at": now}
+        if action == "submit":
+            values["submitted_version"] = current
+        elif action == "approve":
+            values["approved_version"] = current
+        elif action == "reject":
+            values["approved_version"] = None
+        conn.execute(update(C).where(C.c.id == row.id).values(**values))
+        audit.record(conn, who, f"campaigns.{action}", "campaign", name,
+                     before={"state": row.state, "version": current, "submitted_version": row.submitted_version,
+                             "approved_version": row.approved_version, "by": row.state_by},
+                     after={"state": after, "version": current,
+                            "submitted_version": values.get("submitted_version", row.submitted_version),
+                            "approved_version": values.get("approved_version", row.approved_version)},
+                     reason=reason or "")
+    return Decision(name, action, row.state, after, current, who)
+
+
+__all__ = ["Decision", "Review", "decide", "estimate_cost", "review"]
