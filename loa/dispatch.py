@@ -44,7 +44,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, case, func, literal, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from loa import db
+from loa import cost, db
 from loa.config import Config
 from loa.errors import LoaError
 from loa import gateways as gateway_state
@@ -90,6 +90,7 @@ class SendSummary:
     deferred: Counter[tuple[str, datetime]] = field(default_factory=Counter)   # (why, until) -> messages
     failed: Counter[str] = field(default_factory=Counter)    # why -> messages
     paused: dict[str, str] = field(default_factory=dict)     # gateway -> reason
+    over_budget: dict[str, str] = field(default_factory=dict)   # campaign -> why it was paused
     receipts: int = 0
     responses: int = 0
     inbound: int = 0
@@ -117,6 +118,7 @@ class _Item:
     missed: bool = False          # woken too late for that slot: not sent, to be booked again
     opted_out: str | None = None  # the gateway's code for "the recipient refused": recorded with the outcome
     marked: bool = False          # marked ``sending`` (its attempt counted): the gateway may be called
+    cost: int | None = None       # its price in VND, rendered (None: its gateway has no price)
 
 
 class Dispatcher:
@@ -254,7 +256,8 @@ class Dispatcher:
                 due = due.with_for_update(skip_locked=True)
             claimed = conn.execute(
                 update(O).where(O.c.id.in_(due.scalar_subquery()))
-                .values(state="claimed", worker=self.worker, lease_until=now + self.lease, updated_at=now)
+                .values(state="claimed", worker=self.worker, lease_until=now + self.lease, updated_at=now,
+                        reserved_vnd=None)
                 .returning(O.c.id)
             ).scalars().all()
             return self._load(conn, sorted(claimed)) if claimed else []
@@ -289,6 +292,7 @@ class Dispatcher:
         failed_early = [item for item in items if item.outcome is not None]
         if failed_early:
             self._record(failed_early)
+        ready = self._reserve(ready)
         # A window is what the limiter books at once; each row is marked sending on its own turn.
         window = max(self.threads * 16, 64)
         for start in range(0, len(ready), window):
@@ -360,6 +364,17 @@ class Dispatcher:
                                       strict=True):
                     item.slot = slot
 
+    def _reserve(self, ready: list[_Item]) -> list[_Item]:
+        """Hold each message's price against its campaign's budget (:func:`loa.cost.reserve`);
+        what would go over goes back unsent, and its campaign is paused."""
+        refused, stops = cost.reserve(self.engine, self.worker, ready)
+        for stop in stops:
+            if cost.pause_for_budget(self.engine, stop):
+                log.warning("campaign %s paused: %s", stop.campaign, stop.reason,
+                            extra={"kind": "budget", "campaign": stop.campaign})
+            self.summary.over_budget[stop.campaign] = stop.reason
+        return [i for i in ready if i.id not in refused] if refused else ready
+
     def _renew_lease(self) -> None:
         now = db.utcnow()
         ours = and_(O.c.state.in_(("claimed", "sending")), O.c.worker == self.worker)
@@ -415,6 +430,7 @@ class Dispatcher:
                     text=sms.text, encoding=sms.info.encoding, parts=sms.info.parts,
                     advertising=bool(definition.get("advertising", False)),
                 )
+                item.cost = self._price(item, sms.info.parts)
             else:
                 payload = self.renderer.render_zalo(spec["template"], item.context)
                 item.message = OutgoingMessage(
@@ -423,10 +439,15 @@ class Dispatcher:
                     template_id=payload.template_id, template_data=payload.data,
                     advertising=bool(definition.get("advertising", False)),
                 )
+                item.cost = self._price(item, 1)
         except LoaError as exc:
             item.outcome = _failed("template", str(exc))
             return False
         return True
+
+    def _price(self, item: _Item, parts: int) -> int | None:
+        carrier = str(item.context.get("subscriber", {}).get("carrier") or "")
+        return cost.price(self.config, item.gateway, item.channel, carrier, parts)
 
     # -- the senders' group commit -----------------------------------------------
     def _mark(self, item: _Item) -> bool:
@@ -568,6 +589,8 @@ class Dispatcher:
                 return
             result = gw.provider.send(item.message)
             item.outcome = _sent(result, item.message, handed_over)
+            if (price := self._price(item, item.outcome["parts"] or 1)) is not None:
+                item.outcome["cost_vnd"] = price   # the price now: a later change of price leaves it
         except ProviderError as exc:
             item.outcome = self._classify(item, gw, exc)
         except LoaError as exc:   # the gateway cannot even be built: a missing secret, a bad setting
@@ -949,12 +972,12 @@ class Dispatcher:
             elif isinstance(found, SendResult):
                 values = {"state": "delivered" if found.status == "delivered" else "sent",
                           "provider_id": found.provider_id, "sent_at": func.coalesce(O.c.sent_at, O.c.updated_at),
-                          "error_code": None, "error_text": None}
+                          "error_code": None, "error_text": None, **_reserved_cost()}
                 action = ("settled", values["state"])
             else:
                 values = {"state": found.status, "provider_id": found.provider_id or provider_id,
                           "sent_at": func.coalesce(O.c.sent_at, O.c.updated_at), "delivered_at": found.at or now,
-                          "error_code": found.error_code, "error_text": found.error_text}
+                          "error_code": found.error_code, "error_text": found.error_text, **_reserved_cost()}
                 action = ("settled", found.status)
             with self.engine.begin() as conn:
                 moved = conn.execute(update(O).where(O.c.id == row_id, O.c.state == "unknown")
@@ -1073,8 +1096,16 @@ def _update_for(shape: tuple[str, ...]) -> Any:
     for k in ("state", "error_code", "error_text"):
         if k in values:
             values[k] = case((receipted, O.c[k]), else_=values[k])
+    if "cost_vnd" in values:   # a send on a fallback channel adds to what the first one cost
+        values["cost_vnd"] = func.coalesce(O.c.cost_vnd, 0) + values["cost_vnd"]
     # a message cancelled while this worker held it (never handed to its gateway) stays cancelled
     return update(O).where(O.c.id == bindparam("b_id"), O.c.state != literal("cancelled")).values(**values)
+
+
+def _reserved_cost() -> dict[str, Any]:
+    """A send of unknown outcome found sent: the price held for it becomes its cost."""
+    return {"cost_vnd": case((O.c.reserved_vnd.is_(None), O.c.cost_vnd),
+                             else_=func.coalesce(O.c.cost_vnd, 0) + O.c.reserved_vnd)}
 
 
 def _has_lookup(type_name: str) -> bool:

@@ -23,6 +23,7 @@ later step that adds its actions to the table.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,8 +113,10 @@ def _lock(conn: Connection, query: Any) -> Any:
     return query.with_for_update() if conn.dialect.name == "postgresql" else query
 
 
-def change_campaign(engine: Engine, name: str, action: str, *, who: str, reason: str | None) -> Change:
-    """Apply ``action`` to campaign ``name`` and to its messages, in one transaction."""
+def change_campaign(engine: Engine, name: str, action: str, *, who: str, reason: str | None,
+                    on_change: Callable[[Connection, Change], None] | None = None) -> Change:
+    """Apply ``action`` to campaign ``name`` and to its messages, in one transaction;
+    ``on_change`` is called in that transaction with the change (its audit entry)."""
     now = db.utcnow()
     with engine.begin() as conn:
         row = conn.execute(_lock(conn, select(C.c.id, C.c.state).where(C.c.name == name))).first()
@@ -132,7 +135,10 @@ def change_campaign(engine: Engine, name: str, action: str, *, who: str, reason:
             n = _hold_messages(conn, runs, _reason_text(PAUSED_PREFIX, who, reason or ""), now)
         elif action == "resume":
             n = _release_messages(conn, runs, now)
-    return Change("campaign", name, row.state, after, n)
+        change = Change("campaign", name, row.state, after, n)
+        if on_change is not None:
+            on_change(conn, change)
+    return change
 
 
 def change_run(engine: Engine, campaign: str, run_id: int, action: str, *, who: str,
