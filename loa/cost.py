@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, case, func, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from loa import db
+from loa import db, lifecycle
 from loa.campaign import Campaign
 from loa.config import Config
 from loa.errors import LoaError, NotFound
@@ -305,9 +305,11 @@ def reserve(engine: Engine, worker: str, items: Sequence[Any]) -> tuple[set[int]
         if held:
             conn.execute(update(O).where(O.c.id == bindparam("b_id"), mine)
                          .values(reserved_vnd=bindparam("v_reserved")), held)
-        if refused:
-            conn.execute(update(O).where(O.c.id.in_(sorted(refused)), mine)
-                         .values(state="planned", worker=None, lease_until=None, reserved_vnd=None, updated_at=now))
+        for stop in stops:   # held back with the pause that follows as their reason (a resume clears it)
+            back = [i.id for i in budgeted[stop.campaign] if i.id in refused]
+            conn.execute(update(O).where(O.c.id.in_(back), mine)
+                         .values(state="planned", worker=None, lease_until=None, reserved_vnd=None, updated_at=now,
+                                 reason=lifecycle.pause_reason(SYSTEM, stop.reason)))
     return refused, stops
 
 
@@ -334,7 +336,7 @@ def _committed(conn: Connection, campaign_ids: list[int]) -> dict[int, int]:
 def pause_for_budget(engine: Engine, stop: BudgetStop) -> bool:
     """Pause the campaign by ``system`` with the budget as the reason, audited in the same
     transaction; False if it was not active any more (paused meanwhile, by another worker)."""
-    from loa import audit, lifecycle
+    from loa import audit
 
     def record(conn: Connection, change: lifecycle.Change) -> None:
         audit.record(conn, SYSTEM, "campaigns.pause", change.kind, change.name, before={"state": change.before},

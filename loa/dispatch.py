@@ -292,7 +292,18 @@ class Dispatcher:
         failed_early = [item for item in items if item.outcome is not None]
         if failed_early:
             self._record(failed_early)
-        ready = self._reserve(ready)
+        ready, stops = self._reserve(ready)
+        try:
+            self._send_windows(ready)
+        finally:
+            # what fitted in the budget went out first; the campaign is paused once it has
+            for stop in stops:
+                if cost.pause_for_budget(self.engine, stop):
+                    log.warning("campaign %s paused: %s", stop.campaign, stop.reason,
+                                extra={"kind": "budget", "campaign": stop.campaign})
+                self.summary.over_budget[stop.campaign] = stop.reason
+
+    def _send_windows(self, ready: list[_Item]) -> None:
         # A window is what the limiter books at once; each row is marked sending on its own turn.
         window = max(self.threads * 16, 64)
         for start in range(0, len(ready), window):
@@ -345,6 +356,11 @@ class Dispatcher:
                 f.result()   # _send records its own failures; anything else is a bug to surface
             self._flush()    # the last outcomes of the round, and the marks of missed slots undone
             todo = [item for item in todo if item.missed]
+            if halted := {i.run_id for i in todo if i.run_id in self._halted}:
+                # a missed slot's mark was undone after its run's rows were given back (it was
+                # still ``sending`` then): given back now, not left claimed until its lease ends
+                self._give_back_halted(halted)
+                todo = [item for item in todo if item.run_id not in halted]
             if not todo:
                 break
 
@@ -364,16 +380,11 @@ class Dispatcher:
                                       strict=True):
                     item.slot = slot
 
-    def _reserve(self, ready: list[_Item]) -> list[_Item]:
-        """Hold each message's price against its campaign's budget (:func:`loa.cost.reserve`);
-        what would go over goes back unsent, and its campaign is paused."""
+    def _reserve(self, ready: list[_Item]) -> tuple[list[_Item], list[cost.BudgetStop]]:
+        """Hold each message's price against its campaign's budget (:func:`loa.cost.reserve`):
+        what fits, and the campaigns whose next message would go over (given back unsent)."""
         refused, stops = cost.reserve(self.engine, self.worker, ready)
-        for stop in stops:
-            if cost.pause_for_budget(self.engine, stop):
-                log.warning("campaign %s paused: %s", stop.campaign, stop.reason,
-                            extra={"kind": "budget", "campaign": stop.campaign})
-            self.summary.over_budget[stop.campaign] = stop.reason
-        return [i for i in ready if i.id not in refused] if refused else ready
+        return ([i for i in ready if i.id not in refused] if refused else ready), stops
 
     def _renew_lease(self) -> None:
         now = db.utcnow()

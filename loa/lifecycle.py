@@ -109,6 +109,11 @@ def _reason_text(prefix: str, who: str, reason: str) -> str:
     return f"{prefix}{who}: {reason}"[:REASON_WIDTH]
 
 
+def pause_reason(who: str, reason: str) -> str:
+    """The reason a message held back by ``who``'s pause carries (a resume clears it)."""
+    return _reason_text(PAUSED_PREFIX, who, reason)
+
+
 def _lock(conn: Connection, query: Any) -> Any:
     return query.with_for_update() if conn.dialect.name == "postgresql" else query
 
