@@ -15,7 +15,6 @@ nothing and raises one clear error.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,10 +32,6 @@ C = db.campaigns
 PERMISSION = {"submit": "campaigns.draft", "approve": "campaigns.approve", "reject": "campaigns.approve",
               "launch": "campaigns.launch"}
 
-# The hook for the estimated cost shown before approval: a function (engine, config, campaign,
-# preview result) -> cost in VND, or None while gateways carry no prices.  Until one is set,
-# the review shows the total of SMS parts, which is what prices multiply.
-estimate_cost: Callable[[Engine, Config, Any, Any], float | None] | None = None
 
 
 @dataclass
@@ -69,11 +64,12 @@ class Review:
     samples: list[Any] = field(default_factory=list)   # loa.preview.Sample: who, area, channel, text, detail
     errors: list[str] = field(default_factory=list)
     estimated_parts: int = 0             # SMS parts of the messages to send, estimated from the samples
-    estimated_cost: float | None = None  # VND, when gateway prices are known (see ``estimate_cost``)
+    estimated_cost: float | None = None  # VND, when gateway prices are known (loa.cost.estimate)
 
 
 def review(engine: Engine, config: Config, name: str, count: int = 3) -> Review:
     """The review of campaign ``name``'s current version (its submitted one, if that is current)."""
+    from loa.cost import estimate
     from loa.preview import preview
 
     campaign = versions.load(engine, config, name)
@@ -81,7 +77,8 @@ def review(engine: Engine, config: Config, name: str, count: int = 3) -> Review:
         row = conn.execute(select(C.c.state, C.c.state_by, C.c.submitted_version).where(C.c.name == name)).one()
         audience = versions.audience_size(conn, config, campaign)
     result = preview(engine, config, campaign, count)
-    cost = estimate_cost(engine, config, campaign, result) if estimate_cost is not None else None
+    # None while the gateway carries no price: the review then shows the parts, which prices multiply
+    cost = estimate(engine, config, campaign).cost_vnd
     return Review(
         campaign=name, version=campaign.version or 0, state=row.state,
         submitted_by=row.state_by if row.state == "pending_approval" else None,
@@ -162,4 +159,4 @@ def decide(engine: Engine, config: Config, name: str, action: str, principal: Pr
     return Decision(name, action, row.state, after, current, who)
 
 
-__all__ = ["Decision", "Review", "decide", "estimate_cost", "review"]
+__all__ = ["Decision", "Review", "decide", "review"]

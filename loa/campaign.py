@@ -21,7 +21,7 @@ TRIGGERS = ("manual", "schedule", "arrival")
 TOP_KEYS = {
     "name", "description", "advertising", "channels", "holdout", "suppress_events", "validity_hours",
     "trigger", "segment", "sms", "zalo", "window", "dates", "goal", "schedule", "frequency_cap", "opt_out", "arrival", "link",
-    "attribution",
+    "attribution", "budget",
 }
 ARRIVAL_KEYS = {"delay", "regreet_after"}
 CHANNEL_KEYS = {"sms": {"template", "gateway", "unaccented", "max_parts", "fallback_after"},
@@ -100,6 +100,7 @@ class Campaign:
     opt_out: str = ""
     schedule: Schedule | None = None
     attribution: float = ATTRIBUTION      # seconds
+    budget: int | None = None             # VND the campaign may spend, over all its runs (loa.cost)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     # stored in the database (loa.versions): its version, and the templates it uses ({path: text});
     # None for a definition read from a file that has not been applied
@@ -199,6 +200,9 @@ def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | No
     elif advertising is True and not opt_out.strip():
         problems.add("opt_out", "an advertising campaign must end its messages with opt-out instructions "
                      "(Decree 91/2020), e.g. opt_out = \"Tu choi QC soan TC gui 1234\"")
+    budget = raw.get("budget")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
+        problems.add("budget", f"must be a whole number of VND, more than 0, e.g. budget = 5_000_000, got {budget!r}")
     description = raw.get("description", "")
     if not isinstance(description, str):
         problems.add("description", "must be a string")
@@ -219,7 +223,7 @@ def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | No
         channels=channels, segment=segment, holdout=float(holdout), suppress_events=tuple(suppress),
         validity_hours=float(validity), trigger=trigger, window=window, start=start, end=end,
         goal=goal, schedule=schedule, arrival=arrival, raw=raw, frequency_cap=cap, opt_out=opt_out.strip(),
-        attribution=ATTRIBUTION if attribution is None else attribution,
+        attribution=ATTRIBUTION if attribution is None else attribution, budget=budget,
     )
 
 

@@ -53,7 +53,9 @@ def campaign_problems(config: Config, campaign: Campaign, attribute_keys: set[st
             problems.append(f"{where}.gateway: unknown gateway {gateway!r} (configured: {known})")
         else:
             problems += _gateway_problems(config, gateway, spec.channel, where)
-    return problems + advertising_problems(config, campaign)
+    from loa.cost import budget_problems
+
+    return problems + advertising_problems(config, campaign) + budget_problems(config, campaign)
 
 
 def _gateway_problems(config: Config, name: str, channel: str, where: str) -> list[str]:

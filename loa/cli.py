@@ -22,7 +22,7 @@ from loa.errors import LoaError
 
 out = Console()
 if not out.is_terminal:   # piped or in CI: tables keep their width instead of wrapping at 80
-    out = Console(width=170)
+    out = Console(width=240)
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -302,8 +302,10 @@ def _follow_window_edits(app: App, engine: Any, say: Callable[..., Any]) -> None
     from loa.policy import apply_window_edits
     from loa.versions import catalog
 
+    from loa.cost import apply_budget_edits
+
     found, _ = catalog(engine, app.config)   # sending needs no campaign files: none is no campaign
-    for line in apply_window_edits(engine, found):
+    for line in apply_window_edits(engine, found) + apply_budget_edits(engine, found):
         say(line, highlight=False, markup=False, soft_wrap=True)
 
 
@@ -355,9 +357,32 @@ def campaigns_preview(app: App, name: str, count: int) -> None:
                   ", ".join(f"{n:,} {r}" for r, n in result.reasons.items()) or "0",
                   f"{result.estimated_parts:,}")
     out.print(table)
+    if result.estimate is not None:
+        _print_estimate(result.estimate)
     if result.errors:
         raise LoaError(f"{len(result.errors)} of {len(result.errors) + len(result.samples)} sample rendering(s) "
                        f"failed: `loa campaigns validate` checks every template of {campaign.name}")
+
+
+def _print_estimate(estimate: Any) -> None:
+    from loa.cost import vnd
+
+    table = Table("channel", "gateway", "carrier", "messages", "parts", "price", "cost",
+                  title=f"Estimated cost: {vnd(estimate.cost_vnd) if estimate.cost_vnd is not None else 'unknown'}")
+    unit = "VND/part" if estimate.channel == "sms" else "VND/message"
+    for line in estimate.lines:
+        table.add_row(line.channel, escape(line.gateway), escape(line.carrier or "unknown"), f"{line.messages:,}",
+                      f"{round(line.parts):,}", "—" if line.unit_price is None else f"{line.unit_price:,} {unit}",
+                      vnd(line.cost_vnd))
+    out.print(table)
+    if estimate.budget is not None:
+        left = estimate.budget - estimate.spent_vnd
+        verdict = ("over it: the campaign will be paused when its budget runs out" if estimate.over_budget
+                   else "within it")
+        out.print(f"budget {vnd(estimate.budget)}, {vnd(estimate.spent_vnd)} spent by earlier runs, {vnd(left)} left: "
+                  f"{verdict}", highlight=False, markup=False, soft_wrap=True)
+    for note in estimate.notes:
+        out.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _audit_preview(engine: Any, name: str, result: Any) -> None:
@@ -628,6 +653,47 @@ def campaigns_launch(app: App, name: str, as_user: str, reason: str | None) -> N
     _decide(app, name, "launch", as_user, reason)
 
 
+@campaigns.command("test")
+@click.argument("name")
+@click.option("--to", "to", multiple=True, required=True, metavar="PHONE",
+              help="A staff number to send the test to (repeat for several).")
+@click.option("--subscriber", default=None, metavar="PHONE",
+              help="Whose message to send (default: the first of the campaign's audience).")
+@click.option("--as", "as_user", required=True, metavar="USER",
+              help="The loa user who sends it (operator or above, within the campaign's areas).")
+@click.pass_obj
+@fail_cleanly
+def campaigns_test(app: App, name: str, to: tuple[str, ...], subscriber: str | None, as_user: str) -> None:
+    """Send the campaign's real message, rendered for one subscriber, to staff numbers.
+
+    It goes through the campaign's gateway within its rate limit, and is kept apart from
+    the campaign's messages: no report, status, metric, frequency cap or budget counts it.
+    The audit log records who sent it, whose message and to which numbers.
+    """
+    from loa.auth import principal_for_user
+    from loa.cost import vnd
+    from loa.testsend import send_test, staff_numbers
+
+    staff_numbers(list(to))   # a bad number is refused before the campaign is even read
+    campaign = _load_valid(app, name)
+    engine = app.engine()
+    principal = principal_for_user(engine, as_user)
+    trial = send_test(engine, app.config, campaign, list(to), actor=principal.actor, subscriber=subscriber,
+                      principal=principal)
+    out.print(f"test of {campaign.name} by {principal.actor}: the message of {trial.subscriber} "
+              f"({trial.detail}) through {trial.gateway}", highlight=False, markup=False, soft_wrap=True)
+    out.print(trial.text, highlight=False, markup=False)
+    for r in trial.results:
+        if r.state in ("sent", "delivered"):
+            line = f"{r.phone}: {r.state}, provider id {r.provider_id}" + (f", {r.parts} part(s)" if r.parts else "") \
+                + (f", {vnd(r.cost_vnd)}" if r.cost_vnd is not None else "")
+        else:
+            line = f"{r.phone}: {r.state}, gateway error {r.error_code}: {r.error_text}"
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+    if any(r.state not in ("sent", "delivered") for r in trial.results):
+        sys.exit(1)
+
+
 # -- lifecycle: pause, resume, cancel -------------------------------------------
 
 def _lifecycle(app: App, name: str, run_id: int | None, action: str, reason: str | None) -> None:
@@ -770,6 +836,9 @@ def send(app: App, campaign: str | None, until_empty: bool, threads: int | None)
     for gateway, reason in summary.paused.items():
         err.print(f"[red]gateway {gateway} paused:[/red] {escape(reason)}; its messages stay planned", highlight=False,
                   soft_wrap=True)
+    for name, reason in summary.over_budget.items():
+        err.print(f"[red]campaign {escape(name)} paused:[/red] {escape(reason)}; raise its budget and "
+                  f"`loa campaigns resume {escape(name)}` to send the rest", highlight=False, soft_wrap=True)
     if summary.paused:
         sys.exit(1)
 

@@ -41,13 +41,34 @@ from providers.base import Provider, Setting
 
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
 DIGEST_AT = re.compile(r"^(\d{1,2}):(\d{2})$")
-COMMON_GATEWAY_KEYS = {"type", "rate", "burst", "description"}
+PRICE_KEYS = {"price_per_part", "price_per_part_by_carrier", "price_per_zns"}
+COMMON_GATEWAY_KEYS = {"type", "rate", "burst", "description"} | PRICE_KEYS
 # Names that hold a secret whatever the gateway type: a literal value is refused.
 SECRET_NAME = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|secret_?key|auth)(_|$)", re.IGNORECASE)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SQLITE_URL = re.compile(r"^sqlite(\+\w+)?:///")
 URL_PASSWORD = re.compile(r"^[a-z0-9+]+://[^/@:]*:[^/@]+@", re.IGNORECASE)
 DATABASES = {"sqlite": "SQLite (sqlite:///loa.db)", "postgresql": "PostgreSQL (postgresql+psycopg://...)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Prices:
+    """What a gateway charges, in VND: per SMS part (optionally per carrier) and per ZNS message."""
+
+    per_part: int | None = None
+    by_carrier: Mapping[str, int] = dataclasses.field(default_factory=dict)   # carrier key -> per part
+    per_zns: int | None = None
+
+    def sms_part(self, carrier: str) -> int | None:
+        """The price of one SMS part to a subscriber of ``carrier`` (as phonenumbers names it)."""
+        from loa.phones import carrier_key
+
+        return self.by_carrier.get(carrier_key(carrier), self.per_part)
+
+    @property
+    def highest_sms_part(self) -> int | None:
+        known = [p for p in (self.per_part, *self.by_carrier.values()) if p is not None]
+        return max(known) if known else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +81,7 @@ class GatewaySpec:
     rate: float | None
     burst: int | None
     source: str                       # "config.toml: gateways.NAME" for messages
+    prices: Prices = Prices()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,6 +295,21 @@ class _Schema(_Table):
     approval: _Approval = _Approval()
 
 
+def _carrier_prices(value: Any) -> dict[str, int]:
+    from loa.phones import CARRIERS
+
+    if not isinstance(value, dict):
+        raise ValueError(  # noqa: TRY004 - pydantic reports a ValueError as this key's problem
+            "must be a table of carrier = price in VND per SMS part, e.g. { viettel = 790 }")
+    for carrier, price in value.items():
+        if carrier not in CARRIERS:
+            raise ValueError(f"unknown carrier {carrier!r}{_did_you_mean(carrier, CARRIERS)} "
+                             f"(known: {', '.join(CARRIERS)})")
+        if isinstance(price, bool) or not isinstance(price, int) or price < 0:
+            raise ValueError(f"{carrier}: must be a whole number of VND per SMS part, at least 0, got {price!r}")
+    return dict(value)
+
+
 class _Gateway(_Table):
     """What every gateway table has, whatever its type."""
 
@@ -280,6 +317,9 @@ class _Gateway(_Table):
     rate: float = Field(0.0, gt=0, description="must be a positive number of SMS parts per second")
     burst: int = Field(1, ge=1, description="must be a positive integer (SMS parts allowed back to back)")
     description: str = Field("", description="must be text")
+    price_per_part: int = Field(0, ge=0, description="must be a whole number of VND per SMS part, at least 0")
+    price_per_part_by_carrier: Annotated[Any, AfterValidator(_carrier_prices)] = None
+    price_per_zns: int = Field(0, ge=0, description="must be a whole number of VND per ZNS message, at least 0")
 
 
 class _UnknownGateway(_Gateway):
@@ -443,7 +483,10 @@ def _check_gateway(name: str, table: Mapping[str, Any], label: str, problems: li
                 problems.append(f"{where}: missing required setting {setting.name!r} ({how})")
     rate, burst = table.get("rate"), table.get("burst")
     settings = {k: v for k, v in table.items() if k not in COMMON_GATEWAY_KEYS}
-    return GatewaySpec(name, str(type_name), settings, rate, burst, where)
+    by_carrier = table.get("price_per_part_by_carrier")
+    prices = Prices(table.get("price_per_part"), dict(by_carrier) if isinstance(by_carrier, dict) else {},
+                    table.get("price_per_zns"))
+    return GatewaySpec(name, str(type_name), settings, rate, burst, where, prices)
 
 
 def _name_rules(table: Mapping[str, Any], where: str) -> list[str]:

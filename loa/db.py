@@ -213,6 +213,12 @@ outbox = Table(
     Column("updated_at", UTCDateTime, nullable=True),
     Column("sent_at", UTCDateTime, nullable=True),
     Column("delivered_at", UTCDateTime, nullable=True),
+    # What the message cost, in VND, at the gateway's price when it was sent (loa.cost): a later
+    # change of price leaves it alone.  A message sent again on a fallback channel adds its cost.
+    Column("cost_vnd", BigInteger, nullable=True),
+    # The price of the message a worker is about to send, held against the campaign's budget
+    # while the row is claimed, sending or of unknown outcome (loa.cost.reserve).
+    Column("reserved_vnd", BigInteger, nullable=True),
     UniqueConstraint("run_id", "subscriber_id"),
     # Partial indexes: claiming only ever looks at due rows, receipts only at sent ones,
     # and planning a million rows need not maintain entries nobody will read.
@@ -271,6 +277,30 @@ snapshots = Table(
     Column("source", String(200), nullable=False, default=""),
     Column("imported_at", UTCDateTime, nullable=False),
     UniqueConstraint("area_id", "metric", "as_of"),
+)
+
+
+# Test sends (`loa campaigns test`): a campaign's real message, rendered for one subscriber, sent
+# to staff numbers.  Kept apart from the outbox, so that no report, status, metric or frequency
+# cap can count one.
+test_sends = Table(
+    "test_sends", metadata,
+    Column("id", BigId, primary_key=True),
+    Column("campaign_id", Integer, ForeignKey("campaigns.id"), nullable=False, index=True),
+    Column("subscriber_id", BigInteger, ForeignKey("subscribers.id"), nullable=True),   # whose message
+    Column("phone", String(16), nullable=False),          # the staff number it went to
+    Column("actor", String(100), nullable=False),
+    Column("channel", String(8), nullable=False),
+    Column("gateway", String(64), nullable=False),
+    Column("state", String(16), nullable=False),          # sending, sent, delivered, failed, unknown
+    Column("provider_id", String(100), nullable=True),
+    Column("encoding", String(8), nullable=True),
+    Column("parts", Integer, nullable=True),
+    Column("cost_vnd", BigInteger, nullable=True),
+    Column("error_code", String(40), nullable=True),
+    Column("error_text", String(500), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime, nullable=True),
 )
 
 
@@ -564,5 +594,5 @@ def transaction(engine: Engine) -> Iterator[Connection]:
 __all__ = [
     "Float", "area_populations", "areas", "attribute_keys", "campaign_versions", "campaigns", "check_schema", "create_schema", "events",
     "insert_for", "make_engine", "message_key", "metadata", "outbox", "runs", "snapshots", "subscribers",
-    "utcnow",
+    "test_sends", "utcnow",
 ]

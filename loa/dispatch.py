@@ -44,7 +44,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, case, func, literal, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from loa import db
+from loa import cost, db
 from loa.config import Config
 from loa.errors import LoaError
 from loa import gateways as gateway_state
@@ -90,6 +90,7 @@ class SendSummary:
     deferred: Counter[tuple[str, datetime]] = field(default_factory=Counter)   # (why, until) -> messages
     failed: Counter[str] = field(default_factory=Counter)    # why -> messages
     paused: dict[str, str] = field(default_factory=dict)     # gateway -> reason
+    over_budget: dict[str, str] = field(default_factory=dict)   # campaign -> why it was paused
     receipts: int = 0
     responses: int = 0
     inbound: int = 0
@@ -118,6 +119,7 @@ class _Item:
     opted_out: str | None = None  # the gateway's code for "the recipient refused": recorded with the outcome
     marked: bool = False          # marked ``sending`` (its attempt counted): the gateway may be called
     version: tuple[int, int] | None = None   # (campaign id, version) its run was planned from
+    cost: int | None = None       # its price in VND, rendered (None: its gateway has no price)
 
 
 class Dispatcher:
@@ -256,7 +258,8 @@ class Dispatcher:
                 due = due.with_for_update(skip_locked=True)
             claimed = conn.execute(
                 update(O).where(O.c.id.in_(due.scalar_subquery()))
-                .values(state="claimed", worker=self.worker, lease_until=now + self.lease, updated_at=now)
+                .values(state="claimed", worker=self.worker, lease_until=now + self.lease, updated_at=now,
+                        reserved_vnd=None)
                 .returning(O.c.id)
             ).scalars().all()
             return self._load(conn, sorted(claimed)) if claimed else []
@@ -292,6 +295,18 @@ class Dispatcher:
         failed_early = [item for item in items if item.outcome is not None]
         if failed_early:
             self._record(failed_early)
+        ready, stops = self._reserve(ready)
+        try:
+            self._send_windows(ready)
+        finally:
+            # what fitted in the budget went out first; the campaign is paused once it has
+            for stop in stops:
+                if cost.pause_for_budget(self.engine, stop):
+                    log.warning("campaign %s paused: %s", stop.campaign, stop.reason,
+                                extra={"kind": "budget", "campaign": stop.campaign})
+                self.summary.over_budget[stop.campaign] = stop.reason
+
+    def _send_windows(self, ready: list[_Item]) -> None:
         # A window is what the limiter books at once; each row is marked sending on its own turn.
         window = max(self.threads * 16, 64)
         for start in range(0, len(ready), window):
@@ -344,6 +359,11 @@ class Dispatcher:
                 f.result()   # _send records its own failures; anything else is a bug to surface
             self._flush()    # the last outcomes of the round, and the marks of missed slots undone
             todo = [item for item in todo if item.missed]
+            if halted := {i.run_id for i in todo if i.run_id in self._halted}:
+                # a missed slot's mark was undone after its run's rows were given back (it was
+                # still ``sending`` then): given back now, not left claimed until its lease ends
+                self._give_back_halted(halted)
+                todo = [item for item in todo if item.run_id not in halted]
             if not todo:
                 break
 
@@ -362,6 +382,12 @@ class Dispatcher:
                 for item, slot in zip(items, book([i.message.parts if i.message else 1 for i in items]),
                                       strict=True):
                     item.slot = slot
+
+    def _reserve(self, ready: list[_Item]) -> tuple[list[_Item], list[cost.BudgetStop]]:
+        """Hold each message's price against its campaign's budget (:func:`loa.cost.reserve`):
+        what fits, and the campaigns whose next message would go over (given back unsent)."""
+        refused, stops = cost.reserve(self.engine, self.worker, ready)
+        return ([i for i in ready if i.id not in refused] if refused else ready), stops
 
     def _renew_lease(self) -> None:
         now = db.utcnow()
@@ -432,6 +458,7 @@ class Dispatcher:
                     text=sms.text, encoding=sms.info.encoding, parts=sms.info.parts,
                     advertising=bool(definition.get("advertising", False)),
                 )
+                item.cost = self._price(item, sms.info.parts)
             else:
                 payload = renderer.render_zalo(spec["template"], item.context)
                 item.message = OutgoingMessage(
@@ -440,10 +467,15 @@ class Dispatcher:
                     template_id=payload.template_id, template_data=payload.data,
                     advertising=bool(definition.get("advertising", False)),
                 )
+                item.cost = self._price(item, 1)
         except LoaError as exc:
             item.outcome = _failed("template", str(exc))
             return False
         return True
+
+    def _price(self, item: _Item, parts: int) -> int | None:
+        carrier = str(item.context.get("subscriber", {}).get("carrier") or "")
+        return cost.price(self.config, item.gateway, item.channel, carrier, parts)
 
     # -- the senders' group commit -----------------------------------------------
     def _mark(self, item: _Item) -> bool:
@@ -585,6 +617,8 @@ class Dispatcher:
                 return
             result = gw.provider.send(item.message)
             item.outcome = _sent(result, item.message, handed_over)
+            if (price := self._price(item, item.outcome["parts"] or 1)) is not None:
+                item.outcome["cost_vnd"] = price   # the price now: a later change of price leaves it
         except ProviderError as exc:
             item.outcome = self._classify(item, gw, exc)
         except LoaError as exc:   # the gateway cannot even be built: a missing secret, a bad setting
@@ -966,12 +1000,12 @@ class Dispatcher:
             elif isinstance(found, SendResult):
                 values = {"state": "delivered" if found.status == "delivered" else "sent",
                           "provider_id": found.provider_id, "sent_at": func.coalesce(O.c.sent_at, O.c.updated_at),
-                          "error_code": None, "error_text": None}
+                          "error_code": None, "error_text": None, **_reserved_cost()}
                 action = ("settled", values["state"])
             else:
                 values = {"state": found.status, "provider_id": found.provider_id or provider_id,
                           "sent_at": func.coalesce(O.c.sent_at, O.c.updated_at), "delivered_at": found.at or now,
-                          "error_code": found.error_code, "error_text": found.error_text}
+                          "error_code": found.error_code, "error_text": found.error_text, **_reserved_cost()}
                 action = ("settled", found.status)
             with self.engine.begin() as conn:
                 moved = conn.execute(update(O).where(O.c.id == row_id, O.c.state == "unknown")
@@ -1090,8 +1124,16 @@ def _update_for(shape: tuple[str, ...]) -> Any:
     for k in ("state", "error_code", "error_text"):
         if k in values:
             values[k] = case((receipted, O.c[k]), else_=values[k])
+    if "cost_vnd" in values:   # a send on a fallback channel adds to what the first one cost
+        values["cost_vnd"] = func.coalesce(O.c.cost_vnd, 0) + values["cost_vnd"]
     # a message cancelled while this worker held it (never handed to its gateway) stays cancelled
     return update(O).where(O.c.id == bindparam("b_id"), O.c.state != literal("cancelled")).values(**values)
+
+
+def _reserved_cost() -> dict[str, Any]:
+    """A send of unknown outcome found sent: the price held for it becomes its cost."""
+    return {"cost_vnd": case((O.c.reserved_vnd.is_(None), O.c.cost_vnd),
+                             else_=func.coalesce(O.c.cost_vnd, 0) + O.c.reserved_vnd)}
 
 
 def _has_lookup(type_name: str) -> bool:

@@ -278,6 +278,7 @@ COLUMNS = (  # key, header, numeric
     ("rate_held_out", N_("{event}, held out (of held out)"), True),
     ("uplift", N_("Uplift, points (95% interval)"), True),
     ("installed_share", N_("{event} in the area (of population)"), True), ("progress", N_("to goal"), True),
+    ("spent_vnd", N_("Spent"), True),
 )
 
 
@@ -301,6 +302,7 @@ def _row_cells(report: Report, row: Row, t: Language) -> str:
         _uplift_cell(row, t),
         _td(share(row.installed_total, row.installed_share, 2), opt(row.installed_share)),
         _td(t.percent(progress, 0), opt(progress)),
+        _td(t.money(row.spent_vnd), row.spent_vnd),
     ])
 
 
@@ -443,6 +445,7 @@ def _kpis(report: Report, t: Language) -> str:
     items.append((t.percent(total.installed_share, 2), _("{event} of population").format(event=event)))
     if report.goal is not None:
         items.append((t.percent(report.progress(total), 0), _("of the way to the goal")))
+    items.append((t.money(total.spent_vnd), _("spent on messages")))
     return '<div class="kpis">' + "".join(f'<div class="kpi"><b>{_esc(v)}</b><span>{_esc(k)}</span></div>'
                                           for v, k in items) + "</div>"
 

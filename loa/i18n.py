@@ -21,7 +21,7 @@ from pathlib import Path
 from babel.dates import format_date
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
-from babel.numbers import format_decimal
+from babel.numbers import format_currency, format_decimal
 from babel.support import Translations
 
 LANGUAGES = ("vi", "en")
@@ -69,6 +69,12 @@ class Language:
             return DASH
         pattern = "#,##0" + ("." + "0" * digits if digits else "")
         return format_decimal(value, format=pattern, locale=self.code)
+
+    def money(self, vnd: int | None) -> str:
+        """An amount in đồng: ``84.126 ₫`` / ``₫84,126``; ``—`` for none."""
+        if vnd is None:
+            return DASH
+        return format_currency(vnd, "VND", locale=self.code)
 
     def signed(self, value: float, digits: int = 1) -> str:
         """``+1,5`` / ``+1.5``: a change, with its sign."""

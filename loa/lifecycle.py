@@ -25,6 +25,7 @@ user) and launch (loa.approval); planning refuses any campaign that is not activ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,12 +112,19 @@ def _reason_text(prefix: str, who: str, reason: str) -> str:
     return f"{prefix}{who}: {reason}"[:REASON_WIDTH]
 
 
+def pause_reason(who: str, reason: str) -> str:
+    """The reason a message held back by ``who``'s pause carries (a resume clears it)."""
+    return _reason_text(PAUSED_PREFIX, who, reason)
+
+
 def _lock(conn: Connection, query: Any) -> Any:
     return query.with_for_update() if conn.dialect.name == "postgresql" else query
 
 
-def change_campaign(engine: Engine, name: str, action: str, *, who: str, reason: str | None) -> Change:
-    """Apply ``action`` to campaign ``name`` and to its messages, in one transaction."""
+def change_campaign(engine: Engine, name: str, action: str, *, who: str, reason: str | None,
+                    on_change: Callable[[Connection, Change], None] | None = None) -> Change:
+    """Apply ``action`` to campaign ``name`` and to its messages, in one transaction;
+    ``on_change`` is called in that transaction with the change (its audit entry)."""
     now = db.utcnow()
     with engine.begin() as conn:
         row = conn.execute(_lock(conn, select(C.c.id, C.c.state).where(C.c.name == name))).first()
@@ -135,7 +143,10 @@ def change_campaign(engine: Engine, name: str, action: str, *, who: str, reason:
             n = _hold_messages(conn, runs, _reason_text(PAUSED_PREFIX, who, reason or ""), now)
         elif action == "resume":
             n = _release_messages(conn, runs, now)
-    return Change("campaign", name, row.state, after, n)
+        change = Change("campaign", name, row.state, after, n)
+        if on_change is not None:
+            on_change(conn, change)
+    return change
 
 
 def change_run(engine: Engine, campaign: str, run_id: int, action: str, *, who: str,

@@ -17,7 +17,7 @@ from typing import Final
 import phonenumbers
 from phonenumbers import PhoneNumberType, carrier
 
-__all__ = ["Phone", "PhoneError", "normalize", "mask"]
+__all__ = ["CARRIERS", "Phone", "PhoneError", "carrier_key", "normalize", "mask"]
 
 _CC: Final = 84
 _CC_STR: Final = "84"
@@ -69,6 +69,21 @@ _REJECT_REASONS: Final[dict[int, str]] = {
     PhoneNumberType.PREMIUM_RATE: SERVICE,
     PhoneNumberType.UNKNOWN: INVALID,
 }
+
+
+# The carriers of Vietnamese mobile ranges, as configuration names them (prices per carrier),
+# and as phonenumbers names them (subscribers.carrier).
+CARRIERS: Final[dict[str, str]] = {
+    "viettel": "Viettel", "vinaphone": "Vinaphone", "mobifone": "MobiFone", "vietnamobile": "Vietnamobile",
+    "gmobile": "G-Mobile", "itel": "Indochina Telecom", "reddi": "Reddi",
+}
+_CARRIER_KEYS: Final = {re.sub(r"[^a-z0-9]", "", name.lower()): key for key, name in CARRIERS.items()}
+
+
+def carrier_key(name: str) -> str:
+    """The configuration's name of a carrier ("G-Mobile" -> "gmobile"); "" for none known."""
+    folded = re.sub(r"[^a-z0-9]", "", (name or "").lower())
+    return folded if folded in CARRIERS else _CARRIER_KEYS.get(folded, "")
 
 
 class PhoneError(ValueError):

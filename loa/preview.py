@@ -34,6 +34,7 @@ class PreviewResult:
     states: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     estimated_parts: int = 0
+    estimate: Any = None          # loa.cost.Estimate: what running it now would cost
 
     @property
     def audience(self) -> int:
@@ -113,6 +114,12 @@ def preview(engine: Engine, config: Config, campaign: Campaign, count: int = 3) 
             result.errors.append(f"{who}: {exc}")
     if sample_parts:
         result.estimated_parts = round(result.planned * sum(sample_parts) / len(sample_parts))
+    if not result.errors:
+        from loa.cost import estimate
+
+        result.estimate = estimate(engine, config, campaign)
+        if spec.channel == "sms":   # one figure for the parts: the estimate's, from the larger sample
+            result.estimated_parts = result.estimate.parts
     return result
 
 

@@ -92,9 +92,10 @@ class Row:
     installed_targeted: int = 0
     installed_held_out: int = 0
     installed_total: int = 0
+    spent_vnd: int = 0          # what the messages sent there cost when they were sent (loa.cost)
 
     def add(self, other: Row) -> None:
-        for name in COUNTS:
+        for name in (*COUNTS, "spent_vnd"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     @property
@@ -246,6 +247,9 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
         clocks = _run_clocks(conn, campaign_id)
         per_area = _per_area(conn, campaign_id, event, clocks)
         installed = _installed_by_area(conn, event)
+        from loa.cost import spend_by_area
+
+        spent = spend_by_area(conn, campaign_id)
         first = conn.scalar(select(func.min(R.c.scheduled_for)).where(R.c.campaign_id == campaign_id))
         day = first.astimezone(ZoneInfo(DEFAULT_TIMEZONE)).date() if first else db.utcnow().date()
         index, as_of = _populations_in_force(conn, index, day)
@@ -261,6 +265,8 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
     used = {a for a in per_area if a is not None}
     level = level or _deepest_level(index, used)
     rows: dict[int | str | None, Row] = {}
+    for area_id, vnd in spent.items():   # a person's spend goes where their messages are counted
+        per_area.setdefault(area_id, Row("", "", "")).spent_vnd += vnd
     for area_id, counts in per_area.items():
         key, target = _row_of(index, area_id, level)
         row = rows.get(key) or _new_row(target, as_of, key, level)
@@ -604,7 +610,7 @@ def _snapshot_cells(summary: Summary | None, code: str | None) -> dict[str, Any]
 FIELDS = ("code", "area", "population", "population_as_of", "audience", "held_out", "suppressed", "sent",
           "delivered", "undelivered", "failed", "installed_delivered", "rate_delivered", "installed_held_out",
           "rate_held_out", "uplift_points", "uplift_low", "uplift_high", "small", "installed_total",
-          "installed_share", "progress")
+          "installed_share", "progress", "spent_vnd")
 SNAPSHOT_FIELDS = ("snapshot_as_of", "snapshot_value", "snapshot_rate", "snapshot_change", "snapshot_change_days",
                    "snapshot_per_day", "snapshot_goal_at", "snapshot_flags")
 

@@ -50,6 +50,7 @@ def render_table(console: Console, report: Report, summary: Summary | None = Non
         ("deliv.", lambda r: _num(r.delivered), "right"),
         ("undeliv.", lambda r: _num(r.undelivered), "right"),
         ("failed", lambda r: _num(r.failed), "right"),
+        ("spent (VND)", lambda r: _num(r.spent_vnd), "right"),
         ("after msg", lambda r: f"{_num(r.installed_delivered)} {_pct(r.rate_delivered)}", "right"),
         ("held out", lambda r: f"{_num(r.installed_held_out)} {_pct(r.rate_held_out)}", "right"),
         ("uplift", lambda r: "—" if r.uplift_points is None else f"{r.uplift_points:+.1f} pt", "right"),

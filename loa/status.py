@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from loa import db
 from loa import gateways as gw
+from loa.cost import spend_by_run
 
 O, R, C = db.outbox, db.runs, db.campaigns
 IN_FLIGHT = ("claimed", "sending")
@@ -146,6 +147,7 @@ def collect(engine: Engine, recent_runs: int = 20) -> dict[str, Any]:
         ):
             states[run_id][state] = n
         by_run = _flows(conn, O.c.run_id, now, set(paused), O.c.run_id.in_(ids))
+        spent = spend_by_run(conn, ids)   # what each run's messages cost when they were sent
         by_gateway = _flows(conn, O.c.gateway, now, set(paused))
         # sends whose outcome is unknown (a crash or a timeout during the gateway call), in every run
         unknown = dict(conn.execute(select(O.c.gateway, func.count()).where(O.c.state == "unknown")
@@ -167,7 +169,7 @@ def collect(engine: Engine, recent_runs: int = 20) -> dict[str, Any]:
                   "state": r.state, "campaign_state": r.campaign_state,
                   "version": r.campaign_version,     # the campaign version it was planned from
                   "scheduled_for": r.scheduled_for.isoformat(), "states": states[r.id],
-                  "outcomes": outcomes(states[r.id]),
+                  "outcomes": outcomes(states[r.id]), "spent_vnd": spent.get(r.id, 0),
                   **by_run.get(r.id, Flow()).as_dict(now)} for r in runs],
         "gateways": gateways,
         "unknown": sum(unknown.values()),
@@ -180,14 +182,15 @@ COLUMNS = ("sending", "sent", "delivered", "undelivered", "failed", "unknown")  
 
 
 def tables(result: dict[str, Any], tz: ZoneInfo) -> list[Table]:
-    runs = Table("campaign", "run", "status", "due", "waiting", *COLUMNS, "other", "rate (msg/s)", "ETA",
-                 title="runs")
+    runs = Table("campaign", "run", "status", "due", "waiting", *COLUMNS, "other", "spent (VND)", "rate (msg/s)",
+                 "ETA", title="runs")
     for r in result["runs"]:
         done = r["outcomes"]
         other = ", ".join(f"{n:,} {k}" for k, n in done.items() if k not in ("queued", *COLUMNS))
         label = r["campaign"] + (f" v{r['version']}" if r.get("version") else "")
         runs.add_row(escape(label), str(r["run"]), _status(r), f"{r['due']:,}", _waiting(r, tz),
-                     *(f"{done.get(k, 0):,}" for k in COLUMNS), escape(other), f"{r['rate']:.1f}", _eta(r))
+                     *(f"{done.get(k, 0):,}" for k in COLUMNS), escape(other), f"{r.get('spent_vnd', 0):,}",
+                     f"{r['rate']:.1f}", _eta(r))
     # unknown: the send may or may not have reached the gateway; `loa messages reconcile` asks it
     caption = (f"{result['unknown']:,} message(s) with an unknown outcome: loa messages reconcile"
                if result.get("unknown") else None)
