@@ -23,6 +23,7 @@ later step that adds its actions to the table.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,11 @@ class Change:
     messages: int = 0   # held back (pause), released (resume) or cancelled (cancel)
 
 
+# Called with the change's connection and the change, before it commits: the audit entry
+# of a change goes in the same transaction as the change.
+Record = Callable[[Connection, Change], None]
+
+
 def _reason_text(prefix: str, who: str, reason: str) -> str:
     return f"{prefix}{who}: {reason}"[:REASON_WIDTH]
 
@@ -112,8 +118,10 @@ def _lock(conn: Connection, query: Any) -> Any:
     return query.with_for_update() if conn.dialect.name == "postgresql" else query
 
 
-def change_campaign(engine: Engine, name: str, action: str, *, who: str, reason: str | None) -> Change:
-    """Apply ``action`` to campaign ``name`` and to its messages, in one transaction."""
+def change_campaign(engine: Engine, name: str, action: str, *, who: str, reason: str | None,
+                    record: Record | None = None) -> Change:
+    """Apply ``action`` to campaign ``name`` and to its messages, in one transaction (with
+    ``record``'s audit entry)."""
     now = db.utcnow()
     with engine.begin() as conn:
         row = conn.execute(_lock(conn, select(C.c.id, C.c.state).where(C.c.name == name))).first()
@@ -132,11 +140,14 @@ def change_campaign(engine: Engine, name: str, action: str, *, who: str, reason:
             n = _hold_messages(conn, runs, _reason_text(PAUSED_PREFIX, who, reason or ""), now)
         elif action == "resume":
             n = _release_messages(conn, runs, now)
-    return Change("campaign", name, row.state, after, n)
+        change = Change("campaign", name, row.state, after, n)
+        if record is not None:
+            record(conn, change)
+    return change
 
 
 def change_run(engine: Engine, campaign: str, run_id: int, action: str, *, who: str,
-               reason: str | None) -> Change:
+               reason: str | None, record: Record | None = None) -> Change:
     """Apply ``action`` to run ``run_id`` of ``campaign`` (only) and to its messages."""
     now = db.utcnow()
     label = f"run {run_id} of {campaign}"
@@ -157,17 +168,21 @@ def change_run(engine: Engine, campaign: str, run_id: int, action: str, *, who: 
             n = _hold_messages(conn, runs, _reason_text(PAUSED_PREFIX, who, reason or ""), now)
         elif action == "resume":
             n = _release_messages(conn, runs, now)
-    return Change("run", label, row.state, after, n)
+        change = Change("run", label, row.state, after, n)
+        if record is not None:
+            record(conn, change)
+    return change
 
 
-def stop_all(engine: Engine, *, who: str, reason: str) -> list[Change]:
-    """The emergency brake: pause every active campaign."""
+def stop_all(engine: Engine, *, who: str, reason: str, record: Record | None = None) -> list[Change]:
+    """The emergency brake: pause every active campaign (each in its own transaction, with
+    ``record``'s audit entry)."""
     with engine.connect() as conn:
         names = conn.scalars(select(C.c.name).where(C.c.state == "active").order_by(C.c.name)).all()
     changes = []
     for name in names:
         try:
-            changes.append(change_campaign(engine, name, "pause", who=who, reason=reason))
+            changes.append(change_campaign(engine, name, "pause", who=who, reason=reason, record=record))
         except LifecycleError:   # moved by someone else meanwhile (paused, cancelled): nothing to stop
             continue
     return changes
@@ -256,5 +271,5 @@ def no_new_runs(conn: Connection, campaign_id: int) -> str | None:
 
 
 __all__ = ["CAMPAIGN_ACTIONS", "CAMPAIGN_STATES", "RUN_ACTIONS", "RUN_STATES", "Change", "LifecycleError",
-           "actor", "change_campaign", "change_run", "halted", "halted_runs", "no_new_runs", "stop_all",
+           "Record", "actor", "change_campaign", "change_run", "halted", "halted_runs", "no_new_runs", "stop_all",
            "transition"]
