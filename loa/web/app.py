@@ -210,8 +210,11 @@ def create_app(web: Web) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def unknown(request: Request, exc: HTTPException) -> Response:
         if is_api(request.url.path):
-            status = 404 if exc.status_code in (404, 405) else exc.status_code
-            return error_response(status, "no such endpoint" if status == 404 else str(exc.detail))
+            if exc.status_code in (404, 405):
+                return error_response(404, "no such endpoint")
+            if exc.status_code == 400 and request.url.path.startswith("/api/"):   # a body FastAPI cannot read
+                return error_response(422, f"{exc.detail}: send JSON in UTF-8", "body")
+            return error_response(exc.status_code, str(exc.detail))
         if exc.status_code in (404, 405):      # no such route, or not with this method
             return reply(404, "not found\n")
         return reply(exc.status_code, f"{exc.detail}\n")
