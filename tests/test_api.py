@@ -430,3 +430,25 @@ def test_metrics_count_lifecycle_actions_and_approvals_from_the_audit_log(engine
     assert 'loa_approvals_total{decision="approved"} 1.0' in text
     assert 'loa_approvals_total{decision="rejected"} 0.0' in text
     assert "# TYPE loa_lifecycle_actions_total counter" in text
+
+
+def test_an_import_that_stops_midway_fails_with_what_it_kept(engine: Engine, client: TestClient) -> None:
+    operator = key(engine, "operator")
+    body = b"phone\n0913000001\n0913000002\n\xff\xfe\n0913000003\n"      # line 4 is not UTF-8
+    r = client.post("/api/v1/imports/dnc", content=body, headers=operator | {"Content-Type": "text/csv"})
+    assert r.status_code == 202
+    done = wait_done(client, operator, r.json()["id"])
+    assert done["state"] == "failed" and "line 4" not in done["failure"] and ":4: not UTF-8" in done["failure"]
+    assert "upload" not in done["failure"] and done["counts"]["imported"] == 2
+    [entry] = entries(engine, action="imports.dnc")
+    assert entry.after is not None and entry.after["failure"] == done["failure"]
+
+
+def test_a_nul_character_is_refused_wherever_it_is_sent(engine: Engine, client: TestClient) -> None:
+    admin = key(engine, "admin")
+    error(client.post("/api/v1/campaigns/mocchau/pause", json={"reason": "a\x00b"}, headers=admin), 422, "reason")
+    error(client.get("/api/v1/campaigns/a%00b", headers=admin), 422, "name")
+    error(client.get("/api/v1/audit", params={"actor": "a\x00"}, headers=admin), 422, "actor")
+    error(client.post("/api/v1/login", json={"name": "ana\x00", "password": "x"}), 422, "name")
+    error(client.post("/api/v1/keys", json={"role": "viewer", "name": "\x00"}, headers=admin), 422, "name")
+    assert state_of(engine, "mocchau") == "active"

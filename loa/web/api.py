@@ -22,11 +22,11 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from pydantic import BaseModel, Field, StringConstraints
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
@@ -46,6 +46,7 @@ ROLES = Literal["viewer", "operator", "approver", "admin"]
 ImportKind = Literal["areas", "subscribers", "events", "dnc", "arrivals", "snapshots"]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
 Note = Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000)]
+Id = Annotated[int, Path(ge=1, le=2**31 - 1, description="The id")]   # an INTEGER column on every database
 C, R, O = db.campaigns, db.runs, db.outbox
 
 
@@ -104,8 +105,26 @@ def principal(request: Request) -> auth.Principal:
         raise ApiError(401, str(exc), "Authorization", {"WWW-Authenticate": "Bearer"}) from None
 
 
+def no_nul(request: Request) -> None:
+    """A NUL character reaches no query: PostgreSQL refuses it in text, and no name holds one."""
+    for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
+        if "\x00" in str(value):
+            raise ApiError(422, f"{name} contains a NUL character", name)
+
+
 Who = Annotated[auth.Principal, Depends(principal)]
-router = APIRouter(prefix=PREFIX, tags=["api v1"])
+router = APIRouter(prefix=PREFIX, tags=["api v1"], dependencies=[Depends(no_nul)])
+
+
+class Body(BaseModel):
+    """A request body: no text in it holds a NUL character."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("contains a NUL character")
+        return value
 
 
 def route(method: str, path: str, summary: str, *errors: int, public: bool = False, **kw: Any) -> Callable[..., Any]:
@@ -241,11 +260,11 @@ class StatusOut(BaseModel):
     runs: list[RunStatus]
 
 
-class ReasonIn(BaseModel):
+class ReasonIn(Body):
     reason: Reason = Field(description="Why: kept with the campaign or run, on its messages and in the audit log")
 
 
-class OptionalReasonIn(BaseModel):
+class OptionalReasonIn(Body):
     reason: Note = ""
 
 
@@ -259,7 +278,7 @@ class UserOut(BaseModel):
     last_login_at: datetime | None
 
 
-class NewUserIn(BaseModel):
+class NewUserIn(Body):
     name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     password: Annotated[str, StringConstraints(min_length=auth.MIN_PASSWORD, max_length=1000)]
     role: ROLES
@@ -267,7 +286,7 @@ class NewUserIn(BaseModel):
         None, description="Bind the user to this area's subtree (its code)")
 
 
-class RoleIn(BaseModel):
+class RoleIn(Body):
     role: ROLES
     reason: Note = ""
 
@@ -284,7 +303,7 @@ class KeyOut(BaseModel):
     last_used_at: datetime | None
 
 
-class NewKeyIn(BaseModel):
+class NewKeyIn(Body):
     role: ROLES
     area: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = Field(
         None, description="Bind the key to this area's subtree (its code)")
@@ -326,7 +345,7 @@ class GatewayResumed(BaseModel):
     was_paused_for: str
 
 
-class LoginIn(BaseModel):
+class LoginIn(Body):
     name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     password: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 
@@ -490,7 +509,7 @@ def _campaign_action(request: Request, name: str, who: auth.Principal, action: s
     return _change_out(change, who, reason)
 
 
-def _run_action(request: Request, run_id: int, who: auth.Principal, action: str, reason: str | None) -> dict[str, Any]:
+def _run_action(request: Request, run_id: Id, who: auth.Principal, action: str, reason: str | None) -> dict[str, Any]:
     engine = _web(request).engine
     with engine.connect() as conn:
         run = _run_row(conn, run_id)
@@ -522,7 +541,7 @@ def cancel_campaign(request: Request, name: str, body: ReasonIn, who: Who) -> di
 
 @route("GET", "/runs/{run_id}", "A run: its state, who moved it there, and its messages by state", 403, 404,
        response_model=RunOut)
-def get_run(request: Request, run_id: int, who: Who) -> dict[str, Any]:
+def get_run(request: Request, run_id: Id, who: Who) -> dict[str, Any]:
     with _web(request).engine.connect() as conn:
         run = _run_row(conn, run_id)
         auth.require(who, "runs.read", Places(conn).of(run.campaign_id))
@@ -531,18 +550,18 @@ def get_run(request: Request, run_id: int, who: Who) -> dict[str, Any]:
 
 
 @route("POST", "/runs/{run_id}/pause", "Pause one run", *_LIFECYCLE, response_model=ChangeOut)
-def pause_run(request: Request, run_id: int, body: ReasonIn, who: Who) -> dict[str, Any]:
+def pause_run(request: Request, run_id: Id, body: ReasonIn, who: Who) -> dict[str, Any]:
     return _run_action(request, run_id, who, "pause", body.reason)
 
 
 @route("POST", "/runs/{run_id}/resume", "Resume one paused run", *_LIFECYCLE, response_model=ChangeOut)
-def resume_run(request: Request, run_id: int, who: Who, body: OptionalReasonIn | None = None) -> dict[str, Any]:
+def resume_run(request: Request, run_id: Id, who: Who, body: OptionalReasonIn | None = None) -> dict[str, Any]:
     return _run_action(request, run_id, who, "resume", (body.reason if body else "") or None)
 
 
 @route("POST", "/runs/{run_id}/cancel", "Cancel one run: its unsent messages are cancelled", *_LIFECYCLE,
        response_model=ChangeOut)
-def cancel_run(request: Request, run_id: int, body: ReasonIn, who: Who) -> dict[str, Any]:
+def cancel_run(request: Request, run_id: Id, body: ReasonIn, who: Who) -> dict[str, Any]:
     return _run_action(request, run_id, who, "cancel", body.reason)
 
 
@@ -585,7 +604,7 @@ async def start_import(request: Request, kind: ImportKind, who: Who, as_of: AsOf
     return job.as_dict()
 
 
-async def _receive(request: Request, folder: Path) -> tuple[Path, str]:
+async def _receive(request: Request, folder: FilePath) -> tuple[FilePath, str]:
     """The uploaded CSV, written to ``folder``, and its name."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_IMPORT:
@@ -621,12 +640,12 @@ async def _receive(request: Request, folder: Path) -> tuple[Path, str]:
             out.write(block)
     await form.close()
     raw.unlink()
-    return upload, Path(part.filename or "upload.csv").name
+    return upload, FilePath(part.filename or "upload.csv").name
 
 
 @route("GET", "/imports/{job_id}", "An import: its progress (bytes and rows done of the total) and counts",
        403, 404, response_model=ImportOut)
-def get_import(request: Request, job_id: int, who: Who) -> dict[str, Any]:
+def get_import(request: Request, job_id: Id, who: Who) -> dict[str, Any]:
     auth.require(who, "imports.run")
     return imports.get(_web(request).engine, job_id).as_dict()
 
@@ -634,7 +653,7 @@ def get_import(request: Request, job_id: int, who: Who) -> dict[str, Any]:
 @route("GET", "/imports/{job_id}/rejects", "The rows an import rejected: line, column, reason, then the row",
        403, 404, 409, response_class=Response,
        responses={200: {"description": "The rejects CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}})
-def get_rejects(request: Request, job_id: int, who: Who) -> Response:
+def get_rejects(request: Request, job_id: Id, who: Who) -> Response:
     auth.require(who, "imports.run")
     engine = _web(request).engine
     job = imports.get(engine, job_id)
@@ -714,7 +733,7 @@ def create_key(request: Request, body: NewKeyIn, who: Who) -> dict[str, Any]:
 
 @route("DELETE", "/keys/{key_id}", "Revoke an API key: it is refused from now on", 403, 404, 409,
        response_model=KeyOut)
-def revoke_key(request: Request, key_id: int, who: Who,
+def revoke_key(request: Request, key_id: Id, who: Who,
                reason: str = Query("", max_length=1000, description="Why, for the audit log")) -> dict[str, Any]:
     auth.require(who, "keys.manage")
     return _key_out(auth.revoke_key(_web(request).engine, who, key_id, reason.strip()))
