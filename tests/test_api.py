@@ -452,3 +452,50 @@ def test_a_nul_character_is_refused_wherever_it_is_sent(engine: Engine, client: 
     error(client.post("/api/v1/login", json={"name": "ana\x00", "password": "x"}), 422, "name")
     error(client.post("/api/v1/keys", json={"role": "viewer", "name": "\x00"}, headers=admin), 422, "name")
     assert state_of(engine, "mocchau") == "active"
+
+
+def test_an_imports_progress_is_readable_while_it_runs(engine: Engine, client: TestClient,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from loa import imports
+
+    reached, go = threading.Event(), threading.Event()
+    on_bytes = imports._Progress.on_bytes
+
+    def held(self: Any, done: int, total: int) -> None:
+        on_bytes(self, done, total)
+        if self.imported and not reached.is_set():   # the first batch is in: hold the import between batches
+            reached.set()
+            assert go.wait(120)
+
+    monkeypatch.setattr(imports, "PROGRESS_EVERY", timedelta(0))
+    monkeypatch.setattr(imports._Progress, "on_bytes", held)
+    operator = key(engine, "operator")
+    body = ("\n".join(["phone"] + [f"0914{i:06d}" for i in range(12_000)]) + "\n").encode()
+    r = client.post("/api/v1/imports/dnc", content=body, headers=operator | {"Content-Type": "text/csv"})
+    assert r.status_code == 202
+    try:
+        assert reached.wait(120)
+        now = client.get(f"/api/v1/imports/{r.json()['id']}", headers=operator).json()
+        assert now["state"] == "running" and now["counts"]["imported"] == 5000
+        assert now["progress"]["rows_done"] == 5000 and now["progress"]["rows_total"] == 12_000
+        assert 0 < now["progress"]["bytes_done"] < now["progress"]["bytes_total"] == len(body)
+        error(client.get(f"/api/v1/imports/{r.json()['id']}/rejects", headers=operator), 409)
+    finally:
+        go.set()
+    done = wait_done(client, operator, r.json()["id"])
+    assert done["state"] == "done" and done["counts"]["imported"] == 12_000
+
+
+def test_a_lifecycle_change_and_its_audit_entry_are_one_transaction(engine: Engine, world: Config) -> None:
+    from loa import lifecycle
+
+    def fails(conn: Any, change: Any) -> None:
+        audit.record(conn, "key:x", "campaigns.pause", change.kind, change.name, after={"token": "leak"})
+
+    with pytest.raises(ValueError, match="never carry secrets"):
+        lifecycle.change_campaign(engine, "mocchau", "pause", who="key:x", reason="r", record=fails)
+    assert state_of(engine, "mocchau") == "active" and entries(engine) == []
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).where(db.outbox.c.reason.like("paused by%"))) == 0
