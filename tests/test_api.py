@@ -499,3 +499,28 @@ def test_a_lifecycle_change_and_its_audit_entry_are_one_transaction(engine: Engi
     assert state_of(engine, "mocchau") == "active" and entries(engine) == []
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).where(db.outbox.c.reason.like("paused by%"))) == 0
+
+
+def test_an_upload_over_the_limit_is_refused_and_a_job_whose_process_died_is_interrupted(
+        engine: Engine, client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import insert
+
+    from loa.web import api
+
+    operator = key(engine, "operator")
+    monkeypatch.setattr(api, "MAX_IMPORT", 100)
+    body = ("\n".join(["phone"] + [f"0914{i:06d}" for i in range(20)]) + "\n").encode()
+    r = client.post("/api/v1/imports/dnc", content=body, headers=operator | {"Content-Type": "text/csv"})
+    assert "100 bytes" in error(r, 413)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(db.import_jobs)) == 0
+
+    long_ago = db.utcnow() - timedelta(hours=1)
+    with engine.begin() as conn:
+        conn.execute(insert(db.import_jobs).values(
+            id=7, kind="dnc", state="running", actor="key:x", filename="dnc.csv", bytes_total=10, bytes_done=5,
+            rows_total=2, rows_done=1, imported=1, new=1, rejected=0, created_at=long_ago, updated_at=long_ago))
+    assert client.get("/api/v1/imports/7", headers=operator).json()["state"] == "interrupted"
+    assert "interrupted" in error(client.get("/api/v1/imports/7/rejects", headers=operator), 409)

@@ -659,6 +659,9 @@ def get_rejects(request: Request, job_id: Id, who: Who) -> Response:
     job = imports.get(engine, job_id)
     if job.state == "running":
         raise ApiError(409, f"import {job_id} is still running: its rejects come when it is done")
+    if job.state == "interrupted":
+        raise ApiError(409, f"import {job_id} was interrupted (its process stopped): it has no rejects file; "
+                            f"import the file again")
     text = imports.rejects(engine, job_id)
     if text is None:
         raise ApiError(404, f"import {job_id} rejected no row")

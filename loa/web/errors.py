@@ -23,7 +23,7 @@ log = logging.getLogger("loa.web")
 
 # the error codes, by the HTTP status they come with
 CODES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
-         413: "too_large", 422: "rejected", 500: "internal", 503: "unavailable"}
+         413: "too_large", 422: "rejected", 429: "locked_out", 500: "internal", 503: "unavailable"}
 API_PATHS = ("/arrivals", "/report")
 API_PREFIX = "/api/"
 
