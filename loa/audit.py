@@ -62,6 +62,17 @@ def record(conn: Connection, actor: str, action: str, object_type: str = "", obj
     return int(row)
 
 
+def lifecycle_entry(actor: str, action: str, reason: str | None) -> Any:
+    """The ``record`` hook of :mod:`loa.lifecycle`'s changes: the entry ``campaigns.ACTION``
+    of the campaign or run, by ``actor``, in the change's transaction."""
+
+    def entry(conn: Connection, change: Any) -> None:
+        record(conn, actor, f"campaigns.{action}", change.kind, change.name, before={"state": change.before},
+               after={"state": change.after, "messages": change.messages}, reason=reason or "")
+
+    return entry
+
+
 def record_now(engine: Engine, actor: str, action: str, object_type: str = "", object_id: object = "",
                **kw: Any) -> int:
     """:func:`record` in a transaction of its own: for changes made by several transactions

@@ -705,27 +705,26 @@ def _lifecycle(app: App, name: str, run_id: int | None, action: str, reason: str
     reason = reason.strip() if reason else None
     who = lifecycle.actor()
     engine = app.engine()
+    audited = _audit_change(action, reason)
     if run_id is None:
-        change = lifecycle.change_campaign(engine, name, action, who=who, reason=reason)
+        change = lifecycle.change_campaign(engine, name, action, who=who, reason=reason, record=audited)
     else:
-        change = lifecycle.change_run(engine, name, run_id, action, who=who, reason=reason)
+        change = lifecycle.change_run(engine, name, run_id, action, who=who, reason=reason, record=audited)
     effect = {
         "pause": f"{change.messages:,} message(s) held back, planned, with the pause as their reason; "
                  f"`loa campaigns resume {name}{f' --run {run_id}' if run_id else ''}` sends them",
         "resume": f"{change.messages:,} held message(s) go out with the next send",
         "cancel": f"{change.messages:,} unsent message(s) cancelled; those already sent are unchanged",
     }[action]
-    _audit_change(engine, change, action, reason)
     out.print(f"{change.kind} {change.name} {change.after} (was {change.before}) by {who}"
               + (f": {reason}" if reason else "") + f"; {effect}", highlight=False, markup=False, soft_wrap=True)
 
 
-def _audit_change(engine: Any, change: Any, action: str, reason: str | None) -> None:
+def _audit_change(action: str, reason: str | None) -> Any:
+    """The audit entry of a lifecycle change, written in the change's transaction."""
     from loa import audit
 
-    audit.record_now(engine, audit.cli_actor(), f"campaigns.{action}", change.kind, change.name,
-                     before={"state": change.before}, after={"state": change.after, "messages": change.messages},
-                     reason=reason or "")
+    return audit.lifecycle_entry(audit.cli_actor(), action, reason)
 
 
 _RUN_OPTION = click.option("--run", "run_id", type=int, default=None, help="Only this run of the campaign.")
@@ -789,9 +788,8 @@ def stop(app: App, all_: bool, reason: str) -> None:
     if not reason.strip():
         raise LoaError("--reason is empty: say why every campaign is stopped")
     who = lifecycle.actor()
-    changes = lifecycle.stop_all(app.engine(), who=who, reason=reason.strip())
-    for change in changes:
-        _audit_change(app.engine(), change, "pause", reason.strip())
+    changes = lifecycle.stop_all(app.engine(), who=who, reason=reason.strip(),
+                                 record=_audit_change("pause", reason.strip()))
     for change in changes:
         out.print(f"campaign {change.name} paused by {who}: {change.messages:,} message(s) held back",
                   highlight=False, markup=False, soft_wrap=True)

@@ -343,7 +343,7 @@ def pause_for_budget(engine: Engine, stop: BudgetStop) -> bool:
                      after={"state": change.after, "messages": change.messages}, reason=stop.reason)
 
     try:
-        lifecycle.change_campaign(engine, stop.campaign, "pause", who=SYSTEM, reason=stop.reason, on_change=record)
+        lifecycle.change_campaign(engine, stop.campaign, "pause", who=SYSTEM, reason=stop.reason, record=record)
     except (lifecycle.LifecycleError, NotFound):
         return False
     return True

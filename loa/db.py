@@ -396,6 +396,30 @@ audit_log = Table(
     Index("ix_audit_log_object", "object_type", "object_id"),
 )
 
+# Imports started over the HTTP API (loa.imports): one row per uploaded file, its progress
+# while a thread of the process that took it imports it, and its rejects once done, so
+# that any process serving the API can answer for it.
+import_jobs = Table(
+    "import_jobs", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("state", String(16), nullable=False),            # running, done, failed
+    Column("actor", String(100), nullable=False),
+    Column("filename", String(200), nullable=False, default=""),
+    Column("bytes_total", BigInteger, nullable=False, default=0),
+    Column("bytes_done", BigInteger, nullable=False, default=0),
+    Column("rows_total", Integer, nullable=True),           # counted before the import; None if unreadable
+    Column("rows_done", Integer, nullable=False, default=0),
+    Column("imported", Integer, nullable=False, default=0),
+    Column("new", Integer, nullable=False, default=0),
+    Column("rejected", Integer, nullable=False, default=0),
+    Column("failure", Text, nullable=True),
+    Column("rejects", Text, nullable=True),                 # the rejects CSV, once done
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+)
+
 AUDIT_APPEND_ONLY: dict[str, tuple[str, ...]] = {
     "sqlite": (
         ("CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log "

@@ -108,6 +108,11 @@ class Change:
     messages: int = 0   # held back (pause), released (resume) or cancelled (cancel)
 
 
+# Called with the change's connection and the change, before it commits: the audit entry
+# of a change goes in the same transaction as the change.
+Record = Callable[[Connection, Change], None]
+
+
 def _reason_text(prefix: str, who: str, reason: str) -> str:
     return f"{prefix}{who}: {reason}"[:REASON_WIDTH]
 
@@ -122,9 +127,9 @@ def _lock(conn: Connection, query: Any) -> Any:
 
 
 def change_campaign(engine: Engine, name: str, action: str, *, who: str, reason: str | None,
-                    on_change: Callable[[Connection, Change], None] | None = None) -> Change:
-    """Apply ``action`` to campaign ``name`` and to its messages, in one transaction;
-    ``on_change`` is called in that transaction with the change (its audit entry)."""
+                    record: Record | None = None) -> Change:
+    """Apply ``action`` to campaign ``name`` and to its messages, in one transaction (with
+    ``record``'s audit entry)."""
     now = db.utcnow()
     with engine.begin() as conn:
         row = conn.execute(_lock(conn, select(C.c.id, C.c.state).where(C.c.name == name))).first()
@@ -144,13 +149,13 @@ def change_campaign(engine: Engine, name: str, action: str, *, who: str, reason:
         elif action == "resume":
             n = _release_messages(conn, runs, now)
         change = Change("campaign", name, row.state, after, n)
-        if on_change is not None:
-            on_change(conn, change)
+        if record is not None:
+            record(conn, change)
     return change
 
 
 def change_run(engine: Engine, campaign: str, run_id: int, action: str, *, who: str,
-               reason: str | None) -> Change:
+               reason: str | None, record: Record | None = None) -> Change:
     """Apply ``action`` to run ``run_id`` of ``campaign`` (only) and to its messages."""
     now = db.utcnow()
     label = f"run {run_id} of {campaign}"
@@ -171,17 +176,21 @@ def change_run(engine: Engine, campaign: str, run_id: int, action: str, *, who: 
             n = _hold_messages(conn, runs, _reason_text(PAUSED_PREFIX, who, reason or ""), now)
         elif action == "resume":
             n = _release_messages(conn, runs, now)
-    return Change("run", label, row.state, after, n)
+        change = Change("run", label, row.state, after, n)
+        if record is not None:
+            record(conn, change)
+    return change
 
 
-def stop_all(engine: Engine, *, who: str, reason: str) -> list[Change]:
-    """The emergency brake: pause every active campaign."""
+def stop_all(engine: Engine, *, who: str, reason: str, record: Record | None = None) -> list[Change]:
+    """The emergency brake: pause every active campaign (each in its own transaction, with
+    ``record``'s audit entry)."""
     with engine.connect() as conn:
         names = conn.scalars(select(C.c.name).where(C.c.state == "active").order_by(C.c.name)).all()
     changes = []
     for name in names:
         try:
-            changes.append(change_campaign(engine, name, "pause", who=who, reason=reason))
+            changes.append(change_campaign(engine, name, "pause", who=who, reason=reason, record=record))
         except LifecycleError:   # moved by someone else meanwhile (paused, cancelled): nothing to stop
             continue
     return changes
@@ -301,5 +310,6 @@ def planning_refusal(conn: Connection, campaign_id: int, version: int | None = N
 
 
 __all__ = ["CAMPAIGN_ACTIONS", "CAMPAIGN_STATES", "RUN_ACTIONS", "RUN_STATES", "Change", "LifecycleError",
-           "actor", "change_campaign", "change_run", "halted", "halted_runs", "no_new_runs", "planning_refusal", "stop_all",
+           "Record", "actor", "change_campaign", "change_run", "halted", "halted_runs", "no_new_runs",
+           "planning_refusal", "stop_all",
            "transition"]

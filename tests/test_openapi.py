@@ -14,6 +14,7 @@ campaigns sent, a report to make, subscribers to greet.  The run is kept short
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -93,6 +94,21 @@ def test_openapi_json_is_openapi_3_1_and_describes_every_endpoint(service: Servi
         assert doc["paths"][path][method]["security"][0] == {"bearerToken": []}
     assert doc["components"]["securitySchemes"]["bearerToken"]["scheme"] == "bearer"
 
+    # /api/v1: every operation takes an API key (sign-in aside), and says its errors in the one shape
+    assert doc["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http", "scheme": "bearer", "description": doc["components"]["securitySchemes"]["apiKey"]["description"]}
+    api = {(method, path): op for path, item in doc["paths"].items() if path.startswith("/api/v1/")
+           for method, op in item.items()}
+    assert {("get", "/api/v1/campaigns"), ("post", "/api/v1/campaigns/{name}/pause"), ("post", "/api/v1/stop"),
+            ("post", "/api/v1/imports/{kind}"), ("get", "/api/v1/imports/{job_id}/rejects"),
+            ("delete", "/api/v1/keys/{key_id}"), ("get", "/api/v1/audit"), ("post", "/api/v1/login")} <= set(api)
+    for (method, path), op in api.items():
+        public = path == "/api/v1/login"
+        assert op["security"] == ([] if public else [{"apiKey": []}]), (method, path)
+        for status in ("422",) + (() if public else ("401",)):
+            ref = op["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+            assert ref == "#/components/schemas/ErrorBody", (method, path, status)
+
 
 def test_api_errors_are_one_json_shape_over_http(service: Service) -> None:
     base = f"http://127.0.0.1:{service.port}"
@@ -131,7 +147,9 @@ def test_no_generated_request_gets_a_5xx_or_an_answer_the_document_does_not_desc
         if auth:      # else whatever schemathesis made of the security scheme: none, or a wrong token
             if case.headers is None:
                 case.headers = {}
-            case.headers["Authorization"] = f"Bearer {TOKEN}"
+            # the API's routes take an admin key, new for each request (one may revoke another)
+            case.headers["Authorization"] = f"Bearer {api_key(engine, 'admin')}" \
+                if case.operation.path.startswith("/api/") else f"Bearer {TOKEN}"
         response = case.call_and_validate(excluded_checks=EXCLUDED)
         assert response.status_code < 500, (case.method, case.formatted_path, response.text)
         calls[f"{case.method} {case.operation.path}"] += 1
@@ -140,7 +158,8 @@ def test_no_generated_request_gets_a_5xx_or_an_answer_the_document_does_not_desc
         operations = [result.ok() for result in api.get_all_operations()]
         assert {f"{op.method.upper()} {op.path}" for op in operations} >= {
             "GET /hooks/{name}", "POST /hooks/{name}", "GET /l/{code}", "HEAD /l/{code}", "POST /arrivals",
-            "GET /report", "GET /healthz", "GET /metrics"}
+            "GET /report", "GET /healthz", "GET /metrics", "GET /api/v1/campaigns", "POST /api/v1/stop",
+            "POST /api/v1/imports/{kind}", "POST /api/v1/users", "DELETE /api/v1/keys/{key_id}"}
         for operation in operations:
             @given(case=operation.as_strategy(generation_mode=mode), auth=st.booleans())
             @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -153,7 +172,95 @@ def test_no_generated_request_gets_a_5xx_or_an_answer_the_document_does_not_desc
             except Unsatisfiable:   # only strings in the path, or nothing at all: no request can break the schema
                 assert mode == GenerationMode.NEGATIVE and not operation.body and not operation.query, operation
     finally:
+        imports_done()
         application.pool.close()
     print(f"schemathesis ({mode}): {calls.total()} requests, " + ", ".join(f"{k}: {n}" for k, n in sorted(calls.items())))
     wanted = operations if mode == GenerationMode.POSITIVE else [op for op in operations if op.body or op.query]
     assert wanted and all(calls[f"{op.method.upper()} {op.path}"] for op in wanted), calls
+
+
+def api_key(engine: Engine, role: str) -> str:
+    from loa import auth
+
+    return auth.create_key(engine, "os:test", role)[1]
+
+
+def imports_done() -> None:
+    """Wait for the imports that the requests started (a thread each) to end."""
+    for thread in threading.enumerate():
+        if thread.name.startswith("loa-import-"):
+            thread.join(timeout=120)
+            assert not thread.is_alive(), f"{thread.name} still running after 120 s"
+
+
+def database(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table (but when a key was last used, which reading it updates)."""
+    from sqlalchemy import select
+
+    from loa import db
+
+    out = {}
+    with engine.connect() as conn:
+        for table in db.metadata.sorted_tables:
+            columns = [c for c in table.columns if c.name != "last_used_at"]
+            out[table.name] = sorted(conn.execute(select(*columns)).all(), key=repr)
+    return out
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_no_generated_request_without_the_role_changes_anything(
+        engine: Engine, sent: Config, mode: GenerationMode) -> None:  # noqa: F811
+    """Every request of the API that may change state, sent with a viewer's key or with none
+    (or with whatever schemathesis makes of the security scheme): refused, and the database as it was."""
+    from sqlalchemy import select
+
+    from loa import auth, db
+    from loa import gateways as gw
+
+    application = Web(engine, sent)
+    viewer = api_key(engine, "viewer")
+    auth.add_user(engine, "os:test", "ana", "a long password", "operator")
+    gw.pause(engine, "sim", "auth error")
+    with engine.connect() as conn:     # objects that exist, so that a refusal is not only a 404
+        real = {"/api/v1/campaigns/": list(conn.scalars(select(db.campaigns.c.name))),
+                "/api/v1/runs/": list(conn.scalars(select(db.runs.c.id))),
+                "/api/v1/keys/": list(conn.scalars(select(db.api_keys.c.id))),
+                "/api/v1/users/": ["ana"], "/api/v1/gateways/": ["sim"]}
+    api = schemathesis.openapi.from_asgi("/openapi.json", application)
+    answers: Counter[int] = Counter()
+    try:
+        operations = [result.ok() for result in api.get_all_operations()]
+        changing = [op for op in operations if op.path.startswith("/api/v1/") and op.path != "/api/v1/login"
+                    and op.method.upper() in ("POST", "PUT", "PATCH", "DELETE")]
+        assert len(changing) >= 14, [op.path for op in changing]
+        before = database(engine)
+        for operation in changing:
+            objects = next((v for k, v in real.items() if operation.path.startswith(k)), [None])
+
+            @given(case=operation.as_strategy(generation_mode=mode), as_viewer=st.booleans(),
+                   existing=st.sampled_from(objects))
+            @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=list(HealthCheck))
+            def fuzz(case: Any, as_viewer: bool, existing: Any) -> None:
+                if existing is not None and case.path_parameters:
+                    [param] = case.path_parameters
+                    case.path_parameters[param] = existing
+                if as_viewer:
+                    if case.headers is None:
+                        case.headers = {}
+                    case.headers["Authorization"] = f"Bearer {viewer}"
+                response = case.call_and_validate(excluded_checks=EXCLUDED)
+                assert response.status_code in (401, 403, 404, 422), (case.method, case.formatted_path,
+                                                                         response.status_code, response.text)
+                answers[response.status_code] += 1
+
+            try:
+                fuzz()
+            except Unsatisfiable:
+                assert mode == GenerationMode.NEGATIVE and not operation.body and not operation.query, operation
+        imports_done()
+        assert database(engine) == before
+    finally:
+        application.pool.close()
+    print(f"schemathesis without the role ({mode}): {answers.total()} requests, {dict(sorted(answers.items()))}")
+    assert answers[401] and answers[403]

@@ -18,7 +18,11 @@ A FastAPI application (:class:`Web`), served by uvicorn in ``loa serve``.  Route
 ``GET /openapi.json``      the OpenAPI 3.1 description of all of the above
 =========================  ==========================================================
 
-loa's own API endpoints (``/arrivals``, ``/report``) answer an error as one JSON shape,
+Under ``/api/v1`` (:mod:`loa.web.api`), with an API key: campaigns, runs, their status,
+report and lifecycle actions, the emergency stop, imports, users, keys, the audit log,
+gateways, and sign-in.
+
+loa's own API endpoints (``/api/v1/...``, ``/arrivals``, ``/report``) answer an error as one JSON shape,
 ``{"error": {"code", "message", "field"}}``; a gateway callback answers what its gateway
 expects.  An inbound "TC", "TU CHOI", "HUY" or "STOP" opts the number out at once and
 sends one confirmation (:func:`loa.inbound.receive_inbound`, also the path of the

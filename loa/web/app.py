@@ -27,10 +27,10 @@ from loa.errors import InputError, LoaError, NotFound
 from loa.gateways import GatewayPool
 from loa.importer import record_events
 from loa.inbound import receive_inbound
-from loa.web import hooks
+from loa.web import api, hooks
 from loa.web import metrics as prom
 from loa.web.body import MAX_BODY, TooLarge, read_body
-from loa.web.errors import CatchAll, error_response, reply, responses
+from loa.web.errors import CatchAll, error_response, is_api, reply, responses
 from providers.base import InboundMessage, WebhookRequest
 
 log = logging.getLogger("loa.web")
@@ -205,9 +205,16 @@ def create_app(web: Web) -> FastAPI:
     app.state.web = web
     app.add_middleware(CatchAll)
     app.include_router(hooks.router)
+    api.install(app)
 
     @app.exception_handler(HTTPException)
     async def unknown(request: Request, exc: HTTPException) -> Response:
+        if is_api(request.url.path):
+            if exc.status_code in (404, 405):
+                return error_response(404, "no such endpoint")
+            if exc.status_code == 400 and request.url.path.startswith("/api/"):   # a body FastAPI cannot read
+                return error_response(422, f"{exc.detail}: send JSON in UTF-8", "body")
+            return error_response(exc.status_code, str(exc.detail))
         if exc.status_code in (404, 405):      # no such route, or not with this method
             return reply(404, "not found\n")
         return reply(exc.status_code, f"{exc.detail}\n")
@@ -215,8 +222,15 @@ def create_app(web: Web) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
-        field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return error_response(400, str(first.get("msg", "invalid request")), field)
+        loc = [str(p) for p in first.get("loc", ())]
+        field = ".".join(loc[1:]) or (loc[0] if loc else None)
+        message = str(first.get("msg", "invalid request"))
+        if is_api(request.url.path):   # the API's bodies and parameters: 422, the field named
+            if first.get("type") == "json_invalid":
+                why = (first.get("ctx") or {}).get("error", "")
+                return error_response(422, f"the body is not JSON: {why}".rstrip(": "), "body")
+            return error_response(422, f"{field}: {message}" if field else message, field)
+        return error_response(400, message, field)
 
     link_responses: dict[int | str, dict[str, Any]] = {
         302: {"description": "To the campaign's link (Location)"},
@@ -283,10 +297,14 @@ def create_app(web: Web) -> FastAPI:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes,
                                  description="loa's HTTP endpoints. Errors of the API endpoints are one JSON "
                                              'shape: `{"error": {"code", "message", "field"}}`.')
-            schema.setdefault("components", {}).setdefault("securitySchemes", {})[BEARER] = {
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes[BEARER] = {
                 "type": "http", "scheme": "bearer",
                 "description": "The token in the environment variable [serve] arrivals_token_env "
                                "(report_token_env for /report) names"}
+            schemes[api.API_KEY] = {
+                "type": "http", "scheme": "bearer",
+                "description": "An API key of loa (`loa keys create`, or POST /api/v1/keys): loa_XXXXXXXX_..."}
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -23,8 +23,14 @@ log = logging.getLogger("loa.web")
 
 # the error codes, by the HTTP status they come with
 CODES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
-         413: "too_large", 422: "rejected", 500: "internal", 503: "unavailable"}
+         413: "too_large", 422: "rejected", 429: "locked_out", 500: "internal", 503: "unavailable"}
 API_PATHS = ("/arrivals", "/report")
+API_PREFIX = "/api/"
+
+
+def is_api(path: str) -> bool:
+    """Whether ``path`` is one of loa's API endpoints, whose errors are the one JSON shape."""
+    return path in API_PATHS or path.startswith(API_PREFIX)
 
 
 class ErrorDetail(BaseModel):
@@ -56,7 +62,10 @@ def reply(status: int, body: str | bytes, content_type: str = "text/plain; chars
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI description of an API endpoint's errors."""
     said = {400: "Bad request: the field named is wrong", 401: "Missing or wrong bearer token",
-            404: "Not found", 413: "Request body over 1 MB", 422: "Nothing in the request could be used",
+            403: "The key's role is below the action's, or the object lies outside the key's area",
+            404: "Not found", 409: "The object's state does not allow this action: nothing was changed",
+            413: "Request body too large", 422: "The field named is wrong: nothing was changed",
+            429: "Too many failed sign-ins: try again after Retry-After seconds",
             503: "Switched off: the token's environment variable is not set"}
     return {s: {"model": ErrorBody, "description": said.get(s, "Error")} for s in statuses}
 
@@ -85,8 +94,7 @@ class CatchAll:
             log.exception("error serving %s %s", scope.get("method"), scope.get("path"))
             if started:
                 raise
-            path = scope.get("path", "")
-            if path in API_PATHS:
+            if is_api(scope.get("path", "")):
                 response = error_response(500, "internal error")
             else:
                 response = reply(500, "internal error\n")

@@ -2,6 +2,11 @@
 
 Every process that serves loa's endpoints reports the same ledger figures, so a scrape
 of any one of them is the whole picture; ``loa serve`` adds its scheduler's figures.
+
+The counters of people's actions (lifecycle moves, approvals) are counted from the audit
+log, where every such action is written in the transaction that makes it, by the CLI
+and by the API of any process alike: so every process reports the same totals, which
+never go down (the log is append-only), and a restart loses nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
@@ -57,11 +62,56 @@ class LedgerCollector(Collector):
         yield family
 
 
+# audit actions -> the decision they count as, in loa_approvals_total
+APPROVALS = {"campaigns.approve": "approved", "campaigns.reject": "rejected"}
+
+
+def lifecycle_actions() -> list[str]:
+    """The audit actions counted in loa_lifecycle_actions_total: every move of the lifecycle's
+    tables but approvals, which have a counter of their own."""
+    from loa.lifecycle import CAMPAIGN_ACTIONS, RUN_ACTIONS
+
+    return [f"campaigns.{a}" for a in dict.fromkeys([*CAMPAIGN_ACTIONS, *RUN_ACTIONS])
+            if f"campaigns.{a}" not in APPROVALS]
+
+
+class AuditCollector(Collector):
+    """Lifecycle actions by action and kind (campaign, run), and approvals by decision."""
+
+    def __init__(self, web: Web) -> None:
+        self.web = web
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        a = db.audit_log
+        wanted = [*lifecycle_actions(), *APPROVALS]
+        with self.web.engine.connect() as conn:
+            rows = conn.execute(select(a.c.action, a.c.object_type, func.count()).where(a.c.action.in_(wanted))
+                                .group_by(a.c.action, a.c.object_type)).all()
+        actions = CounterMetricFamily("loa_lifecycle_actions", "Pauses, resumes, cancels and other lifecycle moves "
+                                      "of campaigns and runs, from the audit log.", labels=["action", "kind"])
+        approvals = CounterMetricFamily("loa_approvals", "Approval decisions on campaigns, from the audit log.",
+                                        labels=["decision"])
+        decisions = dict.fromkeys(APPROVALS.values(), 0)
+        for action, kind, n in rows:
+            if action in APPROVALS:
+                decisions[APPROVALS[action]] += n
+            else:
+                actions.add_metric([action.removeprefix("campaigns."), str(kind)], n)
+        for decision, n in decisions.items():
+            approvals.add_metric([decision], n)
+        yield actions
+        yield approvals
+
+
 def registry(web: Web) -> CollectorRegistry:
     """The web application's own registry (not prometheus_client's global one): the ledger's
     figures; ``loa serve`` registers its scheduler's beside them."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(LedgerCollector(web))
+    reg.register(AuditCollector(web))
     return reg
 
 
