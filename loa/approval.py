@@ -105,6 +105,13 @@ def _where(conn: Connection, config: Config, name: str) -> Any:
         return EVERYWHERE
 
 
+def check_reviewer(engine: Engine, config: Config, name: str, principal: Principal) -> None:
+    """Refuse (:class:`Forbidden`) a ``principal`` who may not approve campaign ``name``, before
+    the review shows them its audience's names and messages."""
+    with engine.connect() as conn:
+        require(principal, PERMISSION["approve"], _where(conn, config, name))
+
+
 def decide(engine: Engine, config: Config, name: str, action: str, principal: Principal, *,
            reason: str | None = None, version: int | None = None) -> Decision:
     """``action`` (submit, approve, reject, launch) on campaign ``name`` by ``principal``.
@@ -159,4 +166,4 @@ def decide(engine: Engine, config: Config, name: str, action: str, principal: Pr
     return Decision(name, action, row.state, after, current, who)
 
 
-__all__ = ["Decision", "Review", "decide", "review"]
+__all__ = ["Decision", "Review", "check_reviewer", "decide", "review"]

@@ -592,8 +592,11 @@ def campaigns_approve(app: App, name: str, as_user: str, reason: str | None, cou
     encoding and parts per message, and the estimated cost (or the SMS parts it is made of);
     only that version is then planned and sent."""
     from loa import approval
+    from loa.auth import principal_for_user
 
     engine = app.engine()
+    # who may not approve never sees the review: it shows real subscribers' names and messages
+    approval.check_reviewer(engine, app.config, name, principal_for_user(engine, as_user.strip().lower()))
     seen = approval.review(engine, app.config, name, count)
     _audit_review(engine, seen)
     _print_review(seen)
