@@ -37,16 +37,18 @@ TWILIO_SID = "AC" + "0123456789abcdef" * 2
 
 # -- planning a small campaign (shared with the SMPP end-to-end test) ----------------
 
-def plan_campaign(workdir: Path, engine: Engine, channel: str, gateway: str, phones: list[str]) -> int:
-    """A one-channel campaign to ``phones`` through ``gateway``, planned now; its run id."""
+def plan_campaign(workdir: Path, engine: Engine, channel: str, gateway: str, phones: list[str], *,
+                  sms: str = "Xin chào {{ subscriber.name }}\n", attributes: dict[str, str] | None = None) -> int:
+    """A one-channel campaign to ``phones`` through ``gateway``, planned now; its run id.  A run
+    sends the templates it was planned with: ``sms`` is the SMS template's text."""
     now = db.utcnow()
     with engine.begin() as conn:
         conn.execute(insert(db.subscribers), [
-            {"phone": p, "name": f"Người {i}", "attributes": {}, "created_at": now, "updated_at": now}
+            {"phone": p, "name": f"Người {i}", "attributes": attributes or {}, "created_at": now, "updated_at": now}
             for i, p in enumerate(phones)
         ])
     if channel == "sms":
-        write(workdir / "templates" / "sms" / "hello.j2", "Xin chào {{ subscriber.name }}\n")
+        (workdir / "templates" / "sms" / "hello.j2").write_text(sms, encoding="utf-8")
     else:
         write(workdir / "templates" / "zalo" / "hello.toml", """
             template_id = "231677"
