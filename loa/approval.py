@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from loa import audit, db, versions
 from loa.auth import EVERYWHERE, Forbidden, Principal, require
 from loa.config import Config
-from loa.errors import LoaError, NotFound
+from loa.errors import InputError, LoaError, NotFound
 from loa.lifecycle import PAST, transition
 from loa.versions import StaleVersion
 
@@ -120,8 +120,6 @@ def decide(engine: Engine, config: Config, name: str, action: str, principal: Pr
     nothing changes (:class:`StaleVersion`)."""
     if action not in PERMISSION:
         raise LoaError(f"unknown approval action {action!r} (one of {', '.join(PERMISSION)})")
-    if action == "reject" and not (reason or "").strip():
-        raise LoaError(f"campaign {name}: a rejection needs a reason (--reason)")
     now = db.utcnow()
     who = principal.actor
     with engine.begin() as conn:
@@ -132,6 +130,10 @@ def decide(engine: Engine, config: Config, name: str, action: str, principal: Pr
         if row is None or row.current_version is None:
             raise NotFound(f"no campaign named {name!r} in the database: `loa campaigns apply` loads it")
         require(principal, PERMISSION[action], _where(conn, config, name))
+        if action == "reject" and not (reason or "").strip():
+            refused = InputError(f"campaign {name}: a rejection needs a reason (--reason)")
+            refused.field = "reason"
+            raise refused
         current = row.current_version
         if version is not None and version != current:
             raise StaleVersion(f"campaign {name}: version {version} is not its current version {current} "

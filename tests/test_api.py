@@ -525,3 +525,59 @@ def test_an_upload_over_the_limit_is_refused_and_a_job_whose_process_died_is_int
             rows_total=2, rows_done=1, imported=1, new=1, rejected=0, created_at=long_ago, updated_at=long_ago))
     assert client.get("/api/v1/imports/7", headers=operator).json()["state"] == "interrupted"
     assert "interrupted" in error(client.get("/api/v1/imports/7/rejects", headers=operator), 409)
+
+
+def test_approval_over_the_api_by_two_keys_with_the_review_first(engine: Engine, world: Config,
+                                                                  workdir: Path) -> None:
+    import dataclasses
+
+    from loa import versions
+    from loa.config import ApprovalPolicy
+
+    config = dataclasses.replace(world, approval=ApprovalPolicy(always=True))
+    write(workdir / "templates" / "sms" / "bluezone.j2", "Cài Bluezone ngay hôm nay\n")
+    versions.apply(engine, config, "os:test")                    # a changed version: back to draft
+    assert state_of(engine, "bluezone") == "draft"
+    operator, approver, viewer = key(engine, "operator"), key(engine, "approver"), key(engine, "viewer")
+    other = key(engine, "approver", "126")       # Mộc Châu is within Sơn La, not the whole of it
+    web = Web(engine, config)
+    try:
+        with TestClient(web, raise_server_exceptions=False) as client:
+            url = "/api/v1/campaigns/bluezone"
+            error(client.post(f"{url}/submit", headers=viewer), 403)
+            r = client.post(f"{url}/submit", json={"reason": "đợt 2"}, headers=operator)
+            assert r.status_code == 200, r.text
+            assert r.json() | {"by": None} == {"campaign": "bluezone", "action": "submit", "before": "draft",
+                                               "after": "pending_approval", "version": 2, "by": None}
+            # the review is for those who may approve: it shows the audience's messages
+            error(client.get(f"{url}/review", headers=operator), 403)
+            error(client.get(f"{url}/review", headers=other), 403)
+            seen = client.get(f"{url}/review", params={"count": 2}, headers=approver)
+            assert seen.status_code == 200, seen.text
+            review = seen.json()
+            assert (review["version"], review["state"], review["submitted_by"]) == (2, "pending_approval",
+                                                                                   actor(operator))
+            assert review["to_send"] > 0 and len(review["samples"]) == 2
+            assert all(s["text"] == "Cài Bluezone ngay hôm nay" for s in review["samples"])
+            with engine.connect() as conn:                          # the numbers are masked
+                phones = [p[-9:] for p in conn.scalars(select(db.subscribers.c.phone))]
+            assert phones and not any(p in seen.text for p in phones)
+            error(client.post(f"{url}/approve", headers=operator), 403)
+            error(client.post(f"{url}/launch", headers=approver), 409)          # not approved yet
+            error(client.post(f"{url}/approve", json={"version": 1}, headers=approver), 409)   # not what was submitted
+            error(client.post(f"{url}/approve", json={"version": 0}, headers=approver), 422, "version")
+            error(client.post(f"{url}/reject", json={"reason": " "}, headers=approver), 422, "reason")
+            error(client.post(f"{url}/reject", headers=viewer), 403)
+            assert state_of(engine, "bluezone") == "pending_approval"
+            r = client.post(f"{url}/approve", json={"version": 2, "reason": "ok"}, headers=approver)
+            assert r.status_code == 200 and r.json()["after"] == "approved", r.text
+            r = client.post(f"{url}/launch", headers=approver)
+            assert r.status_code == 200 and r.json()["after"] == "active", r.text
+    finally:
+        web.pool.close()
+    assert state_of(engine, "bluezone") == "active"
+    assert [(e.action, e.actor) for e in entries(engine, object="campaign:bluezone")
+            if e.action != "campaigns.review"][-3:] == [
+        ("campaigns.submit", actor(operator)), ("campaigns.approve", actor(approver)),
+        ("campaigns.launch", actor(approver))]
+    assert [e.actor for e in entries(engine, action="campaigns.review")] == [actor(approver)]

@@ -544,6 +544,108 @@ def resume_campaign(request: Request, name: str, who: Who, body: OptionalReasonI
     return _campaign_action(request, name, who, "resume", (body.reason if body else "") or None)
 
 
+# -- approval: submit, approve, reject, launch (loa.approval) ---------------------------------
+
+class DecisionIn(Body):
+    reason: str | None = Field(None, max_length=500, description="Why: kept in the audit log")
+    version: int | None = Field(None, ge=1, le=2**31 - 1,
+                                description="The version the decision is about (approve: the one reviewed); "
+                                            "refused with 409 if the campaign has moved on")
+
+
+class DecisionOut(BaseModel):
+    campaign: str
+    action: str
+    before: str
+    after: str
+    version: int | None
+    by: str
+
+
+class SampleOut(BaseModel):
+    who: str = Field(description="Name and masked phone")
+    area: str | None
+    channel: str
+    text: str
+    detail: str = Field(description="Encoding and parts (SMS) or the ZNS template")
+
+
+class ReviewOut(BaseModel):
+    campaign: str
+    version: int
+    state: str
+    submitted_by: str | None
+    submitted_version: int | None
+    approval: str | None = Field(description="Why the policy asks for approval; null if it does not")
+    audience: int
+    to_send: int
+    held_out: int
+    suppressed: dict[str, int]
+    samples: list[SampleOut]
+    errors: list[str]
+    estimated_parts: int
+    estimated_cost_vnd: float | None = Field(description="At the gateway's prices; null where it has none")
+
+
+@route("GET", "/campaigns/{name}/review",
+       "What an approver sees before approving: the version, its audience, rendered samples, parts and cost",
+       403, 404, response_model=ReviewOut)
+def review_campaign(request: Request, name: str, who: Who,
+                    count: int = Query(3, ge=1, le=100, description="Sample messages to render")) -> dict[str, Any]:
+    from loa import approval
+
+    web = _web(request)
+    approval.check_reviewer(web.engine, web.config, name, who)     # samples show subscribers' messages
+    seen = approval.review(web.engine, web.config, name, count)
+    audit.record_now(web.engine, who.actor, "campaigns.review", "campaign", name,
+                     after={"version": seen.version, "subscribers_shown": len(seen.samples) + len(seen.errors),
+                            "audience": seen.audience})
+    return {"campaign": seen.campaign, "version": seen.version, "state": seen.state,
+            "submitted_by": seen.submitted_by, "submitted_version": seen.submitted_version,
+            "approval": seen.approval, "audience": seen.audience, "to_send": seen.to_send,
+            "held_out": seen.held_out, "suppressed": seen.suppressed,
+            "samples": [{"who": s.who, "area": s.area, "channel": s.channel, "text": s.text, "detail": s.detail}
+                        for s in seen.samples],
+            "errors": seen.errors, "estimated_parts": seen.estimated_parts,
+            "estimated_cost_vnd": seen.estimated_cost}
+
+
+def _decide(request: Request, name: str, who: auth.Principal, action: str, body: DecisionIn | None) -> dict[str, Any]:
+    from loa import approval
+
+    web = _web(request)
+    reason = ((body.reason or "").strip() or None) if body else None
+    decision = approval.decide(web.engine, web.config, name, action, who, reason=reason,
+                               version=body.version if body else None)
+    return {"campaign": decision.campaign, "action": decision.action, "before": decision.before,
+            "after": decision.after, "version": decision.version, "by": decision.actor}
+
+
+@route("POST", "/campaigns/{name}/submit", "Submit the current version for approval (operator)", *_LIFECYCLE,
+       response_model=DecisionOut)
+def submit_campaign(request: Request, name: str, who: Who, body: DecisionIn | None = None) -> dict[str, Any]:
+    return _decide(request, name, who, "submit", body)
+
+
+@route("POST", "/campaigns/{name}/approve",
+       "Approve the submitted version (approver; not the user who submitted it)", *_LIFECYCLE,
+       response_model=DecisionOut)
+def approve_campaign(request: Request, name: str, who: Who, body: DecisionIn | None = None) -> dict[str, Any]:
+    return _decide(request, name, who, "approve", body)
+
+
+@route("POST", "/campaigns/{name}/reject", "Send a submitted campaign back to draft (approver)", *_LIFECYCLE,
+       response_model=DecisionOut)
+def reject_campaign(request: Request, name: str, who: Who, body: DecisionIn | None = None) -> dict[str, Any]:
+    return _decide(request, name, who, "reject", body)
+
+
+@route("POST", "/campaigns/{name}/launch", "Make an approved campaign active (approver)", *_LIFECYCLE,
+       response_model=DecisionOut)
+def launch_campaign(request: Request, name: str, who: Who, body: DecisionIn | None = None) -> dict[str, Any]:
+    return _decide(request, name, who, "launch", body)
+
+
 @route("POST", "/campaigns/{name}/cancel", "Cancel a campaign for good: every unsent message is cancelled",
        *_LIFECYCLE, response_model=ChangeOut)
 def cancel_campaign(request: Request, name: str, body: ReasonIn, who: Who) -> dict[str, Any]:
