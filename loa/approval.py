@@ -105,6 +105,13 @@ def _where(conn: Connection, config: Config, name: str) -> Any:
         return EVERYWHERE
 
 
+def record_review(engine: Engine, actor: str, seen: Review) -> None:
+    """A review shows real subscribers' names and messages: an access to personal data, audited."""
+    audit.record_now(engine, actor, "campaigns.review", "campaign", seen.campaign,
+                     after={"version": seen.version, "subscribers_shown": len(seen.samples) + len(seen.errors),
+                            "audience": seen.audience})
+
+
 def check_reviewer(engine: Engine, config: Config, name: str, principal: Principal) -> None:
     """Refuse (:class:`Forbidden`) a ``principal`` who may not approve campaign ``name``, before
     the review shows them its audience's names and messages."""
@@ -168,4 +175,4 @@ def decide(engine: Engine, config: Config, name: str, action: str, principal: Pr
     return Decision(name, action, row.state, after, current, who)
 
 
-__all__ = ["Decision", "Review", "check_reviewer", "decide", "review"]
+__all__ = ["Decision", "Review", "check_reviewer", "decide", "record_review", "review"]

@@ -591,27 +591,18 @@ def campaigns_approve(app: App, name: str, as_user: str, reason: str | None, cou
     First prints what is approved: the version, its audience, rendered samples with their
     encoding and parts per message, and the estimated cost (or the SMS parts it is made of);
     only that version is then planned and sent."""
-    from loa import approval
+    from loa import approval, audit
     from loa.auth import principal_for_user
 
     engine = app.engine()
     # who may not approve never sees the review: it shows real subscribers' names and messages
     approval.check_reviewer(engine, app.config, name, principal_for_user(engine, as_user.strip().lower()))
     seen = approval.review(engine, app.config, name, count)
-    _audit_review(engine, seen)
+    approval.record_review(engine, audit.cli_actor(), seen)
     _print_review(seen)
     if not yes and not click.confirm(f"approve version {seen.version} of {name}?", default=False, err=True):
         raise LoaError(f"campaign {name}: not approved (nothing changed)")
     _decide(app, name, "approve", as_user, reason, version=seen.version)
-
-
-def _audit_review(engine: Any, seen: Any) -> None:
-    """A review shows real subscribers' names and messages: an access to personal data."""
-    from loa import audit
-
-    audit.record_now(engine, audit.cli_actor(), "campaigns.review", "campaign", seen.campaign,
-                     after={"version": seen.version, "subscribers_shown": len(seen.samples) + len(seen.errors),
-                            "audience": seen.audience})
 
 
 def _print_review(seen: Any) -> None:

@@ -597,9 +597,7 @@ def review_campaign(request: Request, name: str, who: Who,
     web = _web(request)
     approval.check_reviewer(web.engine, web.config, name, who)     # samples show subscribers' messages
     seen = approval.review(web.engine, web.config, name, count)
-    audit.record_now(web.engine, who.actor, "campaigns.review", "campaign", name,
-                     after={"version": seen.version, "subscribers_shown": len(seen.samples) + len(seen.errors),
-                            "audience": seen.audience})
+    approval.record_review(web.engine, who.actor, seen)
     return {"campaign": seen.campaign, "version": seen.version, "state": seen.state,
             "submitted_by": seen.submitted_by, "submitted_version": seen.submitted_version,
             "approval": seen.approval, "audience": seen.audience, "to_send": seen.to_send,
