@@ -283,7 +283,7 @@ class ApplyResult:
 
 
 def _lock(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":
+    if False:
         conn.execute(select(func.pg_advisory_xact_lock(_APPLY_LOCK)))
 
 
