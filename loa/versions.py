@@ -283,7 +283,7 @@ class ApplyResult:
 
 
 def _lock(conn: Connection) -> None:
-    if False:
+    if conn.dialect.name == "postgresql":
         conn.execute(select(func.pg_advisory_xact_lock(_APPLY_LOCK)))
 
 

@@ -9,6 +9,7 @@ content with the campaign's current version inside that lock.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import threading
@@ -21,7 +22,6 @@ from sqlalchemy.engine import Engine
 
 from loa import audit, db, versions
 from loa.config import Config
-
 
 CAMPAIGN = """
 name = "remind"
@@ -93,7 +93,7 @@ def test_applies_at_once_from_threads_add_one_version_per_content_and_lose_none(
     assert numbers == list(range(1, len(numbers) + 1))                  # each number once, none skipped
     assert 2 <= len(numbers) - 2 <= 6
     texts = [t for _, t in versions_now]
-    assert all(a != b for a, b in zip(texts, texts[1:], strict=False))  # a new version only for a change
+    assert all(a != b for a, b in itertools.pairwise(texts))  # a new version only for a change
     added = {r.version: "BC"[n % 2] for n, r in enumerate(mixed) if r.added}
     assert added == {v: t for v, t in versions_now[2:]}                 # every version added is kept, as sent
     assert current(engine) == numbers[-1]

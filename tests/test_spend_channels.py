@@ -19,8 +19,7 @@ import pytest
 from conftest import write
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from test_cost import charged, esms  # noqa: F401 - the eSMS fake, a fixture
-from test_cost import write_config
+from test_cost import charged, esms, write_config  # noqa: F401 - the eSMS fake, a fixture
 from test_dispatch import import_people, phone
 
 from loa import cost, db
