@@ -7,8 +7,10 @@ runs' segments lie (:class:`Places`): a key bound to an area sees only the campa
 inside its subtree, and the report of one only for the areas of that subtree.
 
 Errors are the one JSON shape of :mod:`loa.web.errors`: 401 no key, or a wrong or revoked
-one; 403 a role below the action's, or an area outside the key's subtree; 404 nothing of
-that name; 409 an action the object's state does not allow (nothing changed); 422 a body
+one; 403 a role below the action's (checked before anything is looked up), or an area
+outside the key's subtree; 404 nothing of that name (for a key bound to an area, a campaign
+or run that does not exist is the same 403 as one outside its subtree: it learns nothing
+of other areas); 409 an action the object's state does not allow (nothing changed); 422 a body
 or parameter that is wrong, with its field; 429 too many failed sign-ins.
 
 Every change is made in one transaction with its audit entry, the key as its actor
