@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path as FilePath
 
 import pytest
 from sqlalchemy import func, select
@@ -209,3 +210,31 @@ def test_the_role_is_checked_before_the_campaign_is_looked_up_and_a_bound_key_le
     unknown = error(client.get("/api/v1/runs/2147483647", headers=bound), 403)
     assert outside.replace(f"run {run_of(engine, 'bluezone')} ", "run N ") == unknown.replace("run 2147483647 ", "run N ")
     assert client.get("/api/v1/campaigns/mocchau/versions", headers=bound).status_code == 200
+
+
+def test_a_campaign_file_without_a_name_is_the_campaign_its_file_names_and_a_toml_body_names_itself(
+        engine: Engine, client: TestClient, tmp_path: FilePath) -> None:
+    from loa import versions
+
+    operator, moc_chau = key(engine, "operator"), key(engine, "operator", "126")
+    nameless = remind(area="Huyện Mộc Châu").replace('name = "remind"\n', "").replace("remind.j2", "bluezone.j2")
+    # bluezone.toml without `name` is bluezone, which lies in all of Sơn La: not for a Mộc Châu key
+    before = version_count(engine)
+    error(client.post("/api/v1/campaigns", files=[("campaign", ("bluezone.toml", nameless.encode()))],
+                      headers=moc_chau), 403)
+    assert version_count(engine) == before
+    r = client.post("/api/v1/campaigns", files=[("campaign", ("bluezone.toml", nameless.encode()))], headers=operator)
+    assert r.status_code == 200 and r.json()["campaigns"][0]["name"] == "bluezone", r.text
+    # a TOML body names its campaign; a new one is stored as NAME.toml, each in its own file
+    error(client.post("/api/v1/campaigns", content=nameless.encode(), headers=operator), 422, "name")
+    assert version_count(engine) == before + 1
+    for name in ("remind", "other"):
+        toml = remind().replace('"remind"', f'"{name}"').replace("remind.j2", "bluezone.j2")   # the server's template
+        r = client.post("/api/v1/campaigns", content=toml.encode(), headers=operator | {"Content-Type": "application/toml"})
+        assert r.status_code == 200 and r.json()["campaigns"][0]["version"] == 1, r.text
+    with engine.connect() as conn:
+        assert (versions.stored(conn, "remind").file, versions.stored(conn, "other").file) == (  # type: ignore[union-attr]
+            "remind.toml", "other.toml")
+    written = versions.export(engine, tmp_path / "campaigns", tmp_path / "templates")
+    assert {name: files_[0].name for name, _, files_ in written} == {
+        "bluezone": "bluezone.toml", "mocchau": "mocchau.toml", "remind": "remind.toml", "other": "other.toml"}

@@ -1066,8 +1066,12 @@ def _safe_path(name: str, field: str) -> str:
     return rel.as_posix()
 
 
-async def _receive_definitions(request: Request, folder: FilePath) -> None:
-    """Write the body's campaign files to ``folder/campaigns`` and its templates to ``folder/uploaded``."""
+BODY_FILE = "campaign.toml"     # where a TOML body is written, until it is named for its campaign
+
+
+async def _receive_definitions(request: Request, folder: FilePath) -> bool:
+    """Write the body's campaign files to ``folder/campaigns`` and its templates to ``folder/uploaded``;
+    whether the body was one TOML text (written as :data:`BODY_FILE`)."""
     from loa.web.body import TooLarge, read_body
 
     try:
@@ -1084,8 +1088,8 @@ async def _receive_definitions(request: Request, folder: FilePath) -> None:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise ApiError(422, f"the body is not UTF-8 text ({exc.reason} at byte {exc.start})", "body") from None
-        (campaigns / "campaign.toml").write_text(text, encoding="utf-8")
-        return
+        (campaigns / BODY_FILE).write_text(text, encoding="utf-8")
+        return True
 
     async def stream() -> Any:
         yield raw
@@ -1110,16 +1114,20 @@ async def _receive_definitions(request: Request, folder: FilePath) -> None:
                 target.write_bytes(data)
     finally:
         await form.close()
+    return False
 
 
-def _apply_definitions(web: Any, who: auth.Principal, folder: FilePath, reason: str) -> dict[str, Any]:
+def _apply_definitions(web: Any, who: auth.Principal, folder: FilePath, reason: str, body: bool) -> dict[str, Any]:
     """Apply the received definitions as ``loa campaigns apply`` does, after checking that
     ``who`` may draft each campaign where it lies now and where its new segment puts it.
 
     A campaign's templates are the uploaded ones, else its current version's, else the
-    server's templates folder; a TOML body takes the file name of its current version."""
+    server's templates folder.  A file without ``name`` is named by its file, as the CLI
+    names it; a TOML body must name itself, and takes the file name of its current version,
+    else NAME.toml (export writes each campaign to its own file)."""
     import scheduler
     from loa import versions
+    from loa.campaign import NAME as CAMPAIGN_NAME
     from loa.errors import CampaignError
 
     campaigns, templates = folder / "campaigns", folder / "templates"
@@ -1133,20 +1141,24 @@ def _apply_definitions(web: Any, who: auth.Principal, folder: FilePath, reason: 
         index, places = AreaIndex.load(conn), Places(conn)
         for path in files:
             try:
-                name = tomllib.loads(path.read_text(encoding="utf-8-sig")).get("name")
+                raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError):
                 continue               # refused by the apply, with its line
-            if not isinstance(name, str):
-                continue
+            if body and "name" not in raw:
+                raise ApiError(422, 'a campaign sent as a TOML body names itself: name = "..."', "name")
+            name = raw.get("name", path.stem)     # as loa.campaign names it
+            if not isinstance(name, str) or not CAMPAIGN_NAME.match(name):
+                continue               # refused by the apply, with its line
             current = versions.stored(conn, name)
             for rel, text in (current.templates if current else {}).items():
                 target = templates / rel
                 if target.resolve().is_relative_to(templates.resolve()):
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_text(text, encoding="utf-8")
-            if path.name == "campaign.toml" and current is not None and current.file.endswith(".toml") \
-                    and FilePath(current.file).name == current.file:
-                path.rename(campaigns / current.file)
+            if body:
+                known = current.file if current is not None else ""
+                path.rename(campaigns / (known if known.endswith(".toml") and FilePath(known).name == known
+                                         else f"{name}.toml"))
             row = conn.execute(select(C.c.id).where(C.c.name == name)).first()
             if row is not None and not who.can("campaigns.draft", places.of(row.id)):
                 raise _unseen(who, "campaigns.draft", f"campaign {name!r}")
@@ -1184,8 +1196,8 @@ async def apply_campaigns(request: Request, who: Who,
     auth.require(who, "campaigns.draft")
     with tempfile.TemporaryDirectory(prefix="loa-apply-") as tmp:
         folder = FilePath(tmp)
-        await _receive_definitions(request, folder)
-        return await run_in_threadpool(_apply_definitions, _web(request), who, folder, reason.strip())
+        body = await _receive_definitions(request, folder)
+        return await run_in_threadpool(_apply_definitions, _web(request), who, folder, reason.strip(), body)
 
 
 def _version_out(v: Any) -> dict[str, Any]:
