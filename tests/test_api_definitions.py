@@ -9,6 +9,7 @@ Applying over the API is ``loa campaigns apply``: the same engine function, the 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from pathlib import Path as FilePath
 
@@ -238,3 +239,26 @@ def test_a_campaign_file_without_a_name_is_the_campaign_its_file_names_and_a_tom
     written = versions.export(engine, tmp_path / "campaigns", tmp_path / "templates")
     assert {name: files_[0].name for name, _, files_ in written} == {
         "bluezone": "bluezone.toml", "mocchau": "mocchau.toml", "remind": "remind.toml", "other": "other.toml"}
+
+
+def test_a_bound_key_tests_with_the_message_of_a_subscriber_of_its_own_area_only(engine: Engine,
+                                                                                priced: TestClient) -> None:
+    s, a = db.subscribers, db.areas
+    with engine.connect() as conn:
+        def phone_in(code: str) -> str:
+            return str(conn.scalar(select(s.c.phone).join(a, a.c.id == s.c.area_id).where(a.c.code == code)
+                                   .order_by(s.c.id).limit(1)))
+        moc_chau_person, mai_son_person = phone_in("126"), phone_in("125")
+    bound = key(engine, "operator", "126")
+    url, staff = "/api/v1/campaigns/mocchau/test", ["0912345678"]
+    # a person of Mai Sơn, and a number of no one: one refusal, nothing sent, nothing of the person shown
+    elsewhere = error(priced.post(url, json={"to": staff, "subscriber": mai_son_person}, headers=bound),
+                      422, "subscriber")
+    nobody = error(priced.post(url, json={"to": staff, "subscriber": "0987654321"}, headers=bound), 422, "subscriber")
+    assert re.sub(r"\+84\S+", "N", elsewhere) == re.sub(r"\+84\S+", "N", nobody) and "Mộc Châu" in elsewhere
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(db.test_sends)) == 0
+    r = priced.post(url, json={"to": staff, "subscriber": moc_chau_person}, headers=bound)
+    assert r.status_code == 200, r.text
+    r = priced.post(url, json={"to": staff, "subscriber": mai_son_person}, headers=key(engine, "operator"))
+    assert r.status_code == 200, r.text          # an unbound key: any subscriber
