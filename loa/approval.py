@@ -25,7 +25,7 @@ from loa import audit, db, versions
 from loa.auth import EVERYWHERE, Forbidden, Principal, require
 from loa.config import Config
 from loa.errors import InputError, LoaError, NotFound
-from loa.lifecycle import PAST, transition
+from loa.lifecycle import PAST, LifecycleError, transition
 from loa.versions import StaleVersion
 
 C = db.campaigns
@@ -127,8 +127,8 @@ def decide(engine: Engine, config: Config, name: str, action: str, principal: Pr
     nothing changes (:class:`StaleVersion`)."""
     if action not in PERMISSION:
         raise LoaError(f"unknown approval action {action!r} (one of {', '.join(PERMISSION)})")
-    now = db.utcnow()
     who = principal.actor
+    refused: LifecycleError | None = None
     with engine.begin() as conn:
         query = select(C).where(C.c.name == name)
         if conn.dialect.name == "postgresql":
@@ -138,9 +138,9 @@ def decide(engine: Engine, config: Config, name: str, action: str, principal: Pr
             raise NotFound(f"no campaign named {name!r} in the database: `loa campaigns apply` loads it")
         require(principal, PERMISSION[action], _where(conn, config, name))
         if action == "reject" and not (reason or "").strip():
-            refused = InputError(f"campaign {name}: a rejection needs a reason (--reason)")
-            refused.field = "reason"
-            raise refused
+            missing = InputError(f"campaign {name}: a rejection needs a reason (--reason)")
+            missing.field = "reason"
+            raise missing
         current = row.current_version
         if version is not None and version != current:
             raise StaleVersion(f"campaign {name}: version {version} is not its current version {current} "
@@ -156,23 +156,41 @@ def decide(engine: Engine, config: Config, name: str, action: str, principal: Pr
         if action == "approve" and row.state_by == who:
             raise Forbidden(f"campaign {name}: {who} submitted version {current} and cannot approve it too: "
                             "a second user with the approver role must (four eyes)", "four_eyes")
-        values: dict[str, Any] = {"state": after, "state_by": who, "state_at": now, "state_reason": reason,
-                                  "updated_at": now}
-        if action == "submit":
-            values["submitted_version"] = current
-        elif action == "approve":
-            values["approved_version"] = current
-        elif action == "reject":
-            values["approved_version"] = None
-        conn.execute(update(C).where(C.c.id == row.id).values(**values))
-        audit.record(conn, who, f"campaigns.{action}", "campaign", name,
-                     before={"state": row.state, "version": current, "submitted_version": row.submitted_version,
-                             "approved_version": row.approved_version, "by": row.state_by},
-                     after={"state": after, "version": current,
-                            "submitted_version": values.get("submitted_version", row.submitted_version),
-                            "approved_version": values.get("approved_version", row.approved_version)},
-                     reason=reason or "")
+        stored = versions.stored(conn, name) if action in ("approve", "launch") else None
+        campaign = versions.campaign_of(config, stored) if stored is not None else None
+        if campaign is not None and action == "launch" and (gap := versions.audience_gap(conn, config, campaign, row)):
+            refused = LifecycleError(versions.back_to_draft(conn, row, who, gap, "nothing launched"))
+        else:
+            _move(conn, row, name, action, who, reason, after, campaign, config)
+    if refused is not None:     # raised once the move back to draft is committed
+        raise refused
     return Decision(name, action, row.state, after, current, who)
+
+
+def _move(conn: Connection, row: Any, name: str, action: str, who: str, reason: str | None, after: str,
+          campaign: Any, config: Config) -> None:
+    """Make the approval move ``action`` on campaign ``row`` and write its audit entry."""
+    now = db.utcnow()
+    current = row.current_version
+    values: dict[str, Any] = {"state": after, "state_by": who, "state_at": now, "state_reason": reason,
+                              "updated_at": now}
+    if action == "submit":
+        values["submitted_version"] = current
+    elif action == "approve":
+        values["approved_version"] = current
+        # what the approver approved: [approval] above_recipients is checked against it later
+        values["approved_audience"] = versions.audience_size(conn, config, campaign) if campaign else None
+    elif action == "reject":
+        values["approved_version"] = None
+    conn.execute(update(C).where(C.c.id == row.id).values(**values))
+    audit.record(conn, who, f"campaigns.{action}", "campaign", name,
+                 before={"state": row.state, "version": current, "submitted_version": row.submitted_version,
+                         "approved_version": row.approved_version, "by": row.state_by},
+                 after={"state": after, "version": current,
+                        "submitted_version": values.get("submitted_version", row.submitted_version),
+                        "approved_version": values.get("approved_version", row.approved_version),
+                        **({"audience": values["approved_audience"]} if action == "approve" else {})},
+                 reason=reason or "")
 
 
 __all__ = ["Decision", "Review", "check_reviewer", "decide", "record_review", "review"]

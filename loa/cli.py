@@ -386,11 +386,9 @@ def _print_estimate(estimate: Any) -> None:
 
 
 def _audit_preview(engine: Any, name: str, result: Any) -> None:
-    """A preview shows real subscribers' names and messages: an access to personal data."""
-    from loa import audit
+    from loa.preview import record_preview
 
-    audit.record_now(engine, audit.cli_actor(), "campaigns.preview", "campaign", name,
-                     after={"subscribers_shown": len(result.samples) + len(result.errors), "audience": result.audience})
+    record_preview(engine, _actor(), name, result)
 
 
 @campaigns.command("run")

@@ -150,6 +150,9 @@ campaigns = Table(
     Column("current_version", Integer, nullable=True),
     Column("submitted_version", Integer, nullable=True),
     Column("approved_version", Integer, nullable=True),
+    # the audience counted when it was approved: [approval] above_recipients is checked again
+    # at plan and launch time, and an approval given below the threshold does not cover more
+    Column("approved_audience", Integer, nullable=True),
 )
 
 # Campaign definitions as immutable versions: the TOML text and the templates it uses

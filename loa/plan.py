@@ -232,7 +232,6 @@ def plan_run(engine: Engine, config: Config, campaign: Campaign, *,
     scheduled_for = scheduled_for or now
     first = campaign.channels[0]
     gateway = gateway_for(config, campaign, first.channel)
-    r = db.runs
     with engine.begin() as conn:
         stored = None
         if campaign.version is None:
@@ -246,43 +245,59 @@ def plan_run(engine: Engine, config: Config, campaign: Campaign, *,
                            f"{stored.version} and, as a new version, needs approval: nothing planned "
                            f"(`loa campaigns apply` it, then `loa campaigns submit {campaign.name}`)")
             raise LifecycleError(refusal)
-        run_id = conn.scalar(select(r.c.id).where(r.c.campaign_id == campaign_id, r.c.scheduled_for == scheduled_for))
-        created = run_id is None
-        if created and trigger == "manual":
-            problem = manual_run_problem(conn, config, campaign, campaign_id, scheduled_for, again=again,
-                                         outside_dates=outside_dates)
-            if problem:
-                raise RunRefused(problem)
-        if created:
-            run_id = conn.execute(
-                r.insert().values(campaign_id=campaign_id, scheduled_for=scheduled_for, trigger=trigger,
-                                  status="planning", definition=campaign.snapshot(), created_at=now,
-                                  campaign_version=campaign.version)
-                .returning(r.c.id)
-            ).scalar_one()
-        audience = audience_select(conn, config, campaign, now).subquery()
-        rows = select(
-            literal(run_id, Integer), audience.c.id, audience.c.area_id, audience.c.state, audience.c.reason,
-            literal(first.channel), literal(gateway), literal(scheduled_for, db.UTCDateTime), literal(0, Integer),
-            literal(now, db.UTCDateTime),
-            literal(scheduled_for + timedelta(hours=campaign.validity_hours), db.UTCDateTime),
-        ).where(literal(1, Integer) == 1)  # SQLite needs a WHERE on INSERT ... SELECT ... ON CONFLICT to parse it
-        stmt = db.insert_for(conn, O).from_select(
-            ["run_id", "subscriber_id", "area_id", "state", "reason", "channel", "gateway", "due_at",
-             "attempts", "updated_at", "expires_at"],
-            rows,
-        ).on_conflict_do_nothing(index_elements=["run_id", "subscriber_id"])
-        # preserve_rowcount: SQLAlchemy 2.1 does not keep an INSERT's rowcount otherwise, and
-        # PostgreSQL (psycopg) then reports -1, i.e. "added 0" for every run.
-        added = conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount
-        conn.execute(update(r).where(r.c.id == run_id).values(status="planned", planned_at=now))
-        result = PlanResult(run_id, campaign.name, scheduled_for, created, max(added, 0))
-        for state, reason, n in conn.execute(
-            select(O.c.state, O.c.reason, func.count()).where(O.c.run_id == run_id).group_by(O.c.state, O.c.reason)
-        ):
-            result.states[state] += n
-            if reason:
-                result.reasons[reason] += n
+        row = conn.execute(select(db.campaigns).where(db.campaigns.c.id == campaign_id)).one()
+        if gap := versions.audience_gap(conn, config, campaign, row):   # committed: the campaign goes to draft
+            needs = versions.back_to_draft(conn, row, cli_actor(), gap, "nothing planned")
+        else:
+            result = _fill(conn, config, campaign, campaign_id, now, scheduled_for, trigger, gateway,
+                           again=again, outside_dates=outside_dates)
+    if gap:
+        raise LifecycleError(needs)
+    return result
+
+
+def _fill(conn: Connection, config: Config, campaign: Campaign, campaign_id: int, now: datetime,
+          scheduled_for: datetime, trigger: str, gateway: str, *, again: bool, outside_dates: bool) -> PlanResult:
+    """Create the run if it is new and fill its outbox, in the caller's transaction."""
+    r = db.runs
+    first = campaign.channels[0]
+    run_id = conn.scalar(select(r.c.id).where(r.c.campaign_id == campaign_id, r.c.scheduled_for == scheduled_for))
+    created = run_id is None
+    if created and trigger == "manual":
+        problem = manual_run_problem(conn, config, campaign, campaign_id, scheduled_for, again=again,
+                                     outside_dates=outside_dates)
+        if problem:
+            raise RunRefused(problem)
+    if created:
+        run_id = conn.execute(
+            r.insert().values(campaign_id=campaign_id, scheduled_for=scheduled_for, trigger=trigger,
+                              status="planning", definition=campaign.snapshot(), created_at=now,
+                              campaign_version=campaign.version)
+            .returning(r.c.id)
+        ).scalar_one()
+    audience = audience_select(conn, config, campaign, now).subquery()
+    rows = select(
+        literal(run_id, Integer), audience.c.id, audience.c.area_id, audience.c.state, audience.c.reason,
+        literal(first.channel), literal(gateway), literal(scheduled_for, db.UTCDateTime), literal(0, Integer),
+        literal(now, db.UTCDateTime),
+        literal(scheduled_for + timedelta(hours=campaign.validity_hours), db.UTCDateTime),
+    ).where(literal(1, Integer) == 1)  # SQLite needs a WHERE on INSERT ... SELECT ... ON CONFLICT to parse it
+    stmt = db.insert_for(conn, O).from_select(
+        ["run_id", "subscriber_id", "area_id", "state", "reason", "channel", "gateway", "due_at",
+         "attempts", "updated_at", "expires_at"],
+        rows,
+    ).on_conflict_do_nothing(index_elements=["run_id", "subscriber_id"])
+    # preserve_rowcount: SQLAlchemy 2.1 does not keep an INSERT's rowcount otherwise, and
+    # PostgreSQL (psycopg) then reports -1, i.e. "added 0" for every run.
+    added = conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount
+    conn.execute(update(r).where(r.c.id == run_id).values(status="planned", planned_at=now))
+    result = PlanResult(run_id, campaign.name, scheduled_for, created, max(added, 0))
+    for state, reason, n in conn.execute(
+        select(O.c.state, O.c.reason, func.count()).where(O.c.run_id == run_id).group_by(O.c.state, O.c.reason)
+    ):
+        result.states[state] += n
+        if reason:
+            result.reasons[reason] += n
     return result
 
 

@@ -25,6 +25,8 @@ class Sample:
     channel: str
     text: str
     detail: str
+    encoding: str | None = None   # SMS: GSM-7 or UCS-2
+    parts: int | None = None      # SMS parts of this message
 
 
 @dataclass
@@ -105,7 +107,7 @@ def preview(engine: Engine, config: Config, campaign: Campaign, count: int = 3) 
                                           advertising_opt_out=campaign.opt_out if campaign.advertising else None)
                 sample_parts.append(sms.info.parts)
                 detail = f"{sms.info.encoding}, {sms.info.units} units, {sms.info.parts} part(s)"
-                result.samples.append(Sample(who, area, "sms", sms.text, detail))
+                result.samples.append(Sample(who, area, "sms", sms.text, detail, sms.info.encoding, sms.info.parts))
             else:
                 z = renderer.render_zalo(spec.template, ctx)
                 text = "\n".join(f"{k}: {v}" for k, v in z.data.items())
@@ -123,4 +125,12 @@ def preview(engine: Engine, config: Config, campaign: Campaign, count: int = 3) 
     return result
 
 
-__all__ = ["preview"]
+def record_preview(engine: Engine, actor: str, name: str, result: PreviewResult) -> None:
+    """A preview shows real subscribers' names and messages: an access to personal data, audited."""
+    from loa import audit
+
+    audit.record_now(engine, actor, "campaigns.preview", "campaign", name,
+                     after={"subscribers_shown": len(result.samples) + len(result.errors), "audience": result.audience})
+
+
+__all__ = ["preview", "record_preview"]

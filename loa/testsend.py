@@ -79,10 +79,11 @@ def staff_numbers(raw: list[str]) -> list[str]:
     return numbers
 
 
-def _subscriber_context(engine: Engine, config: Config, campaign: Campaign,
-                        phone: str | None) -> tuple[int, str, dict[str, Any]]:
+def _subscriber_context(engine: Engine, config: Config, campaign: Campaign, phone: str | None,
+                        principal: Any = None) -> tuple[int, str, dict[str, Any]]:
     """(subscriber id, who, template context): of the subscriber with ``phone``, or of the first
-    member of the campaign's audience."""
+    member of the campaign's audience.  A principal bound to an area chooses only among the
+    subscribers of its subtree, and learns nothing of the others (the same refusal)."""
     from loa.dispatch import _context
     from loa.plan import audience_select
 
@@ -99,9 +100,14 @@ def _subscriber_context(engine: Engine, config: Config, campaign: Campaign,
                 e164 = normalize(phone).e164
             except PhoneError as exc:
                 raise InputError(f"--subscriber {phone!r}: {exc.reason}; nothing was sent") from None
-            row = conn.execute(query.where(s.c.phone == e164)).mappings().first()
+            within = getattr(principal, "area_path", None)
+            chosen = query.where(s.c.phone == e164)
+            if within is not None:
+                chosen = chosen.where(a.c.path.startswith(within, autoescape=True))
+            row = conn.execute(chosen).mappings().first()
             if row is None:
-                raise NotFound(f"--subscriber: no subscriber has the number {mask(e164)}; nothing was sent")
+                where = f" in the area of {principal.describe()}" if within is not None else ""
+                raise NotFound(f"--subscriber: no subscriber{where} has the number {mask(e164)}; nothing was sent")
         else:
             audience = audience_select(conn, config, campaign, db.utcnow()).subquery()
             row = conn.execute(query.join(audience, audience.c.id == s.c.id)
@@ -147,7 +153,7 @@ def send_test(engine: Engine, config: Config, campaign: Campaign, to: list[str],
 
         require(principal, "campaigns.test", _segment_areas(engine, campaign))
     gateway = gateway_for(config, campaign, campaign.channels[0].channel)
-    subscriber_id, who, ctx = _subscriber_context(engine, config, campaign, subscriber)
+    subscriber_id, who, ctx = _subscriber_context(engine, config, campaign, subscriber, principal)
     channel, template, text, detail = _message(config, campaign, ctx)
     carrier = str(ctx["subscriber"].get("carrier") or "")
     result = Trial(campaign.name, who, channel, gateway, text, detail)

@@ -216,6 +216,44 @@ def needs_approval(policy: ApprovalPolicy, campaign: Campaign, audience: int | N
     return None
 
 
+def audience_gap(conn: Connection, config: Config, campaign: Campaign, row: Any) -> str | None:
+    """Why ``campaign`` (its campaigns ``row``) needs an approval it has not got, by the
+    ``[approval] above_recipients`` rule checked against its audience now; None if it need not.
+
+    An approval covers the rule only if it was given for an audience above the threshold
+    (``approved_audience``): a campaign that became active without approval, or was approved
+    while below the threshold, needs approval once its audience grows above it."""
+    limit = config.approval.above_recipients
+    if limit is None:
+        return None
+    audience = audience_size(conn, config, campaign)
+    if audience is None or audience <= limit:   # None: its segment does not resolve, which planning reports
+        return None
+    given = row.approved_audience if row.approved_version is not None else None
+    if given is not None and given > limit:
+        return None
+    since = (f"it was approved for {given:,}" if given is not None else
+             "it was approved without its audience counted" if row.approved_version is not None else
+             "it was not approved")
+    return (f"its audience of {audience:,} is above [approval] above_recipients = {limit:,}, and {since}")
+
+
+def back_to_draft(conn: Connection, row: Any, who: str, why: str, doing: str) -> str:
+    """Send campaign ``row`` back to draft because it needs approval (``why``), audited in the
+    caller's transaction; the one-line refusal of ``doing`` (what was refused) to raise after commit."""
+    now = db.utcnow()
+    reason = f"needs approval: {why}"
+    conn.execute(update(C).where(C.c.id == row.id).values(
+        state="draft", state_by=who[:100], state_at=now, state_reason=reason, updated_at=now,
+        submitted_version=None, approved_version=None, approved_audience=None))
+    audit.record(conn, who, "campaigns.needs_approval", "campaign", row.name,
+                 before={"state": row.state, "approved_version": row.approved_version,
+                         "approved_audience": row.approved_audience},
+                 after={"state": "draft", "approved_version": None}, reason=reason)
+    return (f"campaign {row.name}: {why}: {doing}; it is back in draft "
+            f"(`loa campaigns submit {row.name}`, then approval by a second user)")
+
+
 def _approval_reason(conn: Connection, config: Config, campaign: Campaign) -> str | None:
     policy = config.approval
     audience = audience_size(conn, config, campaign) if policy.above_recipients is not None else None
@@ -280,9 +318,9 @@ def _store(conn: Connection, config: Config, draft: Draft, who: str, reason: str
         values: dict[str, Any] = {}
         if approval and before in EDITABLE:
             state = "draft"       # edit: the approved (or pending, or running) campaign needs approval again
-            values = {"approved_version": None}
+            values = {"approved_version": None, "approved_audience": None}
         elif not approval:
-            values = {"approved_version": None}
+            values = {"approved_version": None, "approved_audience": None}
             if before in STARTING:
                 state = "active"
         moved = state != before

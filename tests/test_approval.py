@@ -216,3 +216,48 @@ def _campaign(advertising: bool) -> Any:
     assert campaign is not None, problems
     return campaign
 
+
+
+def approved_audience(engine: Any, name: str) -> int | None:
+    with engine.connect() as conn:
+        return conn.scalar(select(db.campaigns.c.approved_audience).where(db.campaigns.c.name == name))
+
+
+def test_above_recipients_is_checked_again_against_the_audience_when_planning_and_launching(
+        office: Path, tmp_path: Path) -> None:
+    """A campaign that went active below the threshold, or was approved below it, needs approval
+    once its audience grows above it: planning and launching refuse in one line, and send it
+    back to draft (audited); an approval given above the threshold covers it."""
+    from test_cli import subscribers_csv
+
+    config = office / "config.toml"
+    config.write_text(config.read_text(encoding="utf-8").replace(
+        "[approval]\n", "[approval]\nabove_recipients = 4\n"), encoding="utf-8")
+    assert "remind: version 1 applied, active" in ok(invoke(office, "campaigns", "apply")).stdout   # 4 people
+    ok(invoke(office, "campaigns", "submit", "offer", "--as", "olga"))
+    ok(invoke(office, "campaigns", "approve", "offer", "--as", "anh", "--yes"))     # approved for 4
+    engine = engine_of()
+    assert approved_audience(engine, "offer") == 4
+    ok(invoke(office, "import", "subscribers", str(subscribers_csv(tmp_path, 6))))  # the audience grows to 6
+
+    one_line_error(invoke(office, "campaigns", "run", "remind"),
+                   "campaign remind: its audience of 6 is above [approval] above_recipients = 4, and it was not "
+                   "approved: nothing planned; it is back in draft", "loa campaigns submit remind")
+    one_line_error(invoke(office, "campaigns", "launch", "offer", "--as", "binh"),
+                   "campaign offer: its audience of 6 is above [approval] above_recipients = 4, and it was approved "
+                   "for 4: nothing launched; it is back in draft")
+    assert state(engine, "remind") == ("draft", 1, None, None) and state(engine) == ("draft", 1, None, None)
+    assert run_versions(engine) == []
+    moved = audit.query(engine, action="campaigns.needs_approval")
+    assert [(e.object_id, e.before["state"], e.after["state"]) for e in moved] == [   # type: ignore[index]
+        ("remind", "active", "draft"), ("offer", "approved", "draft")]
+    assert moved[1].actor == "user:binh" and "approved for 4" in moved[1].reason
+
+    # approved for its audience above the threshold: planned and launched
+    ok(invoke(office, "campaigns", "submit", "remind", "--as", "olga"))
+    ok(invoke(office, "campaigns", "approve", "remind", "--as", "anh", "--yes"))
+    ok(invoke(office, "campaigns", "launch", "remind", "--as", "binh"))
+    assert approved_audience(engine, "remind") == 6
+    ok(invoke(office, "campaigns", "run", "remind"))
+    assert state(engine, "remind") == ("active", 1, 1, 1) and len(run_versions(engine)) == 1
+    engine.dispose()

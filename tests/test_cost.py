@@ -191,6 +191,29 @@ def test_each_message_costs_its_parts_at_its_carriers_price_and_a_later_price_ch
     shown = f"{sum(by_run.values()):,}".replace(",", ".") + "\xa0₫"
     assert "Chi phí" in page and shown in page, shown
 
+    # /metrics: the same spend per campaign, and what is reserved for its messages in flight
+    from sqlalchemy import update
+    from test_web import parse_prometheus
+
+    from loa.web import Web
+    from loa.web.metrics import registry, render
+
+    web = Web(engine, config)
+
+    def metric(name: str) -> dict[str, float]:
+        text = render(registry(web)).decode()
+        return {labels["campaign"]: value for n, labels, value in parse_prometheus(text) if n == name}
+
+    assert metric("loa_campaign_spent_vnd") == {"c": sum(by_run.values())}
+    assert metric("loa_campaign_reserved_vnd") == {"c": 0}
+    third = plan_run(engine, config, campaign, again=True)
+    with engine.begin() as conn:      # as workers hold them: claimed, each with its price reserved
+        conn.execute(update(O).where(O.c.run_id == third.run_id).values(state="claimed", worker="w",
+                                                                         reserved_vnd=2_000))
+    assert metric("loa_campaign_reserved_vnd") == {"c": 12 * 2_000}
+    assert metric("loa_campaign_spent_vnd") == {"c": sum(by_run.values())}
+    web.pool.close()
+
 
 def test_the_spend_is_what_the_gateway_charged(engine: Engine, workdir: Path, tmp_path: Path,
                                                esms: FakeESMS) -> None:

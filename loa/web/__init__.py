@@ -19,7 +19,8 @@ A FastAPI application (:class:`Web`), served by uvicorn in ``loa serve``.  Route
 =========================  ==========================================================
 
 Under ``/api/v1`` (:mod:`loa.web.api`), with an API key: campaigns, runs, their status,
-report and lifecycle actions, the emergency stop, imports, users, keys, the audit log,
+report and lifecycle actions, approval, definitions (apply, versions, diff, export),
+preview and test sends, the emergency stop, imports, users, keys, the audit log,
 gateways, and sign-in.
 
 loa's own API endpoints (``/api/v1/...``, ``/arrivals``, ``/report``) answer an error as one JSON shape,

@@ -7,8 +7,10 @@ runs' segments lie (:class:`Places`): a key bound to an area sees only the campa
 inside its subtree, and the report of one only for the areas of that subtree.
 
 Errors are the one JSON shape of :mod:`loa.web.errors`: 401 no key, or a wrong or revoked
-one; 403 a role below the action's, or an area outside the key's subtree; 404 nothing of
-that name; 409 an action the object's state does not allow (nothing changed); 422 a body
+one; 403 a role below the action's (checked before anything is looked up), or an area
+outside the key's subtree; 404 nothing of that name (for a key bound to an area, a campaign
+or run that does not exist is the same 403 as one outside its subtree: it learns nothing
+of other areas); 409 an action the object's state does not allow (nothing changed); 422 a body
 or parameter that is wrong, with its field; 429 too many failed sign-ins.
 
 Every change is made in one transaction with its audit entry, the key as its actor
@@ -190,18 +192,38 @@ def _campaign(conn: Connection, name: str) -> Any:
     return row
 
 
+def _unseen(who: auth.Principal, action: str, what: str) -> auth.Forbidden:
+    """The refusal of an area-bound principal for ``what`` outside its subtree, or unknown: one
+    answer for both, so that a key learns nothing of the campaigns of other areas."""
+    return auth.Forbidden(f"{action}: {what} is unknown or outside the area of {who.describe()}", "area")
+
+
 def _check_campaign(conn: Connection, who: auth.Principal, action: str, name: str) -> tuple[Any, list[Any]]:
-    row = _campaign(conn, name)
+    """Campaign ``name`` and where it lies, if ``who`` may take ``action`` on it: the role is
+    checked first (403), then whether it exists (404; for an area-bound principal, 403 as for
+    a campaign outside its subtree), then its areas (403)."""
+    auth.require(who, action)
+    row = conn.execute(select(C).where(C.c.name == name)).one_or_none()
+    if row is None and who.area_path is not None:
+        raise _unseen(who, action, f"campaign {name!r}")
+    row = row if row is not None else _campaign(conn, name)
     places = Places(conn).of(row.id)
-    auth.require(who, action, places)
+    if not who.can(action, places):
+        raise _unseen(who, action, f"campaign {name!r}")
     return row, places
 
 
-def _run_row(conn: Connection, run_id: int) -> Any:
+def _check_run(conn: Connection, who: auth.Principal, action: str, run_id: int) -> Any:
+    """Run ``run_id``, if ``who`` may take ``action`` on it (checked as :func:`_check_campaign`)."""
+    auth.require(who, action)
     row = conn.execute(select(R, C.c.name.label("campaign")).join(C, C.c.id == R.c.campaign_id)
                        .where(R.c.id == run_id)).one_or_none()
-    if row is None:
-        raise NotFound(f"no run {run_id}")
+    if row is None or not who.can(action, Places(conn).of(row.campaign_id)):
+        if who.area_path is not None:
+            raise _unseen(who, action, f"run {run_id}")
+        if row is None:
+            raise NotFound(f"no run {run_id}")
+        auth.require(who, action, Places(conn).of(row.campaign_id))
     return row
 
 
@@ -523,8 +545,7 @@ def _campaign_action(request: Request, name: str, who: auth.Principal, action: s
 def _run_action(request: Request, run_id: Id, who: auth.Principal, action: str, reason: str | None) -> dict[str, Any]:
     engine = _web(request).engine
     with engine.connect() as conn:
-        run = _run_row(conn, run_id)
-        auth.require(who, f"runs.{action}", Places(conn).of(run.campaign_id))
+        run = _check_run(conn, who, f"runs.{action}", run_id)
     change = lifecycle.change_run(engine, run.campaign, run_id, action, who=who.actor, reason=reason,
                                   record=audit.lifecycle_entry(who.actor, action, reason))
     return _change_out(change, who, reason)
@@ -595,6 +616,8 @@ def review_campaign(request: Request, name: str, who: Who,
     from loa import approval
 
     web = _web(request)
+    with web.engine.connect() as conn:
+        _check_campaign(conn, who, approval.PERMISSION["approve"], name)
     approval.check_reviewer(web.engine, web.config, name, who)     # samples show subscribers' messages
     seen = approval.review(web.engine, web.config, name, count)
     approval.record_review(web.engine, who.actor, seen)
@@ -612,6 +635,8 @@ def _decide(request: Request, name: str, who: auth.Principal, action: str, body:
     from loa import approval
 
     web = _web(request)
+    with web.engine.connect() as conn:
+        _check_campaign(conn, who, approval.PERMISSION[action], name)
     reason = ((body.reason or "").strip() or None) if body else None
     decision = approval.decide(web.engine, web.config, name, action, who, reason=reason,
                                version=body.version if body else None)
@@ -654,8 +679,7 @@ def cancel_campaign(request: Request, name: str, body: ReasonIn, who: Who) -> di
        response_model=RunOut)
 def get_run(request: Request, run_id: Id, who: Who) -> dict[str, Any]:
     with _web(request).engine.connect() as conn:
-        run = _run_row(conn, run_id)
-        auth.require(who, "runs.read", Places(conn).of(run.campaign_id))
+        run = _check_run(conn, who, "runs.read", run_id)
         states = _states(conn, O.c.run_id == run_id)
     return _run_out(run, states.get(run_id, {}))
 
@@ -916,3 +940,383 @@ def login(request: Request, body: LoginIn) -> dict[str, Any]:
     client = request.client.host if request.client else ""
     p = auth.authenticate_password(_web(request).engine, body.name, body.password, client)
     return {"kind": p.kind, "name": p.name, "role": p.role, "area": p.area_code, "area_name": p.area_name}
+
+
+# -- campaign definitions, previews and test sends (loa.versions, loa.preview, loa.testsend) --
+# Applying a definition drafts a campaign: `campaigns.draft` (operator) on the areas of its new
+# segment and of where it lies now; reading versions is `campaigns.read`; a preview and a test
+# send show real subscribers' messages: `campaigns.preview` and `campaigns.test` (operator).
+
+MAX_DEFINITIONS = 5_000_000     # bytes of one apply: its campaign files and templates
+_APPLY_BODY = {"requestBody": {"required": True, "content": {
+    "application/toml": {"schema": {"type": "string"}, "example": 'name = "remind"\nchannels = ["sms"]\n'},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "campaign": {"type": "array", "items": {"type": "string", "format": "binary"},
+                     "description": "Campaign files (NAME.toml)"},
+        "template": {"type": "array", "items": {"type": "string", "format": "binary"},
+                     "description": "Templates, each named by its path in the templates folder (sms/remind.j2)"}}}}}}}
+
+
+class AppliedOut(BaseModel):
+    name: str
+    version: int = Field(description="Its current version: the new one, or the unchanged one")
+    added: bool = Field(description="Whether this apply added the version (false: its content had not changed)")
+    before: str | None = Field(description="Its state before (null: a new campaign)")
+    after: str = Field(description="Its state now: draft when it needs approval ([approval])")
+    approval: str | None = Field(description="Why it needs approval, if it does")
+
+
+class ApplyOut(BaseModel):
+    campaigns: list[AppliedOut]
+    changed: int = Field(description="Campaigns given a new version")
+
+
+class VersionSummary(BaseModel):
+    version: int
+    file: str
+    digest: str = Field(description="SHA-256 of its TOML and templates")
+    templates: list[str]
+    created_at: datetime
+    created_by: str
+    runs: int = Field(description="Runs planned from it")
+    current: bool
+    submitted: bool
+    approved: bool
+
+
+class VersionOut(BaseModel):
+    campaign: str
+    version: int
+    file: str
+    toml: str
+    templates: dict[str, str] = Field(description="Its templates by path in the templates folder")
+    digest: str
+    created_at: datetime
+    created_by: str
+
+
+class ExportOut(BaseModel):
+    campaigns: list[VersionOut] = Field(description="The current version of each campaign the key may read")
+
+
+class DiffOut(BaseModel):
+    campaign: str
+    a: int
+    b: int
+    diff: str = Field(description="A unified diff of the TOML and templates; empty if they are the same")
+
+
+class PreviewSample(SampleOut):
+    encoding: str | None = Field(description="SMS: GSM-7 or UCS-2")
+    parts: int | None = Field(description="SMS parts of this message")
+
+
+class PreviewOut(BaseModel):
+    campaign: str
+    version: int
+    audience: int
+    to_send: int
+    held_out: int
+    suppressed: dict[str, int]
+    samples: list[PreviewSample]
+    errors: list[str] = Field(description="Samples whose template failed to render")
+    estimated_parts: int
+    parts_per_message: float | None
+    estimated_cost_vnd: int | None = Field(description="At the gateways' prices; null where one has none")
+    estimate: dict[str, Any] | None = Field(description="The estimate by gateway and carrier, budget and notes")
+
+
+class TestIn(Body):
+    to: list[Annotated[str, StringConstraints(min_length=1, max_length=32)]] = Field(
+        min_length=1, max_length=10, description="Staff numbers to send the test to")
+    subscriber: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = Field(
+        None, description="Whose message (a subscriber's number); default: the first of the audience")
+
+
+class TestResultOut(BaseModel):
+    phone: str = Field(description="Masked")
+    state: str = Field(description="sent, delivered, failed or unknown")
+    provider_id: str | None
+    error_code: str | None
+    error_text: str | None
+    parts: int | None
+    cost_vnd: int | None
+
+
+class TestOut(BaseModel):
+    campaign: str
+    subscriber: str = Field(description="Whose message: name and masked number")
+    channel: str
+    gateway: str
+    text: str
+    detail: str
+    results: list[TestResultOut] = Field(description="One per staff number; kept in the test sends' own ledger")
+
+
+def _unpack(problems: Sequence[str], folder: FilePath) -> str:
+    """The first problem, and how many more, without the temporary folder's path."""
+    text = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+    return text.replace(f"{folder}/", "").replace(str(folder), "")
+
+
+def _safe_path(name: str, field: str) -> str:
+    rel = FilePath(name.replace("\\", "/"))
+    if not name or rel.is_absolute() or ".." in rel.parts or any(p.startswith(".") for p in rel.parts):
+        raise ApiError(422, f"{field} {name!r}: not a relative path inside its folder", field)
+    return rel.as_posix()
+
+
+BODY_FILE = "campaign.toml"     # where a TOML body is written, until it is named for its campaign
+
+
+async def _receive_definitions(request: Request, folder: FilePath) -> bool:
+    """Write the body's campaign files to ``folder/campaigns`` and its templates to ``folder/uploaded``;
+    whether the body was one TOML text (written as :data:`BODY_FILE`)."""
+    from loa.web.body import TooLarge, read_body
+
+    try:
+        raw = await read_body(request, MAX_DEFINITIONS)
+    except TooLarge:
+        raise ApiError(413, f"the definitions are over {MAX_DEFINITIONS:,} bytes") from None
+    except ValueError:
+        raise ApiError(422, "Content-Length is not a number", "Content-Length") from None
+    campaigns = folder / "campaigns"
+    campaigns.mkdir()
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media != "multipart/form-data":
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ApiError(422, f"the body is not UTF-8 text ({exc.reason} at byte {exc.start})", "body") from None
+        (campaigns / BODY_FILE).write_text(text, encoding="utf-8")
+        return True
+
+    async def stream() -> Any:
+        yield raw
+
+    try:
+        form = await MultiPartParser(Headers(scope=request.scope), stream(), max_files=200, max_fields=10).parse()
+    except MultiPartException as exc:
+        raise ApiError(422, f"not a multipart form: {exc.message}", "body") from None
+    try:
+        for field_name, part in form.multi_items():
+            if field_name not in ("campaign", "template") or not isinstance(part, UploadFile):
+                raise ApiError(422, f"{field_name!r}: a form of campaign and template files only", field_name)
+            data = await part.read()
+            if field_name == "campaign":
+                name = FilePath(_safe_path(part.filename or "", "campaign")).name
+                if not name.endswith(".toml"):
+                    raise ApiError(422, f"campaign {name!r}: a campaign file is NAME.toml", "campaign")
+                (campaigns / name).write_bytes(data)
+            else:
+                target = folder / "uploaded" / _safe_path(part.filename or "", "template")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+    finally:
+        await form.close()
+    return False
+
+
+def _apply_definitions(web: Any, who: auth.Principal, folder: FilePath, reason: str, body: bool) -> dict[str, Any]:
+    """Apply the received definitions as ``loa campaigns apply`` does, after checking that
+    ``who`` may draft each campaign where it lies now and where its new segment puts it.
+
+    A campaign's templates are the uploaded ones, else its current version's, else the
+    server's templates folder.  A file without ``name`` is named by its file, as the CLI
+    names it; a TOML body must name itself, and takes the file name of its current version,
+    else NAME.toml (export writes each campaign to its own file)."""
+    import scheduler
+    from loa import versions
+    from loa.campaign import NAME as CAMPAIGN_NAME
+    from loa.errors import CampaignError
+
+    campaigns, templates = folder / "campaigns", folder / "templates"
+    if web.config.templates_dir.is_dir():
+        shutil.copytree(web.config.templates_dir, templates)
+    templates.mkdir(exist_ok=True)
+    files = sorted(campaigns.glob("*.toml"))
+    if not files:
+        raise ApiError(422, "no campaign definition: send a TOML body, or multipart files named campaign", "campaign")
+    with web.engine.connect() as conn:
+        index, places = AreaIndex.load(conn), Places(conn)
+        for path in files:
+            try:
+                raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+                continue               # refused by the apply, with its line
+            if body and "name" not in raw:
+                raise ApiError(422, 'a campaign sent as a TOML body names itself: name = "..."', "name")
+            name = raw.get("name", path.stem)     # as loa.campaign names it
+            if not isinstance(name, str) or not CAMPAIGN_NAME.match(name):
+                continue               # refused by the apply, with its line
+            current = versions.stored(conn, name)
+            for rel, text in (current.templates if current else {}).items():
+                target = templates / rel
+                if target.resolve().is_relative_to(templates.resolve()):
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(text, encoding="utf-8")
+            if body:
+                known = current.file if current is not None else ""
+                path.rename(campaigns / (known if known.endswith(".toml") and FilePath(known).name == known
+                                         else f"{name}.toml"))
+            row = conn.execute(select(C.c.id).where(C.c.name == name)).first()
+            if row is not None and not who.can("campaigns.draft", places.of(row.id)):
+                raise _unseen(who, "campaigns.draft", f"campaign {name!r}")
+    if (folder / "uploaded").is_dir():
+        shutil.copytree(folder / "uploaded", templates, dirs_exist_ok=True)
+    drafts = versions.read_folder(campaigns, templates)[0]
+    for draft in drafts:           # where the new version puts it
+        where: list[Any] = []
+        for area in (draft.campaign.segment or {}).get("areas") or []:
+            try:
+                where.append(index.resolve(str(area)))
+            except AreaLookupError:
+                where.append(auth.EVERYWHERE)
+        if not who.can("campaigns.draft", where or [auth.EVERYWHERE]):
+            raise _unseen(who, "campaigns.draft", f"campaign {draft.campaign.name!r}")
+    try:
+        result = versions.apply(web.engine, web.config, who.actor, folder=campaigns, templates=templates,
+                                reason=reason)
+    except CampaignError as exc:
+        raise ApiError(422, _unpack(exc.problems, folder), "campaign") from None
+    if result.added:
+        scheduler.request_reload(web.engine)
+    return {"campaigns": [{"name": a.name, "version": a.version, "added": a.added, "before": a.before,
+                           "after": a.after, "approval": a.approval} for a in result.campaigns],
+            "changed": len(result.added)}
+
+
+@route("POST", "/campaigns", "Apply campaign definitions (a TOML body, or multipart files `campaign` and "
+       "`template`): each campaign whose content changed gets a new version (operator)", 403, 413,
+       response_model=ApplyOut, openapi_extra=_APPLY_BODY)
+async def apply_campaigns(request: Request, who: Who,
+                          reason: str = Query("", max_length=1000, description="Why: kept in the audit log")) -> Any:
+    import tempfile
+
+    auth.require(who, "campaigns.draft")
+    with tempfile.TemporaryDirectory(prefix="loa-apply-") as tmp:
+        folder = FilePath(tmp)
+        body = await _receive_definitions(request, folder)
+        return await run_in_threadpool(_apply_definitions, _web(request), who, folder, reason.strip(), body)
+
+
+def _version_out(v: Any) -> dict[str, Any]:
+    return {"campaign": v.campaign, "version": v.version, "file": v.file, "toml": v.toml, "templates": v.templates,
+            "digest": v.digest, "created_at": v.created_at, "created_by": v.created_by}
+
+
+@route("GET", "/campaigns/{name}/versions", "A campaign's stored versions, oldest first", 403, 404,
+       response_model=list[VersionSummary])
+def list_versions(request: Request, name: str, who: Who) -> list[dict[str, Any]]:
+    from loa import versions
+
+    engine = _web(request).engine
+    with engine.connect() as conn:
+        row, _ = _check_campaign(conn, who, "campaigns.read", name)
+        runs = dict(conn.execute(select(R.c.campaign_version, func.count()).where(R.c.campaign_id == row.id)
+                                 .group_by(R.c.campaign_version)).all())
+    return [{"version": v.version, "file": v.file, "digest": v.digest, "templates": sorted(v.templates),
+             "created_at": v.created_at, "created_by": v.created_by, "runs": runs.get(v.version, 0),
+             "current": v.version == row.current_version, "submitted": v.version == row.submitted_version,
+             "approved": v.version == row.approved_version} for v in versions.versions_of(engine, name)]
+
+
+@route("GET", "/campaigns/{name}/versions/{version}", "One version of a campaign: its TOML and templates", 403, 404,
+       response_model=VersionOut)
+def get_version(request: Request, name: str, version: Id, who: Who) -> dict[str, Any]:
+    from loa import versions
+
+    with _web(request).engine.connect() as conn:
+        _check_campaign(conn, who, "campaigns.read", name)
+        found = versions.stored(conn, name, version)
+    if found is None:
+        raise NotFound(f"campaign {name} has no version {version}")
+    return _version_out(found)
+
+
+@route("GET", "/campaigns/{name}/diff", "A unified diff of two versions (default: the current one and the one "
+       "before it)", 403, 404, response_model=DiffOut)
+def diff_versions(request: Request, name: str, who: Who,
+                  a: int | None = Query(None, ge=1, le=2**31 - 1, description="The older version"),
+                  b: int | None = Query(None, ge=1, le=2**31 - 1, description="The newer version (default: current)"),
+                  ) -> dict[str, Any]:
+    from loa import versions
+
+    engine = _web(request).engine
+    with engine.connect() as conn:
+        row, _ = _check_campaign(conn, who, "campaigns.read", name)
+    b = b or row.current_version or 0
+    a = a or b - 1
+    return {"campaign": name, "a": a, "b": b, "diff": versions.diff(engine, name, a, b)}
+
+
+@route("GET", "/export", "Every campaign's current version, its TOML and templates (those the key may read): "
+       "what `loa campaigns export` writes", 403, response_model=ExportOut)
+def export_campaigns(request: Request, who: Who) -> dict[str, Any]:
+    from loa import versions
+
+    auth.require(who, "campaigns.read")
+    out = []
+    with _web(request).engine.connect() as conn:
+        places = Places(conn)
+        for row in conn.execute(select(C.c.id, C.c.name).where(C.c.current_version.is_not(None)).order_by(C.c.name)):
+            if who.can("campaigns.read", places.of(row.id)) and (found := versions.stored(conn, row.name)):
+                out.append(_version_out(found))
+    return {"campaigns": out}
+
+
+def _valid_campaign(web: Any, name: str) -> Any:
+    """Campaign ``name``'s current version, checked as `loa campaigns validate` checks it (422)."""
+    from loa import versions
+    from loa.checks import attribute_keys, campaign_problems
+
+    campaign = versions.load(web.engine, web.config, name)
+    if problems := campaign_problems(web.config, campaign, attribute_keys(web.engine)):
+        raise ApiError(422, problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), "name")
+    return campaign
+
+
+@route("GET", "/campaigns/{name}/preview", "Real recipients' messages rendered, with encoding and parts, the "
+       "audience and the estimated cost, as `loa campaigns preview` (operator)", 403, 404, response_model=PreviewOut)
+def preview_campaign(request: Request, name: str, who: Who,
+                     count: int = Query(3, ge=1, le=100, description="Sample messages to render")) -> dict[str, Any]:
+    from loa.preview import preview, record_preview
+
+    web = _web(request)
+    with web.engine.connect() as conn:
+        _check_campaign(conn, who, "campaigns.preview", name)
+    campaign = _valid_campaign(web, name)
+    result = preview(web.engine, web.config, campaign, count)
+    record_preview(web.engine, who.actor, name, result)
+    estimate = result.estimate
+    return {"campaign": name, "version": campaign.version or 0, "audience": result.audience,
+            "to_send": result.planned, "held_out": result.held_out, "suppressed": dict(result.reasons),
+            "samples": [{"who": s.who, "area": s.area, "channel": s.channel, "text": s.text, "detail": s.detail,
+                         "encoding": s.encoding, "parts": s.parts} for s in result.samples],
+            "errors": result.errors, "estimated_parts": result.estimated_parts,
+            "parts_per_message": round(estimate.parts_per_message, 3) if estimate else None,
+            "estimated_cost_vnd": estimate.cost_vnd if estimate else None,
+            "estimate": estimate.as_dict() if estimate else None}
+
+
+@route("POST", "/campaigns/{name}/test", "Send the campaign's real message, rendered for one subscriber, to staff "
+       "numbers through its gateway, as `loa campaigns test` (operator): kept apart from the campaign's ledger",
+       403, 404, response_model=TestOut)
+def test_campaign(request: Request, name: str, body: TestIn, who: Who) -> dict[str, Any]:
+    from loa.testsend import send_test, staff_numbers
+
+    web = _web(request)
+    with web.engine.connect() as conn:
+        _check_campaign(conn, who, "campaigns.test", name)
+    try:
+        staff_numbers(body.to)        # a bad number is refused before the campaign is even read
+    except InputError as exc:
+        raise ApiError(422, str(exc).replace("--to", "to"), "to") from None
+    campaign = _valid_campaign(web, name)
+    try:
+        trial = send_test(web.engine, web.config, campaign, body.to, actor=who.actor, subscriber=body.subscriber,
+                          principal=who, pool=web.pool)
+    except (InputError, NotFound) as exc:    # whose message: a number of no subscriber, or an empty audience
+        raise ApiError(422, str(exc).replace("--subscriber PHONE", "subscriber").replace("--subscriber", "subscriber"),
+                       "subscriber") from None
+    return trial.as_dict()

@@ -2,6 +2,8 @@
 
 Every process that serves loa's endpoints reports the same ledger figures, so a scrape
 of any one of them is the whole picture; ``loa serve`` adds its scheduler's figures.
+Each campaign's spend so far and the spend reserved for its messages in flight are read
+from the ledger too (``loa_campaign_spent_vnd``, ``loa_campaign_reserved_vnd``).
 
 The counters of people's actions (lifecycle moves, approvals) are counted from the audit
 log, where every such action is written in the transaction that makes it, by the CLI
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from loa import db
 
@@ -60,6 +62,38 @@ class LedgerCollector(Collector):
         for name in self.web.config.gateways:
             family.add_metric([name], 1 if name in paused else 0)
         yield family
+
+
+class SpendCollector(Collector):
+    """Per campaign: VND spent so far (the prices written on its ledger's rows when they were
+    sent, loa.cost) and VND reserved for its messages in flight (claimed, sending, unknown),
+    which the budget check counts too.  Test sends have a ledger of their own, never counted."""
+
+    def __init__(self, web: Web) -> None:
+        self.web = web
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        from loa.cost import HELD
+
+        o, r, c = db.outbox, db.runs, db.campaigns
+        held = case((o.c.state.in_(HELD), func.coalesce(o.c.reserved_vnd, 0)), else_=0)
+        with self.web.engine.connect() as conn:
+            rows = conn.execute(select(c.c.name, func.coalesce(func.sum(o.c.cost_vnd), 0), func.sum(held))
+                                .join(r, r.c.campaign_id == c.c.id).join(o, o.c.run_id == r.c.id)
+                                .group_by(c.c.name).order_by(c.c.name)).all()
+        spent = GaugeMetricFamily("loa_campaign_spent_vnd", "VND spent so far by a campaign's messages, at the "
+                                  "prices they were sent at.", labels=["campaign"])
+        reserved = GaugeMetricFamily("loa_campaign_reserved_vnd", "VND reserved for a campaign's messages in flight "
+                                     "(claimed, sending or of unknown outcome), counted against its budget.",
+                                     labels=["campaign"])
+        for name, total, holding in rows:
+            spent.add_metric([str(name)], int(total or 0))
+            reserved.add_metric([str(name)], int(holding or 0))
+        yield spent
+        yield reserved
 
 
 # audit actions -> the decision they count as, in loa_approvals_total
@@ -112,6 +146,7 @@ def registry(web: Web) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(LedgerCollector(web))
     reg.register(AuditCollector(web))
+    reg.register(SpendCollector(web))
     return reg
 
 

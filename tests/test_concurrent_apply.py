@@ -1,0 +1,114 @@
+"""Applies of one campaign at the same time, from threads and from ``loa campaigns apply``
+processes, on SQLite and PostgreSQL: one new version per distinct content, version numbers
+1, 2, 3... each once, and no apply's version lost or overwritten by another's.
+
+``loa.versions.apply`` serialises applies (SQLite's one writer, taken at BEGIN IMMEDIATE;
+PostgreSQL's advisory transaction lock and the campaign's row lock), and compares each
+content with the campaign's current version inside that lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from conftest import write
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from loa import audit, db, versions
+from loa.config import Config
+
+CAMPAIGN = """
+name = "remind"
+channels = ["sms"]
+[sms]
+template = "sms/remind.j2"
+"""
+
+
+def folder(root: Path, text: str) -> tuple[Path, Path]:
+    """A campaigns folder and a templates folder holding ``remind`` with the SMS text ``text``."""
+    (root / "templates" / "sms").mkdir(parents=True)
+    (root / "campaigns").mkdir()
+    write(root / "campaigns" / "remind.toml", CAMPAIGN)
+    write(root / "templates" / "sms" / "remind.j2", text + "\n")
+    return root / "campaigns", root / "templates"
+
+
+def stored(engine: Engine) -> list[tuple[int, str]]:
+    """(version, template text) of every version of remind, by version."""
+    V, C = db.campaign_versions, db.campaigns
+    with engine.connect() as conn:
+        return [(v, t["sms/remind.j2"].strip()) for v, t in conn.execute(
+            select(V.c.version, V.c.templates).join(C, C.c.id == V.c.campaign_id).order_by(V.c.version))]
+
+
+def current(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(select(db.campaigns.c.current_version)) or 0)
+
+
+def at_once(engine: Engine, config: Config, contents: list[tuple[Path, Path]]) -> list[Any]:
+    """Apply each folder from its own thread, all released together; what each apply returned."""
+    start = threading.Barrier(len(contents))
+    results: list[Any] = [None] * len(contents)
+
+    def apply(n: int) -> None:
+        start.wait()
+        try:
+            results[n] = versions.apply(engine, config, f"os:t{n}", folder=contents[n][0],
+                                        templates=contents[n][1]).campaigns[0]
+        except Exception as exc:     # noqa: BLE001 - shown by the assertion below
+            results[n] = exc
+
+    threads = [threading.Thread(target=apply, args=(n,)) for n in range(len(contents))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    return results
+
+
+def test_applies_at_once_from_threads_add_one_version_per_content_and_lose_none(
+        engine: Engine, config: Config, tmp_path: Path) -> None:
+    # a new campaign three times at once: one campaign, one version 1
+    first = at_once(engine, config, [folder(tmp_path / f"v{n}", "v1") for n in range(3)])
+    assert sorted((r.added, r.version, r.before) for r in first) == [(False, 1, "active")] * 2 + [(True, 1, None)]
+    # the same content four times at once: one new version, the others see it unchanged
+    same = at_once(engine, config, [folder(tmp_path / f"a{n}", "A") for n in range(4)])
+    assert sorted((r.added, r.version) for r in same) == [(False, 2)] * 3 + [(True, 2)]
+    assert stored(engine) == [(1, "v1"), (2, "A")]
+
+    # two contents, three applies each, at once
+    mixed = at_once(engine, config, [folder(tmp_path / f"m{n}", "BC"[n % 2]) for n in range(6)])
+    versions_now = stored(engine)
+    numbers = [v for v, _ in versions_now]
+    assert numbers == list(range(1, len(numbers) + 1))                  # each number once, none skipped
+    assert 2 <= len(numbers) - 2 <= 6
+    texts = [t for _, t in versions_now]
+    assert all(a != b for a, b in itertools.pairwise(texts))  # a new version only for a change
+    added = {r.version: "BC"[n % 2] for n, r in enumerate(mixed) if r.added}
+    assert added == {v: t for v, t in versions_now[2:]}                 # every version added is kept, as sent
+    assert current(engine) == numbers[-1]
+    assert len(audit.query(engine, action="campaigns.apply")) == len(numbers)
+
+
+def test_applies_at_once_from_processes_add_one_version(engine: Engine, workdir: Path, config: Config,
+                                                        tmp_path: Path) -> None:
+    versions.apply(engine, config, "os:t", folder=folder(tmp_path / "v1", "v1")[0], templates=tmp_path / "v1/templates")
+    campaigns, templates = folder(tmp_path / "p", "P")
+    procs = [subprocess.Popen([sys.executable, "-m", "loa", "campaigns", "apply", str(campaigns),
+                               "--templates", str(templates)], cwd=workdir, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    said = sorted(out.splitlines()[0] for out, _ in outputs)
+    assert said == ["remind: unchanged (version 2)"] * 2 + ["remind: version 2 applied, active"], said
+    assert stored(engine) == [(1, "v1"), (2, "P")] and current(engine) == 2
