@@ -82,7 +82,15 @@ def find(conn: Connection, phone: str) -> Any:
     raise NotFound(f"no subscriber has the number {mask(e164)}")
 
 
-def _authorize(conn: Connection, who: Any, row: Any, action: str) -> None:
+def _role(who: Any, action: str) -> None:
+    """The role is checked before the number is looked up: whether loa holds a number is itself
+    personal data, which a role below the action's does not learn."""
+    from loa import auth
+
+    auth.require(who, action)
+
+
+def authorize(conn: Connection, who: Any, row: Any, action: str) -> None:
     """``who`` (a loa.auth.Principal) may take ``action`` on the subject, which lies in its area."""
     from loa import auth
 
@@ -97,7 +105,7 @@ def _reason(reason: str) -> str:
     return mask_phones(text)[:1000]
 
 
-def _object_id(e164: str) -> str:
+def object_id(e164: str) -> str:
     """The audit entry's object: the number's keyed hash if there is a key, else its masked form."""
     key = subject_key(required=False)
     return pseudonym(key, e164) if key else mask(e164)
@@ -107,12 +115,13 @@ def _object_id(e164: str) -> str:
 
 def export(engine: Engine, phone: str, who: Any, reason: str, *, action: str = "export") -> dict[str, Any]:
     """Everything loa holds about ``phone`` (audited as ``subjects.show`` or ``subjects.export``)."""
+    _role(who, "subjects.read")
     why = _reason(reason)
     with engine.begin() as conn:
         row = find(conn, phone)
-        _authorize(conn, who, row, "subjects.read")
+        authorize(conn, who, row, "subjects.read")
         data = _gather(conn, row)
-        audit.record(conn, who.actor, f"subjects.{action}", "subject", _object_id(row.phone), reason=why,
+        audit.record(conn, who.actor, f"subjects.{action}", "subject", object_id(row.phone), reason=why,
                      after={"messages": len(data["messages"]), "events": len(data["events"]),
                             "arrivals": len(data["arrivals"])})
     return data
@@ -155,12 +164,13 @@ def _cancel_queued(conn: Connection, sid: int, text: str, now: datetime) -> int:
 def restrict(engine: Engine, phone: str, who: Any, reason: str, *, lift: bool = False) -> dict[str, Any]:
     """Stop every processing of ``phone`` but its storage (or, ``lift``, allow it again): no run
     plans it, no greeting, and its messages not yet handed to a gateway are cancelled."""
+    _role(who, "subjects.restrict")
     why = _reason(reason)
     now = db.utcnow()
     actor = who.actor
     with engine.begin() as conn:
         row = find(conn, phone)
-        _authorize(conn, who, row, "subjects.restrict")
+        authorize(conn, who, row, "subjects.restrict")
         cancelled = 0
         if lift:
             conn.execute(update(S).where(S.c.id == row.id).values(restricted_at=None, updated_at=now))
@@ -168,7 +178,7 @@ def restrict(engine: Engine, phone: str, who: Any, reason: str, *, lift: bool = 
             conn.execute(update(S).where(S.c.id == row.id).values(restricted_at=func.coalesce(S.c.restricted_at, now)))
             cancelled = _cancel_queued(conn, row.id, f"cancelled: processing restricted by {actor}: {why}", now)
         after = {"restricted": not lift, "cancelled": cancelled}
-        audit.record(conn, actor, "subjects.lift" if lift else "subjects.restrict", "subject", _object_id(row.phone),
+        audit.record(conn, actor, "subjects.lift" if lift else "subjects.restrict", "subject", object_id(row.phone),
                      before={"restricted": row.restricted_at is not None}, after=after, reason=why)
     return {"phone": row.phone, "restricted": not lift, "cancelled": cancelled,
             "was_restricted": row.restricted_at is not None}
@@ -187,6 +197,7 @@ def erase(engine: Engine, phone: str, who: Any, reason: str) -> dict[str, Any]:
     still with a gateway (sending, or of unknown outcome) nothing is erased and
     :class:`InFlight` says so (the cancellations stay).
     """
+    _role(who, "subjects.erase")
     key = subject_key()
     assert key is not None
     why = _reason(reason)
@@ -194,7 +205,7 @@ def erase(engine: Engine, phone: str, who: Any, reason: str) -> dict[str, Any]:
     actor = who.actor
     with engine.begin() as conn:
         row = find(conn, phone)
-        _authorize(conn, who, row, "subjects.erase")
+        authorize(conn, who, row, "subjects.erase")
         hashed = pseudonym(key, row.phone)
         cancelled = _cancel_queued(conn, row.id, f"cancelled: erasure requested by {actor}: {why}", now)
         busy = conn.scalar(select(func.count()).select_from(O).where(O.c.subscriber_id == row.id,

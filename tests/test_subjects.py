@@ -25,7 +25,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from test_cli import invoke, ok, one_line_error
 
-from loa import auth, db
+from loa import audit, auth, db
 from loa.config import load
 from loa.gateways import GatewayPool
 from loa.inbound import receive_inbound
@@ -325,3 +325,45 @@ def test_ledger_exports_carry_numbers_only_for_roles_that_may_read_subscribers(p
     assert len(masked) == 6 and {m["phone"][:5] for m in masked} == {"+8491"} and all("****" in m["phone"]
                                                                                     for m in masked)
     one_line_error(invoke(workdir, "messages", "export", "--campaign", "nope", "--as", "viewer"), "no campaign")
+
+
+def test_the_api_exports_restricts_erases_and_records_consent_by_role(
+        people: Path, engine: Engine) -> None:
+    from starlette.testclient import TestClient
+    from test_api import error, key, wait_done
+
+    from loa.web import Web
+
+    config = load(people / "config.toml")
+    web = Web(engine, config)
+    viewer, operator, approver, admin = (key(engine, r) for r in auth.ROLES)
+    body = {"phone": PHONE, "reason": "yêu cầu 21"}
+    with TestClient(web, raise_server_exceptions=False) as client:
+        assert "subjects.read" in error(client.post("/api/v1/subjects/export", json=body, headers=operator), 403)
+        error(client.post("/api/v1/subjects/export", json={**body, "phone": "0912999999"}, headers=approver), 404)
+        error(client.post("/api/v1/subjects/export", json={**body, "phone": "12ab"}, headers=approver), 422, "phone")
+        error(client.post("/api/v1/subjects/export", json={"phone": PHONE, "reason": " "}, headers=approver), 422,
+              "reason")
+        r = client.post("/api/v1/consents", json={"phone": PHONE, "purpose": "advertising", "source": "api",
+                                                  "evidence": "DK 8xxx"}, headers=operator)
+        assert r.status_code == 200 and r.json() == {"changed": True}
+        job = client.post("/api/v1/consents/import", content=f"phone,purpose,time\n0912000002,advertising,"
+                          "2026-01-02\n0912000099,advertising,2026-01-02\n", headers=operator).json()
+        done = wait_done(client, operator, job["id"])
+        assert done["state"] == "done" and done["counts"]["imported"] == 1 and done["counts"]["rejected"] == 1
+        data = client.post("/api/v1/subjects/export", json=body, headers=approver).json()
+        assert data["subscriber"]["name"] == "Người 1" and data["consents"][0]["evidence"] == "DK 8xxx"
+        r = client.post("/api/v1/subjects/restrict", json=body, headers=approver)
+        assert r.status_code == 200 and r.json()["restricted"] is True
+        error(client.post("/api/v1/subjects/erase", json=body, headers=approver), 403)
+        r = client.post("/api/v1/subjects/erase", json=body, headers=admin)
+        assert r.status_code == 200 and r.json()["erased"] is True
+        error(client.post("/api/v1/subjects/export", json=body, headers=admin), 404)
+        campaign(people, "info", advertising=False)
+        ok(invoke(people, "campaigns", "run", "info"))
+        masked = client.get("/api/v1/messages/export", headers=viewer).json()
+        full = client.get("/api/v1/messages/export?format=csv", headers=operator).text
+    web.pool.close()
+    assert len(masked) == 5 and all("****" in m["phone"] for m in masked) and "+84912000002" in full
+    assert [e.action for e in audit.query(engine, action="subjects")] == [
+        "subjects.export", "subjects.restrict", "subjects.erase"]
