@@ -1030,7 +1030,7 @@ def subjects_show(app: App, phone: str, as_user: str, reason: str) -> None:
     data = subj.export(app.engine(), phone, _subject_principal(app, as_user), reason, action="show")
     s = data["subscriber"]
     area = f"{s['area']['name']} ({s['area']['code']})" if s["area"] else "no area"
-    say = lambda text: out.print(text, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+    say = lambda text: out.print(text, highlight=False, markup=False, soft_wrap=True)
     say(f"{s['phone']}: {s['name'] or '(no name)'}, {area}, {s['carrier'] or 'carrier unknown'}, "
         f"since {_when(app, s['created_at'])}")
     say(f"attributes: {', '.join(f'{k}={v}' for k, v in s['attributes'].items()) or 'none'}")

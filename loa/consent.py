@@ -17,12 +17,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from loa import db
-from loa.errors import InputError
-from loa.importer import Late, RowError, _fit, _header_error, _missing, parse_bool, parse_time
+from loa.errors import LoaError
+from loa.importer import (
+    Late,
+    RowError,
+    _fit,
+    _header_error,
+    _missing,
+    parse_bool,
+    parse_time,
+)
 from loa.phones import PhoneError, normalize
 
 PURPOSES = ("public_interest", "advertising")
@@ -153,7 +161,7 @@ def audience_warnings(engine: Engine, config: Any, campaigns: Mapping[str, Any])
             continue
         try:
             states, reasons = preview_counts(engine, config, campaign)
-        except Exception:   # noqa: BLE001 - a segment that does not compile is reported by validate itself
+        except LoaError:   # a segment that does not compile: validate itself reports it
             continue
         if reasons.get("no_consent") and not (states.get("planned") or states.get("held_out")):
             warnings.append(f"{campaign.path}: advertising campaign {campaign.name}: none of the "
@@ -161,15 +169,3 @@ def audience_warnings(engine: Engine, config: Any, campaigns: Mapping[str, Any])
                             "all would be suppressed (no_consent): import their consents "
                             "(`loa import consents FILE`)")
     return warnings
-
-
-def consenting(conn: Connection, purpose: str) -> Any:
-    """How many subscribers have a current consent for ``purpose``."""
-    return conn.scalar(select(func.count(func.distinct(K.c.subscriber_id)))
-                       .where(and_(K.c.purpose == purpose, K.c.withdrawn_at.is_(None))))
-
-
-def check_evidence(evidence: str) -> str:
-    if "\x00" in evidence:
-        raise InputError("evidence contains a NUL character")
-    return evidence

@@ -594,8 +594,9 @@ class SubscribersHandler:
         erased = erased_among(conn, set(latest) - held)
         for phone in erased:
             del latest[phone]
-        return [(r, "phone", f"erased on {erased[r['phone']]:%Y-%m-%d} at the person's request: it comes back only "
-                 "with a consent given since (`loa import consents`)") for r in records if r["phone"] in erased]
+        return [(r, "phone", (f"erased on {erased[r['phone']]:%Y-%m-%d} at the person's request: it comes back "
+                              "only with a consent given since (`loa import consents`)"))
+                for r in records if r["phone"] in erased]
 
     def _upsert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         t = db.subscribers

@@ -347,7 +347,7 @@ def test_the_api_exports_restricts_erases_and_records_consent_by_role(
         r = client.post("/api/v1/consents", json={"phone": PHONE, "purpose": "advertising", "source": "api",
                                                   "evidence": "DK 8xxx"}, headers=operator)
         assert r.status_code == 200 and r.json() == {"changed": True}
-        job = client.post("/api/v1/consents/import", content=f"phone,purpose,time\n0912000002,advertising,"
+        job = client.post("/api/v1/consents/import", content="phone,purpose,time\n0912000002,advertising,"
                           "2026-01-02\n0912000099,advertising,2026-01-02\n", headers=operator).json()
         done = wait_done(client, operator, job["id"])
         assert done["state"] == "done" and done["counts"]["imported"] == 1 and done["counts"]["rejected"] == 1

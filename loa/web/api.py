@@ -89,8 +89,9 @@ def install(app: FastAPI) -> None:
             headers = {"WWW-Authenticate": "Bearer"}
         return error_response(status, str(exc).splitlines()[0], getattr(exc, "field", None), headers=headers)
 
+    from loa.web import subjects  # a person's data: its own module, on its own router
+
     app.include_router(router)
-    from loa.web import subjects   # a person's data: its own module and router
     app.include_router(subjects.router)
 
 

@@ -30,7 +30,19 @@ from loa import audit, auth, consent, db, ledger
 from loa import subjects as subj
 from loa.errors import InputError
 from loa.phones import mask
-from loa.web.api import _IMPORT_BODY, PREFIX, ApiError, Body, ImportOut, Note, Reason, Who, no_nul, route, start_import
+from loa.web.api import (
+    _IMPORT_BODY,
+    PREFIX,
+    ApiError,
+    Body,
+    ImportOut,
+    Note,
+    Reason,
+    Who,
+    no_nul,
+    route,
+    start_import,
+)
 from loa.web.errors import reply
 
 router = APIRouter(prefix=PREFIX, tags=["api v1"], dependencies=[Depends(no_nul)])
