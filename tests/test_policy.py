@@ -30,9 +30,9 @@ from sqlalchemy.engine import Engine
 from loa import db, importer
 from loa.campaign import Campaign, load_one, parse_file
 from loa.checks import advertising_problems, campaign_problems
-from loa.consent import ConsentsHandler
 from loa.cli import main
 from loa.config import Config, from_mapping, load
+from loa.consent import ConsentsHandler
 from loa.dispatch import Dispatcher
 from loa.errors import CampaignError
 from loa.gateways import Gateway, GatewayPool
