@@ -285,7 +285,7 @@ def test_users_and_keys_are_managed_by_admins_within_their_area(engine: Engine, 
     assert [c["name"] for c in client.get("/api/v1/campaigns", headers={"Authorization": f"Bearer {secret}"})
             .json()] == ["mocchau"]
     listed = client.get("/api/v1/keys", headers=admin)
-    assert listed.status_code == 200 and secret.split("_")[2] not in listed.text
+    assert listed.status_code == 200 and secret.split("_", 2)[2] not in listed.text
     error(client.post("/api/v1/keys", json={"role": "admin"}, headers=local_admin), 403)
     [entry] = entries(engine, action="keys.create", actor=actor(admin))
     assert entry.after == {"prefix": secret.split("_")[1], "name": "dashboard", "role": "viewer", "area": "126",
