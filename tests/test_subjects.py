@@ -367,23 +367,3 @@ def test_the_api_exports_restricts_erases_and_records_consent_by_role(
     assert len(masked) == 5 and all("****" in m["phone"] for m in masked) and "+84912000002" in full
     assert [e.action for e in audit.query(engine, action="subjects")] == [
         "subjects.export", "subjects.restrict", "subjects.erase"]
-
-
-def test_the_elected_scheduler_purges_once_a_day_at_night(people: Path, engine: Engine) -> None:
-    from apscheduler.schedulers.background import BackgroundScheduler
-
-    import scheduler
-    from loa import retention
-
-    config = load(people / "config.toml")
-    sched = scheduler.CampaignScheduler(engine, config, BackgroundScheduler(timezone=config.timezone))
-    sched.reload()
-    sched.reload()      # reloading keeps one job
-    [job] = [j for j in sched.scheduler.get_jobs() if j.id == "retention"]
-    assert job.func is retention.daily
-    fields = {f.name: str(f) for f in job.trigger.fields}
-    assert (fields["hour"], fields["minute"], fields["day"]) == ("3", "17", "*")
-    job.func(*job.args)     # the arrival of 2026-01-02 is past its 30 days
-    with engine.connect() as conn:
-        assert conn.scalar(select(func.count()).select_from(db.arrivals)) == 0
-    assert [e.actor for e in audit.query(engine, action="retention")] == ["scheduler:retention"]
