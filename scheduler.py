@@ -20,6 +20,7 @@ from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select
@@ -40,6 +41,7 @@ log = logging.getLogger("loa.scheduler")
 # polls this value and rebuilds its jobs when it changes.
 RELOAD_STATE = ("_scheduler", "reload")
 RELOAD_POLL_SECONDS = 5
+RETENTION_HOUR = 3          # local time: the daily purge of personal data past its retention
 # At most this many missed fire times are recorded per campaign when a scheduler starts
 # after a long stop (an interval campaign down for a month would otherwise add thousands).
 MISSED_RECORD_LIMIT = 500
@@ -139,6 +141,7 @@ class CampaignScheduler:
                 misfire_grace_time=int(campaign.schedule.grace), coalesce=True, max_instances=1,
             )
         self._digest_job()
+        self._retention_job()
         return sorted(wanted)
 
     def _digest_job(self) -> None:
@@ -155,6 +158,18 @@ class CampaignScheduler:
             # a leader elected at 07:20, or a pause across 07:00, still writes the morning's files
             misfire_grace_time=3600, coalesce=True, max_instances=1,
         )
+
+    def _retention_job(self) -> None:
+        """The daily purge of personal data past its retention ([retention], loa.retention), as
+        job ``retention``: only the elected scheduler runs it."""
+        from loa import retention
+
+        if self.scheduler.get_job("retention") is None:
+            self.scheduler.add_job(
+                retention.daily, CronTrigger(hour=RETENTION_HOUR, minute=17, timezone=self.config.timezone),
+                args=[self.engine, self.config], id="retention", name="daily retention purge",
+                replace_existing=True, misfire_grace_time=12 * 3600, coalesce=True, max_instances=1,
+            )
 
     def fire(self, name: str, now: datetime | None = None) -> PlanResult | None:
         """Plan the run this firing stands for (idempotent per scheduled time)."""

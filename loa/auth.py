@@ -78,6 +78,11 @@ PERMISSIONS: dict[str, Permission] = {
     "runs.resume": Permission("approver", "area"),
     "runs.cancel": Permission("approver", "area"),
     "audit.read": Permission("approver", "global"),
+    # a person's data (loa.subjects): see it whole, restrict or erase it; record their consent
+    "consents.record": Permission("operator", "area"),
+    "subjects.read": Permission("approver", "area"),
+    "subjects.restrict": Permission("approver", "area"),
+    "subjects.erase": Permission("admin", "area"),
     # admin: users, gateways, policy
     "users.manage": Permission("admin", "area"),            # users and keys within the admin's subtree
     "keys.manage": Permission("admin", "area"),

@@ -137,7 +137,8 @@ def init(app: App, examples: bool) -> None:
 # -- import -------------------------------------------------------------------
 
 @main.command("import")
-@click.argument("kind", type=click.Choice(["areas", "subscribers", "events", "dnc", "arrivals", "snapshots"]))
+@click.argument("kind", type=click.Choice(["areas", "subscribers", "events", "dnc", "arrivals", "snapshots",
+                                          "consents"]))
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--rejects", type=click.Path(path_type=Path), default=None,
               help="Where to write rejected rows (default: FILE.rejects.csv beside FILE).")
@@ -150,7 +151,11 @@ def init(app: App, examples: bool) -> None:
 @fail_cleanly
 def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: int, show_rejects: int,
             as_of: str | None) -> None:
-    """Import a CSV of areas, subscribers, events or do-not-contact numbers (UTF-8, with or without BOM)."""
+    """Import a CSV of areas, subscribers, events, do-not-contact numbers, arrivals, snapshots or consents
+    (UTF-8, with or without BOM).
+
+    consents: phone,purpose,time[,granted,source,evidence]; purpose public_interest or advertising;
+    granted no (or "withdrawn") records a withdrawal."""
     from loa import importer
     from loa.errors import InputError
 
@@ -172,6 +177,7 @@ def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: i
         "dnc": lambda: importer.DncHandler(engine, file),
         "arrivals": lambda: _arrivals_handler(engine, file, app.config.timezone),
         "snapshots": lambda: importer.SnapshotsHandler(engine, file, as_of=day),
+        "consents": lambda: _consents_handler(engine, file, app.config),
     }[kind]()
     shown: list[str] = []
 
@@ -202,6 +208,12 @@ def _audit_import(engine: Any, kind: str, file: Path, summary: Any) -> None:
     audit.record_now(engine, audit.cli_actor(), f"imports.{kind}", "file", str(file.resolve()), after={
         "read": summary.read, "imported": summary.imported, "new": summary.new, "rejected": summary.rejected,
         "failure": summary.failure})
+
+
+def _consents_handler(engine: Any, file: Path, config: Any) -> Any:
+    from loa.consent import ConsentsHandler
+
+    return ConsentsHandler(engine, file, config.timezone, config)
 
 
 def _arrivals_handler(engine: Any, file: Path, tz: Any) -> Any:
@@ -268,6 +280,11 @@ def campaigns_validate(app: App, folder: bool) -> None:
         err.print(p, highlight=False, soft_wrap=True, markup=False)
     if problems:
         raise LoaError(f"{len(problems)} problem(s) in {app.config.campaigns_dir}")
+    if engine is not None:
+        from loa.consent import audience_warnings
+
+        for warning in audience_warnings(engine, app.config, found):
+            err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     note = (" (attributes, areas and real subscribers not checked: no database yet)" if engine is None
             else "" if areas_imported(engine) else " (segment areas not checked: no areas imported yet)")
     out.print(f"{len(found)} campaign(s) valid{note}", highlight=False)
@@ -962,6 +979,170 @@ def reconcile(app: App, campaign: str | None, settle: float | None) -> None:
                 "requeued": f"{n:,} queued again: the gateway never got them (loa send sends them)",
                 "unknown": f"{n:,} left unknown: {detail}"}[action]
         out.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+@messages.command("export")
+@click.option("--campaign", default=None, help="Only this campaign's messages.")
+@click.option("--run", "run_id", type=click.IntRange(1), default=None, help="Only this run's messages.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@_AS_OPTION
+@click.pass_obj
+@fail_cleanly
+def messages_export(app: App, campaign: str | None, run_id: int | None, fmt: str, as_user: str) -> None:
+    """The ledger, one row per message: numbers in full only for roles that may read subscribers
+    (operator and above; masked for viewers), and only the messages of the user's area."""
+    from loa import ledger
+    from loa.auth import principal_for_user
+
+    engine = app.engine()
+    who = principal_for_user(engine, as_user.strip().lower())
+    click.echo(ledger.render(ledger.rows(engine, who, campaign, run_id), fmt), nl=fmt == "json")
+
+
+# -- a person's data ------------------------------------------------------------
+
+@main.group()
+def subjects() -> None:
+    """A person's data, by phone number: show, export, restrict or erase it (each one audited)."""
+
+
+_REASON = click.option("--reason", required=True, help="Why: the person's request and its reference (audited).")
+
+
+def _subject_principal(app: App, as_user: str) -> Any:
+    from loa.auth import principal_for_user
+
+    return principal_for_user(app.engine(), as_user.strip().lower())
+
+
+@subjects.command("show")
+@click.argument("phone")
+@_AS_OPTION
+@_REASON
+@click.pass_obj
+@fail_cleanly
+def subjects_show(app: App, phone: str, as_user: str, reason: str) -> None:
+    """What loa holds about PHONE, in short (approver or above)."""
+    from loa import subjects as subj
+
+    data = subj.export(app.engine(), phone, _subject_principal(app, as_user), reason, action="show")
+    s = data["subscriber"]
+    area = f"{s['area']['name']} ({s['area']['code']})" if s["area"] else "no area"
+    say = lambda text: out.print(text, highlight=False, markup=False, soft_wrap=True)
+    say(f"{s['phone']}: {s['name'] or '(no name)'}, {area}, {s['carrier'] or 'carrier unknown'}, "
+        f"since {_when(app, s['created_at'])}")
+    say(f"attributes: {', '.join(f'{k}={v}' for k, v in s['attributes'].items()) or 'none'}")
+    state = []
+    if s["opted_out_at"]:
+        state.append(f"opted out {_when(app, s['opted_out_at'])}")
+    if s["restricted_at"]:
+        state.append(f"processing restricted {_when(app, s['restricted_at'])}")
+    say(f"state: {', '.join(state) or 'active'}")
+    for c in data["consents"]:
+        status = "current" if c["current"] else f"withdrawn {_when(app, c['withdrawn_at'])}"
+        say(f"consent {c['purpose']}: given {_when(app, c['given_at'])} ({c['source']}; {c['evidence'] or 'no evidence'}), "
+            f"{status}")
+    if not data["consents"]:
+        say("consents: none")
+    say(f"{len(data['messages'])} message(s), {len(data['events'])} event(s), {len(data['arrivals'])} arrival(s), "
+        f"{len(data['clicks'])} click(s), {len(data['opt_outs'])} opt-out(s); "
+        f"`loa subjects export {phone} ...` gives them all")
+
+
+@subjects.command("export")
+@click.argument("phone")
+@_AS_OPTION
+@_REASON
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the JSON here instead of standard output.")
+@click.pass_obj
+@fail_cleanly
+def subjects_export(app: App, phone: str, as_user: str, reason: str, output: Path | None) -> None:
+    """Everything loa holds about PHONE as JSON: subscriber, attributes, consents, messages with
+    their texts and states, events, arrivals, opt-outs and clicks (approver or above)."""
+    import json
+
+    from loa import subjects as subj
+
+    data = subj.export(app.engine(), phone, _subject_principal(app, as_user), reason)
+    text = json.dumps(data, ensure_ascii=False, indent=2, default=lambda v: v.isoformat())
+    if output is None:
+        click.echo(text)
+        return
+    try:
+        output.write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise LoaError(f"{output}: cannot write: {exc.strerror}") from None
+    err.print(f"wrote {output}", highlight=False, markup=False)
+
+
+@subjects.command("restrict")
+@click.argument("phone")
+@_AS_OPTION
+@_REASON
+@click.option("--lift", is_flag=True, help="Lift the restriction: PHONE may be processed again.")
+@click.pass_obj
+@fail_cleanly
+def subjects_restrict(app: App, phone: str, as_user: str, reason: str, lift: bool) -> None:
+    """Stop all processing of PHONE except storing it: no run plans it, its queued messages are
+    cancelled (approver or above)."""
+    from loa import subjects as subj
+
+    done = subj.restrict(app.engine(), phone, _subject_principal(app, as_user), reason, lift=lift)
+    from loa.phones import mask
+
+    if lift:
+        out.print(f"{mask(done['phone'])}: processing allowed again", highlight=False, markup=False)
+        return
+    out.print(f"{mask(done['phone'])}: processing restricted{' (it was already)' if done['was_restricted'] else ''}; "
+              f"{done['cancelled']} queued message(s) cancelled", highlight=False, markup=False, soft_wrap=True)
+
+
+@subjects.command("erase")
+@click.argument("phone")
+@_AS_OPTION
+@_REASON
+@click.option("--yes", is_flag=True, help="Erase without asking.")
+@click.pass_obj
+@fail_cleanly
+def subjects_erase(app: App, phone: str, as_user: str, reason: str, yes: bool) -> None:
+    """Erase everything loa holds about PHONE but the keyed hash of the number (admin).
+
+    Past reports keep their totals; the hash keeps an opt-out in force and keeps a later import
+    from bringing the number back without a new consent.  Needs $LOA_SUBJECT_KEY."""
+    from loa import subjects as subj
+    from loa.phones import mask
+
+    who = _subject_principal(app, as_user)
+    subj.subject_key()   # before asking: a missing key is said at once
+    if not yes and not click.confirm(f"erase everything loa holds about {mask(subj.parse(phone))}?", err=True):
+        raise LoaError("nothing erased")
+    done = subj.erase(app.engine(), phone, who, reason)
+    out.print(f"{mask(subj.parse(phone))}: erased ({done['messages']} message(s) kept for reports without text, "
+              f"{done['events']} event(s) cleared, {done['arrivals']} arrival(s) and {done['consents']} consent(s) "
+              f"deleted, {done['cancelled']} queued message(s) cancelled)", highlight=False, markup=False,
+              soft_wrap=True)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Say what would go, and remove nothing.")
+@click.pass_obj
+@fail_cleanly
+def purge(app: App, dry_run: bool) -> None:
+    """Remove personal data past its retention ([retention]): arrivals, message texts, and the
+    numbers of subscribers inactive that long (replaced by their keyed hash).  The elected
+    scheduler runs this daily."""
+    from loa import retention
+    from loa.subjects import subject_key
+
+    result = retention.purge(app.engine(), app.config, dry_run=dry_run, actor=_actor(),
+                             key=subject_key(required=not dry_run))
+    keep = app.config.retention
+    verb = "would be" if dry_run else "were"
+    out.print(f"{result.arrivals:,} arrival(s) older than {keep.arrivals_days} d {verb} deleted; "
+              f"{result.message_texts:,} message text(s) older than {keep.message_texts_days} d {verb} cleared; "
+              f"{result.numbers:,} number(s) of subscribers inactive for {keep.ledger_numbers_days} d {verb} "
+              "replaced by their keyed hash", highlight=False, markup=False, soft_wrap=True)
 
 
 # -- report -------------------------------------------------------------------

@@ -108,6 +108,16 @@ class ApprovalPolicy:
 
 
 @dataclasses.dataclass(frozen=True)
+class Retention:
+    """How long personal data is kept ([retention]; loa.retention purges daily).  The key of
+    the numbers' keyed hash is a secret: $LOA_SUBJECT_KEY (loa.subjects)."""
+
+    arrivals_days: int = 30
+    message_texts_days: int = 90
+    ledger_numbers_days: int = 730
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     path: Path | None
     database_url: str
@@ -122,6 +132,7 @@ class Config:
     digest: DigestSpec | None = None
     language: str = "vi"                # of the pages and report files officials read
     approval: ApprovalPolicy = ApprovalPolicy()
+    retention: Retention = dataclasses.field(default_factory=lambda: Retention())
 
     @property
     def label(self) -> str:
@@ -219,6 +230,12 @@ class _Approval(_Table):
     always: bool = Field(False, description="must be true or false")
 
 
+class _Retention(_Table):
+    arrivals_days: int = Field(30, ge=1, description="must be a whole number of days, at least 1")
+    message_texts_days: int = Field(90, ge=1, description="must be a whole number of days, at least 1")
+    ledger_numbers_days: int = Field(730, ge=1, description="must be a whole number of days, at least 1")
+
+
 class _Serve(_Table):
     host: str = Field("127.0.0.1", description="must be a host name or address")
     port: int = Field(8080, ge=1, le=65535, description="must be a port number from 1 to 65535")
@@ -293,6 +310,7 @@ class _Schema(_Table):
     serve: _Serve = _Serve()
     digest: _Digest | None = None
     approval: _Approval = _Approval()
+    retention: _Retention = _Retention()
 
 
 def _carrier_prices(value: Any) -> dict[str, int]:
@@ -593,6 +611,7 @@ def from_mapping(raw: Mapping[str, Any], path: Path | None = None, root: Path | 
         digest=_digest(schema.digest, base),
         language=schema.language,
         approval=ApprovalPolicy(**schema.approval.model_dump()),
+        retention=Retention(**schema.retention.model_dump()),
     )
 
 

@@ -122,6 +122,28 @@ subscribers = Table(
     Column("opted_out_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # personal data (loa.subjects): processing restricted at the person's request (nothing is
+    # planned or sent); erased: the phone is the number's keyed hash, everything else cleared
+    Column("restricted_at", UTCDateTime, nullable=True),
+    Column("erased_at", UTCDateTime, nullable=True),
+)
+
+# Consent per subscriber and purpose (loa.consent): "public_interest", "advertising".  A consent is
+# current while withdrawn_at is NULL; a new grant adds a row, so the history stays.
+consents = Table(
+    "consents", metadata,
+    Column("id", BigId, primary_key=True),
+    Column("subscriber_id", BigInteger, ForeignKey("subscribers.id"), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("given_at", UTCDateTime, nullable=False),
+    Column("source", String(64), nullable=False, default=""),      # "hotel check-in form", "sms:esms"
+    Column("evidence", Text, nullable=False, default=""),          # "SMS reply DK to 8xxx at ..."
+    Column("withdrawn_at", UTCDateTime, nullable=True),
+    Column("withdrawn_source", String(64), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("subscriber_id", "purpose", "given_at"),
+    Index("ix_consents_purpose_current", "purpose", "subscriber_id",
+          sqlite_where=text("withdrawn_at IS NULL"), postgresql_where=text("withdrawn_at IS NULL")),
 )
 
 # Every attribute name any subscriber carries: lets validation say "no subscriber
@@ -222,6 +244,9 @@ outbox = Table(
     # The price of the message a worker is about to send, held against the campaign's budget
     # while the row is claimed, sending or of unknown outcome (loa.cost.reserve).
     Column("reserved_vnd", BigInteger, nullable=True),
+    # The rendered message as it went out (SMS text, or a Zalo template's data as JSON); cleared
+    # after [retention] message_texts_days (loa.retention) and by an erasure.
+    Column("text", Text, nullable=True),
     UniqueConstraint("run_id", "subscriber_id"),
     # Partial indexes: claiming only ever looks at due rows, receipts only at sent ones,
     # and planning a million rows need not maintain entries nobody will read.
@@ -488,6 +513,9 @@ def _tune_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
+        # what is deleted or overwritten is zeroed, free pages included: an erased person's
+        # number leaves no trace in the file (loa.subjects)
+        cur.execute("PRAGMA secure_delete=ON")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -619,7 +647,8 @@ def transaction(engine: Engine) -> Iterator[Connection]:
 
 
 __all__ = [
-    "Float", "area_populations", "areas", "attribute_keys", "campaign_versions", "campaigns", "check_schema", "create_schema", "events",
+    "Float", "area_populations", "areas", "attribute_keys", "campaign_versions", "campaigns", "check_schema", "consents",
+    "create_schema", "events",
     "insert_for", "make_engine", "message_key", "metadata", "outbox", "runs", "snapshots", "subscribers",
     "test_sends", "utcnow",
 ]

@@ -28,6 +28,7 @@ threads, and a window costs about one commit per thread's turn, not one per mess
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import random
@@ -745,6 +746,8 @@ class Dispatcher:
                 self.summary.failed[_failure(outcome)] += 1
             outcome.setdefault("attempts", item.attempts)
             outcome |= {"lease_until": None, "updated_at": now}
+            if item.message is not None and outcome["state"] in ("sent", "delivered", "unknown"):
+                outcome["text"] = _text_of(item.message)    # what went out, for the person's export
             if outcome["state"] in ("planned", "deferred"):
                 outcome["worker"] = None
             shape = tuple(sorted(outcome))
@@ -1198,3 +1201,11 @@ def pending_count(engine: Engine) -> int:
 
 
 __all__ = ["Dispatcher", "SendSummary", "pending_count"]
+
+
+def _text_of(message: OutgoingMessage) -> str:
+    """The message as it went out: the SMS text, or the Zalo template and its data."""
+    if message.text:
+        return message.text
+    return json.dumps({"template_id": message.template_id, "data": message.template_data}, ensure_ascii=False,
+                      default=str)

@@ -520,6 +520,9 @@ class SubscribersHandler:
         with engine.connect() as conn:
             self.index = AreaIndex.load(conn)
             self.known_keys = set(conn.scalars(select(db.attribute_keys.c.name)))
+            # numbers erased at the person's request are checked for only if there are any
+            self.any_erased = conn.scalar(select(db.subscribers.c.id).where(db.subscribers.c.erased_at.is_not(None))
+                                          .limit(1)) is not None
         self.area_column: str | None = None
         self.attribute_columns: list[str] = []
 
@@ -566,6 +569,7 @@ class SubscribersHandler:
         latest: dict[str, dict[str, Any]] = {}
         for r in records:   # the same phone twice in one batch: the later row wins
             latest[r["phone"]] = r
+        late = self._erased(conn, records, latest) if self.any_erased else []
         rows = [
             {
                 "phone": r["phone"], "carrier": r["carrier"], "area_id": r["area_id"], "name": r["name"],
@@ -578,7 +582,21 @@ class SubscribersHandler:
         ]
         self._upsert(conn, rows)
         self._remember_keys(conn, rows)
-        return len(records), []
+        return len(records) - len(late), late
+
+    @staticmethod
+    def _erased(conn: Connection, records: list[dict[str, Any]], latest: dict[str, dict[str, Any]]) -> list[Late]:
+        """Numbers erased at the person's request come back only with a new consent (loa.subjects):
+        their rows are refused, and taken out of ``latest``."""
+        from loa.subjects import erased_among
+
+        held = set(conn.scalars(select(db.subscribers.c.phone).where(db.subscribers.c.phone.in_(list(latest)))))
+        erased = erased_among(conn, set(latest) - held)
+        for phone in erased:
+            del latest[phone]
+        return [(r, "phone", (f"erased on {erased[r['phone']]:%Y-%m-%d} at the person's request: it comes back "
+                              "only with a consent given since (`loa import consents`)"))
+                for r in records if r["phone"] in erased]
 
     def _upsert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         t = db.subscribers

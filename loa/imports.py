@@ -37,7 +37,7 @@ from loa.errors import InputError, LoaError, NotFound
 
 log = logging.getLogger("loa.imports")
 
-KINDS = ("areas", "subscribers", "events", "dnc", "arrivals", "snapshots")
+KINDS = ("areas", "subscribers", "events", "dnc", "arrivals", "snapshots", "consents")
 DATED = ("areas", "snapshots")        # kinds whose figures an ``as_of`` date dates
 STALE = timedelta(minutes=10)         # a running job not heard of for this long died with its process
 PROGRESS_EVERY = timedelta(seconds=1)
@@ -58,10 +58,17 @@ def handler(kind: str, engine: Engine, config: Config, path: Path, as_of: date |
         "events": lambda: importer.EventsHandler(engine, path, config.timezone),
         "dnc": lambda: importer.DncHandler(engine, path),
         "snapshots": lambda: importer.SnapshotsHandler(engine, path, as_of=as_of),
+        "consents": lambda: _consents(engine, path, config),
     }
     if kind not in made:
         raise InputError(f"no import of {kind!r}: one of {', '.join(KINDS)}")
     return made[kind]()  # type: ignore[no-any-return]
+
+
+def _consents(engine: Engine, path: Path, config: Config) -> importer.Handler:
+    from loa.consent import ConsentsHandler
+
+    return ConsentsHandler(engine, path, config.timezone, config)
 
 
 def check(path: Path, handle: importer.Handler) -> int | None:

@@ -29,6 +29,7 @@ from sqlalchemy.sql import Select
 from loa import db
 from loa.campaign import Campaign
 from loa.config import Config
+from loa.consent import suppressions
 from loa.errors import CampaignError, LoaError
 from loa.lifecycle import LifecycleError, planning_refusal
 from loa.segments import compile_segment
@@ -95,6 +96,8 @@ def audience_select(conn: Connection, config: Config, campaign: Campaign, now: d
         had = select(e.c.subscriber_id.label("sid")).where(e.c.type == kind).distinct().subquery(f"sup{i}")
         source = source.outerjoin(had, had.c.sid == S.c.id)
         whens.append((had.c.sid.is_not(None), f"event:{kind}"))
+    # personal data (loa.consent): a restricted subject is never planned; advertising needs consent
+    whens += suppressions(campaign)
     reason = case(*whens, else_=None)
     states = [(cond, "suppressed") for cond, _ in whens]
     if campaign.holdout > 0:
@@ -102,7 +105,7 @@ def audience_select(conn: Connection, config: Config, campaign: Campaign, now: d
     state = case(*states, else_="planned")
     where = compile_segment(campaign.segment, conn, config.timezone, now)
     return (select(S.c.id, S.c.area_id, state.label("state"), reason.label("reason"))
-            .select_from(source).where(where))
+            .select_from(source).where(where, S.c.erased_at.is_(None)))
 
 
 def gateway_for(config: Config, campaign: Campaign, channel: str) -> str:

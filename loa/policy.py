@@ -148,6 +148,9 @@ def opt_out(conn: Connection, phone: str, at: datetime, source: str) -> bool:
     s = db.subscribers
     conn.execute(update(s).where(s.c.phone == phone, s.c.opted_out_at.is_(None))
                  .values(opted_out_at=at, updated_at=db.utcnow()))
+    from loa.consent import withdraw_all
+
+    withdraw_all(conn, phone, at, source)   # a refusal withdraws every purpose's consent
     return added
 
 

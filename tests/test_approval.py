@@ -35,6 +35,9 @@ def office(town: Path) -> Path:
     config = town / "config.toml"
     config.write_text(config.read_text(encoding="utf-8") + "\n[approval]\nadvertising = true\n", encoding="utf-8")
     write(town / "campaigns" / "offer.toml", AD)
+    # the four subscribers agreed to advertising, which an advertising campaign needs (loa.consent)
+    ok(invoke(town, "import", "consents", str(write(town / "consents.csv", "phone,purpose,time\n" + "".join(
+        f"0912{i:06d},advertising,2026-01-01\n" for i in range(4))))))
     engine = engine_of()
     for name, role in (("olga", "operator"), ("anh", "approver"), ("binh", "approver")):
         auth.add_user(engine, "test", name, "a long password", role)

@@ -32,6 +32,7 @@ from loa.campaign import Campaign, load_one, parse_file
 from loa.checks import advertising_problems, campaign_problems
 from loa.cli import main
 from loa.config import Config, from_mapping, load
+from loa.consent import ConsentsHandler
 from loa.dispatch import Dispatcher
 from loa.errors import CampaignError
 from loa.gateways import Gateway, GatewayPool
@@ -76,6 +77,11 @@ def import_people(engine: Engine, folder: Path, n: int) -> None:
     subs = folder / "subscribers.csv"
     subs.write_text("\n".join(lines) + "\n", encoding="utf-8")
     summary = importer.run_import(engine, importer.SubscribersHandler(engine, subs), subs)
+    assert (summary.imported, summary.rejected) == (n, 0)
+    # everyone agreed to advertising, which an advertising campaign needs (loa.consent)
+    consents = write(folder / "consents.csv", "phone,purpose,time\n"
+                     + "".join(f"0912{i:06d},advertising,2026-01-01\n" for i in range(n)))
+    summary = importer.run_import(engine, ConsentsHandler(engine, consents, ZoneInfo("Asia/Ho_Chi_Minh")), consents)
     assert (summary.imported, summary.rejected) == (n, 0)
 
 

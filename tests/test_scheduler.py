@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -54,7 +54,7 @@ def test_reload_builds_one_job_per_scheduled_campaign_with_a_stable_id(setup, en
     sched = scheduler.CampaignScheduler(engine, setup, BackgroundScheduler(timezone=setup.timezone))
     assert sched.reload() == ["campaign:daily"]
     assert sched.reload() == ["campaign:daily"]   # reloading replaces, never duplicates
-    jobs = sched.scheduler.get_jobs()
+    jobs = [j for j in sched.scheduler.get_jobs() if j.id != "retention"]   # the daily purge: its own test
     assert [j.id for j in jobs] == ["campaign:daily"]
     assert jobs[0].misfire_grace_time == 7200
 
@@ -326,3 +326,30 @@ def test_a_one_shot_long_past_that_never_ran_is_not_reported(setup, engine, work
         assert sched.catch_up() == {}
         assert sched.fire("daily") is None
     assert statuses(engine) == []
+
+
+def test_the_scheduler_purges_personal_data_past_its_retention_once_a_day(setup, engine, monkeypatch):
+    """The daily job ``retention`` (only the elected scheduler has jobs) deletes arrivals older than
+    [retention] arrivals_days, and keeps the recent ones."""
+    monkeypatch.setenv("LOA_SUBJECT_KEY", "a-test-key-for-the-keyed-hash-0123456789")
+    sched = scheduler.CampaignScheduler(engine, setup, BackgroundScheduler(timezone=setup.timezone))
+    sched.reload()
+    sched.reload()
+    jobs = [j for j in sched.scheduler.get_jobs() if j.id == "retention"]
+    assert len(jobs) == 1
+    job = jobs[0]
+    first = job.trigger.get_next_fire_time(None, at("2030-03-12T09:00:00+07:00"))
+    assert first == at("2030-03-13T03:17:00+07:00")
+    assert job.trigger.get_next_fire_time(first, first + timedelta(seconds=1)) == first + timedelta(days=1)
+
+    now = db.utcnow()
+    with engine.begin() as conn:
+        S, A = db.subscribers, db.arrivals
+        sid, area = conn.execute(select(S.c.id, S.c.area_id).where(S.c.phone == "+84912000001")).one()
+        for days in (setup.retention.arrivals_days + 1, setup.retention.arrivals_days - 1):
+            conn.execute(A.insert().values(subscriber_id=sid, area_id=area, arrived_at=now - timedelta(days=days), created_at=now,
+                                           source="test"))
+    job.func(*job.args)
+    with engine.connect() as conn:
+        kept = conn.scalars(select(db.arrivals.c.arrived_at)).all()
+    assert [round((now - a).total_seconds() / 86400) for a in kept] == [setup.retention.arrivals_days - 1]

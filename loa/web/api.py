@@ -91,7 +91,10 @@ def install(app: FastAPI) -> None:
             headers = {"WWW-Authenticate": "Bearer"}
         return error_response(status, str(exc).splitlines()[0], getattr(exc, "field", None), headers=headers)
 
+    from loa.web import subjects  # a person's data: its own module, on its own router
+
     app.include_router(router)
+    app.include_router(subjects.router)
 
 
 # -- who asks --------------------------------------------------------------------------
@@ -130,11 +133,13 @@ class Body(BaseModel):
         return value
 
 
-def route(method: str, path: str, summary: str, *errors: int, public: bool = False, **kw: Any) -> Callable[..., Any]:
-    """A route of the API: its summary, its errors in the one shape, and its security scheme."""
+def route(method: str, path: str, summary: str, *errors: int, public: bool = False, on: APIRouter | None = None,
+          **kw: Any) -> Callable[..., Any]:
+    """A route of the API (of ``on``, another module's router): its summary, its errors in the one
+    shape, and its security scheme."""
     statuses = (*errors, 422) if public else (401, *errors, 422)
     extra = kw.pop("openapi_extra", {}) | {"security": [] if public else [{API_KEY: []}]}
-    return router.api_route(path, methods=[method], summary=summary, openapi_extra=extra,
+    return (on or router).api_route(path, methods=[method], summary=summary, openapi_extra=extra,
                             responses=responses(*sorted(set(statuses))) | kw.pop("responses", {}), **kw)
 
 
