@@ -713,7 +713,10 @@ def save_version(p: Page, toml_text: str, templates: dict[str, str], reason: str
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
         (folder / (old.file if old else f"{campaign.name}.toml")).write_text(toml_text, encoding="utf-8")
-        result = versions.apply(p.engine, p.config, p.who.actor, folder=folder, templates=tpl, reason=reason)
+        try:
+            result = versions.apply(p.engine, p.config, p.who.actor, folder=folder, templates=tpl, reason=reason)
+        except CampaignError as exc:    # the problems name the file, not the folder it was checked in
+            raise CampaignError([q.replace(f"{folder}/", "").replace(f"{tpl}/", "") for q in exc.problems]) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result.campaigns[0]
