@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
+from test_api import state_of, world  # noqa: F401 - `world` is a fixture
 
 from loa import audit, auth, db
 from loa.config import Config
 from loa.web import Web
-from test_api import state_of, world  # noqa: F401 - `world` is a fixture
 
 PASSWORD = "correct-horse-1"
 

@@ -28,14 +28,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import Engine
-
 from conftest import PG_URL, ROOT, write
+from sqlalchemy.engine import Engine
+from test_cost import esms  # noqa: F401 - the fixture
+from test_digest import AREAS
+
 from loa import auth, importer, versions
 from loa.config import load
 from loa.web import Web
-from test_cost import esms  # noqa: F401 - the fixture
-from test_digest import AREAS
 from providers.fakes.esms import FakeESMS
 
 CHROMIUM = "/usr/bin/chromium"

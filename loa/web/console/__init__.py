@@ -23,7 +23,6 @@ live SMS part counter and an import's progress.  No page runs inline script.
 
 from __future__ import annotations
 
-
 from loa.web.console.pages import install
 
 __all__ = ["install"]
