@@ -7,6 +7,7 @@ stale version, a role or area refused) changes nothing and is shown as one line 
 
 from __future__ import annotations
 
+import re
 import secrets
 import shutil
 import tempfile
@@ -332,8 +333,8 @@ async def set_language(request: Request) -> Response:
     lang = str(form.get("lang", ""))
     if lang not in i18n.LANGUAGES:
         lang = i18n.DEFAULT
-    target = str(form.get("next") or f"{PREFIX}/")
-    if not target.startswith(PREFIX + "/"):
+    target = str(form.get("next") or "")
+    if not re.fullmatch(r"/console/[\w./-]*", target) or ".." in target.split("/"):   # back to a page, nowhere else
         target = f"{PREFIX}/"
     response = RedirectResponse(target, status_code=303)
     set_cookie(response, "loa_lang", lang, max_age=365 * 86400)
@@ -722,15 +723,26 @@ def save_version(p: Page, toml_text: str, templates: dict[str, str], reason: str
     return result.campaigns[0]
 
 
+def _editable(p: Page, name: str) -> versions.Version:
+    """The current version of a campaign the user may draft."""
+    _campaign(p, name, "campaigns.draft")
+    with p.engine.connect() as conn:
+        version = versions.stored(conn, name)
+    if version is None:
+        raise NotFound(f"campaign {name} has no version")
+    return version
+
+
+def _saved(p: Page, applied: versions.Applied) -> Response:
+    return back(p, f"{PREFIX}/campaigns/{applied.name}", p.t.gettext("Version {version} saved ({state}).").format(
+        version=applied.version, state=p.t.gettext(STATES.get(applied.after, applied.after))))
+
+
 @router.get(PREFIX + "/campaigns/{name}/edit")
 def edit_campaign(request: Request, name: str) -> Response:
     p = page(request)
     try:
-        _campaign(p, name, "campaigns.draft")
-        with p.engine.connect() as conn:
-            version = versions.stored(conn, name)
-        if version is None:
-            raise NotFound(f"campaign {name} has no version")
+        version = _editable(p, name)
     except LoaError as exc:
         return render(p, "error.html", 403, message=failed(p, exc))
     form = _form_of_version(version)
@@ -758,20 +770,17 @@ async def save_form(request: Request) -> Response:
         problems = exc.problems if isinstance(exc, CampaignError) else [str(exc)]
         return render(p, "edit.html", 422, form=form, problems=problems, name=existing,
                       measure=_measure(p, form.get("text", ""), existing))
-    return back(p, f"{PREFIX}/campaigns/{applied.name}", p.t.gettext("Version {version} saved ({state}).").format(
-        version=applied.version, state=p.t.gettext(STATES.get(applied.after, applied.after))))
+    return _saved(p, applied)
 
 
 @router.get(PREFIX + "/campaigns/{name}/toml")
 def toml_editor(request: Request, name: str) -> Response:
     p = page(request)
     try:
-        _campaign(p, name, "campaigns.draft")
-        with p.engine.connect() as conn:
-            version = versions.stored(conn, name)
+        version = _editable(p, name)
     except LoaError as exc:
         return render(p, "error.html", 403, message=failed(p, exc))
-    return render(p, "toml.html", name=name, text=version.toml if version else "", problems=[])
+    return render(p, "toml.html", name=name, text=version.toml, problems=[])
 
 
 @router.post(PREFIX + "/campaigns/{name}/toml")
@@ -791,8 +800,7 @@ async def save_toml(request: Request, name: str) -> Response:
     except (CampaignError, LoaError) as exc:
         problems = exc.problems if isinstance(exc, CampaignError) else [str(exc)]
         return render(p, "toml.html", 422, name=name, text=text, problems=problems)
-    return back(p, f"{PREFIX}/campaigns/{name}", p.t.gettext("Version {version} saved ({state}).").format(
-        version=applied.version, state=p.t.gettext(STATES.get(applied.after, applied.after))))
+    return _saved(p, applied)
 
 
 @dataclass
@@ -953,15 +961,22 @@ async def upload(request: Request) -> Response:
     return back(p, f"{PREFIX}/imports/{job.id}")
 
 
-@router.get(PREFIX + "/imports/{job_id}")
-def import_page(request: Request, job_id: int) -> Response:
-    p = page(request)
+def _job(p: Page, job_id: int, read: Any) -> Any:
+    """``read(engine, job_id)`` for a user who may import, else the page that refuses."""
     if not p.who.can("imports.run"):
         return render(p, "error.html", 403, message=p.t.gettext("Your role or area may not import data."))
     try:
-        job = imports.get(p.engine, job_id)
+        return read(p.engine, job_id)
     except NotFound as exc:
         return render(p, "error.html", 404, message=failed(p, exc))
+
+
+@router.get(PREFIX + "/imports/{job_id}")
+def import_page(request: Request, job_id: int) -> Response:
+    p = page(request)
+    job = _job(p, job_id, imports.get)
+    if isinstance(job, Response):
+        return job
     if request.query_params.get("fragment"):
         return fragment(p, "_import.html", job=job, kinds=KINDS)
     return render(p, "import.html", job=job, kinds=KINDS)
@@ -970,12 +985,9 @@ def import_page(request: Request, job_id: int) -> Response:
 @router.get(PREFIX + "/imports/{job_id}/rejects.csv")
 def import_rejects(request: Request, job_id: int) -> Response:
     p = page(request)
-    if not p.who.can("imports.run"):
-        return render(p, "error.html", 403, message=p.t.gettext("Your role or area may not import data."))
-    try:
-        text = imports.rejects(p.engine, job_id)
-    except NotFound as exc:
-        return render(p, "error.html", 404, message=failed(p, exc))
+    text = _job(p, job_id, imports.rejects)
+    if isinstance(text, Response):
+        return text
     if text is None:
         return render(p, "error.html", 404, message=p.t.gettext("This import rejected no row."))
     return Response(text, media_type="text/csv; charset=utf-8", headers={
