@@ -212,6 +212,19 @@ def test_an_official_runs_a_campaign_from_upload_to_report(served: str, tmp_path
         expect(page.locator("#report-table")).to_contain_text("Tổng")
         expect(page.locator("#report-table tbody tr")).to_have_count(2)
         shoot(page, "report")
+
+        # on a phone's screen nothing overflows sideways, every field has its label, and the
+        # keyboard reaches the page: the first Tab lands on "skip to content"
+        page.set_viewport_size({"width": 390, "height": 844})
+        for url in ("/", "/reports/bluezone", "/campaigns/bluezone", "/imports", "/campaigns/new"):
+            page.goto(console + url)
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390, url
+            unlabelled = page.evaluate("""[...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+                .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.name)""")
+            assert unlabelled == [], (url, unlabelled)
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.className") == "skip"
+        page.set_viewport_size({"width": 1100, "height": 800})
         page.get_by_role("button", name="Đăng xuất").click()
 
         # 7. a viewer bound to Mộc Châu sees only Mộc Châu's campaign
