@@ -109,3 +109,22 @@ def test_every_page_carries_the_policy_and_no_inline_script(web: Web) -> None:
                 continue
             field = re.search(r'\bid="([^"]+)"', tag)
             assert field and f'for="{field.group(1)}"' in r.text, (url, tag)
+
+
+def test_only_a_role_with_personal_data_sees_subscribers_masked_and_each_look_is_audited(engine: Engine,
+                                                                                      web: Web) -> None:
+    from loa import audit
+
+    def looks() -> list[str]:
+        return [e.actor for e in audit.query(engine, action="campaigns.review")]
+
+    viewer = sign_in(web, "vy", "viewer")
+    page = viewer.get("/console/campaigns/mocchau").text
+    assert "Người " not in page and not re.search(r"\+?84\d{9}|09\d{8}", page)     # no name, no number
+    assert looks() == []
+    operator = sign_in(web, "olga", "operator")
+    page = re.sub(r'placeholder="[^"]*"', "", operator.get("/console/campaigns/mocchau").text)
+    assert "Người " in page                                              # a sample subscriber, by name
+    assert re.search(r"\+8491\*{4}\d{3}", page) and not re.search(r"\+?84912\d{6}|0912\d{6}", page)
+    operator.get("/console/campaigns/mocchau")
+    assert looks() == ["user:olga", "user:olga"]                          # every look, by whom
