@@ -30,6 +30,7 @@ from loa import approval, audit, auth, db, i18n, imports, lifecycle, versions
 from loa.areas import AreaIndex, AreaLookupError
 from loa.campaign import parse_text
 from loa.errors import CampaignError, InputError, LoaError, NotFound
+from loa.web.console import signout
 from loa.web.console.session import (
     CSRF,
     FLASH,
@@ -138,7 +139,7 @@ def _lang(request: Request) -> str:
 def page(request: Request) -> Page:
     """The signed-in user's page context, or :class:`SignIn`."""
     sess = signer(request).session(request.cookies.get(SESSION))
-    if sess is None:
+    if sess is None or signout.ended(request.app.state.web.engine, sess):
         raise SignIn()
     try:
         who = auth.principal_for_user(request.app.state.web.engine, sess.user)
@@ -322,6 +323,9 @@ async def login(request: Request) -> Response:
 @router.post(PREFIX + "/logout")
 async def logout(request: Request) -> Response:
     await form_of(request)
+    sess = signer(request).session(request.cookies.get(SESSION))
+    if sess is not None:      # every copy of the cookie stops working, not only this browser's
+        await run_in_threadpool(signout.end, request.app.state.web.engine, sess)
     response = RedirectResponse(f"{PREFIX}/login", status_code=303)
     response.delete_cookie(SESSION, path="/", secure=True, httponly=True, samesite="strict")
     return response
@@ -340,7 +344,7 @@ async def set_language(request: Request) -> Response:
     set_cookie(response, "loa_lang", lang, max_age=365 * 86400)
     sess = signer(request).session(request.cookies.get(SESSION))
     if sess is not None:
-        set_cookie(response, SESSION, signer(request).session_cookie(sess.user, lang))
+        set_cookie(response, SESSION, signer(request).session_cookie(sess.user, lang, sess.nonce))
     return response
 
 
