@@ -128,3 +128,20 @@ def test_only_a_role_with_personal_data_sees_subscribers_masked_and_each_look_is
     assert re.search(r"\+8491\*{4}\d{3}", page) and not re.search(r"\+?84912\d{6}|0912\d{6}", page)
     operator.get("/console/campaigns/mocchau")
     assert looks() == ["user:olga", "user:olga"]                          # every look, by whom
+
+
+def test_signing_out_ends_the_session_for_every_copy_of_its_cookie(engine: Engine, web: Web) -> None:
+    from loa import db
+
+    client = sign_in(web, "lan", "viewer")
+    copy = browser(web)                                   # another tab, or whoever copied the cookie
+    copy.cookies.set("loa_session", client.cookies["loa_session"], domain="testserver.local")
+    assert copy.get("/console/").url.path == "/console/"
+    client.post("/console/logout", data={"csrf": csrf(client.get("/console/").text)})
+    assert client.get("/console/").url.path == "/console/login"
+    assert copy.get("/console/").url.path == "/console/login"
+    again = sign_in(web, "lan2", "viewer")                # a new session of the same browser is another one
+    assert again.get("/console/").url.path == "/console/"
+    with engine.connect() as conn:
+        [row] = conn.execute(db.console_sessions_ended.select()).all()
+    assert row.user_name == "lan" and row.expires_at > row.ended_at

@@ -44,6 +44,7 @@ class Session:
     user: str
     lang: str
     issued: float
+    nonce: str          # names the session, for signing out (loa.web.console.signout)
 
 
 class Signer:
@@ -73,8 +74,9 @@ class Signer:
         return value if isinstance(value, dict) else None
 
     # -- sessions ----------------------------------------------------------------------
-    def session_cookie(self, user: str, lang: str) -> str:
-        return self.sign(SESSION, {"u": user, "l": lang, "t": time.time(), "n": secrets.token_hex(8)})
+    def session_cookie(self, user: str, lang: str, nonce: str | None = None) -> str:
+        """A new session's cookie; with ``nonce``, the same session's (its language changed)."""
+        return self.sign(SESSION, {"u": user, "l": lang, "t": time.time(), "n": nonce or secrets.token_hex(16)})
 
     def session(self, cookie: str | None) -> Session | None:
         value = self.unsign(SESSION, cookie)
@@ -83,10 +85,10 @@ class Signer:
         issued = value.get("t")
         if not isinstance(issued, (int, float)) or not 0 <= time.time() - issued < LIFETIME:
             return None
-        user, lang = value.get("u"), value.get("l")
-        if not isinstance(user, str) or not isinstance(lang, str):
+        user, lang, nonce = value.get("u"), value.get("l"), value.get("n")
+        if not isinstance(user, str) or not isinstance(lang, str) or not isinstance(nonce, str) or not nonce:
             return None
-        return Session(user, lang, float(issued))
+        return Session(user, lang, float(issued), nonce[:32])
 
     # -- CSRF ----------------------------------------------------------------------------
     def csrf_token(self, cookie: str) -> str:
