@@ -64,6 +64,8 @@ DECISIONS = set(approval.PERMISSION)            # submit, approve, reject, launc
 LIFECYCLE = {"pause", "resume", "cancel"}       # loa.lifecycle
 KINDS = {"subscribers": N_("subscribers"), "areas": N_("areas"), "events": N_("events"),
          "dnc": N_("Do-Not-Call list"), "arrivals": N_("arrivals"), "snapshots": N_("snapshots")}
+JOB_STATES = {"running": N_("running"), "done": N_("done"), "failed": N_("failed"),
+              "interrupted": N_("interrupted")}
 ROLES = {"viewer": N_("viewer"), "operator": N_("operator"), "approver": N_("approver"), "admin": N_("admin")}
 
 
@@ -173,7 +175,7 @@ def render(p: Page, template: str, status: int = 200, **ctx: Any) -> HTMLRespons
     flash = signer(p.request).unsign(FLASH, p.request.cookies.get(FLASH))
     body = ENV.get_template(template).render(
         _=p.t.gettext, t=p.t, who=p.who, csrf=p.csrf, nonce=p.nonce, p=p, nav=nav(p), states=STATES,
-        flash=flash, prefix=PREFIX, roles=ROLES, **ctx)
+        flash=flash, prefix=PREFIX, roles=ROLES, job_states=JOB_STATES, **ctx)
     response = HTMLResponse(body, status_code=status)
     if p.new_csrf:
         set_cookie(response, CSRF, p.csrf_cookie)
@@ -184,7 +186,7 @@ def render(p: Page, template: str, status: int = 200, **ctx: Any) -> HTMLRespons
 
 def fragment(p: Page, template: str, **ctx: Any) -> HTMLResponse:
     body = ENV.get_template(template).render(_=p.t.gettext, t=p.t, who=p.who, csrf=p.csrf, p=p, states=STATES,
-                                             prefix=PREFIX, **ctx)
+                                             prefix=PREFIX, job_states=JOB_STATES, **ctx)
     return secure_headers(HTMLResponse(body), p.nonce)
 
 
@@ -601,8 +603,10 @@ async def test_send(request: Request, name: str) -> Response:
         trial = await run_in_threadpool(send)
     except LoaError as exc:
         return back(p, url, failed(p, exc), error=True)
-    states = ", ".join(f"{r.phone}: {r.state}" for r in trial.results)
-    return back(p, url, p.t.gettext("Test sent ({detail}): {states}").format(detail=trial.detail, states=states))
+    sent = sum(r.state in ("sent", "delivered") for r in trial.results)
+    phones = ", ".join(r.phone for r in trial.results)        # masked
+    return back(p, url, p.t.gettext("Test sent: {sent} of {count} accepted by the gateway ({phones}).").format(
+        sent=sent, count=len(trial.results), phones=phones))
 
 
 # -- editing ---------------------------------------------------------------------------------
@@ -892,7 +896,8 @@ def report_page(request: Request, name: str) -> Response:
     top = max([r["row"].rate_delivered or 0 for r in rows] + [r["row"].installed_share or 0 for r in rows] + [0.01])
     return render(p, "report.html", name=name, report=result, rows=rows, top=top, snapshots=snapshots,
                   level=level or result.level, level_label=level_name(p.t, result.level),
-                  levels=sorted(report.levels(p.engine)), printing=bool(request.query_params.get("print")))
+                  levels=[(lv, level_name(p.t, lv)) for lv in sorted(report.levels(p.engine))],
+                  printing=bool(request.query_params.get("print")))
 
 
 @router.get(PREFIX + "/reports/{name}/report.{fmt}")
