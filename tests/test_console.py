@@ -84,7 +84,7 @@ def test_sign_in_sets_safe_cookies_a_strict_policy_and_vietnamese(web: Web) -> N
     client.post("/console/logout", data={"csrf": csrf(page.text)})
     assert client.get("/console/").url.path == "/console/login"
     # a forged session cookie is no session
-    client.cookies.set("loa_session", "eyJ1IjoiYWRtaW4ifQ.forged", domain="testserver")
+    client.cookies.set("loa_session", "eyJ1IjoiYWRtaW4ifQ.forged", domain="testserver.local")  # sent
     assert client.get("/console/").url.path == "/console/login"
 
 
