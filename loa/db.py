@@ -407,6 +407,17 @@ login_attempts = Table(
     Index("ix_login_attempts_client_at", "client", "at"),
 )
 
+# Console sessions ended by signing out (loa.web.console): a session is a signed cookie,
+# and a copy of it (another tab's, a stolen one) must stop working when its user signs out.
+# A row lives until the session would have expired anyway; then it is deleted.
+console_sessions_ended = Table(
+    "console_sessions_ended", metadata,
+    Column("nonce", String(32), primary_key=True),
+    Column("user_name", String(64), nullable=False),
+    Column("ended_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False, index=True),
+)
+
 # Who did what, when, to which object, with its state before and after.  Append-only:
 # loa has no statement that changes or removes a row, and the database refuses one
 # (AUDIT_APPEND_ONLY, installed with the table).

@@ -35,7 +35,8 @@ def marked() -> dict[str | tuple[str, ...], list[str]]:
     """Every string marked for translation in loa/, with where it is."""
     found: dict[str | tuple[str, ...], list[str]] = {}
     for filename, lineno, message, _comments, _context in extract_from_dir(
-            str(LOA), method_map=[("**.py", "python")], keywords=KEYWORDS):
+            str(LOA), method_map=[("**.py", "python"), ("web/console/templates/**.html", "jinja2.ext:babel_extract")],
+            keywords=KEYWORDS):
         found.setdefault(message, []).append(f"loa/{filename}:{lineno}")
     return found
 

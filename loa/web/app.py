@@ -27,7 +27,7 @@ from loa.errors import InputError, LoaError, NotFound
 from loa.gateways import GatewayPool
 from loa.importer import record_events
 from loa.inbound import receive_inbound
-from loa.web import api, hooks
+from loa.web import api, console, hooks
 from loa.web import metrics as prom
 from loa.web.body import MAX_BODY, TooLarge, read_body
 from loa.web.errors import CatchAll, error_response, is_api, reply, responses
@@ -206,6 +206,8 @@ def create_app(web: Web) -> FastAPI:
     app.add_middleware(CatchAll)
     app.include_router(hooks.router)
     api.install(app)
+    console.install(app)
+    console.install(app)
 
     @app.exception_handler(HTTPException)
     async def unknown(request: Request, exc: HTTPException) -> Response:

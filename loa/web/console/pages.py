@@ -1,0 +1,1095 @@
+"""The console's routes: each page a few lines over the engine's functions.
+
+Every route checks the user's role and area with :func:`loa.auth.require` (or the engine
+function it calls does), as the API does for a key; an error of the engine (a wrong state, a
+stale version, a role or area refused) changes nothing and is shown as one line on the page.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+import tomli_w
+from fastapi import APIRouter, FastAPI, Request
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+
+from loa import approval, audit, auth, db, i18n, imports, lifecycle, versions
+from loa.areas import AreaIndex, AreaLookupError
+from loa.campaign import parse_text
+from loa.errors import CampaignError, InputError, LoaError, NotFound
+from loa.web.console import signout
+from loa.web.console.session import (
+    CSRF,
+    FLASH,
+    HEADERS,
+    SESSION,
+    Signer,
+    csp,
+    new_csrf_cookie,
+)
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+PREFIX = "/console"
+C, R, V = db.campaigns, db.runs, db.campaign_versions
+IMPORT_KINDS = ("subscribers", "areas", "events", "dnc", "arrivals", "snapshots")
+MAX_UPLOAD = 200_000_000
+
+
+def N_(message: str) -> str:
+    """Marks a string for the catalog; translated where it is shown."""
+    return message
+
+
+STATES = {"draft": N_("draft"), "pending_approval": N_("pending approval"), "approved": N_("approved"),
+          "active": N_("active"), "paused": N_("paused"), "finished": N_("finished"), "cancelled": N_("cancelled")}
+ACTIONS = {"submit": N_("Submit for approval"), "approve": N_("Approve"), "reject": N_("Reject"),
+           "launch": N_("Launch"), "pause": N_("Pause"), "resume": N_("Resume"), "cancel": N_("Cancel campaign")}
+# the actions that need a reason: the control plane refuses them without one
+NEEDS_REASON = {"reject", "pause", "cancel"}
+DECISIONS = set(approval.PERMISSION)            # submit, approve, reject, launch: loa.approval
+LIFECYCLE = {"pause", "resume", "cancel"}       # loa.lifecycle
+KINDS = {"subscribers": N_("subscribers"), "areas": N_("areas"), "events": N_("events"),
+         "dnc": N_("Do-Not-Call list"), "arrivals": N_("arrivals"), "snapshots": N_("snapshots")}
+JOB_STATES = {"running": N_("running"), "done": N_("done"), "failed": N_("failed"),
+              "interrupted": N_("interrupted")}
+ROLES = {"viewer": N_("viewer"), "operator": N_("operator"), "approver": N_("approver"), "admin": N_("admin")}
+
+
+class SignIn(Exception):
+    """No valid session: the browser goes to the sign-in page."""
+
+
+class Refused(Exception):
+    """A POST without a valid CSRF token."""
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env
+
+
+ENV = _environment()
+
+
+@dataclass
+class Page:
+    """One request of a signed-in user: who, in which language, and the form token."""
+
+    request: Request
+    who: auth.Principal
+    t: i18n.Language
+    csrf_cookie: str
+    new_csrf: bool = False
+    nonce: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+
+    @property
+    def web(self) -> Any:
+        return self.request.app.state.web
+
+    @property
+    def engine(self) -> Any:
+        return self.web.engine
+
+    @property
+    def config(self) -> Any:
+        return self.web.config
+
+    @property
+    def csrf(self) -> str:
+        return signer(self.request).csrf_token(self.csrf_cookie)
+
+    def local(self, moment: datetime | None) -> str:
+        """A moment in the deployment's time zone: 17/08/2020 08:00."""
+        if moment is None:
+            return i18n.DASH
+        tz: ZoneInfo = self.config.timezone
+        if moment.tzinfo is None:
+            from datetime import UTC
+
+            moment = moment.replace(tzinfo=UTC)
+        at = moment.astimezone(tz)
+        return f"{self.t.date(at.date())} {at:%H:%M}"
+
+
+def signer(request: Request) -> Signer:
+    state = request.app.state
+    if not hasattr(state, "console_signer"):
+        state.console_signer = Signer()
+    return state.console_signer
+
+
+def _lang(request: Request) -> str:
+    chosen = request.cookies.get("loa_lang")
+    return chosen if chosen in i18n.LANGUAGES else request.app.state.web.config.language
+
+
+def page(request: Request) -> Page:
+    """The signed-in user's page context, or :class:`SignIn`."""
+    sess = signer(request).session(request.cookies.get(SESSION))
+    if sess is None or signout.ended(request.app.state.web.engine, sess):
+        raise SignIn()
+    try:
+        who = auth.principal_for_user(request.app.state.web.engine, sess.user)
+    except auth.AuthError:
+        raise SignIn() from None
+    cookie = request.cookies.get(CSRF)
+    lang = sess.lang if sess.lang in i18n.LANGUAGES else i18n.DEFAULT
+    return Page(request, who, i18n.language(lang), cookie or new_csrf_cookie(), new_csrf=cookie is None)
+
+
+async def form_of(request: Request) -> dict[str, Any]:
+    """The posted form, after its CSRF token is checked."""
+    form = await request.form(max_files=1, max_fields=50, max_part_size=MAX_UPLOAD)
+    if not signer(request).csrf_ok(request.cookies.get(CSRF), str(form.get("csrf") or "")):
+        raise Refused()
+    return dict(form.multi_items()) | {k: form.getlist(k) for k in form if len(form.getlist(k)) > 1}
+
+
+def secure_headers(response: Response, nonce: str) -> Response:
+    response.headers["Content-Security-Policy"] = csp(nonce)
+    for name, value in HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def set_cookie(response: Response, name: str, value: str, max_age: int | None = None, path: str = "/") -> None:
+    response.set_cookie(name, value, max_age=max_age, path=path, secure=True, httponly=True, samesite="strict")
+
+
+def render(p: Page, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+    flash = signer(p.request).unsign(FLASH, p.request.cookies.get(FLASH))
+    body = ENV.get_template(template).render(
+        _=p.t.gettext, t=p.t, who=p.who, csrf=p.csrf, nonce=p.nonce, p=p, nav=nav(p), states=STATES,
+        flash=flash, prefix=PREFIX, roles=ROLES, job_states=JOB_STATES, **ctx)
+    response = HTMLResponse(body, status_code=status)
+    if p.new_csrf:
+        set_cookie(response, CSRF, p.csrf_cookie)
+    if flash is not None:
+        response.delete_cookie(FLASH, path="/", secure=True, httponly=True, samesite="strict")
+    return secure_headers(response, p.nonce)
+
+
+def fragment(p: Page, template: str, **ctx: Any) -> HTMLResponse:
+    body = ENV.get_template(template).render(_=p.t.gettext, t=p.t, who=p.who, csrf=p.csrf, p=p, states=STATES,
+                                             prefix=PREFIX, job_states=JOB_STATES, **ctx)
+    return secure_headers(HTMLResponse(body), p.nonce)
+
+
+def back(p: Page, url: str, message: str | None = None, error: bool = False) -> RedirectResponse:
+    """Back to a page after a POST, with one line to show there."""
+    response = RedirectResponse(url, status_code=303)
+    if message:
+        set_cookie(response, FLASH, signer(p.request).sign(FLASH, {"text": message, "error": error}), max_age=60)
+    return response
+
+
+def failed(p: Page, exc: LoaError) -> str:
+    """An engine's refusal as one line, after a translated lead."""
+    return p.t.gettext("Not done: {reason}").format(reason=str(exc).splitlines()[0])
+
+
+def nav(p: Page) -> list[tuple[str, str]]:
+    items = [(f"{PREFIX}/", N_("Dashboard"))]
+    if p.who.can("imports.run"):
+        items.append((f"{PREFIX}/imports", N_("Imports")))
+    if p.who.can("campaigns.draft"):
+        items.append((f"{PREFIX}/campaigns/new", N_("New campaign")))
+    items.append((f"{PREFIX}/gateways", N_("Gateways")))
+    if p.who.can("users.manage"):
+        items += [(f"{PREFIX}/users", N_("Users")), (f"{PREFIX}/keys", N_("API keys"))]
+    if p.who.can("audit.read"):
+        items.append((f"{PREFIX}/audit", N_("Audit log")))
+    return items
+
+
+# -- where campaigns lie ---------------------------------------------------------------------
+
+def _places(conn: Any, campaign_id: int) -> list[Any]:
+    from loa.web.api import Places
+
+    return Places(conn).of(campaign_id)
+
+
+def _campaign(p: Page, name: str, action: str = "campaigns.read") -> tuple[Any, list[Any]]:
+    with p.engine.connect() as conn:
+        row = conn.execute(select(C).where(C.c.name == name)).one_or_none()
+        if row is None:
+            raise NotFound(f"no campaign named {name!r}")
+        places = _places(conn, row.id)
+    auth.require(p.who, action, places)
+    return row, places
+
+
+def readable_campaigns(p: Page) -> list[tuple[Any, list[Any]]]:
+    with p.engine.connect() as conn:
+        rows = conn.execute(select(C).order_by(C.c.name)).all()
+        out = []
+        for row in rows:
+            places = _places(conn, row.id)
+            if p.who.can("campaigns.read", places):
+                out.append((row, places))
+    return out
+
+
+# -- the pages ------------------------------------------------------------------------------
+
+router = APIRouter(include_in_schema=False)
+
+
+def install(app: FastAPI) -> None:
+    """Mount the console under /console, its files under /console/static."""
+
+    @app.exception_handler(SignIn)
+    async def sign_in(request: Request, exc: SignIn) -> Response:
+        if request.headers.get("hx-request"):
+            return Response(status_code=204, headers={"HX-Redirect": f"{PREFIX}/login"})
+        return RedirectResponse(f"{PREFIX}/login", status_code=303)
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, exc: Refused) -> Response:
+        return Response("the form has expired: reload the page and send it again\n", status_code=403,
+                        media_type="text/plain; charset=utf-8")
+
+    app.include_router(router)
+
+
+@router.get("/")
+def root() -> Response:
+    return RedirectResponse(f"{PREFIX}/", status_code=303)
+
+
+@router.get(PREFIX)
+def console_root() -> Response:
+    return RedirectResponse(f"{PREFIX}/", status_code=303)
+
+
+@router.get(PREFIX + "/static/{name}")
+def static(name: str) -> Response:
+    files = {"htmx.min.js": "text/javascript", "console.js": "text/javascript", "console.css": "text/css"}
+    if name not in files:
+        return Response("not found\n", status_code=404, media_type="text/plain")
+    return FileResponse(STATIC / name, media_type=files[name] + "; charset=utf-8",
+                        headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
+
+
+# -- signing in and out ----------------------------------------------------------------------
+
+def _anonymous(request: Request) -> Page:
+    cookie = request.cookies.get(CSRF)
+    nobody = auth.Principal("user", "", "viewer")
+    return Page(request, nobody, i18n.language(_lang(request)), cookie or new_csrf_cookie(), new_csrf=cookie is None)
+
+
+def _login_page(p: Page, status: int = 200, error: str | None = None, name: str = "") -> HTMLResponse:
+    return render(p, "login.html", status=status, error=error, name=name)
+
+
+@router.get(PREFIX + "/login")
+def login_form(request: Request) -> Response:
+    return _login_page(_anonymous(request))
+
+
+@router.post(PREFIX + "/login")
+async def login(request: Request) -> Response:
+    p = _anonymous(request)
+    form = await form_of(request)
+    name, password = str(form.get("name", "")), str(form.get("password", ""))
+    client = request.client.host if request.client else ""
+    try:
+        who = await run_in_threadpool(auth.authenticate_password, p.engine, name, password, client)
+    except auth.LockedOut:
+        return _login_page(p, 429, p.t.gettext("Too many failed sign-ins: try again later."), name)
+    except auth.AuthError:
+        return _login_page(p, 401, p.t.gettext("Wrong user name or password."), name)
+    audit.record_now(p.engine, who.actor, "console.login", "user", who.name)
+    response = RedirectResponse(f"{PREFIX}/", status_code=303)
+    set_cookie(response, SESSION, signer(request).session_cookie(who.name, p.t.code), max_age=None)
+    return response
+
+
+@router.post(PREFIX + "/logout")
+async def logout(request: Request) -> Response:
+    await form_of(request)
+    sess = signer(request).session(request.cookies.get(SESSION))
+    if sess is not None:      # every copy of the cookie stops working, not only this browser's
+        await run_in_threadpool(signout.end, request.app.state.web.engine, sess)
+    response = RedirectResponse(f"{PREFIX}/login", status_code=303)
+    response.delete_cookie(SESSION, path="/", secure=True, httponly=True, samesite="strict")
+    return response
+
+
+@router.post(PREFIX + "/language")
+async def set_language(request: Request) -> Response:
+    form = await form_of(request)
+    lang = str(form.get("lang", ""))
+    if lang not in i18n.LANGUAGES:
+        lang = i18n.DEFAULT
+    target = str(form.get("next") or "")
+    if not re.fullmatch(r"/console/[\w./-]*", target) or ".." in target.split("/"):   # back to a page, nowhere else
+        target = f"{PREFIX}/"
+    response = RedirectResponse(target, status_code=303)
+    set_cookie(response, "loa_lang", lang, max_age=365 * 86400)
+    sess = signer(request).session(request.cookies.get(SESSION))
+    if sess is not None:
+        set_cookie(response, SESSION, signer(request).session_cookie(sess.user, lang, sess.nonce))
+    return response
+
+
+# -- the dashboard ----------------------------------------------------------------------------
+
+@dataclass
+class Progress:
+    name: str
+    state: str
+    description: str
+    sent: int = 0
+    delivered: int = 0
+    failed: int = 0
+    queued: int = 0
+    total: int = 0
+    rate: float = 0.0
+    eta: float | None = None
+    next_send: datetime | None = None
+    next_run: datetime | None = None
+    spent: int = 0
+    budget: int | None = None
+
+    @property
+    def done_share(self) -> float | None:
+        return (self.sent + self.delivered + self.failed) / self.total if self.total else None
+
+
+def progress_of(p: Page, rows: list[tuple[Any, list[Any]]]) -> list[Progress]:
+    from loa import cost, status
+
+    collected = status.collect(p.engine, recent_runs=200)
+    next_runs = _next_runs(p)
+    out = []
+    for row, _ in rows:
+        item = Progress(row.name, row.state, row.description or "", next_run=next_runs.get(row.name))
+        for run in collected["runs"]:
+            if run["campaign"] != row.name:
+                continue
+            o = run["outcomes"]
+            item.sent += o.get("sent", 0) + o.get("undelivered", 0) + o.get("sending", 0)
+            item.delivered += o.get("delivered", 0)
+            item.failed += o.get("failed", 0) + o.get("unknown", 0)
+            item.queued += o.get("queued", 0)
+            item.total += sum(n for k, n in o.items() if k not in ("held_out", "suppressed", "cancelled"))
+            item.rate += run["rate"]
+            if run["eta_seconds"] is not None and run["due"]:
+                item.eta = max(item.eta or 0, run["eta_seconds"])
+            if run["next_at"]:
+                at = datetime.fromisoformat(run["next_at"])
+                item.next_send = at if item.next_send is None else min(item.next_send, at)
+        try:
+            spent = cost.spend(p.engine, row.name)
+            item.spent, item.budget = spent.spent_vnd, spent.budget
+        except NotFound:
+            pass
+        out.append(item)
+    return out
+
+
+def _next_runs(p: Page) -> dict[str, datetime]:
+    try:
+        import scheduler
+
+        return {name: times[0] for name, times in scheduler.next_runs(p.config, 1, engine=p.engine).items() if times}
+    except (ImportError, LoaError):
+        return {}
+
+
+def _gateways(p: Page) -> list[dict[str, Any]]:
+    from loa import gateways as gw
+
+    paused = gw.paused(p.engine)
+    out = []
+    for name in sorted(set(p.config.gateways) | set(paused)):
+        spec = p.config.gateways.get(name)
+        held = paused.get(name)
+        out.append({"name": name, "type": spec.type if spec else "—", "rate": spec.rate if spec else None,
+                    "paused": held is not None, "reason": held["reason"] if held else "",
+                    "since": held["since"] if held else None})
+    return out
+
+
+@router.get(PREFIX + "/")
+def dashboard(request: Request) -> Response:
+    p = page(request)
+    items = progress_of(p, readable_campaigns(p))
+    current = [i for i in items if i.state in ("active", "paused", "approved")]
+    other = [i for i in items if i not in current]
+    paused = [g for g in _gateways(p) if g["paused"]]
+    if request.query_params.get("fragment"):
+        one = request.query_params.get("campaign")
+        return fragment(p, "_progress.html", items=[i for i in items if i.name == one] if one else current)
+    return render(p, "dashboard.html", current=current, other=other, paused=paused)
+
+
+# -- a campaign ----------------------------------------------------------------------------------
+
+def _diff_lines(text: str) -> list[tuple[str, str]]:
+    out = []
+    for line in text.splitlines():
+        kind = "add" if line.startswith("+") and not line.startswith("+++") else \
+            "del" if line.startswith("-") and not line.startswith("---") else \
+            "hunk" if line.startswith("@@") else ""
+        out.append((kind, line))
+    return out
+
+
+def _allowed_actions(p: Page, row: Any, places: list[Any]) -> list[str]:
+    """The buttons to show: what the campaign's state allows and the user's role may do."""
+    out = []
+    for action in ("submit", "approve", "reject", "launch", "pause", "resume", "cancel"):
+        if row.state not in lifecycle.CAMPAIGN_ACTIONS[action]:
+            continue
+        permission = approval.PERMISSION.get(action, f"campaigns.{action}")
+        if p.who.can(permission, places):
+            out.append(action)
+    return out
+
+
+@router.get(PREFIX + "/campaigns/new")
+def new_campaign(request: Request) -> Response:
+    p = page(request)
+    if not p.who.can("campaigns.draft"):
+        return render(p, "error.html", 403, message=p.t.gettext("Your role may not draft campaigns."))
+    return render(p, "edit.html", form=_blank_form(), problems=[], name=None, measure=_measure(p, "", None))
+
+
+@router.get(PREFIX + "/campaigns/{name}")
+def campaign_page(request: Request, name: str) -> Response:
+    p = page(request)
+    try:
+        row, places = _campaign(p, name)
+    except LoaError as exc:
+        return render(p, "error.html", 404 if isinstance(exc, NotFound) else 403, message=failed(p, exc))
+    history = versions.versions_of(p.engine, name) if row.current_version else []
+    diff, a, b = "", None, None
+    if len(history) > 1:
+        b = _int(request.query_params.get("b")) or row.current_version
+        a = _int(request.query_params.get("a")) or (b - 1)
+        try:
+            diff = versions.diff(p.engine, name, a, b)
+        except LoaError as exc:
+            diff = str(exc)
+    review, problems = None, []
+    if row.current_version:
+        problems = _problems(p, name)
+    if row.current_version and p.who.can("campaigns.preview", places):
+        try:
+            review = approval.review(p.engine, p.config, name, 3)
+            approval.record_review(p.engine, p.who.actor, review)   # real subscribers' messages: audited
+        except LoaError as exc:
+            problems.append(str(exc))
+    with p.engine.connect() as conn:
+        runs = conn.execute(select(R).where(R.c.campaign_id == row.id).order_by(R.c.id.desc()).limit(20)).all()
+    items = progress_of(p, [(row, places)])
+    current = history[-1] if history else None
+    return render(p, "campaign.html", row=row, places=places, history=history, diff=_diff_lines(diff), a=a, b=b,
+                  current=current, review=review, problems=problems, runs=runs, item=items[0],
+                  actions=_allowed_actions(p, row, places), action_labels=ACTIONS, needs_reason=NEEDS_REASON,
+                  can_test=row.current_version and p.who.can("campaigns.test", places),
+                  can_run=row.state == "active" and p.who.can("campaigns.launch", places),
+                  can_edit=p.who.can("campaigns.draft", places),
+                  can_report=p.who.can("reports.read", places))
+
+
+def _problems(p: Page, name: str) -> list[str]:
+    """What `loa campaigns validate` finds in the current version, statically."""
+    from loa.checks import campaign_problems
+
+    try:
+        campaign = versions.load(p.engine, p.config, name)
+        return list(campaign_problems(p.config, campaign, None, versions.renderer_for(p.config, campaign)))
+    except CampaignError as exc:
+        return list(exc.problems)
+    except LoaError as exc:
+        return [str(exc)]
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        number = int(value or "")
+    except ValueError:
+        return None
+    return number if 1 <= number < 2**31 else None
+
+
+@router.post(PREFIX + "/campaigns/{name}/action/{action}")
+async def campaign_action(request: Request, name: str, action: str) -> Response:
+    p = page(request)
+    form = await form_of(request)
+    url = f"{PREFIX}/campaigns/{name}"
+    if action not in DECISIONS | LIFECYCLE:
+        return back(p, url, p.t.gettext("Unknown action."), error=True)
+    reason = str(form.get("reason") or "").strip() or None
+    if action in NEEDS_REASON and not reason:
+        return back(p, url, p.t.gettext("Give a reason for this action."), error=True)
+    try:
+        await run_in_threadpool(_act, p, name, action, reason, _int(str(form.get("version") or "")))
+    except LoaError as exc:
+        return back(p, url, failed(p, exc), error=True)
+    return back(p, url, p.t.gettext("Done: {action}.").format(action=p.t.gettext(ACTIONS[action])))
+
+
+def _act(p: Page, name: str, action: str, reason: str | None, version: int | None) -> None:
+    if action in DECISIONS:
+        approval.decide(p.engine, p.config, name, action, p.who, reason=reason, version=version)
+        return
+    _campaign(p, name, f"campaigns.{action}")
+    lifecycle.change_campaign(p.engine, name, action, who=p.who.actor, reason=reason,
+                              record=audit.lifecycle_entry(p.who.actor, action, reason))
+
+
+@router.post(PREFIX + "/campaigns/{name}/run")
+async def run_now(request: Request, name: str) -> Response:
+    """Plan a run now, as ``loa campaigns run`` does."""
+    p = page(request)
+    await form_of(request)
+    url = f"{PREFIX}/campaigns/{name}"
+    try:
+        result = await run_in_threadpool(_plan, p, name)
+    except LoaError as exc:
+        return back(p, url, failed(p, exc), error=True)
+    return back(p, url, p.t.gettext("Run {run} planned: {count} messages to send.").format(
+        run=result.run_id, count=p.t.number(result.states["planned"])))
+
+
+def _plan(p: Page, name: str) -> Any:
+    from loa.plan import plan_run
+
+    _campaign(p, name, "campaigns.launch")
+    campaign = versions.load(p.engine, p.config, name)
+    result = plan_run(p.engine, p.config, campaign)
+    audit.record_now(p.engine, p.who.actor, "campaigns.run", "campaign", name, after={
+        "run": result.run_id, "scheduled_for": result.scheduled_for.isoformat(), "created": result.created,
+        "added": result.added, **{s: result.states[s] for s in ("planned", "held_out", "suppressed")}})
+    return result
+
+
+@router.post(PREFIX + "/campaigns/{name}/test")
+async def test_send(request: Request, name: str) -> Response:
+    from loa.testsend import send_test
+
+    p = page(request)
+    form = await form_of(request)
+    url = f"{PREFIX}/campaigns/{name}"
+    numbers = [n.strip() for n in str(form.get("to") or "").replace(";", ",").split(",") if n.strip()]
+
+    def send() -> Any:
+        _campaign(p, name, "campaigns.test")
+        campaign = versions.load(p.engine, p.config, name)
+        return send_test(p.engine, p.config, campaign, numbers, actor=p.who.actor, principal=p.who, pool=p.web.pool)
+
+    try:
+        trial = await run_in_threadpool(send)
+    except LoaError as exc:
+        return back(p, url, failed(p, exc), error=True)
+    sent = sum(r.state in ("sent", "delivered") for r in trial.results)
+    phones = ", ".join(r.phone for r in trial.results)        # masked
+    return back(p, url, p.t.gettext("Test sent: {sent} of {count} accepted by the gateway ({phones}).").format(
+        sent=sent, count=len(trial.results), phones=phones))
+
+
+# -- editing ---------------------------------------------------------------------------------
+
+def _blank_form() -> dict[str, str]:
+    return {"name": "", "description": "", "areas": "", "channel": "sms", "text": "", "window_start": "07:00",
+            "window_end": "22:00", "start": "", "end": "", "holdout": "0.1", "goal_event": "installed",
+            "goal_share": "0.5", "budget": "", "advertising": "", "opt_out": ""}
+
+
+def _form_of_version(version: versions.Version) -> dict[str, str]:
+    raw = tomllib.loads(version.toml)
+    sms = raw.get("sms") or {}
+    window, dates, goal = raw.get("window") or {}, raw.get("dates") or {}, raw.get("goal") or {}
+    return {"name": version.campaign, "description": str(raw.get("description", "")),
+            "areas": ", ".join((raw.get("segment") or {}).get("areas") or []),
+            "channel": "sms", "text": version.templates.get(str(sms.get("template", "")), ""),
+            "window_start": str(window.get("start", "07:00")), "window_end": str(window.get("end", "22:00")),
+            "start": str(dates.get("start", "")), "end": str(dates.get("end", "")),
+            "holdout": str(raw.get("holdout", 0)), "goal_event": str(goal.get("event", "installed")),
+            "goal_share": str(goal.get("share", "")), "budget": str(raw.get("budget", "")),
+            "advertising": "on" if raw.get("advertising") else "", "opt_out": str(raw.get("opt_out", ""))}
+
+
+def _number(value: str) -> int | float | str:
+    try:
+        number = float(value.replace(",", "."))
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and "." not in value and "," not in value else number
+
+
+def _day(value: str) -> date | str:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        try:
+            return datetime.strptime(value, "%d/%m/%Y").date()
+        except ValueError:
+            return value
+
+
+def _toml_from_form(form: dict[str, str], base: str | None) -> tuple[str, str, str]:
+    """The campaign's TOML with the form's fields set, its SMS template's path and text."""
+    raw: dict[str, Any] = tomllib.loads(base) if base else {}
+    name = form["name"].strip()
+    raw["name"] = name
+    raw["description"] = form.get("description", "").strip()
+    raw["advertising"] = bool(form.get("advertising"))
+    if form.get("opt_out", "").strip():
+        raw["opt_out"] = form["opt_out"].strip()
+    else:
+        raw.pop("opt_out", None)
+    raw.setdefault("channels", ["sms"])
+    if "sms" not in raw["channels"]:
+        raw["channels"] = ["sms", *raw["channels"]]
+    sms = raw.setdefault("sms", {})
+    sms.setdefault("template", f"sms/{name}.j2")
+    areas = [a.strip() for a in form.get("areas", "").split(",") if a.strip()]
+    segment = raw.setdefault("segment", {})
+    if areas:
+        segment["areas"] = areas
+    else:
+        segment.pop("areas", None)
+    raw["holdout"] = _number(form.get("holdout", "0") or "0")
+    raw["window"] = {"start": form.get("window_start") or "07:00", "end": form.get("window_end") or "22:00"}
+    dates = {k: _day(form[k]) for k in ("start", "end") if form.get(k, "").strip()}
+    if dates:
+        raw["dates"] = dates
+    else:
+        raw.pop("dates", None)
+    if form.get("goal_share", "").strip():
+        raw["goal"] = (raw.get("goal") or {}) | {"event": form.get("goal_event") or "installed",
+                                                 "share": _number(form["goal_share"])}
+    if form.get("budget", "").strip():
+        raw["budget"] = _number(form["budget"].replace(".", "").replace(" ", ""))
+    else:
+        raw.pop("budget", None)
+    return tomli_w.dumps(raw), str(sms["template"]), form.get("text", "").replace("\r\n", "\n")
+
+
+def save_version(p: Page, toml_text: str, templates: dict[str, str], reason: str) -> versions.Applied:
+    """Apply one campaign's TOML and templates as its next version, as ``loa campaigns apply``
+    does (validated first; nothing is saved with a problem), after checking that the user may
+    draft it where its segment lies, and where it lay before."""
+    path = p.config.campaigns_dir / "campaign.toml"
+    campaign, problems = parse_text(toml_text, path)
+    if campaign is None:
+        raise CampaignError(problems)
+    with p.engine.begin() as conn:
+        old = versions.stored(conn, campaign.name)
+        index = AreaIndex.load(conn)
+        row = conn.execute(select(C.c.id).where(C.c.name == campaign.name)).one_or_none()
+        before = _places(conn, row.id) if row is not None else []
+    try:
+        where: Any = [index.resolve(str(a)) for a in campaign.segment.get("areas") or []] or auth.EVERYWHERE
+    except AreaLookupError as exc:
+        raise CampaignError([f"segment.areas: {exc}"]) from None
+    auth.require(p.who, "campaigns.draft", where)
+    if before:
+        auth.require(p.who, "campaigns.draft", before)
+    work = Path(tempfile.mkdtemp(prefix="loa-console-"))
+    try:
+        folder, tpl = work / "campaigns", work / "templates"
+        folder.mkdir()
+        if p.config.templates_dir.is_dir():
+            shutil.copytree(p.config.templates_dir, tpl)
+        tpl.mkdir(exist_ok=True)
+        for rel, text in {**(old.templates if old else {}), **templates}.items():
+            target = tpl / rel
+            if not target.resolve().is_relative_to(tpl.resolve()):
+                raise CampaignError([f"template {rel!r}: outside the templates folder"])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        (folder / (old.file if old else f"{campaign.name}.toml")).write_text(toml_text, encoding="utf-8")
+        try:
+            result = versions.apply(p.engine, p.config, p.who.actor, folder=folder, templates=tpl, reason=reason)
+        except CampaignError as exc:    # the problems name the file, not the folder it was checked in
+            raise CampaignError([q.replace(f"{folder}/", "").replace(f"{tpl}/", "") for q in exc.problems]) from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result.campaigns[0]
+
+
+def _editable(p: Page, name: str) -> versions.Version:
+    """The current version of a campaign the user may draft."""
+    _campaign(p, name, "campaigns.draft")
+    with p.engine.connect() as conn:
+        version = versions.stored(conn, name)
+    if version is None:
+        raise NotFound(f"campaign {name} has no version")
+    return version
+
+
+def _saved(p: Page, applied: versions.Applied) -> Response:
+    return back(p, f"{PREFIX}/campaigns/{applied.name}", p.t.gettext("Version {version} saved ({state}).").format(
+        version=applied.version, state=p.t.gettext(STATES.get(applied.after, applied.after))))
+
+
+@router.get(PREFIX + "/campaigns/{name}/edit")
+def edit_campaign(request: Request, name: str) -> Response:
+    p = page(request)
+    try:
+        version = _editable(p, name)
+    except LoaError as exc:
+        return render(p, "error.html", 403, message=failed(p, exc))
+    form = _form_of_version(version)
+    return render(p, "edit.html", form=form, problems=[], name=name, measure=_measure(p, form["text"], name))
+
+
+@router.post(PREFIX + "/campaigns/save")
+async def save_form(request: Request) -> Response:
+    p = page(request)
+    form = {k: str(v) for k, v in (await form_of(request)).items() if isinstance(v, str)}
+    form = _blank_form() | form
+    existing = form.get("existing") or None
+    base = None
+    if existing:
+        with p.engine.connect() as conn:
+            version = versions.stored(conn, existing)
+        base = version.toml if version else None
+        form["name"] = existing
+    try:
+        toml_text, template, text = _toml_from_form(form, base)
+        applied = await run_in_threadpool(save_version, p, toml_text, {template: text + ("" if text.endswith("\n")
+                                                                                           else "\n")},
+                                          form.get("reason", ""))
+    except (CampaignError, LoaError, tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
+        problems = exc.problems if isinstance(exc, CampaignError) else [str(exc)]
+        return render(p, "edit.html", 422, form=form, problems=problems, name=existing,
+                      measure=_measure(p, form.get("text", ""), existing))
+    return _saved(p, applied)
+
+
+@router.get(PREFIX + "/campaigns/{name}/toml")
+def toml_editor(request: Request, name: str) -> Response:
+    p = page(request)
+    try:
+        version = _editable(p, name)
+    except LoaError as exc:
+        return render(p, "error.html", 403, message=failed(p, exc))
+    return render(p, "toml.html", name=name, text=version.toml, problems=[])
+
+
+@router.post(PREFIX + "/campaigns/{name}/toml")
+async def save_toml(request: Request, name: str) -> Response:
+    p = page(request)
+    form = await form_of(request)
+    text = str(form.get("toml") or "").replace("\r\n", "\n")
+    try:
+        _campaign(p, name, "campaigns.draft")
+        try:
+            declared = tomllib.loads(text).get("name", name)
+        except tomllib.TOMLDecodeError as exc:
+            raise CampaignError([f"not valid TOML: {exc}"]) from None
+        if declared != name:
+            raise CampaignError([f"name: this page edits {name!r}, the text names {declared!r}"])
+        applied = await run_in_threadpool(save_version, p, text, {}, str(form.get("reason") or ""))
+    except (CampaignError, LoaError) as exc:
+        problems = exc.problems if isinstance(exc, CampaignError) else [str(exc)]
+        return render(p, "toml.html", 422, name=name, text=text, problems=problems)
+    return _saved(p, applied)
+
+
+@dataclass
+class Measure:
+    encoding: str
+    characters: int
+    parts: int
+    unaccented_parts: int
+    price: int | None
+    audience: int | None
+    cost: int | None
+
+
+def _measure(p: Page, text: str, name: str | None) -> Measure:
+    """The SMS parts of a text as typed, and what it would cost (loa.text, loa.cost)."""
+    from loa import cost
+    from loa.plan import gateway_for
+    from loa.text import measure, nfc, unaccent
+
+    info = measure(nfc(text)) if text else None
+    parts = info.parts if info else 0
+    audience = price = None
+    if name:
+        try:
+            campaign = versions.load(p.engine, p.config, name)
+            with p.engine.connect() as conn:
+                audience = versions.audience_size(conn, p.config, campaign)
+            price = cost.price(p.config, gateway_for(p.config, campaign, "sms"), "sms", "", parts) if parts else None
+        except LoaError:
+            pass
+    if price is None and parts:
+        gateway = p.config.defaults.get("sms_gateway")
+        price = cost.price(p.config, gateway, "sms", "", parts) if gateway else None
+    return Measure(info.encoding if info else "GSM-7", len(nfc(text)), parts,
+                   measure(unaccent(text)).parts if text else 0, price, audience,
+                   price * audience if price is not None and audience is not None else None)
+
+
+@router.get(PREFIX + "/measure")
+def measure_text(request: Request) -> Response:
+    p = page(request)
+    text = request.query_params.get("text", "")[:5000]
+    name = request.query_params.get("existing") or None
+    if name:
+        try:
+            _campaign(p, name)
+        except LoaError:
+            name = None
+    return fragment(p, "_measure.html", measure=_measure(p, text, name))
+
+
+# -- reports ----------------------------------------------------------------------------------
+
+def _report(p: Page, name: str, level: str | None) -> Any:
+    from loa import report
+    from loa.web.api import _scope_report
+
+    _campaign(p, name, "reports.read")
+    result = report.for_campaign(p.engine, p.config.campaigns_dir, name, level or None)
+    if p.who.area_path is not None:
+        with p.engine.connect() as conn:
+            _scope_report(result, p.who, AreaIndex.load(conn))
+    return result
+
+
+@router.get(PREFIX + "/reports/{name}")
+def report_page(request: Request, name: str) -> Response:
+    from loa import report
+    from loa.htmlreport import area_name, level_name, snapshots_table
+
+    p = page(request)
+    level = request.query_params.get("level") or None
+    try:
+        result = _report(p, name, level)
+    except LoaError as exc:
+        return render(p, "error.html", 404 if isinstance(exc, NotFound) else 403, message=failed(p, exc))
+    summary = report.snapshot_summary(p.engine, result)
+    if summary is not None and p.who.area_path is not None:
+        with p.engine.connect() as conn:
+            index = AreaIndex.load(conn)
+        summary.series = [s for s in summary.series
+                          if (a := index.by_code.get(s.code.casefold())) and auth.within(p.who, a.path)]
+    snapshots = snapshots_table(summary, p.t) if summary is not None and summary.series else ""
+    rows = [{"name": area_name(result, r, p.t), "row": r} for r in result.rows]
+    top = max([r["row"].rate_delivered or 0 for r in rows] + [r["row"].installed_share or 0 for r in rows] + [0.01])
+    return render(p, "report.html", name=name, report=result, rows=rows, top=top, snapshots=snapshots,
+                  level=level or result.level, level_label=level_name(p.t, result.level),
+                  levels=[(lv, level_name(p.t, lv)) for lv in sorted(report.levels(p.engine))],
+                  printing=bool(request.query_params.get("print")))
+
+
+@router.get(PREFIX + "/reports/{name}/report.{fmt}")
+def report_file(request: Request, name: str, fmt: str) -> Response:
+    from loa import report
+    from loa.htmlreport import render_report
+
+    p = page(request)
+    if fmt not in ("csv", "html"):
+        return Response("not found\n", status_code=404, media_type="text/plain")
+    try:
+        result = _report(p, name, request.query_params.get("level") or None)
+    except LoaError as exc:
+        return render(p, "error.html", 403, message=failed(p, exc))
+    if fmt == "csv":
+        body = report.render(p.engine, result, "csv", lang=p.t.code)
+        kind = "text/csv; charset=utf-8"
+    else:
+        body = render_report(p.engine, result, lang=p.t.code)
+        kind = "text/html; charset=utf-8"
+    disposition = f'attachment; filename="{name}-report.{fmt}"'
+    return Response(body, media_type=kind, headers={"Content-Disposition": disposition, "Cache-Control": "no-store",
+                                                    "X-Content-Type-Options": "nosniff"})
+
+
+# -- imports ----------------------------------------------------------------------------------
+
+def _jobs(p: Page, limit: int = 20) -> list[imports.Job]:
+    J = db.import_jobs
+    with p.engine.connect() as conn:
+        ids = list(conn.scalars(select(J.c.id).order_by(J.c.id.desc()).limit(limit)))
+    return [imports.get(p.engine, i) for i in ids]
+
+
+@router.get(PREFIX + "/imports")
+def imports_page(request: Request) -> Response:
+    p = page(request)
+    if not p.who.can("imports.run"):
+        return render(p, "error.html", 403, message=p.t.gettext("Your role or area may not import data."))
+    return render(p, "imports.html", jobs=_jobs(p), kinds=KINDS, problem=None)
+
+
+@router.post(PREFIX + "/imports")
+async def upload(request: Request) -> Response:
+    p = page(request)
+    form = await form_of(request)
+    if not p.who.can("imports.run"):
+        return render(p, "error.html", 403, message=p.t.gettext("Your role or area may not import data."))
+    kind, part = str(form.get("kind") or ""), form.get("file")
+    if kind not in IMPORT_KINDS or not isinstance(part, UploadFile) or not part.filename:
+        return render(p, "imports.html", 422, jobs=_jobs(p), kinds=KINDS,
+                      problem=p.t.gettext("Choose what the file holds, and the file."))
+    folder = imports.upload_dir()
+    target = folder / "upload.csv"
+    with target.open("wb") as out:
+        while block := await part.read(1 << 16):
+            out.write(block)
+    as_of = _day(str(form.get("as_of") or "")) if form.get("as_of") else None
+    try:
+        if isinstance(as_of, str):
+            raise InputError(f"as_of: not a date: {as_of!r}")
+        job = await run_in_threadpool(imports.start, p.engine, p.config, p.who.actor, kind, target,
+                                      Path(part.filename).name, as_of)
+    except LoaError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        return render(p, "imports.html", 422, jobs=_jobs(p), kinds=KINDS,
+                      problem=failed(p, exc).replace(str(target), "the file"))
+    if request.headers.get("hx-request"):
+        return Response(status_code=204, headers={"HX-Redirect": f"{PREFIX}/imports/{job.id}"})
+    return back(p, f"{PREFIX}/imports/{job.id}")
+
+
+def _job(p: Page, job_id: int, read: Any) -> Any:
+    """``read(engine, job_id)`` for a user who may import, else the page that refuses."""
+    if not p.who.can("imports.run"):
+        return render(p, "error.html", 403, message=p.t.gettext("Your role or area may not import data."))
+    try:
+        return read(p.engine, job_id)
+    except NotFound as exc:
+        return render(p, "error.html", 404, message=failed(p, exc))
+
+
+@router.get(PREFIX + "/imports/{job_id}")
+def import_page(request: Request, job_id: int) -> Response:
+    p = page(request)
+    job = _job(p, job_id, imports.get)
+    if isinstance(job, Response):
+        return job
+    if request.query_params.get("fragment"):
+        return fragment(p, "_import.html", job=job, kinds=KINDS)
+    return render(p, "import.html", job=job, kinds=KINDS)
+
+
+@router.get(PREFIX + "/imports/{job_id}/rejects.csv")
+def import_rejects(request: Request, job_id: int) -> Response:
+    p = page(request)
+    text = _job(p, job_id, imports.rejects)
+    if isinstance(text, Response):
+        return text
+    if text is None:
+        return render(p, "error.html", 404, message=p.t.gettext("This import rejected no row."))
+    return Response(text, media_type="text/csv; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="import-{job_id}-rejects.csv"', "Cache-Control": "no-store"})
+
+
+# -- gateways, users, keys, the audit log ----------------------------------------------------------
+
+@router.get(PREFIX + "/gateways")
+def gateways_page(request: Request) -> Response:
+    p = page(request)
+    return render(p, "gateways.html", gateways=_gateways(p), can_manage=p.who.can("gateways.manage"))
+
+
+@router.post(PREFIX + "/gateways/{name}/resume")
+async def resume_gateway(request: Request, name: str) -> Response:
+    from loa import gateways as gw
+
+    p = page(request)
+    form = await form_of(request)
+    url = f"{PREFIX}/gateways"
+    try:
+        auth.require(p.who, "gateways.manage")
+        gw.resume(p.engine, name, actor=p.who.actor, why=str(form.get("reason") or ""))
+    except LoaError as exc:
+        return back(p, url, failed(p, exc), error=True)
+    return back(p, url, p.t.gettext("Gateway {name} resumed.").format(name=name))
+
+
+@router.get(PREFIX + "/users")
+def users_page(request: Request) -> Response:
+    p = page(request)
+    if not p.who.can("users.manage"):
+        return render(p, "error.html", 403, message=p.t.gettext("Only an administrator manages users."))
+    return render(p, "users.html", users=auth.list_users(p.engine, by=p.who), problem=None)
+
+
+@router.post(PREFIX + "/users")
+async def add_user(request: Request) -> Response:
+    p = page(request)
+    form = await form_of(request)
+    name = str(form.get("name") or "").strip().lower()
+    try:
+        auth.require(p.who, "users.manage")
+        auth.check_name(name)
+        auth.check_password(str(form.get("password") or ""))
+        auth.add_user(p.engine, p.who, name, str(form.get("password") or ""), str(form.get("role") or ""),
+                      str(form.get("area") or "").strip() or None)
+    except LoaError as exc:
+        return back(p, f"{PREFIX}/users", failed(p, exc), error=True)
+    return back(p, f"{PREFIX}/users", p.t.gettext("User {name} added.").format(name=name))
+
+
+@router.post(PREFIX + "/users/{name}/disable")
+async def disable_user(request: Request, name: str) -> Response:
+    p = page(request)
+    form = await form_of(request)
+    try:
+        auth.disable_user(p.engine, p.who, name, str(form.get("reason") or ""))
+    except LoaError as exc:
+        return back(p, f"{PREFIX}/users", failed(p, exc), error=True)
+    return back(p, f"{PREFIX}/users", p.t.gettext("User {name} disabled.").format(name=name))
+
+
+@router.get(PREFIX + "/keys")
+def keys_page(request: Request) -> Response:
+    p = page(request)
+    if not p.who.can("keys.manage"):
+        return render(p, "error.html", 403, message=p.t.gettext("Only an administrator manages API keys."))
+    return render(p, "keys.html", keys=auth.list_keys(p.engine, by=p.who))
+
+
+@router.post(PREFIX + "/keys/{key_id}/revoke")
+async def revoke_key(request: Request, key_id: int) -> Response:
+    p = page(request)
+    form = await form_of(request)
+    try:
+        auth.require(p.who, "keys.manage")
+        auth.revoke_key(p.engine, p.who, key_id, str(form.get("reason") or ""))
+    except LoaError as exc:
+        return back(p, f"{PREFIX}/keys", failed(p, exc), error=True)
+    return back(p, f"{PREFIX}/keys", p.t.gettext("Key revoked."))
+
+
+@router.get(PREFIX + "/audit")
+def audit_page(request: Request) -> Response:
+    p = page(request)
+    if not p.who.can("audit.read"):
+        return render(p, "error.html", 403, message=p.t.gettext("Your role may not read the audit log."))
+    q = request.query_params
+    entries = audit.query(p.engine, actor=q.get("actor") or None, action=q.get("action") or None,
+                          object=q.get("object") or None, limit=200)
+    return render(p, "audit.html", entries=list(reversed(entries)), q=q)
+
+
+__all__ = ["ENV", "PREFIX", "install", "router", "save_version"]

@@ -1,0 +1,181 @@
+"""The web console's server side (``/console``), in process on a real database.
+
+The world of ``test_api``: Sơn La's Mộc Châu (126) and Mai Sơn (125), ``bluezone`` for all of
+Sơn La and ``mocchau`` for Mộc Châu only, both planned.  Users sign in through the form; the
+browser journey itself is ``test_console_browser.py``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from starlette.testclient import TestClient
+from test_api import state_of, world  # noqa: F401 - `world` is a fixture
+
+from loa import audit, auth, db
+from loa.config import Config
+from loa.web import Web
+
+PASSWORD = "correct-horse-1"
+
+
+@pytest.fixture
+def web(engine: Engine, world: Config) -> Iterator[Web]:  # noqa: F811
+    app = Web(engine, world)
+    yield app
+    app.pool.close()
+
+
+def browser(web: Web) -> TestClient:
+    return TestClient(web, base_url="https://testserver", raise_server_exceptions=True)
+
+
+def csrf(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, page[:500]
+    return found.group(1)
+
+
+def sign_in(web: Web, name: str, role: str, area: str | None = None) -> TestClient:
+    auth.add_user(web.engine, "os:test", name, PASSWORD, role, area)
+    client = browser(web)
+    token = csrf(client.get("/console/login").text)
+    r = client.post("/console/login", data={"csrf": token, "name": name, "password": PASSWORD})
+    assert r.status_code == 200 and r.url.path == "/console/", r.text[:300]
+    return client
+
+
+def post(client: TestClient, page: str, url: str, **data: str) -> str:
+    """Post a form from ``page`` (its CSRF token) and return the page it leads to."""
+    r = client.post(url, data={"csrf": csrf(client.get(page).text), **data})
+    assert r.status_code in (200, 422), (r.status_code, r.text[:300])
+    return r.text
+
+
+def test_sign_in_sets_safe_cookies_a_strict_policy_and_vietnamese(web: Web) -> None:
+    client = browser(web)
+    r = client.get("/console/")
+    assert r.url.path == "/console/login"
+    assert "Đăng nhập" in r.text and 'lang="vi"' in r.text
+    policy = r.headers["Content-Security-Policy"]
+    assert "script-src 'self' 'nonce-" in policy and "unsafe-inline" not in policy.split("style-src")[0]
+    assert "<script>" not in r.text and " on" + "click=" not in r.text
+    auth.add_user(web.engine, "os:test", "ana", PASSWORD, "viewer")
+    token = csrf(r.text)
+    r = client.post("/console/login", data={"csrf": token, "name": "ana", "password": "wrong-password"},
+                    follow_redirects=False)
+    assert r.status_code == 401 and "Sai tên đăng nhập hoặc mật khẩu" in r.text and "wrong-password" not in r.text
+    r = client.post("/console/login", data={"csrf": token, "name": "ana", "password": PASSWORD},
+                    follow_redirects=False)
+    assert r.status_code == 303
+    cookie = r.headers["set-cookie"].lower()
+    assert "loa_session=" in cookie and "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    assert PASSWORD not in r.text
+    page = client.get("/console/")
+    assert page.status_code == 200 and "Tổng quan" in page.text and "ana" in page.text
+    # a form without its token changes nothing
+    assert client.post("/console/logout", data={}).status_code == 403
+    assert client.post("/console/logout", data={"csrf": "forged"}).status_code == 403
+    client.post("/console/logout", data={"csrf": csrf(page.text)})
+    assert client.get("/console/").url.path == "/console/login"
+    # a forged session cookie is no session
+    client.cookies.set("loa_session", "eyJ1IjoiYWRtaW4ifQ.forged", domain="testserver.local")  # sent
+    assert client.get("/console/").url.path == "/console/login"
+
+
+def test_english_per_user_and_formats(web: Web) -> None:
+    client = sign_in(web, "ben", "viewer")
+    home = client.get("/console/").text
+    client.post("/console/language", data={"csrf": csrf(home), "lang": "en", "next": "/console/"})
+    assert "Dashboard" in client.get("/console/").text
+    client.post("/console/language", data={"csrf": csrf(home), "lang": "vi", "next": "/console/"})
+    assert "Tổng quan" in client.get("/console/").text
+
+
+def test_a_district_viewer_sees_only_its_district(engine: Engine, web: Web) -> None:
+    viewer = sign_in(web, "moc", "viewer", "126")
+    home = viewer.get("/console/").text
+    assert "mocchau" in home and "bluezone" not in home
+    assert viewer.get("/console/campaigns/bluezone").status_code == 403
+    assert viewer.get("/console/reports/bluezone").status_code == 403
+    report = viewer.get("/console/reports/mocchau", params={"level": "province"})
+    assert report.status_code == 200 and 'data-code="14"' not in report.text     # the province is outside
+    everyone = sign_in(web, "all", "viewer")
+    assert 'data-code="14"' in everyone.get("/console/reports/mocchau", params={"level": "province"}).text
+    csv = everyone.get("/console/reports/mocchau/report.csv").text
+    assert csv.startswith("code,") or "code" in csv.splitlines()[0]
+    assert "<html" in everyone.get("/console/reports/mocchau/report.html").text
+    # a viewer has no buttons, and its posts are refused by the control plane
+    page = viewer.get("/console/campaigns/mocchau").text
+    assert "/action/pause" not in page
+    post(viewer, "/console/campaigns/mocchau", "/console/campaigns/mocchau/action/pause", reason="x")
+    assert state_of(engine, "mocchau") == "active"
+
+
+def test_pause_resume_and_cancel_follow_the_roles_with_their_audit_entries(engine: Engine, web: Web) -> None:
+    operator = sign_in(web, "olga", "operator")
+    url = "/console/campaigns/bluezone"
+    page = post(operator, url, url + "/action/pause", reason="")
+    assert "Hãy nêu lý do" in page and state_of(engine, "bluezone") == "active"
+    post(operator, url, url + "/action/pause", reason="sai nội dung")
+    assert state_of(engine, "bluezone") == "paused"
+    page = post(operator, url, url + "/action/resume")
+    assert "Không thực hiện được" in page and "needs approver" in page and state_of(engine, "bluezone") == "paused"
+    approver = sign_in(web, "anh", "approver")
+    post(approver, url, url + "/action/resume")
+    assert state_of(engine, "bluezone") == "active"
+    post(approver, url, url + "/action/cancel", reason="thôi")
+    assert state_of(engine, "bluezone") == "cancelled"
+    actions = [(e.actor, e.action) for e in audit.query(engine, object="campaign:bluezone")
+               if e.action.startswith("campaigns.") and e.action not in ("campaigns.apply", "campaigns.review")]
+    assert actions == [("user:olga", "campaigns.pause"), ("user:anh", "campaigns.resume"),
+                       ("user:anh", "campaigns.cancel")]
+
+
+def test_editing_validates_before_saving_and_counts_parts(engine: Engine, web: Web) -> None:
+    operator = sign_in(web, "olga", "operator")
+    plain = operator.get("/console/measure", params={"text": "Cai Bluezone"}).text
+    accented = operator.get("/console/measure", params={"text": "Cài Bluezone để bảo vệ mình " * 3}).text
+    assert "GSM-7" in plain and "1 phần SMS" in plain
+    assert "UCS-2" in accented and "2 phần SMS" in accented
+    form = {"name": "nhac-nho", "description": "Nhắc", "areas": "Huyện Mộc Châu", "text": "Xin chào {{ subscriber.name }}",
+            "window_start": "00:00", "window_end": "24:00", "holdout": "0.1", "goal_share": "0.5"}
+    page = post(operator, "/console/campaigns/new", "/console/campaigns/save", **(form | {"areas": "Nowhere"}))
+    assert "chưa lưu gì" in page
+    with engine.connect() as conn:
+        assert conn.scalar(select(db.campaigns.c.id).where(db.campaigns.c.name == "nhac-nho")) is None
+    page = post(operator, "/console/campaigns/new", "/console/campaigns/save", **form)
+    assert "Đã lưu phiên bản 1" in page
+    toml_url = "/console/campaigns/nhac-nho/toml"
+    page = post(operator, toml_url, toml_url, toml='name = "nhac-nho"\nchannels = ["fax"]\n')
+    assert "unknown channel" in page and "chưa lưu gì" in page
+    # a district operator may not draft for the whole province
+    district = sign_in(web, "dan", "operator", "126")
+    page = post(district, "/console/campaigns/new", "/console/campaigns/save", **(form | {"name": "x", "areas": "Sơn La"}))
+    assert "Không thực hiện được" in page or "chưa lưu gì" in page
+    with engine.connect() as conn:
+        assert conn.scalar(select(db.campaigns.c.id).where(db.campaigns.c.name == "x")) is None
+
+
+def test_an_upload_shows_its_counts_and_offers_its_rejects(engine: Engine, web: Web) -> None:
+    operator = sign_in(web, "olga", "operator")
+    token = csrf(operator.get("/console/imports").text)
+    body = "phone,name,area\n0913000001,Lan,126\nnot-a-phone,Bad,126\n"
+    r = operator.post("/console/imports", data={"csrf": token, "kind": "subscribers"},
+                      files={"file": ("people.csv", body.encode(), "text/csv")})
+    assert r.status_code == 200 and re.search(r"/console/imports/\d+$", str(r.url)), r.text[:300]
+    deadline = time.monotonic() + 30
+    while 'data-state="running"' in (page := operator.get(str(r.url), params={"fragment": "1"}).text):
+        assert time.monotonic() < deadline, page
+        time.sleep(0.05)
+    assert re.search(r'data-count="imported">1<', page) and re.search(r'data-count="rejected">1<', page)
+    rejects = operator.get(str(r.url) + "/rejects.csv")
+    assert rejects.status_code == 200 and "not-a-phone" in rejects.text
+    viewer = sign_in(web, "vy", "viewer")
+    assert viewer.get("/console/imports").status_code == 403
+
