@@ -11,17 +11,34 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    case,
+    func,
+    literal,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.schema import CreateTable
 
 from loa import db
 from loa.areas import Area, AreaIndex, AreaLookupError, fold, recompute_paths
@@ -175,6 +192,8 @@ def _check_header_cells(path: Path, header: list[str]) -> None:
 
 
 def _cell_problem(header: list[str], values: list[str]) -> RowError | None:
+    if len(values) <= len(header) and "\x00" not in "".join(values):
+        return None
     for number, value in enumerate(values, 1):
         if "\x00" in value:
             column = header[number - 1] if number <= len(header) else ""
@@ -299,7 +318,7 @@ def _commit(engine: Engine, handler: Handler, batch: list[dict[str, Any]], summa
     try:
         with engine.begin() as conn:
             written, late = handler.write(conn, batch)
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:   # the driver's own: COPY
         reason = getattr(exc, "orig", None) or exc
         kept = f"{summary.imported} rows from earlier batches were kept" if summary.imported else "nothing was kept"
         raise _BatchFailed(
@@ -331,6 +350,12 @@ def attribute_value(text: str) -> Any:
     if _FLOAT.match(text):
         return float(text)
     return text
+
+
+@lru_cache(maxsize=8192)
+def _attribute(text: str) -> Any:
+    """attribute_value, remembered: a column's values repeat (ages, groups, districts)."""
+    return attribute_value(text)
 
 
 def parse_bool(column: str, text: str) -> bool:
@@ -525,6 +550,8 @@ class SubscribersHandler:
                                           .limit(1)) is not None
         self.area_column: str | None = None
         self.attribute_columns: list[str] = []
+        self._statements: dict[tuple[bool, bool], str] = {}
+        self._areas: dict[str, int] = {}
 
     def check_header(self, header: Sequence[str]) -> None:
         if missing := _missing(header, self.required):
@@ -546,10 +573,14 @@ class SubscribersHandler:
             raise RowError("phone", str(exc)) from None
         area_id = None
         if self.area_column and (text := row.get(self.area_column, "").strip()):
-            try:
-                area_id = self.index.resolve(text).id
-            except AreaLookupError as exc:
-                raise RowError(self.area_column, str(exc)) from None
+            area_id = self._areas.get(text)
+            if area_id is None:
+                try:
+                    area_id = self.index.resolve(text).id
+                except AreaLookupError as exc:
+                    raise RowError(self.area_column, str(exc)) from None
+                if len(self._areas) < 100_000:   # an area is named the same way on many rows
+                    self._areas[text] = area_id
         language = row.get("language", "").strip().lower() or None
         if language is not None and not re.fullmatch(r"[a-z]{2,3}(-[a-z0-9]{2,8})?", language):
             raise RowError("language", f"not a language code: {language!r} (e.g. vi, en)")
@@ -557,30 +588,26 @@ class SubscribersHandler:
             _fit("language", language, 8)
         # a blank cell keeps what was there, like name and area: it must not opt anyone back in
         opted_out = parse_bool("opted_out", text) if (text := row.get("opted_out", "")).strip() else None
-        attributes = {c: attribute_value(v.strip()) for c in self.attribute_columns if (v := row.get(c, "")).strip()}
+        attributes = {c: _attribute(v) for c in self.attribute_columns if (v := row.get(c, "").strip())}
+        name = row.get("name", "")
+        if "  " in name or name != name.strip() or not name.isprintable():   # else it is already clean
+            name = " ".join(name.split())
         return {
             "phone": phone.e164, "carrier": phone.carrier, "area_id": area_id,
-            "name": _fit("name", " ".join(row.get("name", "").split()), 200), "language": language,
+            "name": _fit("name", name, 200), "language": language,
             "attributes": attributes, "opted_out": opted_out,
         }
 
-    def write(self, conn: Connection, records: list[dict[str, Any]]) -> int:
-        now = db.utcnow()
+    def write(self, conn: Connection, records: list[dict[str, Any]]) -> tuple[int, list[Late]]:
         latest: dict[str, dict[str, Any]] = {}
         for r in records:   # the same phone twice in one batch: the later row wins
             latest[r["phone"]] = r
         late = self._erased(conn, records, latest) if self.any_erased else []
-        rows = [
-            {
-                "phone": r["phone"], "carrier": r["carrier"], "area_id": r["area_id"], "name": r["name"],
-                "language": r["language"] or "vi", "attributes": r["attributes"],
-                "opted_out_at": now if r["opted_out"] else None,
-                "created_at": now, "updated_at": now,
-                "_lang_given": r["language"] is not None, "_opt_given": r["opted_out"] is not None,
-            }
-            for r in latest.values()
-        ]
-        self._upsert(conn, rows)
+        rows = list(latest.values())
+        if self.dialect == "postgresql":
+            self._copy_upsert(conn, rows)
+        else:
+            self._upsert(conn, rows)
         self._remember_keys(conn, rows)
         return len(records) - len(late), late
 
@@ -598,42 +625,62 @@ class SubscribersHandler:
                               "only with a consent given since (`loa import consents`)"))
                 for r in records if r["phone"] in erased]
 
-    def _upsert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        t = db.subscribers
-        stmt = db.insert_for(conn, t)
-        ex = stmt.excluded
-        merge = (
-            t.c.attributes.op("||")(ex.attributes)
-            if self.dialect == "postgresql"
-            else func.json_patch(t.c.attributes, ex.attributes)
-        )
-        keep_if_blank = {  # an empty cell on re-import keeps what was there
-            "area_id": func.coalesce(ex.area_id, t.c.area_id),
-            "name": func.coalesce(func.nullif(ex.name, ""), t.c.name),
-        }
-        # language and opt-out are only updated by files that carry those columns,
-        # so two statements: rows that say and rows that do not.
+    # Each batch's values are converted here, once per batch where they are the same for every
+    # row (the time), and handed to the driver as they are: SQLAlchemy's per-row processing of
+    # parameters costs more than the database's own work.  Rows that give their language or
+    # opt-out update it; rows that do not keep what is stored: one statement for each kind.
+
+    def _groups(self, rows: list[dict[str, Any]]) -> Iterator[tuple[bool, bool, list[dict[str, Any]]]]:
         for lang_given in (True, False):
             for opt_given in (True, False):
-                part = [
-                    {k: v for k, v in r.items() if not k.startswith("_")}
-                    for r in rows if r["_lang_given"] is lang_given and r["_opt_given"] is opt_given
-                ]
-                if not part:
-                    continue
-                set_: dict[str, Any] = {
-                    **keep_if_blank, "carrier": ex.carrier, "attributes": merge, "updated_at": ex.updated_at,
-                }
-                if lang_given:
-                    set_["language"] = ex.language
-                if opt_given:
-                    # opting in clears the date; opting out keeps the first refusal's date
-                    # (per row: one batch can hold both)
-                    set_["opted_out_at"] = case(
-                        (ex.opted_out_at.is_(None), None),
-                        else_=func.coalesce(t.c.opted_out_at, ex.opted_out_at),
-                    )
-                conn.execute(stmt.on_conflict_do_update(index_elements=["phone"], set_=set_), part)
+                part = [r for r in rows if (r["language"] is not None) is lang_given
+                        and (r["opted_out"] is not None) is opt_given]
+                if part:
+                    yield lang_given, opt_given, part
+
+    def _upsert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        t = db.subscribers
+        dialect = conn.dialect
+        now = t.c.updated_at.type._cached_bind_processor(dialect)(db.utcnow())
+        as_json = t.c.attributes.type._cached_bind_processor(dialect) or _json_text
+        for lang_given, opt_given, part in self._groups(rows):
+            sql = self._statements.get((lang_given, opt_given))
+            if sql is None:
+                stmt = db.insert_for(conn, t)
+                set_ = _subscriber_updates(stmt.excluded, lang_given, opt_given, dialect.name)
+                stmt = stmt.on_conflict_do_update(index_elements=["phone"], set_=set_)
+                compiled = stmt.compile(dialect=dialect, column_keys=list(_SUBSCRIBER_COLUMNS))
+                assert tuple(compiled.positiontup or ()) == _SUBSCRIBER_COLUMNS, compiled.positiontup
+                sql = self._statements[(lang_given, opt_given)] = compiled.string
+            conn.exec_driver_sql(sql, [
+                (r["phone"], r["carrier"], r["area_id"], r["name"], r["language"] or "vi", as_json(r["attributes"]),
+                 now if r["opted_out"] else None, now, now)
+                for r in part
+            ])
+
+    def _copy_upsert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """PostgreSQL: COPY the batch into a staging table, then one upsert from it per kind of row."""
+        t = db.subscribers
+        now = db.utcnow()
+        conn.exec_driver_sql(_STAGE_DDL)
+        cursor = conn.connection.driver_connection.cursor()
+        with cursor.copy(f"COPY {_STAGE.name} ({', '.join(c.name for c in _STAGE.c)}) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row((r["phone"], r["carrier"], r["area_id"], r["name"], r["language"] or "vi",
+                                _json_text(r["attributes"]), now if r["opted_out"] else None,
+                                r["language"] is not None, r["opted_out"] is not None))
+        s = _STAGE.c
+        given = {(lang, opt) for lang, opt, _ in self._groups(rows)}
+        for lang_given, opt_given in sorted(given, reverse=True):
+            stmt = db.insert_for(conn, t).from_select(
+                list(_SUBSCRIBER_COLUMNS),
+                select(s.phone, s.carrier, s.area_id, s.name, s.language, s.attributes, s.opted_out_at,
+                       literal(now, db.UTCDateTime), literal(now, db.UTCDateTime))
+                .where(s.lang_given.is_(lang_given), s.opt_given.is_(opt_given)),
+            )
+            set_ = _subscriber_updates(stmt.excluded, lang_given, opt_given, "postgresql")
+            conn.execute(stmt.on_conflict_do_update(index_elements=["phone"], set_=set_))
+        conn.exec_driver_sql(f"TRUNCATE {_STAGE.name}")
 
     def _remember_keys(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         new = {k for r in rows for k in r["attributes"]} - self.known_keys
@@ -647,6 +694,47 @@ class SubscribersHandler:
 
     def finish(self, conn: Connection) -> None:
         pass
+
+
+_SUBSCRIBER_COLUMNS = ("phone", "carrier", "area_id", "name", "language", "attributes", "opted_out_at",
+                       "created_at", "updated_at")
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _subscriber_updates(ex: Any, lang_given: bool, opt_given: bool, dialect: str) -> dict[str, Any]:
+    """What a re-imported row changes: an empty cell keeps what was there, attributes merge."""
+    t = db.subscribers
+    merge = (t.c.attributes.op("||")(ex.attributes) if dialect == "postgresql"
+             else func.json_patch(t.c.attributes, ex.attributes))
+    set_: dict[str, Any] = {
+        "area_id": func.coalesce(ex.area_id, t.c.area_id),
+        "name": func.coalesce(func.nullif(ex.name, literal_column("''")), t.c.name),
+        "carrier": ex.carrier, "attributes": merge, "updated_at": ex.updated_at,
+    }
+    if lang_given:
+        set_["language"] = ex.language
+    if opt_given:
+        # opting in clears the date; opting out keeps the first refusal's date (per row: one
+        # batch can hold both)
+        set_["opted_out_at"] = case(
+            (ex.opted_out_at.is_(None), None),
+            else_=func.coalesce(t.c.opted_out_at, ex.opted_out_at),
+        )
+    return set_
+
+
+# A batch on its way into subscribers (PostgreSQL): the connection's own, emptied after each batch.
+_STAGE = Table(
+    "loa_import_subscribers", MetaData(),
+    Column("phone", String(16)), Column("carrier", String(40)), Column("area_id", Integer),
+    Column("name", String(200)), Column("language", String(8)), Column("attributes", postgresql.JSONB),
+    Column("opted_out_at", db.UTCDateTime), Column("lang_given", Boolean), Column("opt_given", Boolean),
+    prefixes=["TEMPORARY"],
+)
+_STAGE_DDL = str(CreateTable(_STAGE, if_not_exists=True).compile(dialect=postgresql.dialect()))
 
 
 # -- events -------------------------------------------------------------------

@@ -1,21 +1,25 @@
 """Vietnamese mobile number normalisation and masking.
 
 ``normalize`` is called once per CSV row on million-row imports, so the hot
-path is kept to a couple of precompiled regexes, string slicing and one
-``phonenumbers`` type lookup (which dominates the cost).  Validity always comes
-from ``phonenumbers`` metadata; the only table written by hand here is the
-2018 prefix conversion, which ``phonenumbers`` no longer knows about.
+path is kept to a couple of precompiled regexes, string slicing and a dict
+lookup: a number's type and carrier are asked of ``phonenumbers`` once per
+prefix, for as many leading digits as its own metadata says decide them.
+Validity always comes from ``phonenumbers`` metadata; the only table written by
+hand here is the 2018 prefix conversion, which ``phonenumbers`` no longer knows
+about.
 """
 
 from __future__ import annotations
 
 import re
+import re._constants as _sre_c
+import re._parser as _sre
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
 import phonenumbers
 from phonenumbers import PhoneNumberType, carrier
+from phonenumbers import carrierdata as carrier_data
 
 __all__ = ["CARRIERS", "Phone", "PhoneError", "carrier_key", "normalize", "mask"]
 
@@ -157,19 +161,102 @@ def _strip_country_code(international: str) -> str:
     return international[2:]
 
 
-@lru_cache(maxsize=4096)
 def _classify(nsn: str) -> str:
     """Return the carrier name for a mobile NSN or raise PhoneError.
 
-    Cached because imports often repeat numbers and number_type() is by far
-    the most expensive step; keys are short strings, so the cache stays small.
+    The answer depends only on the number's first ``_PREFIX_DIGITS`` digits and its
+    length (see ``_determining_digits``), so it is looked up once per such prefix: a
+    million-number import asks ``phonenumbers`` a few thousand times, not a million.
     """
+    key = nsn[:_PREFIX_DIGITS] + "/" + str(len(nsn)) if _PREFIX_DIGITS else nsn
+    found = _BY_PREFIX.get(key)
+    if found is None:
+        found = _lookup(nsn)
+        if _PREFIX_DIGITS or len(_BY_PREFIX) < 4096:   # by whole number: keep the cache small
+            _BY_PREFIX[key] = found
+    if isinstance(found, PhoneError):
+        raise PhoneError(found.reason)
+    return found
+
+
+def _lookup(nsn: str) -> str | PhoneError:
     num = phonenumbers.PhoneNumber(country_code=_CC, national_number=int(nsn))
     kind = phonenumbers.number_type(num)
     if kind not in _ACCEPTED_TYPES:
-        raise PhoneError(_REJECT_REASONS.get(kind, NOT_MOBILE))
+        return PhoneError(_REJECT_REASONS.get(kind, NOT_MOBILE))
     # Validity was just established; skip name_for_number's re-validation.
     return carrier.name_for_valid_number(num, "en")
+
+
+def _determining_digits() -> int:
+    """How many leading digits (with the length) decide a Vietnamese number's type and carrier.
+
+    Read from phonenumbers' own metadata: the number-type patterns (a pattern's digits after
+    its last constrained position are free) and the carrier prefixes.  0 when a pattern has
+    a shape this cannot bound: then each number is looked up on its own.
+    """
+    meta = phonenumbers.PhoneMetadata.metadata_for_region("VN")
+    descs = [getattr(meta, name, None) for name in (
+        "general_desc", "fixed_line", "mobile", "toll_free", "premium_rate", "shared_cost", "personal_number",
+        "voip", "pager", "uan", "voicemail")]
+    widest = 0
+    for desc in descs:
+        pattern = desc.national_number_pattern if desc is not None else None
+        if pattern:
+            digits = _constrained_prefix(pattern)
+            if digits is None:
+                return 0
+            widest = max(widest, digits)
+    carriers = [len(k) - len(_CC_STR) for k in carrier_data.CARRIER_DATA if k.startswith(_CC_STR)]
+    return max(widest, *carriers, 1)
+
+
+def _constrained_prefix(pattern: str) -> int | None:
+    """The length of the longest prefix a full match of ``pattern`` constrains, or None if unbounded."""
+    states: set[tuple[int | None, int]] | None = {(0, 0)}
+    states = _walk(_sre.parse(pattern), states)
+    return None if not states else max(sig for _, sig in states)
+
+
+def _walk(items: Any, states: set[tuple[int | None, int]] | None) -> set[tuple[int | None, int]] | None:
+    for op, arg in items:
+        if states is None:
+            return None
+        if op is _sre_c.SUBPATTERN:
+            states = _walk(arg[-1], states)
+        elif op is _sre_c.BRANCH:
+            out: set[tuple[int | None, int]] = set()
+            for alternative in arg[1]:
+                got = _walk(alternative, states)
+                if got is None:
+                    return None
+                out |= got
+            states = out
+        elif op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT):
+            low, high, sub = arg
+            if _any_digit(sub):
+                states = {(None if pos is None or low != high else pos + low, sig) for pos, sig in states}
+            elif low == high and low <= 8:
+                for _ in range(low):
+                    states = _walk(sub, states)
+            else:
+                return None
+        elif op in (_sre_c.LITERAL, _sre_c.IN):
+            free = op is _sre_c.IN and _any_digit([(op, arg)])
+            if not free and any(pos is None for pos, _ in states):
+                return None   # a constrained digit after a run of free ones of varying length
+            states = {(None if pos is None else pos + 1, sig if free else pos + 1) for pos, sig in states}  # type: ignore[operator]
+        else:
+            return None
+    return states
+
+
+def _any_digit(items: Any) -> bool:
+    return list(items) == [(_sre_c.IN, [(_sre_c.CATEGORY, _sre_c.CATEGORY_DIGIT)])]
+
+
+_PREFIX_DIGITS: Final = _determining_digits()
+_BY_PREFIX: dict[str, str | PhoneError] = {}
 
 
 def mask(e164: str) -> str:

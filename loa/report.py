@@ -247,9 +247,6 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
         clocks = _run_clocks(conn, campaign_id)
         per_area = _per_area(conn, campaign_id, event, clocks)
         installed = _installed_by_area(conn, event)
-        from loa.cost import spend_by_area
-
-        spent = spend_by_area(conn, campaign_id)
         first = conn.scalar(select(func.min(R.c.scheduled_for)).where(R.c.campaign_id == campaign_id))
         day = first.astimezone(ZoneInfo(DEFAULT_TIMEZONE)).date() if first else db.utcnow().date()
         index, as_of = _populations_in_force(conn, index, day)
@@ -265,8 +262,6 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
     used = {a for a in per_area if a is not None}
     level = level or _deepest_level(index, used)
     rows: dict[int | str | None, Row] = {}
-    for area_id, vnd in spent.items():   # a person's spend goes where their messages are counted
-        per_area.setdefault(area_id, Row("", "", "")).spent_vnd += vnd
     for area_id, counts in per_area.items():
         key, target = _row_of(index, area_id, level)
         row = rows.get(key) or _new_row(target, as_of, key, level)
@@ -395,64 +390,78 @@ def _per_run(run_id: ColumnElement[Any], values: dict[int, int]) -> ColumnElemen
     return case({k: literal(v, BigInteger) for k, v in values.items()}, value=run_id)
 
 
-def _messages(conn: Connection, campaign_id: int, clocks: dict[int, _Clock]) -> Subquery:
-    """One line per message of the campaign, with its clock in milliseconds: planned (when it
+def _clock_of(conn: Connection, clocks: dict[int, _Clock]) -> tuple[Any, Any, Any]:
+    """A message's clock in milliseconds, over the outbox joined to its run: planned (when it
     was to go out), reached (when it was delivered) and the window."""
     d = conn.dialect.name
     lead = _per_run(O.c.run_id, {k: c.lead for k, c in clocks.items()})
     window = _per_run(O.c.run_id, {k: c.window for k, c in clocks.items()})
     planned = func.coalesce(_ms(d, O.c.expires_at) - lead, _ms(d, R.c.scheduled_for))
     reached = case((O.c.state == "delivered", _ms(d, func.coalesce(O.c.delivered_at, O.c.sent_at))), else_=None)
+    return planned, reached, window
+
+
+def _first_responses(conn: Connection, campaign_id: int, event: str, clocks: dict[int, _Clock]) -> Subquery:
+    """Each message's first ``event`` at or after its planned send time.
+
+    Driven by the events (few) and reaching each one's messages through the outbox's
+    (run, subscriber) key, so the campaign's million messages are read once, by the caller.
+    """
+    planned, _, _ = _clock_of(conn, clocks)
+    at = _ms(conn.dialect.name, E.c.occurred_at)
     return (
-        select(O.c.id, O.c.subscriber_id, O.c.area_id, O.c.state, planned.label("planned"),
-               reached.label("reached"), window.label("window"))
-        .join(R, R.c.id == O.c.run_id).where(R.c.campaign_id == campaign_id).subquery("msg")
+        select(O.c.id, func.min(at).label("at"))
+        .select_from(E.join(O, O.c.subscriber_id == E.c.subscriber_id).join(R, R.c.id == O.c.run_id))
+        .where(R.c.campaign_id == campaign_id, E.c.type == event, at >= planned)
+        .group_by(O.c.id).subquery("first_response")
     )
 
 
-def _first_responses(conn: Connection, msg: Subquery, event: str) -> Subquery:
-    """Each message's first ``event`` at or after its planned send time."""
-    at = _ms(conn.dialect.name, E.c.occurred_at)
-    on = and_(E.c.subscriber_id == msg.c.subscriber_id, E.c.type == event, at >= msg.c.planned)
-    return (select(msg.c.id, func.min(at).label("at")).select_from(msg.join(E, on))
-            .group_by(msg.c.id).subquery("first_response"))
-
-
-def _anyone(cond: Any) -> Any:
-    return func.max(case((cond, 1), else_=0))
+def _anyone(cond: Any, one_run: bool) -> Any:
+    flag = case((cond, 1), else_=0)
+    return flag if one_run else func.max(flag)
 
 
 def _people(conn: Connection, campaign_id: int, event: str, clocks: dict[int, _Clock]) -> Subquery:
-    """One line per (subscriber, area) over all runs: what happened to them, and whether they
-    responded within each arm's window."""
-    msg = _messages(conn, campaign_id, clocks)
-    first = _first_responses(conn, msg, event)
-    m, at = msg.c, first.c.at
+    """One line per (subscriber, area) over all runs: what happened to them, whether they
+    responded within each arm's window, and what their messages cost.
+
+    A run holds one message per subscriber, so with a single run each message is a person
+    already and is not grouped again.
+    """
+    first = _first_responses(conn, campaign_id, event, clocks)
+    planned, reached, window = _clock_of(conn, clocks)
+    one_run = len(clocks) == 1
+    at = first.c.at
     # the same window from the same clock for the targeted and the held out: the uplift
     # compares like with like, whenever (or whether) the messages were delivered
-    from_planned = at < m.planned + m.window
-    from_delivery = and_(at >= m.reached, at < m.reached + m.window)
-    targeted = m.state.not_in(("held_out", "suppressed"))
-    return (
+    from_planned = at < planned + window
+    from_delivery = and_(at >= reached, at < reached + window)
+    targeted = O.c.state.not_in(("held_out", "suppressed"))
+    stmt = (
         select(
-            m.subscriber_id, m.area_id,
-            _anyone(m.state == "held_out").label("held"), _anyone(m.state == "suppressed").label("supp"),
-            _anyone(targeted).label("targeted"), _anyone(m.state.in_(SENT_STATES)).label("sent"),
-            _anyone(m.state.in_(states_of("delivered"))).label("delivered"),
-            _anyone(m.state.in_(states_of("undelivered"))).label("undelivered"),
-            _anyone(m.state.in_(states_of("failed"))).label("failed"),
-            _anyone(from_delivery).label("resp_delivered"),
-            _anyone(and_(targeted, from_planned)).label("resp_targeted"),
-            _anyone(and_(m.state == "held_out", from_planned)).label("resp_held"),
+            O.c.subscriber_id, O.c.area_id,
+            _anyone(O.c.state == "held_out", one_run).label("held"),
+            _anyone(O.c.state == "suppressed", one_run).label("supp"),
+            _anyone(targeted, one_run).label("targeted"),
+            _anyone(O.c.state.in_(SENT_STATES), one_run).label("sent"),
+            _anyone(O.c.state.in_(states_of("delivered")), one_run).label("delivered"),
+            _anyone(O.c.state.in_(states_of("undelivered")), one_run).label("undelivered"),
+            _anyone(O.c.state.in_(states_of("failed")), one_run).label("failed"),
+            _anyone(from_delivery, one_run).label("resp_delivered"),
+            _anyone(and_(targeted, from_planned), one_run).label("resp_targeted"),
+            _anyone(and_(O.c.state == "held_out", from_planned), one_run).label("resp_held"),
+            (O.c.cost_vnd if one_run else func.sum(O.c.cost_vnd)).label("cost"),
         )
-        .select_from(msg.outerjoin(first, first.c.id == m.id))
-        .group_by(m.subscriber_id, m.area_id)
-        .subquery("person")
+        .select_from(O.join(R, R.c.id == O.c.run_id).outerjoin(first, first.c.id == O.c.id))
+        .where(R.c.campaign_id == campaign_id)
     )
+    return (stmt if one_run else stmt.group_by(O.c.subscriber_id, O.c.area_id)).subquery("person")
 
 
 def _per_area(conn: Connection, campaign_id: int, event: str, clocks: dict[int, _Clock]) -> dict[int | None, Row]:
-    """People per area: one line per (subscriber, area) over all runs, then summed."""
+    """People per area, and what was spent there: one line per (subscriber, area) over all
+    runs, then summed, in one statement."""
     p = _people(conn, campaign_id, event, clocks).c
     # Over several runs one person can be targeted in one and suppressed (or held out)
     # in another: count each person once, as targeted, else held out, else suppressed;
@@ -471,12 +480,13 @@ def _per_area(conn: Connection, campaign_id: int, event: str, clocks: dict[int, 
             func.sum(case((failed, 1), else_=0)),
             func.sum(p.resp_delivered), func.sum(p.resp_targeted),
             func.sum(case((and_(held, p.resp_held == 1), 1), else_=0)),
+            func.sum(p.cost),
         )
         .group_by(p.area_id)
     )
     out: dict[int | None, Row] = {}
-    for area_id, *numbers in conn.execute(stmt):
-        row = Row("", "", "")
+    for area_id, *numbers, spent in conn.execute(stmt):
+        row = Row("", "", "", spent_vnd=int(spent or 0))
         for name, value in zip(COUNTS[:-1], numbers, strict=True):
             setattr(row, name, int(value or 0))
         out[area_id] = row

@@ -668,3 +668,40 @@ def test_import_streams_in_flat_memory(engine: Engine, areas: dict[str, int], tm
     after_quarter = max(rss for done, rss in samples if done <= size // 4)
     late = peak - after_quarter
     assert late < 8_000_000, f"RSS kept growing: +{late / 1e6:.1f} MB over the last three quarters"
+
+
+# -- the batch written through the driver (executemany on SQLite, COPY and one upsert on PostgreSQL) --
+
+def test_batches_written_through_the_driver_keep_each_rows_values_and_the_later_row_wins(
+        engine: Engine, areas: dict[str, int], tmp_path: Path) -> None:
+    first = write(tmp_path / "a.csv", """
+        phone,name,area,language,opted_out,age
+        0912000001,An,14,en,yes,30
+        0912000002,Bình,,,,x7
+        0912000001,An Hai,,en,no,31
+        0912000003,Chi,14,,yes,
+    """)
+    summary = import_subscribers(engine, first, batch_size=2)
+    assert (summary.imported, summary.new, summary.batches) == (4, 3, 2)
+    # a file without language or opt-out columns keeps both; a second batch of the same
+    # connection starts from an empty staging table
+    again = write(tmp_path / "b.csv", """
+        phone,name,group
+        0912000001,,a
+        0912000003,Chi Ba,b
+        0912000004,Dũng,c
+    """)
+    summary = import_subscribers(engine, again, batch_size=2)
+    assert (summary.imported, summary.new, summary.batches) == (3, 1, 2)
+    rows = subscribers(engine)
+    assert {p: (r["name"], r["area_id"], r["language"], r["opted_out_at"] is not None, r["attributes"])
+            for p, r in rows.items()} == {
+        "+84912000001": ("An Hai", areas["14"], "en", False, {"age": 31, "group": "a"}),
+        "+84912000002": ("Bình", None, "vi", False, {"age": "x7"}),
+        "+84912000003": ("Chi Ba", areas["14"], "vi", True, {"group": "b"}),
+        "+84912000004": ("Dũng", None, "vi", False, {"group": "c"}),
+    }
+    one = rows["+84912000001"]
+    assert one["carrier"] == "Vinaphone" and one["created_at"].tzinfo is not None
+    assert one["updated_at"] > one["created_at"] and json_kind(engine, "+84912000001", "age") == "number"
+    assert count(engine, db.subscribers) == 4

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from loa import phones
 from loa.phones import Phone, PhoneError, mask, normalize
 
 VINA = "+84912345678"
@@ -200,3 +201,39 @@ def test_mask_never_reveals_more_than_8_digits(raw: str) -> None:
     assert len(visible) <= 8
     if visible:
         assert "*" in masked and masked.count("*") >= 3
+
+
+# -- the type and carrier, looked up once per prefix ---------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.from_regex(r"[1-9][0-9]{6,10}", fullmatch=True))
+def test_the_prefix_lookup_answers_what_phonenumbers_answers_for_the_whole_number(nsn: str) -> None:
+    """Whatever the number: a carrier when phonenumbers calls it mobile, else the same reason."""
+    phones._BY_PREFIX.clear()
+    # numbers sharing its first k digits are asked first: a wrong answer cached for a prefix shows
+    others = [nsn[:k] + fill * (len(nsn) - k) for k in range(1, len(nsn)) for fill in "05"]
+    for other in others:
+        try:
+            phones._classify(other)
+        except PhoneError:
+            pass
+    try:
+        got: str | PhoneError = phones._classify(nsn)
+    except PhoneError as exc:
+        got = exc
+    expected = phones._lookup(nsn)
+    assert type(got) is type(expected) and str(got) == str(expected)
+
+
+@pytest.mark.parametrize(("pattern", "digits"), [
+    (r"(?:3\d|7[06-9])\d{6}", 2), (r"1800\d{4,6}", 4), (r"[17]99\d{4}|69\d{5,6}", 3),
+    (r"9(?:[0-8]\d|9[013-9])\d{6}", 3), (r"(?:12){2}\d{4}", 4),
+    (r"\d{4,6}5", None), (r"1\d*", 1), (r"1\d{2,3}[5-9]", None),
+])
+def test_the_digits_that_decide_a_number_are_read_from_its_pattern(pattern: str, digits: int | None) -> None:
+    assert phones._constrained_prefix(pattern) == digits
+
+
+def test_vietnamese_numbers_are_decided_by_their_first_few_digits() -> None:
+    assert 2 <= phones._PREFIX_DIGITS <= 6

@@ -557,6 +557,21 @@ def test_intent_to_treat_has_the_held_outs_clock(engine: Engine, windowed: datet
     assert total.uplift_points == pytest.approx(100 * (4 / 22 - 3 / 8))
 
 
+def test_one_run_is_counted_without_grouping_by_person_as_several_runs_would_be(engine: Engine,
+                                                                                windowed: datetime) -> None:
+    """A run holds one message per person, so a single run's messages are summed as they are;
+    the same ledger read the way several runs are (grouped by person first) gives the same rows."""
+    with engine.connect() as conn:
+        campaign_id = conn.scalar(select(db.campaigns.c.id))
+        clocks = rep._run_clocks(conn, campaign_id)
+        assert len(clocks) == 1
+        alone = rep._per_area(conn, campaign_id, "installed", clocks)
+        # a second clock, alike, for a run with no messages: the grouped path
+        grouped = rep._per_area(conn, campaign_id, "installed", {**clocks, -1: next(iter(clocks.values()))})
+    assert alone == grouped
+    assert sum(r.installed_delivered + r.installed_targeted + r.installed_held_out for r in alone.values()) == 10
+
+
 @pytest.mark.parametrize(("window", "days"), [("2d", 2), ("30d", 30)])   # 30 days: over 2^31 milliseconds
 def test_the_campaigns_window(engine: Engine, workdir: Path, tmp_path: Path, config: Config, window: str,
                               days: int) -> None:

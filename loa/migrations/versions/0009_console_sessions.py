@@ -1,7 +1,7 @@
 """Console sessions ended by signing out, so that a copy of the cookie stops working too.
 
-Revision ID: 0010
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-05
 """
 
@@ -12,8 +12,8 @@ from sqlalchemy import Column, Index, MetaData, String, Table
 
 from loa.db import UTCDateTime
 
-revision = "0010"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
