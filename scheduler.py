@@ -17,8 +17,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.schedulers.base import STATE_STOPPED, BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
@@ -104,13 +105,30 @@ def scheduled_time(trigger: BaseTrigger, now: datetime, grace: float) -> datetim
     return times[-1].astimezone(UTC) if times else None
 
 
+class _Scheduler(BackgroundScheduler):
+    """APScheduler's background scheduler, safe to shut down while it fires a job.
+
+    ``shutdown`` marks the scheduler stopped before it takes the job stores' lock, so a
+    one-shot job (an ``at`` schedule) that the scheduler's thread is firing at that moment is
+    then looked for among the pending jobs of a stopped scheduler, not found, and the thread
+    dies with ``JobLookupError``.  A stopped scheduler has no job to remove: that is not an error.
+    """
+
+    def remove_job(self, job_id: str, jobstore: str | None = None) -> None:
+        try:
+            super().remove_job(job_id, jobstore)
+        except JobLookupError:
+            if self.state != STATE_STOPPED:
+                raise
+
+
 class CampaignScheduler:
     """Builds and refreshes one job per scheduled campaign."""
 
     def __init__(self, engine: Engine, config: Config, scheduler: BaseScheduler | None = None) -> None:
         self.engine = engine
         self.config = config
-        self.scheduler = scheduler or BackgroundScheduler(timezone=config.timezone)
+        self.scheduler = scheduler or _Scheduler(timezone=config.timezone)
         self.campaigns: dict[str, Campaign] = {}
         self.problems: list[str] = []
         self._reload_seen: str | None = None

@@ -353,3 +353,35 @@ def test_the_scheduler_purges_personal_data_past_its_retention_once_a_day(setup,
     with engine.connect() as conn:
         kept = conn.scalars(select(db.arrivals.c.arrived_at)).all()
     assert [round((now - a).total_seconds() / 86400) for a in kept] == [setup.retention.arrivals_days - 1]
+
+
+def test_a_scheduler_stopped_while_it_fires_a_one_shot_job_does_not_die_with_a_traceback() -> None:
+    """`loa serve` shuts its scheduler down while the scheduler's thread may be firing a job:
+    APScheduler marks itself stopped before it takes the job stores' lock, and then removing
+    the fired one-shot job failed with JobLookupError in that thread.  The executor here marks
+    the scheduler stopped at exactly that moment."""
+    import threading
+
+    from apscheduler.executors.pool import ThreadPoolExecutor
+    from apscheduler.schedulers.base import STATE_STOPPED
+
+    class StoppedOnSubmit(ThreadPoolExecutor):
+        def submit_job(self, job, run_times):  # type: ignore[no-untyped-def]
+            super().submit_job(job, run_times)
+            self._scheduler.state = STATE_STOPPED      # what shutdown() does first, from another thread
+
+    died: list[BaseException | None] = []
+    fired = threading.Event()
+    previous = threading.excepthook
+    threading.excepthook = lambda args: died.append(args.exc_value)
+    try:
+        sched = scheduler._Scheduler(timezone="UTC", executors={"default": StoppedOnSubmit(1)})
+        sched.add_job(fired.set, "date", run_date=datetime.now(UTC), id="campaign:once")
+        sched.start()
+        assert fired.wait(30), "the one-shot job never fired"
+        sched._thread.join(30)
+        assert not sched._thread.is_alive()
+        sched._executors["default"].shutdown(wait=True)
+    finally:
+        threading.excepthook = previous
+    assert died == []
