@@ -120,7 +120,7 @@ def test_an_official_runs_a_campaign_from_upload_to_report(served: str, tmp_path
     rows = [f"0912{i:06d},Người {i},{'126' if i < 30 else '125'}" for i in range(50)]
     people.write_text("phone,name,area\n" + "\n".join(rows) + "\nkhong-phai-so,Sai,126\n", encoding="utf-8")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--lang=vi-VN"])
         page = browser.new_page(viewport={"width": 1100, "height": 800}, locale="vi-VN")
         page.set_default_timeout(15_000)
         console = f"{served}/console"
