@@ -30,8 +30,8 @@ from loa.importer import (
     _missing,
     parse_bool,
     parse_time,
+    phone_cell,
 )
-from loa.phones import PhoneError, normalize
 
 PURPOSES = ("public_interest", "advertising")
 S, K = db.subscribers, db.consents
@@ -110,10 +110,7 @@ class ConsentsHandler:
             raise _header_error(str(self.path), self.kind, header, missing, self.expected)
 
     def prepare(self, row: Mapping[str, str]) -> dict[str, Any]:
-        try:
-            phone = normalize(row.get("phone", "")).e164
-        except PhoneError as exc:
-            raise RowError("phone", str(exc)) from None
+        phone = phone_cell(row)
         purpose = check_purpose("purpose", row.get("purpose", ""))
         at = parse_time("time", row.get("time", ""), self.tz)
         if at > db.utcnow():

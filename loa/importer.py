@@ -390,6 +390,14 @@ def _fit(column: str, text: str, limit: int) -> str:
     return text
 
 
+def phone_cell(row: Mapping[str, str]) -> str:
+    """The row's ``phone`` cell in E.164, or the row's error on that field."""
+    try:
+        return normalize(row.get("phone", "")).e164
+    except PhoneError as exc:
+        raise RowError("phone", str(exc)) from None
+
+
 def _missing(header: Sequence[str], needed: Sequence[str]) -> list[str]:
     return [n for n in needed if n not in header]
 
@@ -758,10 +766,7 @@ class EventsHandler:
         self.extra = [h for h in header if h and h not in RESERVED_EVENT_COLUMNS]
 
     def prepare(self, row: Mapping[str, str]) -> dict[str, Any]:
-        try:
-            phone = normalize(row.get("phone", "")).e164
-        except PhoneError as exc:
-            raise RowError("phone", str(exc)) from None
+        phone = phone_cell(row)
         kind = row.get("type", "").strip().lower()
         if not _EVENT_TYPE.match(kind):
             raise RowError("type", f"not an event type: {kind!r} (lowercase letters, digits, _; e.g. installed)")
@@ -805,10 +810,7 @@ class DncHandler:
             raise _header_error(str(self.path), self.kind, header, missing, self.expected)
 
     def prepare(self, row: Mapping[str, str]) -> dict[str, Any]:
-        try:
-            phone = normalize(row.get("phone", "")).e164
-        except PhoneError as exc:
-            raise RowError("phone", str(exc)) from None
+        phone = phone_cell(row)
         return {"phone": phone, "source": _fit("source", row.get("source", "").strip() or self.path.name, 64)}
 
     def write(self, conn: Connection, records: list[dict[str, Any]]) -> tuple[int, list[Late]]:
