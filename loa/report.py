@@ -257,7 +257,8 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
             versions.setdefault(number, []).append(run_id)
         cancelled = conn.execute(
             select(R.c.id, func.count()).join(db.outbox, db.outbox.c.run_id == R.c.id)
-            .where(R.c.campaign_id == campaign_id, db.outbox.c.state == "cancelled")
+            .where(R.c.campaign_id == campaign_id, db.outbox.c.run_id.in_(list(clocks)),
+                   db.outbox.c.state == "cancelled")
             .group_by(R.c.id).order_by(R.c.id)).all()
     used = {a for a in per_area if a is not None}
     level = level or _deepest_level(index, used)
@@ -412,7 +413,7 @@ def _first_responses(conn: Connection, campaign_id: int, event: str, clocks: dic
     return (
         select(O.c.id, func.min(at).label("at"))
         .select_from(E.join(O, O.c.subscriber_id == E.c.subscriber_id).join(R, R.c.id == O.c.run_id))
-        .where(R.c.campaign_id == campaign_id, E.c.type == event, at >= planned)
+        .where(R.c.campaign_id == campaign_id, O.c.run_id.in_(list(clocks)), E.c.type == event, at >= planned)
         .group_by(O.c.id).subquery("first_response")
     )
 
@@ -454,7 +455,9 @@ def _people(conn: Connection, campaign_id: int, event: str, clocks: dict[int, _C
             (O.c.cost_vnd if one_run else func.sum(O.c.cost_vnd)).label("cost"),
         )
         .select_from(O.join(R, R.c.id == O.c.run_id).outerjoin(first, first.c.id == O.c.id))
-        .where(R.c.campaign_id == campaign_id)
+        # the campaign's runs by id, not only through the join: PostgreSQL then reads their rows by
+        # the outbox's (run, subscriber) key, or their partitions only, however long the ledger is
+        .where(R.c.campaign_id == campaign_id, O.c.run_id.in_(list(clocks)))
     )
     return (stmt if one_run else stmt.group_by(O.c.subscriber_id, O.c.area_id)).subquery("person")
 
