@@ -10,15 +10,18 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 from test_api import state_of, world  # noqa: F401 - `world` is a fixture
+from test_cli import invoke, ok, one_line_error
 
 from loa import audit, auth, db
 from loa.config import Config
+from loa.errors import LoaError
 from loa.web import Web
 
 PASSWORD = "correct-horse-1"
@@ -95,6 +98,42 @@ def test_english_per_user_and_formats(web: Web) -> None:
     assert "Dashboard" in client.get("/console/").text
     client.post("/console/language", data={"csrf": csrf(home), "lang": "vi", "next": "/console/"})
     assert "Tổng quan" in client.get("/console/").text
+
+
+def test_each_users_language_is_kept_with_the_user_and_every_change_is_audited(
+        engine: Engine, web: Web, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ben = sign_in(web, "ben", "viewer")
+    home = ben.get("/console/").text
+    assert "Tổng quan" in home and 'lang="vi"' in home
+    ben.post("/console/language", data={"csrf": csrf(home), "lang": "en", "next": "/console/"})
+    assert "Dashboard" in ben.get("/console/").text
+    with engine.connect() as conn:
+        assert conn.scalar(select(db.users.c.language).where(db.users.c.name == "ben")) == "en"
+    # another browser, signed in afresh with no language cookie, gets the user's language
+    other = browser(web)
+    r = other.post("/console/login", data={"csrf": csrf(other.get("/console/login").text), "name": "ben",
+                                           "password": PASSWORD})
+    assert r.url.path == "/console/" and "Dashboard" in r.text and 'lang="en"' in r.text
+    # the command line sets it for the user, in every browser at once
+    monkeypatch.setenv("LOA_ACTOR", "trưởng-phòng")
+    said = ok(invoke(workdir, "users", "language", "ben", "vi", "--reason", "cán bộ đọc tiếng Việt")).stdout
+    assert "ben: language en → vi" in said
+    assert "Tổng quan" in ben.get("/console/").text and "Tổng quan" in other.get("/console/").text
+    one_line_error(invoke(workdir, "users", "language", "nobody", "en"), "no user named 'nobody'")
+    assert invoke(workdir, "users", "language", "ben", "fr").exit_code != 0
+    entries = [(e.actor, e.before, e.after, e.reason) for e in audit.query(engine, object="user:ben")
+               if e.action == "users.language"]
+    assert entries == [("user:ben", {"language": "vi"}, {"language": "en"}, "chosen in the console"),
+                       ("trưởng-phòng", {"language": "en"}, {"language": "vi"}, "cán bộ đọc tiếng Việt")]
+    # choosing the language already set writes nothing; nobody sets another user's language but an admin
+    ben.post("/console/language", data={"csrf": csrf(home), "lang": "vi", "next": "/console/"})
+    assert len([e for e in audit.query(engine, object="user:ben") if e.action == "users.language"]) == 2
+    auth.add_user(engine, "os:test", "cam", PASSWORD, "approver")
+    with pytest.raises(auth.Forbidden):
+        auth.set_language(engine, auth.Principal("user", "cam", "approver"), "ben", "en")
+    auth.set_language(engine, auth.Principal("user", "root", "admin"), "ben", "en")
+    with pytest.raises(LoaError, match="unknown language"):
+        auth.set_language(engine, "os:test", "ben", "fr")
 
 
 def test_a_district_viewer_sees_only_its_district(engine: Engine, web: Web) -> None:

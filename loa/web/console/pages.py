@@ -143,12 +143,12 @@ def page(request: Request) -> Page:
     sess = signer(request).session(request.cookies.get(SESSION))
     if sess is None or signout.ended(request.app.state.web.engine, sess):
         raise SignIn()
-    try:
-        who = auth.principal_for_user(request.app.state.web.engine, sess.user)
+    try:     # the user's language is theirs in the database, whichever browser they use
+        who, lang = auth.principal_and_language(request.app.state.web.engine, sess.user)
     except auth.AuthError:
         raise SignIn() from None
     cookie = request.cookies.get(CSRF)
-    lang = sess.lang if sess.lang in i18n.LANGUAGES else i18n.DEFAULT
+    lang = lang if lang in i18n.LANGUAGES else i18n.DEFAULT
     return Page(request, who, i18n.language(lang), cookie or new_csrf_cookie(), new_csrf=cookie is None)
 
 
@@ -343,10 +343,13 @@ async def set_language(request: Request) -> Response:
     if not re.fullmatch(r"/console/[\w./-]*", target) or ".." in target.split("/"):   # back to a page, nowhere else
         target = f"{PREFIX}/"
     response = RedirectResponse(target, status_code=303)
-    set_cookie(response, "loa_lang", lang, max_age=365 * 86400)
-    sess = signer(request).session(request.cookies.get(SESSION))
-    if sess is not None:
-        set_cookie(response, SESSION, signer(request).session_cookie(sess.user, lang, sess.nonce))
+    set_cookie(response, "loa_lang", lang, max_age=365 * 86400)    # the sign-in page's, before a session
+    try:
+        p = page(request)
+    except SignIn:
+        return response
+    if lang != p.t.code:      # a signed-in user's choice is kept with the user, and audited
+        await run_in_threadpool(auth.set_language, p.engine, p.who, p.who.name, lang, "chosen in the console")
     return response
 
 
