@@ -201,6 +201,43 @@ def test_editing_validates_before_saving_and_counts_parts(engine: Engine, web: W
         assert conn.scalar(select(db.campaigns.c.id).where(db.campaigns.c.name == "x")) is None
 
 
+def test_days_are_typed_dd_mm_yyyy_and_a_bad_one_is_marked_on_its_field(engine: Engine, web: Web) -> None:
+    operator = sign_in(web, "olga", "operator")
+    new = operator.get("/console/campaigns/new").text
+    assert 'type="date"' not in new and 'id="start" name="start" type="text"' in new and "ngày/tháng/năm" in new
+    form = {"name": "ngay", "description": "Nhắc tiêm", "areas": "Huyện Mộc Châu", "text": "Xin chào",
+            "window_start": "00:00", "window_end": "24:00", "holdout": "0.1"}
+
+    def save(**days: str) -> tuple[int, str]:
+        r = operator.post("/console/campaigns/save", data={"csrf": csrf(new), **form, **days})
+        return r.status_code, r.text
+
+    for bad in ("31/02/2027", "2027-01-05", "5/1/27", "05/01/2027x", "hôm nay"):
+        status, page = save(start=bad)
+        assert status == 422, (bad, page[:300])
+        field = re.search(r'<input id="start"[^>]*>', page)
+        assert field and 'aria-invalid="true"' in field.group(0) and f'value="{bad}"' in field.group(0), bad
+        assert 'id="start-error"' in page and "Không phải ngày" in page and 'value="Nhắc tiêm"' in page
+        assert 'id="end-error"' not in page
+    status, page = save(start="31/01/2027", end="05/01/2027")
+    assert status == 422 and 'id="end-error"' in page and "Ngày cuối đứng trước ngày đầu" in page
+    with engine.connect() as conn:
+        assert conn.scalar(select(db.campaigns.c.id).where(db.campaigns.c.name == "ngay")) is None
+    status, page = save(start="5/1/2027", end="31/01/2027")
+    assert status == 200 and "Đã lưu phiên bản 1" in page
+    from loa import versions
+
+    with engine.connect() as conn:
+        stored = versions.stored(conn, "ngay")
+    assert stored is not None and "start = 2027-01-05" in stored.toml and "end = 2027-01-31" in stored.toml
+    edit = operator.get("/console/campaigns/ngay/edit").text
+    assert 'value="05/01/2027"' in edit and 'value="31/01/2027"' in edit
+    # the date of an import's figures is read the same way
+    r = operator.post("/console/imports", data={"csrf": csrf(new), "kind": "snapshots", "as_of": "2020-08-17"},
+                      files={"file": ("s.csv", b"area,value\n", "text/csv")})
+    assert r.status_code == 422 and 'id="as_of-error"' in r.text and 'value="2020-08-17"' in r.text
+
+
 def test_an_upload_shows_its_counts_and_offers_its_rejects(engine: Engine, web: Web) -> None:
     operator = sign_in(web, "olga", "operator")
     token = csrf(operator.get("/console/imports").text)
