@@ -91,6 +91,7 @@ PERMISSIONS: dict[str, Permission] = {
 }
 
 MIN_PASSWORD = 10
+LANGUAGES = ("vi", "en")            # a user's console language (loa.i18n.LANGUAGES)
 LOCKOUT_WINDOW = timedelta(minutes=15)
 MAX_FAILURES_PER_NAME = 5
 MAX_FAILURES_PER_CLIENT = 20       # a client may be a whole office behind one address
@@ -314,6 +315,7 @@ class User:
     created_at: datetime
     disabled_at: datetime | None
     last_login_at: datetime | None
+    language: str = "vi"
 
     def state(self) -> dict[str, Any]:
         """What an audit entry keeps of a user: never the password hash."""
@@ -324,7 +326,7 @@ class User:
 def _users_query() -> Any:
     U, A = db.users, db.areas
     return (select(U.c.name, U.c.role, A.c.code, A.c.name.label("area_name"), U.c.created_at, U.c.disabled_at,
-                   U.c.last_login_at, A.c.path)
+                   U.c.last_login_at, U.c.language, A.c.path)
             .select_from(U.outerjoin(A, A.c.id == U.c.area_id)))
 
 
@@ -333,7 +335,7 @@ def _user(conn: Connection, name: str) -> tuple[User, _Area | str]:
     row = conn.execute(_users_query().where(db.users.c.name == name)).one_or_none()
     if row is None:
         raise NotFound(f"no user named {name!r}")
-    return User(*row[:7]), _Area(0, row.code, row.area_name, row.path) if row.path else EVERYWHERE
+    return User(*row[:8]), _Area(0, row.code, row.area_name, row.path) if row.path else EVERYWHERE
 
 
 def list_users(engine: Engine, by: Principal | None = None) -> list[User]:
@@ -343,7 +345,7 @@ def list_users(engine: Engine, by: Principal | None = None) -> list[User]:
         require(by, "users.manage")
         stmt = stmt.where(scope_clause(by, db.users.c.area_id))
     with engine.connect() as conn:
-        return [User(*row[:7]) for row in conn.execute(stmt)]
+        return [User(*row[:8]) for row in conn.execute(stmt)]
 
 
 def check_new_user(engine: Engine, name: str, area_code: str | None = None) -> None:
@@ -405,15 +407,40 @@ def set_password(engine: Engine, by: Principal | str, name: str, password: str, 
     _change_user(engine, by, name, "users.password", reason, password_hash=hash_password(password))
 
 
-def principal_for_user(engine: Engine, name: str) -> Principal:
-    """The principal of a signed-in user as it is now (a session re-reads it on each request):
-    a disabled or removed user is refused."""
+def set_language(engine: Engine, by: Principal | str, name: str, language: str, reason: str = "") -> tuple[User, User]:
+    """(before, after) of the user whose console language is set: by the user itself, or by
+    whoever manages users where the user lies; audited as ``users.language``."""
+    if language not in LANGUAGES:
+        raise LoaError(f"unknown language {language!r} (known: {', '.join(LANGUAGES)})")
+    name = name.strip().lower()
+    with engine.begin() as conn:
+        before, where = _user(conn, name)
+        if isinstance(by, Principal) and by.kind == "user" and by.name == name:
+            actor = by.actor                  # everyone chooses their own language
+        else:
+            actor = _check_by(by, "users.manage", where)
+        conn.execute(update(db.users).where(db.users.c.name == name).values(language=language))
+        after, _ = _user(conn, name)
+        audit.record(conn, actor, "users.language", "user", name, before={"language": before.language},
+                     after={"language": after.language}, reason=reason)
+    return before, after
+
+
+def principal_and_language(engine: Engine, name: str) -> tuple[Principal, str]:
+    """The principal of a signed-in user as it is now (a session re-reads it on each request),
+    and the user's language: a disabled or removed user is refused."""
     U = db.users
     with engine.connect() as conn:
-        row = conn.execute(select(U.c.role, U.c.area_id, U.c.disabled_at).where(U.c.name == name)).one_or_none()
+        row = conn.execute(select(U.c.role, U.c.area_id, U.c.disabled_at, U.c.language)
+                           .where(U.c.name == name)).one_or_none()
         if row is None or row.disabled_at is not None:
             raise AuthError(f"user {name!r} is {'disabled' if row is not None else 'unknown'}")
-        return _principal("user", name, row.role, _area_by_id(conn, row.area_id))
+        return _principal("user", name, row.role, _area_by_id(conn, row.area_id)), row.language
+
+
+def principal_for_user(engine: Engine, name: str) -> Principal:
+    """The principal of a signed-in user as it is now: a disabled or removed user is refused."""
+    return principal_and_language(engine, name)[0]
 
 
 # -- signing in -----------------------------------------------------------------

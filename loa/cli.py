@@ -1448,6 +1448,20 @@ def users_role(app: App, name: str, role: str, reason: str) -> None:
     out.print(f"user {after.name}: {before.role} → {after.role}", highlight=False, markup=False)
 
 
+@users.command("language")
+@click.argument("name")
+@click.argument("language", type=click.Choice(["vi", "en"]))
+@click.option("--reason", default="", help="Why, for the audit log.")
+@click.pass_obj
+@fail_cleanly
+def users_language(app: App, name: str, language: str, reason: str) -> None:
+    """Set a user's language in the console: vi (the default) or en."""
+    from loa import audit, auth
+
+    before, after = auth.set_language(app.engine(), audit.cli_actor(), name, language, reason)
+    out.print(f"user {after.name}: language {before.language} → {after.language}", highlight=False, markup=False)
+
+
 @main.group()
 def keys() -> None:
     """API keys for programs: each with a role and optionally an area, shown once."""

@@ -376,6 +376,8 @@ users = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("disabled_at", UTCDateTime, nullable=True),
     Column("last_login_at", UTCDateTime, nullable=True),
+    # the console's language for this user ("vi" or "en"): `loa users language`, or the user's own choice
+    Column("language", String(2), nullable=False, default="vi", server_default="vi"),
 )
 
 # Keys for programs: "loa_<prefix>_<secret>".  The prefix identifies the key in lists and

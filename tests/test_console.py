@@ -10,15 +10,18 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 from test_api import state_of, world  # noqa: F401 - `world` is a fixture
+from test_cli import invoke, ok, one_line_error
 
 from loa import audit, auth, db
 from loa.config import Config
+from loa.errors import LoaError
 from loa.web import Web
 
 PASSWORD = "correct-horse-1"
@@ -97,6 +100,42 @@ def test_english_per_user_and_formats(web: Web) -> None:
     assert "Tổng quan" in client.get("/console/").text
 
 
+def test_each_users_language_is_kept_with_the_user_and_every_change_is_audited(
+        engine: Engine, web: Web, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ben = sign_in(web, "ben", "viewer")
+    home = ben.get("/console/").text
+    assert "Tổng quan" in home and 'lang="vi"' in home
+    ben.post("/console/language", data={"csrf": csrf(home), "lang": "en", "next": "/console/"})
+    assert "Dashboard" in ben.get("/console/").text
+    with engine.connect() as conn:
+        assert conn.scalar(select(db.users.c.language).where(db.users.c.name == "ben")) == "en"
+    # another browser, signed in afresh with no language cookie, gets the user's language
+    other = browser(web)
+    r = other.post("/console/login", data={"csrf": csrf(other.get("/console/login").text), "name": "ben",
+                                           "password": PASSWORD})
+    assert r.url.path == "/console/" and "Dashboard" in r.text and 'lang="en"' in r.text
+    # the command line sets it for the user, in every browser at once
+    monkeypatch.setenv("LOA_ACTOR", "trưởng-phòng")
+    said = ok(invoke(workdir, "users", "language", "ben", "vi", "--reason", "cán bộ đọc tiếng Việt")).stdout
+    assert "ben: language en → vi" in said
+    assert "Tổng quan" in ben.get("/console/").text and "Tổng quan" in other.get("/console/").text
+    one_line_error(invoke(workdir, "users", "language", "nobody", "en"), "no user named 'nobody'")
+    assert invoke(workdir, "users", "language", "ben", "fr").exit_code != 0
+    entries = [(e.actor, e.before, e.after, e.reason) for e in audit.query(engine, object="user:ben")
+               if e.action == "users.language"]
+    assert entries == [("user:ben", {"language": "vi"}, {"language": "en"}, "chosen in the console"),
+                       ("trưởng-phòng", {"language": "en"}, {"language": "vi"}, "cán bộ đọc tiếng Việt")]
+    # choosing the language already set writes nothing; nobody sets another user's language but an admin
+    ben.post("/console/language", data={"csrf": csrf(home), "lang": "vi", "next": "/console/"})
+    assert len([e for e in audit.query(engine, object="user:ben") if e.action == "users.language"]) == 2
+    auth.add_user(engine, "os:test", "cam", PASSWORD, "approver")
+    with pytest.raises(auth.Forbidden):
+        auth.set_language(engine, auth.Principal("user", "cam", "approver"), "ben", "en")
+    auth.set_language(engine, auth.Principal("user", "root", "admin"), "ben", "en")
+    with pytest.raises(LoaError, match="unknown language"):
+        auth.set_language(engine, "os:test", "ben", "fr")
+
+
 def test_a_district_viewer_sees_only_its_district(engine: Engine, web: Web) -> None:
     viewer = sign_in(web, "moc", "viewer", "126")
     home = viewer.get("/console/").text
@@ -160,6 +199,43 @@ def test_editing_validates_before_saving_and_counts_parts(engine: Engine, web: W
     assert "Không thực hiện được" in page or "chưa lưu gì" in page
     with engine.connect() as conn:
         assert conn.scalar(select(db.campaigns.c.id).where(db.campaigns.c.name == "x")) is None
+
+
+def test_days_are_typed_dd_mm_yyyy_and_a_bad_one_is_marked_on_its_field(engine: Engine, web: Web) -> None:
+    operator = sign_in(web, "olga", "operator")
+    new = operator.get("/console/campaigns/new").text
+    assert 'type="date"' not in new and 'id="start" name="start" type="text"' in new and "ngày/tháng/năm" in new
+    form = {"name": "ngay", "description": "Nhắc tiêm", "areas": "Huyện Mộc Châu", "text": "Xin chào",
+            "window_start": "00:00", "window_end": "24:00", "holdout": "0.1"}
+
+    def save(**days: str) -> tuple[int, str]:
+        r = operator.post("/console/campaigns/save", data={"csrf": csrf(new), **form, **days})
+        return r.status_code, r.text
+
+    for bad in ("31/02/2027", "2027-01-05", "5/1/27", "05/01/2027x", "hôm nay"):
+        status, page = save(start=bad)
+        assert status == 422, (bad, page[:300])
+        field = re.search(r'<input id="start"[^>]*>', page)
+        assert field and 'aria-invalid="true"' in field.group(0) and f'value="{bad}"' in field.group(0), bad
+        assert 'id="start-error"' in page and "Không phải ngày" in page and 'value="Nhắc tiêm"' in page
+        assert 'id="end-error"' not in page
+    status, page = save(start="31/01/2027", end="05/01/2027")
+    assert status == 422 and 'id="end-error"' in page and "Ngày cuối đứng trước ngày đầu" in page
+    with engine.connect() as conn:
+        assert conn.scalar(select(db.campaigns.c.id).where(db.campaigns.c.name == "ngay")) is None
+    status, page = save(start="5/1/2027", end="31/01/2027")
+    assert status == 200 and "Đã lưu phiên bản 1" in page
+    from loa import versions
+
+    with engine.connect() as conn:
+        stored = versions.stored(conn, "ngay")
+    assert stored is not None and "start = 2027-01-05" in stored.toml and "end = 2027-01-31" in stored.toml
+    edit = operator.get("/console/campaigns/ngay/edit").text
+    assert 'value="05/01/2027"' in edit and 'value="31/01/2027"' in edit
+    # the date of an import's figures is read the same way
+    r = operator.post("/console/imports", data={"csrf": csrf(new), "kind": "snapshots", "as_of": "2020-08-17"},
+                      files={"file": ("s.csv", b"area,value\n", "text/csv")})
+    assert r.status_code == 422 and 'id="as_of-error"' in r.text and 'value="2020-08-17"' in r.text
 
 
 def test_an_upload_shows_its_counts_and_offers_its_rejects(engine: Engine, web: Web) -> None:

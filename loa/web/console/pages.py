@@ -29,7 +29,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from loa import approval, audit, auth, db, i18n, imports, lifecycle, versions
 from loa.areas import AreaIndex, AreaLookupError
 from loa.campaign import parse_text
-from loa.errors import CampaignError, InputError, LoaError, NotFound
+from loa.errors import CampaignError, LoaError, NotFound
 from loa.web.console import signout
 from loa.web.console.session import (
     CSRF,
@@ -143,12 +143,12 @@ def page(request: Request) -> Page:
     sess = signer(request).session(request.cookies.get(SESSION))
     if sess is None or signout.ended(request.app.state.web.engine, sess):
         raise SignIn()
-    try:
-        who = auth.principal_for_user(request.app.state.web.engine, sess.user)
+    try:     # the user's language is theirs in the database, whichever browser they use
+        who, lang = auth.principal_and_language(request.app.state.web.engine, sess.user)
     except auth.AuthError:
         raise SignIn() from None
     cookie = request.cookies.get(CSRF)
-    lang = sess.lang if sess.lang in i18n.LANGUAGES else i18n.DEFAULT
+    lang = lang if lang in i18n.LANGUAGES else i18n.DEFAULT
     return Page(request, who, i18n.language(lang), cookie or new_csrf_cookie(), new_csrf=cookie is None)
 
 
@@ -343,10 +343,13 @@ async def set_language(request: Request) -> Response:
     if not re.fullmatch(r"/console/[\w./-]*", target) or ".." in target.split("/"):   # back to a page, nowhere else
         target = f"{PREFIX}/"
     response = RedirectResponse(target, status_code=303)
-    set_cookie(response, "loa_lang", lang, max_age=365 * 86400)
-    sess = signer(request).session(request.cookies.get(SESSION))
-    if sess is not None:
-        set_cookie(response, SESSION, signer(request).session_cookie(sess.user, lang, sess.nonce))
+    set_cookie(response, "loa_lang", lang, max_age=365 * 86400)    # the sign-in page's, before a session
+    try:
+        p = page(request)
+    except SignIn:
+        return response
+    if lang != p.t.code:      # a signed-in user's choice is kept with the user, and audited
+        await run_in_threadpool(auth.set_language, p.engine, p.who, p.who.name, lang, "chosen in the console")
     return response
 
 
@@ -471,7 +474,8 @@ def new_campaign(request: Request) -> Response:
     p = page(request)
     if not p.who.can("campaigns.draft"):
         return render(p, "error.html", 403, message=p.t.gettext("Your role may not draft campaigns."))
-    return render(p, "edit.html", form=_blank_form(), problems=[], name=None, measure=_measure(p, "", None))
+    return render(p, "edit.html", form=_blank_form(), problems=[], errors={}, name=None,
+                  measure=_measure(p, "", None))
 
 
 @router.get(PREFIX + "/campaigns/{name}")
@@ -625,7 +629,7 @@ def _form_of_version(version: versions.Version) -> dict[str, str]:
             "areas": ", ".join((raw.get("segment") or {}).get("areas") or []),
             "channel": "sms", "text": version.templates.get(str(sms.get("template", "")), ""),
             "window_start": str(window.get("start", "07:00")), "window_end": str(window.get("end", "22:00")),
-            "start": str(dates.get("start", "")), "end": str(dates.get("end", "")),
+            "start": dmy(dates.get("start")), "end": dmy(dates.get("end")),
             "holdout": str(raw.get("holdout", 0)), "goal_event": str(goal.get("event", "installed")),
             "goal_share": str(goal.get("share", "")), "budget": str(raw.get("budget", "")),
             "advertising": "on" if raw.get("advertising") else "", "opt_out": str(raw.get("opt_out", ""))}
@@ -639,14 +643,39 @@ def _number(value: str) -> int | float | str:
     return int(number) if number.is_integer() and "." not in value and "," not in value else number
 
 
-def _day(value: str) -> date | str:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
+_DMY = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})")
+NOT_A_DATE = N_("Not a date: write the day as dd/mm/yyyy, for example 17/08/2020.")
+
+
+def parse_day(value: str) -> date:
+    """A day as officials write it, dd/mm/yyyy (17/08/2020), and nothing else: not the ISO
+    form, not a browser's locale-dependent picker, and not a day that does not exist."""
+    found = _DMY.fullmatch(value.strip())
+    if found is None:
+        raise ValueError(value)
+    day, month, year = (int(g) for g in found.groups())
+    return date(year, month, day)
+
+
+def dmy(value: Any) -> str:
+    """A stored day as the form shows it: 17/08/2020."""
+    return value.strftime("%d/%m/%Y") if isinstance(value, date) else str(value or "")
+
+
+def _day_errors(p: Page, form: dict[str, str], fields: tuple[str, ...]) -> tuple[dict[str, date], dict[str, str]]:
+    """The form's days, and a message per field whose day is not one."""
+    days, errors = {}, {}
+    for name in fields:
+        text = str(form.get(name) or "").strip()
+        if not text:
+            continue
         try:
-            return datetime.strptime(value, "%d/%m/%Y").date()
+            days[name] = parse_day(text)
         except ValueError:
-            return value
+            errors[name] = p.t.gettext(NOT_A_DATE)
+    if "start" in days and "end" in days and days["end"] < days["start"]:
+        errors["end"] = p.t.gettext("The last day comes before the first day.")
+    return days, errors
 
 
 def _toml_from_form(form: dict[str, str], base: str | None) -> tuple[str, str, str]:
@@ -673,7 +702,7 @@ def _toml_from_form(form: dict[str, str], base: str | None) -> tuple[str, str, s
         segment.pop("areas", None)
     raw["holdout"] = _number(form.get("holdout", "0") or "0")
     raw["window"] = {"start": form.get("window_start") or "07:00", "end": form.get("window_end") or "22:00"}
-    dates = {k: _day(form[k]) for k in ("start", "end") if form.get(k, "").strip()}
+    dates = {k: parse_day(form[k]) for k in ("start", "end") if form.get(k, "").strip()}
     if dates:
         raw["dates"] = dates
     else:
@@ -754,7 +783,7 @@ def edit_campaign(request: Request, name: str) -> Response:
     except LoaError as exc:
         return render(p, "error.html", 403, message=failed(p, exc))
     form = _form_of_version(version)
-    return render(p, "edit.html", form=form, problems=[], name=name, measure=_measure(p, form["text"], name))
+    return render(p, "edit.html", form=form, problems=[], errors={}, name=name, measure=_measure(p, form["text"], name))
 
 
 @router.post(PREFIX + "/campaigns/save")
@@ -769,6 +798,10 @@ async def save_form(request: Request) -> Response:
             version = versions.stored(conn, existing)
         base = version.toml if version else None
         form["name"] = existing
+    _, errors = _day_errors(p, form, ("start", "end"))
+    if errors:     # the form comes back as it was typed, each bad day marked where it is
+        return render(p, "edit.html", 422, form=form, problems=[], errors=errors, name=existing,
+                      measure=_measure(p, form.get("text", ""), existing))
     try:
         toml_text, template, text = _toml_from_form(form, base)
         applied = await run_in_threadpool(save_version, p, toml_text, {template: text + ("" if text.endswith("\n")
@@ -776,7 +809,7 @@ async def save_form(request: Request) -> Response:
                                           form.get("reason", ""))
     except (CampaignError, LoaError, tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
         problems = exc.problems if isinstance(exc, CampaignError) else [str(exc)]
-        return render(p, "edit.html", 422, form=form, problems=problems, name=existing,
+        return render(p, "edit.html", 422, form=form, problems=problems, errors={}, name=existing,
                       measure=_measure(p, form.get("text", ""), existing))
     return _saved(p, applied)
 
@@ -937,7 +970,7 @@ def imports_page(request: Request) -> Response:
     p = page(request)
     if not p.who.can("imports.run"):
         return render(p, "error.html", 403, message=p.t.gettext("Your role or area may not import data."))
-    return render(p, "imports.html", jobs=_jobs(p), kinds=KINDS, problem=None)
+    return render(p, "imports.html", jobs=_jobs(p), kinds=KINDS, problem=None, errors={}, form={})
 
 
 @router.post(PREFIX + "/imports")
@@ -947,23 +980,24 @@ async def upload(request: Request) -> Response:
     if not p.who.can("imports.run"):
         return render(p, "error.html", 403, message=p.t.gettext("Your role or area may not import data."))
     kind, part = str(form.get("kind") or ""), form.get("file")
+    typed = {"kind": kind, "as_of": str(form.get("as_of") or "")}
+    days, errors = _day_errors(p, typed, ("as_of",))
+    if errors:
+        return render(p, "imports.html", 422, jobs=_jobs(p), kinds=KINDS, problem=None, errors=errors, form=typed)
     if kind not in IMPORT_KINDS or not isinstance(part, UploadFile) or not part.filename:
-        return render(p, "imports.html", 422, jobs=_jobs(p), kinds=KINDS,
+        return render(p, "imports.html", 422, jobs=_jobs(p), kinds=KINDS, errors={}, form=typed,
                       problem=p.t.gettext("Choose what the file holds, and the file."))
     folder = imports.upload_dir()
     target = folder / "upload.csv"
     with target.open("wb") as out:
         while block := await part.read(1 << 16):
             out.write(block)
-    as_of = _day(str(form.get("as_of") or "")) if form.get("as_of") else None
     try:
-        if isinstance(as_of, str):
-            raise InputError(f"as_of: not a date: {as_of!r}")
         job = await run_in_threadpool(imports.start, p.engine, p.config, p.who.actor, kind, target,
-                                      Path(part.filename).name, as_of)
+                                      Path(part.filename).name, days.get("as_of"))
     except LoaError as exc:
         shutil.rmtree(folder, ignore_errors=True)
-        return render(p, "imports.html", 422, jobs=_jobs(p), kinds=KINDS,
+        return render(p, "imports.html", 422, jobs=_jobs(p), kinds=KINDS, errors={}, form=typed,
                       problem=failed(p, exc).replace(str(target), "the file"))
     if request.headers.get("hx-request"):
         return Response(status_code=204, headers={"HX-Redirect": f"{PREFIX}/imports/{job.id}"})
