@@ -1145,6 +1145,37 @@ def purge(app: App, dry_run: bool) -> None:
               "replaced by their keyed hash", highlight=False, markup=False, soft_wrap=True)
 
 
+@main.group("db")
+def db_group() -> None:
+    """The database's own upkeep."""
+
+
+@db_group.command("partition")
+@click.option("--drop-before", default=None, metavar="YYYY-MM",
+              help="Also drop the months of runs before this one (their messages, after retention).")
+@click.pass_obj
+@fail_cleanly
+def db_partition(app: App, drop_before: str | None) -> None:
+    """PostgreSQL: partition the outbox by month of runs (once; again it only opens this month's
+    and the next), in one transaction.  The scheduler's daily retention opens each next month."""
+    from loa import audit, partitions
+
+    engine = app.engine()
+    cutoff = partitions.parse_month(drop_before) if drop_before else None
+    done = partitions.partition(engine, drop_before=cutoff)
+    if done.converted or done.dropped:
+        audit.record_now(engine, _actor(), "db.partition", "table", "outbox",
+                         after={"converted": done.converted, "dropped": done.dropped, "opened": done.opened})
+    if done.converted:
+        out.print("the outbox is now partitioned by month of runs; its rows so far are in "
+                  f"{partitions.LEGACY}", highlight=False, markup=False)
+    for name in done.opened:
+        out.print(f"opened {name}", highlight=False, markup=False)
+    for name in done.dropped:
+        out.print(f"dropped {name}", highlight=False, markup=False)
+    out.print("partitions: " + ", ".join(done.partitions), highlight=False, markup=False, soft_wrap=True)
+
+
 # -- report -------------------------------------------------------------------
 
 @main.command()

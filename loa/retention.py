@@ -98,8 +98,16 @@ def _periods(config: Config) -> str:
 
 
 def daily(engine: Engine, config: Config) -> None:
-    """The elected scheduler's daily purge: what can go without the key goes even without it."""
+    """The elected scheduler's daily purge: what can go without the key goes even without it;
+    and, on a partitioned outbox (loa.partitions), the next month's partition opened ahead."""
+    from loa import partitions
     from loa.subjects import subject_key
+
+    try:
+        if opened := partitions.open_ahead(engine):
+            log.info("outbox partition(s) opened: %s", ", ".join(opened))
+    except Exception:   # the purge still runs; tomorrow's tries again, and the month is a month ahead
+        log.exception("opening the next month's outbox partition failed")
 
     try:
         result = purge(engine, config, actor="scheduler:retention", key=subject_key(required=False))

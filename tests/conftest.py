@@ -37,11 +37,15 @@ from loa import db
 from loa.config import Config, load
 
 PG_URL = os.environ.get("LOA_TEST_DATABASE_URL")
+# LOA_TEST_PARTITIONED=1 (PostgreSQL): the suite runs against an outbox partitioned by month of
+# runs (`loa db partition`), each test's runs in this month's partition
+PARTITIONED = os.environ.get("LOA_TEST_PARTITIONED") == "1"
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"loa database: {db.redact(PG_URL) if PG_URL else 'SQLite (temporary files)'}"
+    outbox = ", outbox partitioned by month" if PG_URL and PARTITIONED else ""
+    return f"loa database: {db.redact(PG_URL) if PG_URL else 'SQLite (temporary files)'}{outbox}"
 
 
 VIETNAM = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -73,6 +77,10 @@ def pg_database() -> Iterator[str | None]:
     url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
     engine = db.make_engine(url)
     db.create_schema(engine)
+    if PARTITIONED:
+        from loa import partitions
+
+        partitions.partition(engine)
     engine.dispose()
     yield url
     with admin.connect() as conn:
@@ -91,6 +99,10 @@ def database_url(pg_database: str | None, tmp_path: Path) -> Iterator[str]:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
         # loa_meta keeps the schema's version; whether campaigns were applied is the test's own
         conn.execute(text("DELETE FROM loa_meta WHERE key = 'campaigns_source'"))
+    if PARTITIONED:   # the runs' ids restarted at 1: back to this month's block
+        from loa import partitions
+
+        partitions.open_ahead(engine)
     engine.dispose()
     yield pg_database
 
