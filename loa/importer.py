@@ -144,6 +144,8 @@ def _records(
         raw.close()
         raise
 
+    width = len(header)
+
     def rows() -> Iterator[tuple[int, dict[str, str], list[str], RowError | None]]:
         start = reader.line_num + 1
         n = 0
@@ -166,9 +168,13 @@ def _records(
                         "", f"a cell is longer than {csv.field_size_limit():,} characters; the row is not copied here")
                     start = reader.line_num + 1
                     continue
-                _check_utf8(path, start, values)
-                if any(v.strip() for v in values):
-                    yield start, dict(zip(header, values, strict=False)), values, _cell_problem(header, values)
+                joined = "".join(values)   # once per row: the checks below read it, not each cell
+                if not joined.isascii():
+                    _check_utf8(path, start, values)
+                if joined.strip():   # blank only when every cell is
+                    problem = (None if len(values) <= width and "\x00" not in joined
+                               else _cell_problem(header, values))
+                    yield start, dict(zip(header, values, strict=False)), values, problem
                 start = reader.line_num + 1
         except csv.Error as exc:
             raise InputError(f"{path}:{start}: malformed CSV: {exc}") from None
@@ -561,6 +567,7 @@ class SubscribersHandler:
                                           .limit(1)) is not None
         self.area_column: str | None = None
         self.attribute_columns: list[str] = []
+        self.has_language = self.has_opted_out = True
         self._statements: dict[tuple[bool, bool], str] = {}
         self._areas: dict[str, int] = {}
         self._attribute_cells: Callable[[Mapping[str, str]], tuple[str, ...]] = lambda row: ()
@@ -577,6 +584,7 @@ class SubscribersHandler:
         if blank:
             raise InputError(f"{self.path}:1: header column {blank[0]} has no name")
         self.attribute_columns = [h for h in header if h not in RESERVED_SUBSCRIBER_COLUMNS]
+        self.has_language, self.has_opted_out = "language" in header, "opted_out" in header
         if len(self.attribute_columns) == 1:
             only = self.attribute_columns[0]
             self._attribute_cells = lambda row: (row[only],)
@@ -600,13 +608,15 @@ class SubscribersHandler:
                     raise RowError(self.area_column, str(exc)) from None
                 if len(self._areas) < 100_000:   # an area is named the same way on many rows
                     self._areas[text] = area_id
-        language = row.get("language", "").strip().lower() or None
+        language = (row.get("language", "").strip().lower() or None) if self.has_language else None
         if language is not None and not re.fullmatch(r"[a-z]{2,3}(-[a-z0-9]{2,8})?", language):
             raise RowError("language", f"not a language code: {language!r} (e.g. vi, en)")
         if language is not None:
             _fit("language", language, 8)
         # a blank cell keeps what was there, like name and area: it must not opt anyone back in
-        opted_out = parse_bool("opted_out", text) if (text := row.get("opted_out", "")).strip() else None
+        opted_out = None
+        if self.has_opted_out and (text := row.get("opted_out", "")).strip():
+            opted_out = parse_bool("opted_out", text)
         attributes, keys = self._attributes(row)
         name = row.get("name", "")
         if "  " in name or name != name.strip() or not name.isprintable():   # else it is already clean
