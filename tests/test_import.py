@@ -198,6 +198,26 @@ def test_extra_columns_become_typed_attributes(engine: Engine, tmp_path: Path) -
     assert attribute_keys(engine) == {"age", "zip", "score", "smartphone", "debt"}
 
 
+def test_rows_short_of_cells_and_repeated_cells_give_each_row_its_own_attributes(engine: Engine,
+                                                                                   tmp_path: Path) -> None:
+    """A row with fewer cells than the header has its missing attributes left out, and rows
+    with the same cells (whose JSON text is made once) each get them."""
+    path = write(tmp_path / "subs.csv", """
+        phone,name,age,group
+        0912345678,An,34,a
+        0987654321,Bình,34,a
+        0971234567,Chi,41
+        0961234567,Dũng
+    """)
+    summary = import_subscribers(engine, path)
+    assert (summary.imported, summary.rejected) == (4, 0)
+    rows = subscribers(engine)
+    assert rows["+84912345678"]["attributes"] == rows["+84987654321"]["attributes"] == {"age": 34, "group": "a"}
+    assert rows["+84971234567"]["attributes"] == {"age": 41}
+    assert rows["+84961234567"]["attributes"] == {}
+    assert attribute_keys(engine) == {"age", "group"}
+
+
 def test_numeric_attributes_compare_as_numbers_in_sql(engine: Engine, tmp_path: Path) -> None:
     path = write(tmp_path / "subs.csv", "phone,age\n0912000001,9\n0912000002,10\n0912000003,100\n")
     import_subscribers(engine, path)
