@@ -152,6 +152,8 @@ def raw_sqlite(path: Path, foreign_keys: bool) -> tuple[float, int]:
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=NORMAL")
     con.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+    for name, value in db.BULK_PRAGMAS.items():   # as plan_run's connection has them
+        con.execute(f"PRAGMA {name}={value}")
     now = datetime.now(UTC)
     t = now.replace(tzinfo=None).isoformat(" ")
     con.execute("INSERT INTO campaigns (id, name, description, advertising, created_at, updated_at) "

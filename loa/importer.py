@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from functools import lru_cache
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -43,7 +44,7 @@ from sqlalchemy.schema import CreateTable
 from loa import db
 from loa.areas import Area, AreaIndex, AreaLookupError, fold, recompute_paths
 from loa.errors import InputError
-from loa.phones import PhoneError, normalize
+from loa.phones import PhoneError, e164_and_carrier
 
 BATCH_SIZE = 5000
 Progress = Callable[[int, int], None]   # (bytes read, total bytes)
@@ -143,6 +144,8 @@ def _records(
         raw.close()
         raise
 
+    width = len(header)
+
     def rows() -> Iterator[tuple[int, dict[str, str], list[str], RowError | None]]:
         start = reader.line_num + 1
         n = 0
@@ -165,9 +168,13 @@ def _records(
                         "", f"a cell is longer than {csv.field_size_limit():,} characters; the row is not copied here")
                     start = reader.line_num + 1
                     continue
-                _check_utf8(path, start, values)
-                if any(v.strip() for v in values):
-                    yield start, dict(zip(header, values, strict=False)), values, _cell_problem(header, values)
+                joined = "".join(values)   # once per row: the checks below read it, not each cell
+                if not joined.isascii():
+                    _check_utf8(path, start, values)
+                if joined.strip():   # blank only when every cell is
+                    problem = (None if len(values) <= width and "\x00" not in joined
+                               else _cell_problem(header, values))
+                    yield start, dict(zip(header, values, strict=False)), values, problem
                 start = reader.line_num + 1
         except csv.Error as exc:
             raise InputError(f"{path}:{start}: malformed CSV: {exc}") from None
@@ -249,8 +256,6 @@ def run_import(
         raise
     summary = ImportSummary(handler.kind, path)
     rejects = _Rejects(rejects_path or path.with_name(path.stem + ".rejects.csv"), header)
-    with engine.connect() as conn:
-        before = handler.count(conn)
     batch: list[dict[str, Any]] = []
     first_line = 0
     unreadable: list[InputError] = []
@@ -263,39 +268,43 @@ def run_import(
         except InputError as exc:
             unreadable.append(exc)
 
-    try:
-        for line, row, values, problem in readable_rows():
-            summary.read += 1
-            try:
-                if problem is not None:
-                    raise problem
-                record = handler.prepare(row)
-            except RowError as exc:
-                summary.rejected += 1
-                rejects.add(line, exc.column, exc.reason, values)
-                if on_reject:
-                    on_reject(_reject_line(path, line, exc.column, exc.reason))
-                continue
-            record["_line"], record["_values"] = line, values
-            first_line = first_line or line
-            batch.append(record)
-            if len(batch) >= batch_size:
-                _commit(engine, handler, batch, summary, rejects, path, first_line, line, on_reject)
-                batch, first_line = [], 0
-        if batch:
-            _commit(engine, handler, batch, summary, rejects, path, first_line, batch[-1]["_line"], on_reject)
-        with engine.begin() as conn:
-            handler.finish(conn)
-            summary.new = handler.count(conn) - before
-    except _BatchFailed as exc:
-        summary.failure = str(exc)
-        # what was kept must still be complete (area paths), so finish it
-        with engine.begin() as conn:
-            handler.finish(conn)
-            summary.new = handler.count(conn) - before
-    finally:
-        close()
-        summary.rejects_path = rejects.close()
+    # One connection for the whole file (db.bulk_connection), one transaction per batch.
+    with db.bulk_connection(engine) as conn:
+        try:
+            with conn.begin():
+                before = handler.count(conn)
+            for line, row, values, problem in readable_rows():
+                summary.read += 1
+                try:
+                    if problem is not None:
+                        raise problem
+                    record = handler.prepare(row)
+                except RowError as exc:
+                    summary.rejected += 1
+                    rejects.add(line, exc.column, exc.reason, values)
+                    if on_reject:
+                        on_reject(_reject_line(path, line, exc.column, exc.reason))
+                    continue
+                record["_line"], record["_values"] = line, values
+                first_line = first_line or line
+                batch.append(record)
+                if len(batch) >= batch_size:
+                    _commit(conn, handler, batch, summary, rejects, path, first_line, line, on_reject)
+                    batch, first_line = [], 0
+            if batch:
+                _commit(conn, handler, batch, summary, rejects, path, first_line, batch[-1]["_line"], on_reject)
+            with conn.begin():
+                handler.finish(conn)
+                summary.new = handler.count(conn) - before
+        except _BatchFailed as exc:
+            summary.failure = str(exc)
+            # what was kept must still be complete (area paths), so finish it
+            with conn.begin():
+                handler.finish(conn)
+                summary.new = handler.count(conn) - before
+        finally:
+            close()
+            summary.rejects_path = rejects.close()
     if unreadable and not summary.failure:
         raise InputError(
             f"{unreadable[0]}; the import stopped there: {summary.imported} rows before it were imported"
@@ -312,13 +321,13 @@ class _BatchFailed(Exception):
     pass
 
 
-def _commit(engine: Engine, handler: Handler, batch: list[dict[str, Any]], summary: ImportSummary,
+def _commit(conn: Connection, handler: Handler, batch: list[dict[str, Any]], summary: ImportSummary,
             rejects: _Rejects, path: Path, first: int, last: int,
             on_reject: Callable[[str], None] | None) -> None:
     try:
-        with engine.begin() as conn:
+        with conn.begin():
             written, late = handler.write(conn, batch)
-    except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:   # the driver's own: COPY
+    except (SQLAlchemyError, conn.dialect.loaded_dbapi.Error) as exc:   # the driver's own: COPY
         reason = getattr(exc, "orig", None) or exc
         kept = f"{summary.imported} rows from earlier batches were kept" if summary.imported else "nothing was kept"
         raise _BatchFailed(
@@ -393,7 +402,7 @@ def _fit(column: str, text: str, limit: int) -> str:
 def phone_cell(row: Mapping[str, str]) -> str:
     """The row's ``phone`` cell in E.164, or the row's error on that field."""
     try:
-        return normalize(row.get("phone", "")).e164
+        return e164_and_carrier(row.get("phone", ""))[0]
     except PhoneError as exc:
         raise RowError("phone", str(exc)) from None
 
@@ -558,8 +567,12 @@ class SubscribersHandler:
                                           .limit(1)) is not None
         self.area_column: str | None = None
         self.attribute_columns: list[str] = []
+        self.has_language = self.has_opted_out = True
         self._statements: dict[tuple[bool, bool], str] = {}
         self._areas: dict[str, int] = {}
+        self._attribute_cells: Callable[[Mapping[str, str]], tuple[str, ...]] = lambda row: ()
+        self._attribute_texts: dict[tuple[str, ...], tuple[str, frozenset[str]]] = {}
+        self._attribute_room = 2_000_000    # about as many bytes remembered, at most
 
     def check_header(self, header: Sequence[str]) -> None:
         if missing := _missing(header, self.required):
@@ -571,12 +584,18 @@ class SubscribersHandler:
         if blank:
             raise InputError(f"{self.path}:1: header column {blank[0]} has no name")
         self.attribute_columns = [h for h in header if h not in RESERVED_SUBSCRIBER_COLUMNS]
+        self.has_language, self.has_opted_out = "language" in header, "opted_out" in header
+        if len(self.attribute_columns) == 1:
+            only = self.attribute_columns[0]
+            self._attribute_cells = lambda row: (row[only],)
+        elif self.attribute_columns:
+            self._attribute_cells = itemgetter(*self.attribute_columns)   # type: ignore[assignment]
         if long := [h for h in self.attribute_columns if len(h) > 100]:
             raise InputError(f"{self.path}:1: column name {long[0][:40]!r}... is too long (at most 100 characters)")
 
     def prepare(self, row: Mapping[str, str]) -> dict[str, Any]:
         try:
-            phone = normalize(row.get("phone", ""))
+            phone, operator = e164_and_carrier(row.get("phone", ""))
         except PhoneError as exc:
             raise RowError("phone", str(exc)) from None
         area_id = None
@@ -589,22 +608,44 @@ class SubscribersHandler:
                     raise RowError(self.area_column, str(exc)) from None
                 if len(self._areas) < 100_000:   # an area is named the same way on many rows
                     self._areas[text] = area_id
-        language = row.get("language", "").strip().lower() or None
+        language = (row.get("language", "").strip().lower() or None) if self.has_language else None
         if language is not None and not re.fullmatch(r"[a-z]{2,3}(-[a-z0-9]{2,8})?", language):
             raise RowError("language", f"not a language code: {language!r} (e.g. vi, en)")
         if language is not None:
             _fit("language", language, 8)
         # a blank cell keeps what was there, like name and area: it must not opt anyone back in
-        opted_out = parse_bool("opted_out", text) if (text := row.get("opted_out", "")).strip() else None
-        attributes = {c: _attribute(v) for c in self.attribute_columns if (v := row.get(c, "").strip())}
+        opted_out = None
+        if self.has_opted_out and (text := row.get("opted_out", "")).strip():
+            opted_out = parse_bool("opted_out", text)
+        attributes, keys = self._attributes(row)
         name = row.get("name", "")
         if "  " in name or name != name.strip() or not name.isprintable():   # else it is already clean
             name = " ".join(name.split())
         return {
-            "phone": phone.e164, "carrier": phone.carrier, "area_id": area_id,
+            "phone": phone, "carrier": operator, "area_id": area_id,
             "name": _fit("name", name, 200), "language": language,
-            "attributes": attributes, "opted_out": opted_out,
+            "attributes": attributes, "keys": keys, "opted_out": opted_out,
         }
+
+    def _attributes(self, row: Mapping[str, str]) -> tuple[str, frozenset[str]]:
+        """The row's attributes as JSON text, and their names.
+
+        The same cells give the same text: an export's attribute columns repeat a few values
+        (ages, groups), so the text is made once per combination of cells, not once per row.
+        """
+        try:
+            cells = self._attribute_cells(row)
+        except KeyError:    # a short row: a missing cell is an empty one
+            cells = tuple(row.get(c, "") for c in self.attribute_columns)
+        found = self._attribute_texts.get(cells)
+        if found is None:
+            stripped = [(c, v.strip()) for c, v in zip(self.attribute_columns, cells, strict=True)]
+            values = {c: _attribute(v) for c, v in stripped if v}
+            found = _json_text(values), frozenset(values)
+            if self._attribute_room > 0:   # columns of unique values fill it, and it stops growing
+                self._attribute_room -= 2 * len(found[0]) + 100
+                self._attribute_texts[cells] = found
+        return found
 
     def write(self, conn: Connection, records: list[dict[str, Any]]) -> tuple[int, list[Late]]:
         latest: dict[str, dict[str, Any]] = {}
@@ -650,7 +691,6 @@ class SubscribersHandler:
         t = db.subscribers
         dialect = conn.dialect
         now = t.c.updated_at.type._cached_bind_processor(dialect)(db.utcnow())
-        as_json = t.c.attributes.type._cached_bind_processor(dialect) or _json_text
         for lang_given, opt_given, part in self._groups(rows):
             sql = self._statements.get((lang_given, opt_given))
             if sql is None:
@@ -661,7 +701,7 @@ class SubscribersHandler:
                 assert tuple(compiled.positiontup or ()) == _SUBSCRIBER_COLUMNS, compiled.positiontup
                 sql = self._statements[(lang_given, opt_given)] = compiled.string
             conn.exec_driver_sql(sql, [
-                (r["phone"], r["carrier"], r["area_id"], r["name"], r["language"] or "vi", as_json(r["attributes"]),
+                (r["phone"], r["carrier"], r["area_id"], r["name"], r["language"] or "vi", r["attributes"],
                  now if r["opted_out"] else None, now, now)
                 for r in part
             ])
@@ -675,7 +715,7 @@ class SubscribersHandler:
         with cursor.copy(f"COPY {_STAGE.name} ({', '.join(c.name for c in _STAGE.c)}) FROM STDIN") as copy:
             for r in rows:
                 copy.write_row((r["phone"], r["carrier"], r["area_id"], r["name"], r["language"] or "vi",
-                                _json_text(r["attributes"]), now if r["opted_out"] else None,
+                                r["attributes"], now if r["opted_out"] else None,
                                 r["language"] is not None, r["opted_out"] is not None))
         s = _STAGE.c
         given = {(lang, opt) for lang, opt, _ in self._groups(rows)}
@@ -691,7 +731,7 @@ class SubscribersHandler:
         conn.exec_driver_sql(f"TRUNCATE {_STAGE.name}")
 
     def _remember_keys(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        new = {k for r in rows for k in r["attributes"]} - self.known_keys
+        new = frozenset().union(*{r["keys"] for r in rows}) - self.known_keys
         if new:
             stmt = db.insert_for(conn, db.attribute_keys).on_conflict_do_nothing()
             conn.execute(stmt, [{"name": k} for k in sorted(new)])

@@ -21,7 +21,7 @@ import phonenumbers
 from phonenumbers import PhoneNumberType, carrier
 from phonenumbers import carrierdata as carrier_data
 
-__all__ = ["CARRIERS", "Phone", "PhoneError", "carrier_key", "normalize", "mask"]
+__all__ = ["CARRIERS", "Phone", "PhoneError", "carrier_key", "e164_and_carrier", "mask", "normalize"]
 
 _CC: Final = 84
 _CC_STR: Final = "84"
@@ -132,13 +132,29 @@ def normalize(raw: str) -> Phone:
     return Phone("+" + _CC_STR + nsn, operator, converted_from)
 
 
+def e164_and_carrier(raw: str) -> tuple[str, str]:
+    """``normalize(raw)``'s E.164 number and carrier, for imports that read a million of them.
+
+    The value is parsed once, and its type and carrier come from ``phonenumbers``' own
+    metadata, asked once per prefix (``_classify``); no object is built per number.
+    Raises PhoneError as ``normalize`` does.
+    """
+    nsn = _national_significant_number(raw)
+    if len(nsn) == _OLD_NSN_LEN and (new := _OLD_PREFIXES.get(nsn[:3])) is not None:
+        nsn = new + nsn[3:]
+    return "+" + _CC_STR + nsn, _classify(nsn)
+
+
 def _national_significant_number(raw: str) -> str:
     """Strip separators, country code and trunk zero; reject foreign numbers."""
-    s = _SEPARATORS.sub("", raw) if raw else ""
-    if not s:
-        raise PhoneError(EMPTY)
-    if not _SHAPE.fullmatch(s):
-        raise PhoneError(INVALID)
+    if raw.isdigit() and raw.isascii():   # most cells: digits only, nothing to strip or check
+        s = raw
+    else:
+        s = _SEPARATORS.sub("", raw) if raw else ""
+        if not s:
+            raise PhoneError(EMPTY)
+        if not _SHAPE.fullmatch(s):
+            raise PhoneError(INVALID)
     if s[0] == "+":
         s = _strip_country_code(s[1:])
     elif s.startswith("00"):
@@ -148,8 +164,7 @@ def _national_significant_number(raw: str) -> str:
         # "84..." is a VinaPhone 084 number whose leading zero was dropped.
         s = s[2:]
     # Trunk zero, also the common "+84 (0)912..." mistake after a country code.
-    if s.startswith("0"):
-        s = s[1:]
+    s = s.removeprefix("0")
     if not s or s[0] == "0" or len(s) > _MAX_DIGITS:
         raise PhoneError(INVALID)
     return s
@@ -168,7 +183,7 @@ def _classify(nsn: str) -> str:
     length (see ``_determining_digits``), so it is looked up once per such prefix: a
     million-number import asks ``phonenumbers`` a few thousand times, not a million.
     """
-    key = nsn[:_PREFIX_DIGITS] + "/" + str(len(nsn)) if _PREFIX_DIGITS else nsn
+    key = nsn[:_PREFIX_DIGITS] + _LENGTH_TAG[len(nsn)] if _PREFIX_DIGITS else nsn
     found = _BY_PREFIX.get(key)
     if found is None:
         found = _lookup(nsn)
@@ -257,6 +272,7 @@ def _any_digit(items: Any) -> bool:
 
 _PREFIX_DIGITS: Final = _determining_digits()
 _BY_PREFIX: dict[str, str | PhoneError] = {}
+_LENGTH_TAG: Final = tuple(f"/{n}" for n in range(_MAX_DIGITS + 1))
 
 
 def mask(e164: str) -> str:

@@ -237,3 +237,52 @@ def test_the_digits_that_decide_a_number_are_read_from_its_pattern(pattern: str,
 
 def test_vietnamese_numbers_are_decided_by_their_first_few_digits() -> None:
     assert 2 <= phones._PREFIX_DIGITS <= 6
+
+
+# -- e164_and_carrier: what an import asks of every row ------------------------------
+
+OLD_PREFIX_NSN = st.builds(lambda p, rest: p + rest, st.sampled_from(sorted(phones._OLD_PREFIXES)),
+                           st.text("0123456789", min_size=7, max_size=7))
+
+
+@st.composite
+def vietnamese_number(draw: st.DrawFn) -> tuple[str, str]:
+    """(a Vietnamese number as people write it, its national significant number): mobile,
+    landline, service and unassigned ranges alike, current and pre-2018."""
+    nsn = draw(st.from_regex(r"[1-9][0-9]{7,9}", fullmatch=True) | mobile_nsn() | OLD_PREFIX_NSN)
+    leads = ["0", "+84", "+84 ", "0084"] + (["84"] if len(nsn) in (9, 10) else [])
+    lead = draw(st.sampled_from(leads))
+    sep = draw(SEPARATORS)
+    cut = draw(st.integers(1, len(nsn) - 1))
+    return lead + nsn[:cut] + sep + nsn[cut:], nsn
+
+
+@settings(max_examples=1500, deadline=None)
+@given(vietnamese_number())
+def test_e164_and_carrier_agrees_with_phonenumbers(case: tuple[str, str]) -> None:
+    """The E.164 number and carrier phonenumbers gives (parse, format, number_type, carrier),
+    or a refusal where it does not call the number mobile.  A pre-2018 number is compared
+    as the number it became, which phonenumbers no longer converts on its own."""
+    raw, nsn = case
+    phones._BY_PREFIX.clear()
+    # numbers sharing its first digits are asked first: a wrong answer cached for a prefix shows
+    for other in (nsn[:k] + fill * (len(nsn) - k) for k in range(1, len(nsn)) for fill in "05"):
+        try:
+            phones.e164_and_carrier("+84" + other)
+        except PhoneError:
+            pass
+    if len(nsn) == 10 and nsn[:3] in phones._OLD_PREFIXES:
+        num = phonenumbers.parse("+84" + phones._OLD_PREFIXES[nsn[:3]] + nsn[3:])
+    else:
+        num = phonenumbers.parse(raw, "VN")
+    mobile = phonenumbers.number_type(num) in (phonenumbers.PhoneNumberType.MOBILE,
+                                               phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
+    for _ in range(2):   # asked of phonenumbers, then answered from the prefix's entry
+        if not mobile:
+            with pytest.raises(PhoneError):
+                phones.e164_and_carrier(raw)
+            continue
+        e164, operator = phones.e164_and_carrier(raw)
+        assert e164 == phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+        assert operator == phonenumbers.carrier.name_for_number(num, "en")
+        assert (e164, operator) == (normalize(raw).e164, normalize(raw).carrier)
