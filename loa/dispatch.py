@@ -146,6 +146,7 @@ class Dispatcher:
         self.stop = threading.Event()
         self._rng = random.Random()
         self._next: list[_Item] = []    # a batch claimed ahead, while the last window was sending
+        self._polled = False            # receipts polled while the last window was sending
         # gateway -> (until, outcome) while its quota is used up: its messages wait, uncalled
         self._held: dict[str, tuple[datetime, dict[str, Any]]] = {}
         self._hold_lock = threading.Lock()
@@ -173,7 +174,9 @@ class Dispatcher:
                 if not items:
                     break
                 self._process(items)
-                self.poll()
+                if not self._polled:   # polled while the batch's last window sent
+                    self.poll()
+                self._polled = False
             self._give_back()
         self.finish_runs()
         self.poll(drain=not self.stop.is_set())
@@ -197,7 +200,9 @@ class Dispatcher:
                 items = self._take()
                 if items:
                     self._process(items)
-                self.poll()
+                if not self._polled:   # polled while the batch's last window sent
+                    self.poll()
+                self._polled = False
                 if not items:
                     self.stop.wait(idle)
             self._give_back()
@@ -308,51 +313,81 @@ class Dispatcher:
                 self.summary.over_budget[stop.campaign] = stop.reason
 
     def _send_windows(self, ready: list[_Item]) -> None:
-        # A window is what the limiter books at once; each row is marked sending on its own turn.
-        window = max(self.threads * 16, 64)
-        for start in range(0, len(ready), window):
-            if self.stop.is_set():
-                self._release(ready[start:])
-                return
-            held = [i for i in ready[start:start + window] if self._held_outcome(i)]
-            if held:
-                self._record(held)
-            chunk = [i for i in ready[start:start + window]
-                     if i.outcome is None and i.gateway not in self.summary.paused and i.run_id not in self._halted]
-            skipped = [i for i in ready[start:start + window]
-                       if i.outcome is None and i.gateway in self.summary.paused]
-            if skipped:
-                self._release(skipped)
-            if not chunk:
-                continue
-            self._renew_lease()   # the window's rows are still ours: their lease runs from now
-            self._send_all(chunk, claim_next=start + window >= len(ready))
+        """Send the batch window by window, two windows in flight: the next window is
+        booked and handed to the senders while the current one is still sending, so that
+        neither the senders nor the limiter's slots wait for a window's last call, its
+        commit and the next window's booking (the rate would drop at every window's end).
 
-    def _send_all(self, chunk: list[_Item], claim_next: bool = False) -> None:
-        """Send a window on the thread pool, renewing this worker's lease while it lasts.
+        A window is what the limiter books at once; each row is marked sending on its own
+        turn.  With the batch's last window, the next batch is claimed and the gateways are
+        polled for receipts while it sends (:meth:`_send_all`).
+        """
+        window = max(self.threads * 16, 64)
+        inflight: tuple[list[_Item], list[Any]] | None = None
+        try:
+            for start in range(0, len(ready), window):
+                if self.stop.is_set():
+                    self._release(ready[start:])
+                    return
+                held = [i for i in ready[start:start + window] if self._held_outcome(i)]
+                if held:
+                    self._record(held)
+                chunk = [i for i in ready[start:start + window]
+                         if i.outcome is None and i.gateway not in self.summary.paused
+                         and i.run_id not in self._halted]
+                skipped = [i for i in ready[start:start + window]
+                           if i.outcome is None and i.gateway in self.summary.paused]
+                if skipped:
+                    self._release(skipped)
+                if not chunk:
+                    continue
+                self._renew_lease()   # the window's rows are still ours: their lease runs from now
+                futures = self._start(chunk, book=True)
+                if start + window >= len(ready):
+                    self._ahead()
+                if inflight is not None:
+                    self._send_all(*inflight)
+                inflight = (chunk, futures)
+        finally:
+            if inflight is not None:
+                self._send_all(*inflight)
+
+    def _start(self, chunk: list[_Item], *, book: bool) -> list[Any]:
+        """Book the window's slots (``book``) and hand its messages to the senders."""
+        if book:
+            self._book(chunk)
+        for item in chunk:
+            item.missed = False
+        return [self._executor.submit(self._send, item) for item in chunk]
+
+    def _ahead(self) -> None:
+        """While the batch's last window sends: claim the next batch, so that the senders
+        wait for the gateway and not for the database between two batches, and poll the
+        gateways for receipts (a receipt that overtakes its message's outcome is kept: see
+        :func:`_update_for`).  Workers sharing a limit each get the same share of it, so they
+        reach the end of their batches together: were they all claiming at once, nobody
+        would be booking slots, and the slots would be lost."""
+        if self.stop.is_set():
+            return
+        self._next = self.claim()
+        self.poll()
+        self._polled = True
+
+    def _send_all(self, chunk: list[_Item], futures: list[Any]) -> None:
+        """Wait for a window handed to the senders, renewing this worker's lease while it
+        lasts, and send again what missed its slot.
 
         A window held back by a slow gateway or a tight rate limit can outlast the lease;
         without the renewal, another worker's recover() would take a live worker's rows
         (back to planned, so sent twice, or to unknown, though nothing crashed).
-
-        With ``claim_next`` (the batch's last window), the next batch is claimed while this
-        window sends, so that the senders wait for the gateway and not for the database
-        between two batches.  Workers sharing a limit each get the same share of it, so they
-        reach the end of their batches together: were they all claiming at once, nobody
-        would be booking slots, and the slots would be lost.
         """
         todo = chunk
         for round_ in range(3):
             # a slot missed (a busy machine, a collector's pause) is booked again after the
             # window, not waited for in its thread while the next slots go by unserved; the
             # third time, the message books its own slots as it goes, until it makes one
-            if round_ < 2:
-                self._book(todo)
-            for item in todo:
-                item.missed = False
-            futures = [self._executor.submit(self._send, item) for item in todo]
-            if claim_next and not self.stop.is_set():
-                self._next, claim_next = self.claim(), False
+            if round_:
+                futures = self._start(todo, book=round_ < 2)
             beat = self.lease.total_seconds() / 3
             while wait(futures, timeout=beat).not_done:
                 self._renew_lease()

@@ -153,6 +153,7 @@ from providers.base import (
     WebhookRequest,
     WebhookResult,
 )
+from providers.http import Sessions
 
 __all__ = [
     "CODES",
@@ -376,7 +377,7 @@ class ESMSProvider(Provider):
         self.callback_token = callback_token(self.secret_key, self.name)
         self.callback_url = self._callback_url(self.options.get("callback_url"))
 
-        self.session = requests.Session()
+        self.session = Sessions()   # one per sender thread, connections kept alive
         self.session.headers["Accept"] = "application/json"
 
     # -- settings --------------------------------------------------------------
@@ -537,7 +538,7 @@ class ESMSProvider(Provider):
     def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
         url = self.base_url + path
         try:
-            resp = self.session.request(method, url, timeout=self.timeout, **kw)
+            resp = self.session.request(method, url, resend=self.dedupes_by_key, timeout=self.timeout, **kw)
         except requests.ConnectTimeout:
             raise self.error(RetryableError, "eSMS unreachable: connect timeout", ambiguous=False) from None
         except requests.ReadTimeout:

@@ -23,6 +23,7 @@ import email.utils
 import hashlib
 import json
 import os
+import socket
 import threading
 import time
 import urllib.parse
@@ -37,7 +38,6 @@ import requests
 from urllib3.exceptions import NewConnectionError  # requests' own transport
 
 from providers.base import (
-    StateStore,
     AuthError,
     ConfigError,
     DeliveryReceipt,
@@ -51,8 +51,10 @@ from providers.base import (
     RetryableError,
     SendResult,
     Setting,
+    StateStore,
     ThrottledError,
 )
+from providers.http import Sessions
 
 __all__ = [
     "SimulatedNetwork",
@@ -430,6 +432,14 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     app: SimulatorServer
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.app.opened(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.app.closed(request)
+        super().shutdown_request(request)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that timed out and hung up is part of the simulation, not a
         # bug: stay quiet instead of printing a traceback to stderr.
@@ -437,8 +447,14 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """HTTP/1.1: a connection stays open for the client's next request, as a real
+    gateway's does; every answer says its Content-Length, and every body is read."""
+
     server: _HTTPServer
     server_version = "loa-simulator/1"
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    _body = b""
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass  # tests and load runs must stay quiet
@@ -452,8 +468,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
+        # the head and the body in one write: two small writes on a kept-alive connection
+        # can wait for the client's delayed ACK
+        self._headers_buffer.append(b"\r\n" + data)
+        self.flush_headers()
 
     def _error(self, status: int, code: str, message: str,
                headers: Mapping[str, str] | None = None) -> None:
@@ -467,8 +485,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _read_json(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        return json.loads(self.rfile.read(length).decode("utf-8"))
+        return json.loads(self._body.decode("utf-8"))
 
     # -- routes --------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802
@@ -497,6 +514,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, CODE_NOTFOUND, f"no such endpoint: GET {path}")
 
     def do_POST(self) -> None:  # noqa: N802
+        # read whatever the answer: what is left unread would be taken for the next request
+        self._body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if not self._authorized():
             return
         path = self.path.split("?", 1)[0]
@@ -518,6 +537,13 @@ class _Handler(BaseHTTPRequestHandler):
             message = _message_from_json(self._read_json())
         except (ValueError, TypeError, KeyError) as exc:
             self._error(400, CODE_BADREQ, f"bad request: {exc}")
+            return
+        if drop := self.server.app.should_drop(message.key):
+            # the connection closes under the request, unanswered, as a kept-alive one that
+            # timed out at the gateway just as the request came; "after": accepted first
+            if drop == "after":
+                self.server.app.network.submit(message)
+            self.close_connection = True
             return
         self._submit(message)
 
@@ -589,6 +615,8 @@ class SimulatorServer:
         port: int = 0,
         token: str | None = None,
         throttle_every: int = 0,
+        drop_every: int = 0,
+        drop: str = "before",
         lease: float = LEASE_SECONDS,
         network: SimulatedNetwork | None = None,
         **network_options: Any,
@@ -596,6 +624,14 @@ class SimulatorServer:
         self.network = network if network is not None else SimulatedNetwork(**network_options)
         self.token = token
         self.throttle_every = int(throttle_every)
+        # every drop_every-th message's first call: its connection is closed unanswered, the
+        # message accepted first (drop="after") or not (drop="before")
+        if drop not in ("before", "after"):
+            raise ValueError(f"drop must be 'before' or 'after', got {drop!r}")
+        self.drop_every, self.drop = int(drop_every), drop
+        self._keys: set[str] = set()   # keys of the send calls seen, for drop_every
+        self.connections = 0          # TCP connections accepted so far
+        self._open: set[Any] = set()  # connections open now, closed by stop()
         self.lease = float(lease)   # seconds a fetched receipt waits for its ack
         self._posts = 0
         self._count_lock = threading.Lock()
@@ -623,6 +659,36 @@ class SimulatorServer:
             self._posts += 1
             return self._posts % self.throttle_every == 0
 
+    def should_drop(self, key: str) -> str | None:
+        """``"before"`` or ``"after"`` for every ``drop_every``-th message's first call (a call
+        sent again is answered); else None."""
+        if self.drop_every <= 0:
+            return None
+        with self._count_lock:
+            if key in self._keys:
+                return None
+            self._keys.add(key)
+            return self.drop if len(self._keys) % self.drop_every == 0 else None
+
+    def stop_connections(self) -> None:
+        """Close the connections kept alive, as a gateway's idle timeout does."""
+        with self._count_lock:
+            still, self._open = list(self._open), set()
+        for conn in still:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def opened(self, conn: Any) -> None:
+        with self._count_lock:
+            self.connections += 1
+            self._open.add(conn)
+
+    def closed(self, conn: Any) -> None:
+        with self._count_lock:
+            self._open.discard(conn)
+
     def start(self) -> SimulatorServer:
         if self._thread is None:
             self._thread = threading.Thread(
@@ -633,11 +699,14 @@ class SimulatorServer:
         return self
 
     def stop(self) -> None:
+        """Stop accepting, and close the connections kept alive: a stopped server answers
+        nothing, on new connections or on old ones."""
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join()
             self._thread = None
         self._httpd.server_close()
+        self.stop_connections()
 
     def serve_forever(self) -> None:
         """Serve in the calling thread (the standalone command)."""
@@ -689,7 +758,7 @@ class SimulatorHTTPProvider(Provider):
             raise self.error(ConfigError, "setting 'timeout' must be positive")
         # Connect fails fast; read gets the full budget because the gateway may be slow.
         self.timeout: tuple[float, float] = (min(timeout, 3.05), timeout)
-        self.session = requests.Session()
+        self.session = Sessions()   # one per sender thread, connections kept alive
         self.session.headers["Accept"] = "application/json"
         self._acks: dict[Any, list[int]] = {}
         self._acks_lock = threading.Lock()
@@ -797,7 +866,8 @@ class SimulatorHTTPProvider(Provider):
     # -- transport and error mapping ------------------------------------------
     def _request(self, method: str, path: str, **kw: Any) -> requests.Response:
         try:
-            return self.session.request(method, self.url + path, timeout=self.timeout, **kw)
+            return self.session.request(method, self.url + path, resend=self.dedupes_by_key,
+                                        timeout=self.timeout, **kw)
         except requests.ConnectTimeout as exc:
             raise self.error(RetryableError, f"gateway unreachable: connect timeout ({exc})",
                              ambiguous=False) from exc

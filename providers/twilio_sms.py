@@ -130,6 +130,7 @@ from providers.base import (
     WebhookRequest,
     WebhookResult,
 )
+from providers.http import Sessions
 
 try:  # RFC 9457 errors of newer services; absent from early twilio 9.x releases
     from twilio.base.exceptions import TwilioServiceException
@@ -254,8 +255,19 @@ class _HttpClient(TwilioHttpClient):
     """
 
     def __init__(self, timeout: float) -> None:
+        self.sessions = Sessions()   # one per sender thread, connections kept alive
         super().__init__(timeout=timeout, logger=_http_log)
         self._local = threading.local()
+
+    @property
+    def session(self) -> Any:
+        """This thread's session (TwilioHttpClient sends through ``self.session``)."""
+        return self.sessions.get()
+
+    @session.setter
+    def session(self, value: Any) -> None:
+        if value is not None:   # the one TwilioHttpClient makes for all threads: not used
+            value.close()
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
         self._local.response = None
@@ -500,9 +512,7 @@ class TwilioProvider(Provider):
         return WebhookResult(receipts=(receipt,))
 
     def close(self) -> None:
-        session = getattr(self._http, "session", None)
-        if session is not None:
-            session.close()
+        self._http.sessions.close()
 
     # -- plumbing ------------------------------------------------------------
     def _messages(self, sid: str | None = None) -> Any:

@@ -102,6 +102,7 @@ from providers.base import (
     WebhookRequest,
     WebhookResult,
 )
+from providers.http import Sessions
 
 __all__ = [
     "ZaloZNSProvider",
@@ -334,7 +335,7 @@ class ZaloZNSProvider(Provider):
         self.timeout: tuple[float, float] = (min(timeout, 3.05), timeout)
         clock = self.options.get("clock")
         self.clock: Callable[[], datetime] = clock if callable(clock) else _utcnow
-        self.session = requests.Session()
+        self.session = Sessions()   # one per sender thread, connections kept alive
         self.session.headers["Accept"] = "application/json"
         self.remaining_quota: int | None = None   # from the last answer that said
         self.daily_quota: int | None = None
