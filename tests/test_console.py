@@ -183,7 +183,9 @@ def test_editing_validates_before_saving_and_counts_parts(engine: Engine, web: W
     assert "Đã lưu phiên bản 1" in page
     toml_url = "/console/campaigns/nhac-nho/toml"
     page = post(operator, toml_url, toml_url, toml='name = "nhac-nho"\nchannels = ["fax"]\n')
-    assert "unknown channel" in page and "chưa lưu gì" in page
+    assert "channels[0]: không có kênh" in page and "unknown channel" not in page and "chưa lưu gì" in page
+    page = post(operator, toml_url, toml_url, toml='name = "nhac-nho"\nchannels = ["sms"]\nholdout = 2\n')
+    assert "holdout: phải là một tỷ lệ trong [0; 1), nhưng nhận được 2" in page      # the validation, in Vietnamese
     # a district operator may not draft for the whole province
     district = sign_in(web, "dan", "operator", "126")
     page = post(district, "/console/campaigns/new", "/console/campaigns/save", **(form | {"name": "x", "areas": "Sơn La"}))
