@@ -248,3 +248,11 @@ def test_the_api_answers_errors_in_vietnamese_when_the_client_ranks_it_first(eng
     assert said(api.post("/api/v1/campaigns/nosuch/pause", json={"reason": "x"}, headers=operator | VI), 404,
                 "not_found") == ("không có chiến dịch nào tên 'nosuch' (một chiến dịch chỉ được biết đến sau khi "
                                 "đã chạy)")
+    # a definition that does not validate: each problem said in the client's language, no server path
+    bad = 'name = "hi"\nchannels = ["fax"]\nholdout = 2\n'
+    toml = operator | {"Content-Type": "application/toml"}
+    message = said(api.post("/api/v1/campaigns", content=bad.encode(), headers=toml | VI), 422, "rejected")
+    assert "hi.toml: holdout: phải là một tỷ lệ trong [0; 1), nhưng nhận được 2" in message
+    assert "hi.toml: channels[0]: không có kênh 'fax'" in message and "/tmp" not in message
+    message = said(api.post("/api/v1/campaigns", content=bad.encode(), headers=toml | EN), 422, "rejected")
+    assert "hi.toml: holdout: must be a fraction in [0, 1), got 2" in message

@@ -1076,10 +1076,15 @@ class TestOut(BaseModel):
     results: list[TestResultOut] = Field(description="One per staff number; kept in the test sends' own ledger")
 
 
-def _unpack(problems: Sequence[str], folder: FilePath) -> str:
-    """The first problem, and how many more, without the temporary folder's path."""
-    text = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
-    return text.replace(f"{folder}/", "").replace(str(folder), "")
+def _unpack(problems: Sequence[str], folder: FilePath) -> ApiError:
+    """The first three problems, and how many more, without the temporary folder's path."""
+    shown: str = problems[0] if problems else Text("invalid campaign")
+    for problem in problems[1:3]:
+        shown = Text("{a}; {b}", a=shown, b=problem)
+    if len(problems) > 3:
+        shown = Text("{problem} (and {more:n} more)", problem=shown, more=len(problems) - 3)
+    return ApiError(422, shown, "campaign",
+                    fix=lambda said, _: said.replace(f"{folder}/", "").replace(str(folder), ""))
 
 
 def _safe_path(name: str, field: str) -> str:
@@ -1201,7 +1206,7 @@ def _apply_definitions(web: Any, who: auth.Principal, folder: FilePath, reason: 
         result = versions.apply(web.engine, web.config, who.actor, folder=campaigns, templates=templates,
                                 reason=reason)
     except CampaignError as exc:
-        raise ApiError(422, _unpack(exc.problems, folder), "campaign") from None
+        raise _unpack(exc.problems, folder) from None
     if result.added:
         scheduler.request_reload(web.engine)
     return {"campaigns": [{"name": a.name, "version": a.version, "added": a.added, "before": a.before,
