@@ -53,6 +53,16 @@ class Text(str):
     def __reduce__(self) -> Any:
         return _text, (self.template, self.params)
 
+    def replace(self, old: str, new: str, count: int = -1) -> str:  # type: ignore[override]
+        """As ``str.replace``, keeping the sentence translatable when ``old`` lies in its parameters
+        only (a folder's path taken out of a problem); a plain string otherwise."""
+        plain = str.replace(self, old, new, count)
+        if count != -1 or old not in str(self):
+            return plain if count != -1 else (self if plain == str(self) else plain)
+        params = {k: v.replace(old, new) if isinstance(v, str) else v for k, v in self.params.items()}
+        replaced = Text(self.template, **params)
+        return replaced if str(replaced) == plain else plain
+
     def in_language(self, language: Language | None) -> str:
         """The sentence in ``language`` (English for None or "en")."""
         if language is None:

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 from test_api import state_of, world  # noqa: F401 - `world` is a fixture
+from test_digest import CAMPAIGN
 
 from loa import audit, auth, db
 from loa.config import Config
@@ -186,6 +187,9 @@ def test_editing_validates_before_saving_and_counts_parts(engine: Engine, web: W
     assert "channels[0]: không có kênh" in page and "unknown channel" not in page and "chưa lưu gì" in page
     page = post(operator, toml_url, toml_url, toml='name = "nhac-nho"\nchannels = ["sms"]\nholdout = 2\n')
     assert "holdout: phải là một tỷ lệ trong [0; 1), nhưng nhận được 2" in page      # the validation, in Vietnamese
+    toml = CAMPAIGN.format(name="nhac-nho").replace('template = "sms/nhac-nho.j2"', 'gateway = "nope"\ntemplate = "sms/x.j2"')
+    page = post(operator, toml_url, toml_url, toml=toml)
+    assert "sms.gateway: không có cổng gửi tin &#39;nope&#39;" in page and "chưa lưu gì" in page
     # a district operator may not draft for the whole province
     district = sign_in(web, "dan", "operator", "126")
     page = post(district, "/console/campaigns/new", "/console/campaigns/save", **(form | {"name": "x", "areas": "Sơn La"}))

@@ -180,6 +180,11 @@ def test_a_text_is_english_as_a_string_and_vietnamese_when_said_so() -> None:
     assert str(problems) == "no user named 'an' (and 1 more problem(s); run `loa campaigns validate`)"
     assert problems.localized(vi).startswith("không có người dùng nào tên 'an' (và 1 lỗi khác")
     assert LoaError("an English line").localized(vi) == "an English line"      # not a Text: as it is
+    # a folder taken out of a problem's parameters: still a Text; out of its sentence: plain text
+    where = Text("{path}: {reason}", path="/tmp/x/hi.toml", reason=Text("start is after end"))
+    short = where.replace("/tmp/x/", "")
+    assert short == "hi.toml: start is after end" and short.in_language(vi) == "hi.toml: ngày bắt đầu sau ngày kết thúc"
+    assert not isinstance(where.replace(": ", " - "), Text) and where.replace("nothing", "x") is where
 
 
 @pytest.mark.parametrize(("header", "code"), [
