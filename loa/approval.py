@@ -24,8 +24,8 @@ from sqlalchemy.engine import Connection, Engine
 from loa import audit, db, versions
 from loa.auth import EVERYWHERE, Forbidden, Principal, require
 from loa.config import Config
-from loa.errors import InputError, LoaError, NotFound
-from loa.lifecycle import PAST, LifecycleError, transition
+from loa.errors import InputError, LoaError, NotFound, Text
+from loa.lifecycle import PAST, STATE_WORDS, LifecycleError, transition
 from loa.versions import StaleVersion
 
 C = db.campaigns
@@ -126,7 +126,8 @@ def decide(engine: Engine, config: Config, name: str, action: str, principal: Pr
     ``version``: the version the actor reviewed; if the campaign's current version is another,
     nothing changes (:class:`StaleVersion`)."""
     if action not in PERMISSION:
-        raise LoaError(f"unknown approval action {action!r} (one of {', '.join(PERMISSION)})")
+        raise LoaError(Text("unknown approval action {action!r} (one of {actions})", action=action,
+                            actions=", ".join(PERMISSION)))
     who = principal.actor
     refused: LifecycleError | None = None
     with engine.begin() as conn:
@@ -135,27 +136,31 @@ def decide(engine: Engine, config: Config, name: str, action: str, principal: Pr
             query = query.with_for_update()
         row = conn.execute(query).first()
         if row is None or row.current_version is None:
-            raise NotFound(f"no campaign named {name!r} in the database: `loa campaigns apply` loads it")
+            raise NotFound(Text("no campaign named {name!r} in the database: `loa campaigns apply` loads it", name=name))
         require(principal, PERMISSION[action], _where(conn, config, name))
         if action == "reject" and not (reason or "").strip():
-            missing = InputError(f"campaign {name}: a rejection needs a reason (--reason)")
+            missing = InputError(Text("campaign {name}: a rejection needs a reason (--reason)", name=name))
             missing.field = "reason"
             raise missing
         current = row.current_version
         if version is not None and version != current:
-            raise StaleVersion(f"campaign {name}: version {version} is not its current version {current} "
-                               f"(applied since): nothing {PAST[action]}; review version {current}")
+            raise StaleVersion(Text("campaign {name}: version {version} is not its current version {current} "
+                                    "(applied since): nothing {done}; review version {current}",
+                                    name=name, version=version, current=current, done=PAST[action]))
         if action in ("approve", "reject") and row.submitted_version is not None and row.submitted_version != current:
-            raise StaleVersion(f"campaign {name} changed since it was submitted (version {row.submitted_version} "
-                               f"submitted, version {current} applied since, now {row.state}): nothing "
-                               f"{PAST[action]}; it must be submitted again")
+            raise StaleVersion(Text("campaign {name} changed since it was submitted (version {submitted} "
+                                    "submitted, version {current} applied since, now {state}): nothing "
+                                    "{done}; it must be submitted again", name=name, submitted=row.submitted_version,
+                                    current=current, state=STATE_WORDS.get(row.state, row.state), done=PAST[action]))
         if action == "launch" and row.approved_version is not None and row.approved_version != current:
-            raise StaleVersion(f"campaign {name}: version {row.approved_version} was approved, version {current} "
-                               "is current: nothing launched")
+            raise StaleVersion(Text("campaign {name}: version {approved} was approved, version {current} "
+                                    "is current: nothing launched", name=name, approved=row.approved_version,
+                                    current=current))
         after = transition("campaign", name, row.state, action)
         if action == "approve" and row.state_by == who:
-            raise Forbidden(f"campaign {name}: {who} submitted version {current} and cannot approve it too: "
-                            "a second user with the approver role must (four eyes)", "four_eyes")
+            raise Forbidden(Text("campaign {name}: {who} submitted version {current} and cannot approve it too: "
+                                 "a second user with the approver role must (four eyes)",
+                                 name=name, who=who, current=current), "four_eyes")
         stored = versions.stored(conn, name) if action in ("approve", "launch") else None
         campaign = versions.campaign_of(config, stored) if stored is not None else None
         if campaign is not None and action == "launch" and (gap := versions.audience_gap(conn, config, campaign, row)):

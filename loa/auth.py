@@ -38,10 +38,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ColumnElement
 
 from loa import audit, db
-from loa.errors import LoaError, NotFound
+from loa.errors import LoaError, NotFound, Text
 
 ROLES = ("viewer", "operator", "approver", "admin")
 RANK = {role: n for n, role in enumerate(ROLES)}
+ROLE_WORDS = {"viewer": Text("viewer"), "operator": Text("operator"), "approver": Text("approver"),
+              "admin": Text("admin")}
 
 EVERYWHERE = ""        # the area path of what covers the whole country: only unbound principals reach it
 
@@ -145,8 +147,12 @@ class Principal:
         return f"{self.kind}:{self.name}"
 
     def describe(self) -> str:
-        where = f" bound to {self.area_name} ({self.area_code})" if self.area_path else ""
-        return f"{self.kind} {self.name} ({self.role}{where})"
+        kind = {"user": Text("user"), "key": Text("key")}.get(self.kind, self.kind)
+        role = ROLE_WORDS.get(self.role, self.role)
+        if self.area_path:
+            return Text("{kind} {name} ({role} bound to {area} ({code}))", kind=kind, name=self.name, role=role,
+                        area=self.area_name, code=self.area_code)
+        return Text("{kind} {name} ({role})", kind=kind, name=self.name, role=role)
 
     def can(self, action: str, area: Any = None) -> bool:
         try:
@@ -170,19 +176,22 @@ def require(principal: Principal, action: str, area: Any = None) -> None:
     except KeyError:
         raise ValueError(f"no permission is declared for action {action!r}") from None
     if RANK[principal.role] < RANK[needed.role]:
-        raise Forbidden(f"{action} is not allowed for role {principal.role}: it needs {needed.role} or above "
-                        f"({principal.describe()})", "role")
+        raise Forbidden(Text("{action} is not allowed for role {role}: it needs {needed} or above ({who})",
+                             action=action, role=ROLE_WORDS[principal.role], needed=ROLE_WORDS[needed.role],
+                             who=principal.describe()), "role")
     if principal.area_path is None or needed.scope == "any":
         return
     if needed.scope == "global":
-        raise Forbidden(f"{action} concerns every area, and {principal.describe()} is limited to its area", "area")
+        raise Forbidden(Text("{action} concerns every area, and {who} is limited to its area", action=action,
+                             who=principal.describe()), "area")
     if area is None:
         return
     places = [area] if isinstance(area, str) or hasattr(area, "path") else list(area)
     outside = [_label(p) for p in places or [EVERYWHERE]
                if not (p if isinstance(p, str) else p.path).startswith(principal.area_path)]
     if outside:
-        raise Forbidden(f"{action} on {', '.join(outside)} is outside the area of {principal.describe()}", "area")
+        raise Forbidden(Text("{action} on {places} is outside the area of {who}", action=action,
+                             places=", ".join(outside), who=principal.describe()), "area")
 
 
 def within(principal: Principal, path: str) -> bool:
@@ -246,21 +255,22 @@ def _verify(stored: str, password: str) -> bool:
 
 def check_password(password: str) -> None:
     if len(password) < MIN_PASSWORD:
-        raise LoaError(f"password too short: at least {MIN_PASSWORD} characters")
+        raise LoaError(Text("password too short: at least {n} characters", n=MIN_PASSWORD))
     if password.strip() != password or not password.isprintable():
-        raise LoaError("password must not start or end with spaces, nor contain control characters")
+        raise LoaError(Text("password must not start or end with spaces, nor contain control characters"))
 
 
 def check_name(name: str) -> str:
     folded = name.strip().lower()
     if not _NAME.match(folded):
-        raise LoaError(f"user name {name!r} is not usable: 1 to 64 of a-z 0-9 . _ @ -, starting with a letter or digit")
+        raise LoaError(Text("user name {name!r} is not usable: 1 to 64 of a-z 0-9 . _ @ -, starting with a letter "
+                            "or digit", name=name))
     return folded
 
 
 def check_role(role: str) -> str:
     if role not in RANK:
-        raise LoaError(f"no role {role!r}: roles are {', '.join(ROLES)}")
+        raise LoaError(Text("no role {role!r}: roles are {roles}", role=role, roles=", ".join(ROLES)))
     return role
 
 
@@ -278,7 +288,7 @@ def _area_by_code(conn: Connection, code: str) -> _Area:
     A = db.areas
     row = conn.execute(select(A.c.id, A.c.code, A.c.name, A.c.path).where(A.c.code == code)).one_or_none()
     if row is None:
-        raise NotFound(f"no area with code {code!r} (areas come from `loa import areas`)")
+        raise NotFound(Text("no area with code {code!r} (areas come from `loa import areas`)", code=code))
     return _Area(*row)
 
 
@@ -334,7 +344,7 @@ def _user(conn: Connection, name: str) -> tuple[User, _Area | str]:
     """The user and its area (for :func:`require`)."""
     row = conn.execute(_users_query().where(db.users.c.name == name)).one_or_none()
     if row is None:
-        raise NotFound(f"no user named {name!r}")
+        raise NotFound(Text("no user named {name!r}", name=name))
     return User(*row[:8]), _Area(0, row.code, row.area_name, row.path) if row.path else EVERYWHERE
 
 
@@ -355,7 +365,7 @@ def check_new_user(engine: Engine, name: str, area_code: str | None = None) -> N
         if area_code:
             _area_by_code(conn, area_code)
         if conn.scalar(select(db.users.c.id).where(db.users.c.name == name)) is not None:
-            raise LoaError(f"a user named {name!r} exists already")
+            raise LoaError(Text("a user named {name!r} exists already", name=name))
 
 
 def add_user(engine: Engine, by: Principal | str, name: str, password: str, role: str,
@@ -368,7 +378,7 @@ def add_user(engine: Engine, by: Principal | str, name: str, password: str, role
         actor = _check_by(by, "users.manage", area or EVERYWHERE)
         now = db.utcnow()
         if conn.scalar(select(db.users.c.id).where(db.users.c.name == name)) is not None:
-            raise LoaError(f"a user named {name!r} exists already")
+            raise LoaError(Text("a user named {name!r} exists already", name=name))
         conn.execute(insert(db.users).values(name=name, password_hash=password_hash, role=role,
                                              area_id=area.id if area else None, created_at=now, updated_at=now))
         user, _ = _user(conn, name)
@@ -398,7 +408,8 @@ def disable_user(engine: Engine, by: Principal | str, name: str, reason: str = "
     with engine.connect() as conn:
         user, _ = _user(conn, name.strip().lower())
     if user.disabled_at is not None:
-        raise LoaError(f"user {user.name!r} is disabled already (since {user.disabled_at:%Y-%m-%d %H:%M} UTC)")
+        raise LoaError(Text("user {name!r} is disabled already (since {since} UTC)", name=user.name,
+                            since=user.disabled_at.strftime("%Y-%m-%d %H:%M")))
     return _change_user(engine, by, name, "users.disable", reason, disabled_at=db.utcnow())[1]
 
 
@@ -411,7 +422,8 @@ def set_language(engine: Engine, by: Principal | str, name: str, language: str, 
     """(before, after) of the user whose console language is set: by the user itself, or by
     whoever manages users where the user lies; audited as ``users.language``."""
     if language not in LANGUAGES:
-        raise LoaError(f"unknown language {language!r} (known: {', '.join(LANGUAGES)})")
+        raise LoaError(Text("unknown language {language!r} (known: {known})", language=language,
+                            known=", ".join(LANGUAGES)))
     name = name.strip().lower()
     with engine.begin() as conn:
         before, where = _user(conn, name)
@@ -434,7 +446,8 @@ def principal_and_language(engine: Engine, name: str) -> tuple[Principal, str]:
         row = conn.execute(select(U.c.role, U.c.area_id, U.c.disabled_at, U.c.language)
                            .where(U.c.name == name)).one_or_none()
         if row is None or row.disabled_at is not None:
-            raise AuthError(f"user {name!r} is {'disabled' if row is not None else 'unknown'}")
+            raise AuthError(Text("user {name!r} is disabled", name=name) if row is not None
+                            else Text("user {name!r} is unknown", name=name))
         return _principal("user", name, row.role, _area_by_id(conn, row.area_id)), row.language
 
 
@@ -482,7 +495,7 @@ def authenticate_password(engine: Engine, name: str, password: str, client: str 
         ) if until is not None]
         if ends:
             until = max(ends)
-            raise LockedOut(f"too many failed sign-ins: try again after {until:%H:%M:%S} UTC",
+            raise LockedOut(Text("too many failed sign-ins: try again after {until} UTC", until=until.strftime("%H:%M:%S")),
                             max(1, int((until - now).total_seconds()) + 1))
         attempt = conn.execute(insert(L).values(at=now, user_name=name, client=client, success=False)
                                .returning(L.c.id)).scalar_one()
@@ -490,9 +503,9 @@ def authenticate_password(engine: Engine, name: str, password: str, client: str 
         row = conn.execute(select(U.c.id, U.c.password_hash, U.c.role, U.c.area_id, U.c.disabled_at)
                            .where(U.c.name == name)).one_or_none()
     if not _verify(row.password_hash if row is not None else _dummy_hash(), password) or row is None:
-        raise AuthError("wrong user name or password")
+        raise AuthError(Text("wrong user name or password"))
     if row.disabled_at is not None:
-        raise AuthError(f"user {name!r} is disabled")
+        raise AuthError(Text("user {name!r} is disabled", name=name))
     with engine.begin() as conn:
         conn.execute(update(L).where(L.c.id == attempt).values(success=True))
         values: dict[str, Any] = {"last_login_at": now}
@@ -540,7 +553,7 @@ def _keys_query() -> Any:
 def _key(conn: Connection, key_id: int) -> tuple[Key, _Area | str]:
     row = conn.execute(_keys_query().where(db.api_keys.c.id == key_id)).one_or_none()
     if row is None:
-        raise NotFound(f"no API key with id {key_id}")
+        raise NotFound(Text("no API key with id {id}", id=key_id))
     return Key(*row[:9]), _Area(0, row.code, row.area_name, row.path) if row.path else EVERYWHERE
 
 
@@ -558,7 +571,7 @@ def create_key(engine: Engine, by: Principal | str, role: str, area_code: str | 
     """A new key and its full text, which is shown this once and kept nowhere."""
     role = check_role(role)
     if len(name) > 100:
-        raise LoaError(f"key name too long: {len(name)} characters, at most 100")
+        raise LoaError(Text("key name too long: {n} characters, at most 100", n=len(name)))
     for _ in range(5):       # a prefix is 32 random bits: a clash is rare, and retried
         prefix, secret = secrets.token_hex(4), secrets.token_urlsafe(32)
         try:
@@ -582,7 +595,7 @@ def revoke_key(engine: Engine, by: Principal | str, key_id: int, reason: str = "
         before, where = _key(conn, key_id)
         actor = _check_by(by, "keys.manage", where)
         if before.revoked_at is not None:
-            raise LoaError(f"API key {key_id} ({before.shown}) is revoked already")
+            raise LoaError(Text("API key {id} ({shown}) is revoked already", id=key_id, shown=before.shown))
         conn.execute(update(db.api_keys).where(db.api_keys.c.id == key_id).values(revoked_at=db.utcnow()))
         after, _ = _key(conn, key_id)
         audit.record(conn, actor, "keys.revoke", "key", key_id, before=before.state(), after=after.state(),
@@ -595,16 +608,16 @@ def authenticate_key(engine: Engine, key: str) -> Principal:
     K = db.api_keys
     found = _KEY.match(key.strip())
     if found is None:
-        raise AuthError("not an API key of loa (loa_XXXXXXXX_...)")
+        raise AuthError(Text("not an API key of loa (loa_XXXXXXXX_...)"))
     prefix, secret = found[1], found[2]
     with engine.connect() as conn:
         row = conn.execute(select(K.c.id, K.c.secret_sha256, K.c.role, K.c.area_id, K.c.revoked_at, K.c.last_used_at)
                            .where(K.c.prefix == prefix)).one_or_none()
         stored = row.secret_sha256 if row is not None else "0" * 64
         if not hmac.compare_digest(_sha256(secret), stored) or row is None:
-            raise AuthError("unknown or wrong API key")
+            raise AuthError(Text("unknown or wrong API key"))
         if row.revoked_at is not None:
-            raise AuthError(f"API key loa_{prefix}_… is revoked")
+            raise AuthError(Text("API key loa_{prefix}_… is revoked", prefix=prefix))
         principal = _principal("key", prefix, row.role, _area_by_id(conn, row.area_id))
     now = db.utcnow()
     if row.last_used_at is None or now - row.last_used_at >= KEY_USE_RESOLUTION:

@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
-from loa.errors import CampaignError, NotFound
+from loa.errors import CampaignError, NotFound, Text
 
 CHANNELS = ("sms", "zalo")
 TRIGGERS = ("manual", "schedule", "arrival")
@@ -131,12 +131,16 @@ class _Problems:
         self.items: list[str] = []
 
     def add(self, key: str, reason: str) -> None:
-        self.items.append(f"{self.path}: {key}: {reason}" if key else f"{self.path}: {reason}")
+        """One problem: where (the file, the key) in any language, and why (a :class:`Text`, said
+        in the reader's language)."""
+        where = str(self.path)
+        self.items.append(Text("{path}: {key}: {reason}", path=where, key=key, reason=reason) if key
+                          else Text("{path}: {reason}", path=where, reason=reason))
 
     def unknown(self, table: dict[str, Any], known: set[str], prefix: str) -> None:
         for key in table:
             if key not in known:
-                self.add(prefix + key, f"unknown key (known: {', '.join(sorted(known))})")
+                self.add(prefix + key, Text("unknown key (known: {known})", known=", ".join(sorted(known))))
 
 
 def parse_file(path: Path) -> tuple[Campaign | None, list[str]]:
@@ -144,10 +148,10 @@ def parse_file(path: Path) -> tuple[Campaign | None, list[str]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
-        problems.add("", f"cannot read: {exc.strerror}")
+        problems.add("", Text("cannot read: {reason}", reason=exc.strerror))
         return None, problems.items
     except UnicodeDecodeError as exc:
-        problems.add("", f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+        problems.add("", Text("not UTF-8 text ({reason} at byte {start})", reason=exc.reason, start=exc.start))
         return None, problems.items
     return parse_text(text, path)
 
@@ -158,7 +162,7 @@ def parse_text(text: str, path: Path) -> tuple[Campaign | None, list[str]]:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        problems.add("", f"not valid TOML: {exc}")
+        problems.add("", Text("not valid TOML: {exc}", exc=exc))
         return None, problems.items
     campaign = parse(raw, path, problems)
     return (campaign if not problems.items else None), problems.items
@@ -168,44 +172,44 @@ def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | No
     problems.unknown(raw, TOP_KEYS, "")
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not NAME.match(name):
-        problems.add("name", f"must be lowercase letters, digits, '-', '_' or '.', got {name!r}")
+        problems.add("name", Text("must be lowercase letters, digits, '-', '_' or '.', got {name!r}", name=name))
     channels = _channels(raw, problems)
     segment = _segment(raw.get("segment"), problems)
     holdout = raw.get("holdout", 0.0)
     if not _number(holdout) or not 0 <= holdout < 1:
-        problems.add("holdout", f"must be a fraction in [0, 1), got {holdout!r}")
+        problems.add("holdout", Text("must be a fraction in [0, 1), got {holdout!r}", holdout=holdout))
         holdout = 0.0
     suppress = raw.get("suppress_events", [])
     if not isinstance(suppress, list) or not all(isinstance(s, str) and s for s in suppress):
-        problems.add("suppress_events", "must be a list of event types, e.g. [\"installed\"]")
+        problems.add("suppress_events", Text("must be a list of event types, e.g. [\"installed\"]"))
         suppress = []
     validity = raw.get("validity_hours", VALIDITY_HOURS)
     if not _number(validity) or validity <= 0:
-        problems.add("validity_hours", f"must be a positive number, got {validity!r}")
+        problems.add("validity_hours", Text("must be a positive number, got {validity!r}", validity=validity))
     trigger = raw.get("trigger", "manual")
     if trigger not in TRIGGERS:
-        problems.add("trigger", f"must be one of {', '.join(TRIGGERS)}, got {trigger!r}")
+        problems.add("trigger", Text("must be one of {known}, got {trigger!r}", known=', '.join(TRIGGERS), trigger=trigger))
     advertising = raw.get("advertising", False)
     if not isinstance(advertising, bool):
-        problems.add("advertising", "must be true or false")
+        problems.add("advertising", Text("must be true or false"))
     link = raw.get("link", "")
     if not isinstance(link, str) or (link and not link.startswith(("https://", "http://"))):
-        problems.add("link", f"must be the http(s) URL that {{{{ link }}}} redirects to, got {link!r}")
+        problems.add("link", Text("must be the http(s) URL that {{{{ link }}}} redirects to, got {link!r}", link=link))
     cap = raw.get("frequency_cap")
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
-        problems.add("frequency_cap", f"must be a whole number of messages per 24 h (0 = no cap), got {cap!r}")
+        problems.add("frequency_cap", Text("must be a whole number of messages per 24 h (0 = no cap), got {cap!r}", cap=cap))
     opt_out = raw.get("opt_out", "")
     if not isinstance(opt_out, str):
-        problems.add("opt_out", "must be text, e.g. \"Tu choi QC soan TC gui 1234\"")
+        problems.add("opt_out", Text("must be text, e.g. \"Tu choi QC soan TC gui 1234\""))
     elif advertising is True and not opt_out.strip():
         problems.add("opt_out", "an advertising campaign must end its messages with opt-out instructions "
                      "(Decree 91/2020), e.g. opt_out = \"Tu choi QC soan TC gui 1234\"")
     budget = raw.get("budget")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
-        problems.add("budget", f"must be a whole number of VND, more than 0, e.g. budget = 5_000_000, got {budget!r}")
+        problems.add("budget", Text("must be a whole number of VND, more than 0, e.g. budget = 5_000_000, got {budget!r}", budget=budget))
     description = raw.get("description", "")
     if not isinstance(description, str):
-        problems.add("description", "must be a string")
+        problems.add("description", Text("must be a string"))
     window = _window(raw.get("window", {}), problems)
     start, end = _dates(raw.get("dates", {}), problems)
     goal = _goal(raw.get("goal"), problems)
@@ -213,9 +217,9 @@ def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | No
     arrival = _arrival(raw.get("arrival"), trigger, problems)
     attribution = _duration(raw, "attribution", problems, where="")
     if trigger == "schedule" and schedule is None:
-        problems.add("schedule", "trigger = \"schedule\" needs a [schedule] table (cron, at or every)")
+        problems.add("schedule", Text("trigger = \"schedule\" needs a [schedule] table (cron, at or every)"))
     if schedule is not None and trigger != "schedule":
-        problems.add("trigger", f"a [schedule] table needs trigger = \"schedule\", got {trigger!r}")
+        problems.add("trigger", Text("a [schedule] table needs trigger = \"schedule\", got {trigger!r}", trigger=trigger))
     if problems.items:
         return None
     return Campaign(
@@ -230,44 +234,44 @@ def parse(raw: dict[str, Any], path: Path, problems: _Problems) -> Campaign | No
 def _channels(raw: dict[str, Any], problems: _Problems) -> tuple[ChannelSpec, ...]:
     names = raw.get("channels")
     if not isinstance(names, list) or not names:
-        problems.add("channels", "must be a non-empty list, e.g. [\"zalo\", \"sms\"]")
+        problems.add("channels", Text("must be a non-empty list, e.g. [\"zalo\", \"sms\"]"))
         return ()
     specs = []
     for i, name in enumerate(names):
         if name not in CHANNELS:
-            problems.add(f"channels[{i}]", f"unknown channel {name!r} (known: {', '.join(CHANNELS)})")
+            problems.add(f"channels[{i}]", Text("unknown channel {name!r} (known: {known})", name=name, known=', '.join(CHANNELS)))
             continue
         if names.count(name) > 1 and names.index(name) != i:
-            problems.add(f"channels[{i}]", f"channel {name!r} is listed twice")
+            problems.add(f"channels[{i}]", Text("channel {name!r} is listed twice", name=name))
             continue
         table = raw.get(name)
         if not isinstance(table, dict):
-            problems.add(name, f"missing [{name}] table with at least template = \"{name}/....\"")
+            problems.add(name, Text("missing [{name}] table with at least template = \"{name}/....\"", name=name))
             continue
         problems.unknown(table, CHANNEL_KEYS[name], f"{name}.")
         template = table.get("template")
         if not isinstance(template, str) or not template:
-            problems.add(f"{name}.template", "missing template path (relative to the templates folder)")
+            problems.add(f"{name}.template", Text("missing template path (relative to the templates folder)"))
             continue
         gateway = table.get("gateway")
         if gateway is not None and not isinstance(gateway, str):
-            problems.add(f"{name}.gateway", "must be the name of a gateway in the configuration")
+            problems.add(f"{name}.gateway", Text("must be the name of a gateway in the configuration"))
         max_parts = table.get("max_parts", 6)
         if not isinstance(max_parts, int) or isinstance(max_parts, bool) or not 1 <= max_parts <= 10:
-            problems.add(f"{name}.max_parts", f"must be a whole number from 1 to 10, got {max_parts!r}")
+            problems.add(f"{name}.max_parts", Text("must be a whole number from 1 to 10, got {max_parts!r}", max_parts=max_parts))
             max_parts = 6
         unaccented = table.get("unaccented", False)
         if not isinstance(unaccented, bool):
-            problems.add(f"{name}.unaccented", "must be true or false")
+            problems.add(f"{name}.unaccented", Text("must be true or false"))
         fallback = table.get("fallback_after")
         if fallback is not None and not (isinstance(fallback, str) and DURATION.match(fallback)):
-            problems.add(f"{name}.fallback_after", f"must be a duration like \"30m\", got {fallback!r}")
+            problems.add(f"{name}.fallback_after", Text("must be a duration like \"30m\", got {fallback!r}", fallback=fallback))
             fallback = None
         specs.append(ChannelSpec(name, template, gateway, bool(unaccented), max_parts,
                                  parse_duration(fallback) if fallback else None))
     for name in CHANNELS:
         if name in raw and name not in names:
-            problems.add(name, f"[{name}] is configured but {name!r} is not in channels")
+            problems.add(name, Text("[{name}] is configured but {name!r} is not in channels", name=name))
     return tuple(specs)
 
 
@@ -275,57 +279,57 @@ def _segment(seg: Any, problems: _Problems) -> dict[str, Any]:
     if seg is None:
         return {}
     if not isinstance(seg, dict):
-        problems.add("segment", "must be a table")
+        problems.add("segment", Text("must be a table"))
         return {}
     problems.unknown(seg, SEGMENT_KEYS, "segment.")
     areas = seg.get("areas", [])
     if not isinstance(areas, list) or not all(isinstance(a, str) and a.strip() for a in areas):
-        problems.add("segment.areas", "must be a list of area codes or names")
+        problems.add("segment.areas", Text("must be a list of area codes or names"))
     for key in ("rules", "events"):
         if not isinstance(seg.get(key, []), list):
-            problems.add(f"segment.{key}", f"must be an array of tables: write [[segment.{key}]], not [segment.{key}]")
+            problems.add(f"segment.{key}", Text("must be an array of tables: write [[segment.{key}]], not [segment.{key}]", key=key))
     for i, rule in enumerate(seg.get("rules", []) if isinstance(seg.get("rules", []), list) else []):
         where = f"segment.rules[{i}]"
         if not isinstance(rule, dict):
-            problems.add(where, "must be a table")
+            problems.add(where, Text("must be a table"))
             continue
         from loa.segments import field_problem  # segments owns the field list
 
         ops = [k for k in rule if k in RULE_OPS]
         problems.unknown(rule, RULE_OPS | {"field"}, where + ".")
         if "field" not in rule:
-            problems.add(where, "missing field (e.g. field = \"attributes.smartphone\")")
+            problems.add(where, Text("missing field (e.g. field = \"attributes.smartphone\")"))
         elif reason := field_problem(rule["field"]):
             problems.add(where + ".field", reason)
         if len(ops) != 1:
-            problems.add(where, f"needs exactly one operator of {', '.join(sorted(RULE_OPS))}")
+            problems.add(where, Text("needs exactly one operator of {known}", known=', '.join(sorted(RULE_OPS))))
             continue
         op, value = ops[0], rule[ops[0]]
         if op in ("in", "not_in") and (not isinstance(value, list) or not value):
-            problems.add(f"{where}.{op}", "must be a non-empty list")
+            problems.add(f"{where}.{op}", Text("must be a non-empty list"))
         elif op == "between" and (not isinstance(value, list) or len(value) != 2):
-            problems.add(f"{where}.{op}", "must be a list of two bounds, e.g. [18, 60]")
+            problems.add(f"{where}.{op}", Text("must be a list of two bounds, e.g. [18, 60]"))
         elif op in ("eq", "ne") and isinstance(value, list | dict):
-            problems.add(f"{where}.{op}", f"must be a single value (for a list use {'in' if op == 'eq' else 'not_in'})")
+            problems.add(f"{where}.{op}", Text("must be a single value (for a list use {value1})", value1='in' if op == 'eq' else 'not_in'))
         elif op == "exists" and not isinstance(value, bool):
-            problems.add(f"{where}.{op}", "must be true or false")
+            problems.add(f"{where}.{op}", Text("must be true or false"))
         elif op in ("gt", "gte", "lt", "lte") and not isinstance(value, int | float | date):
-            problems.add(f"{where}.{op}", f"must be a number or a date, got {value!r}")
+            problems.add(f"{where}.{op}", Text("must be a number or a date, got {value!r}", value=value))
     for i, ev in enumerate(seg.get("events", []) if isinstance(seg.get("events", []), list) else []):
         where = f"segment.events[{i}]"
         if not isinstance(ev, dict):
-            problems.add(where, "must be a table")
+            problems.add(where, Text("must be a table"))
             continue
         problems.unknown(ev, EVENT_KEYS, where + ".")
         if not isinstance(ev.get("type"), str):
-            problems.add(where + ".type", "missing event type (e.g. type = \"installed\")")
+            problems.add(where + ".type", Text("missing event type (e.g. type = \"installed\")"))
         if not isinstance(ev.get("has", True), bool):
-            problems.add(where + ".has", "must be true or false")
+            problems.add(where + ".has", Text("must be true or false"))
         since = ev.get("since")
         if since is not None and not isinstance(since, date | datetime) and not (
             isinstance(since, str) and DURATION.match(since)
         ):
-            problems.add(where + ".since", f"must be a date, a time or a duration like \"30d\", got {since!r}")
+            problems.add(where + ".since", Text("must be a date, a time or a duration like \"30d\", got {since!r}", since=since))
     return seg
 
 
@@ -336,7 +340,7 @@ def _number(value: Any) -> bool:
 
 def _window(table: Any, problems: _Problems) -> tuple[time, time]:
     if not isinstance(table, dict):
-        problems.add("window", "must be a table with start and end, e.g. start = \"07:00\"")
+        problems.add("window", Text("must be a table with start and end, e.g. start = \"07:00\""))
         return time(7), time(22)
     problems.unknown(table, WINDOW_KEYS, "window.")
     bounds = []
@@ -347,27 +351,27 @@ def _window(table: Any, problems: _Problems) -> tuple[time, time]:
             bounds.append(value if isinstance(value, time) else time.max if str(value) == "24:00"
                           else time.fromisoformat(str(value)))
         except ValueError:
-            problems.add(f"window.{key}", f"not a time of day (HH:MM), got {value!r}")
+            problems.add(f"window.{key}", Text("not a time of day (HH:MM), got {value!r}", value=value))
             bounds.append(time(7) if key == "start" else time(22))
     if bounds[0] >= bounds[1]:
-        problems.add("window", "start must be before end")
+        problems.add("window", Text("start must be before end"))
     return bounds[0], bounds[1]
 
 
 def _dates(table: Any, problems: _Problems) -> tuple[date | None, date | None]:
     if not isinstance(table, dict):
-        problems.add("dates", "must be a table with start and end dates")
+        problems.add("dates", Text("must be a table with start and end dates"))
         return None, None
     problems.unknown(table, DATES_KEYS, "dates.")
     out: list[date | None] = []
     for key in ("start", "end"):
         value = table.get(key)
         if value is not None and not isinstance(value, date):
-            problems.add(f"dates.{key}", f"must be a date like 2020-08-20, got {value!r}")
+            problems.add(f"dates.{key}", Text("must be a date like 2020-08-20, got {value!r}", value=value))
             value = None
         out.append(value)
     if out[0] and out[1] and out[0] > out[1]:
-        problems.add("dates", "start is after end")
+        problems.add("dates", Text("start is after end"))
     return out[0], out[1]
 
 
@@ -375,19 +379,19 @@ def _goal(table: Any, problems: _Problems) -> Goal | None:
     if table is None:
         return None
     if not isinstance(table, dict):
-        problems.add("goal", "must be a table")
+        problems.add("goal", Text("must be a table"))
         return None
     problems.unknown(table, GOAL_KEYS, "goal.")
     share = table.get("share", 0.5)
     if not _number(share) or not 0 < share <= 1:
-        problems.add("goal.share", f"must be a fraction in (0, 1], got {share!r}")
+        problems.add("goal.share", Text("must be a fraction in (0, 1], got {share!r}", share=share))
         share = 0.5
     of = table.get("of", "population")
     if of not in ("population", "audience"):
-        problems.add("goal.of", f"must be \"population\" or \"audience\", got {of!r}")
+        problems.add("goal.of", Text("must be \"population\" or \"audience\", got {of!r}", of=of))
     by = table.get("by")
     if by is not None and not isinstance(by, date):
-        problems.add("goal.by", f"must be a date, got {by!r}")
+        problems.add("goal.by", Text("must be a date, got {by!r}", by=by))
     return Goal(str(table.get("event", "installed")), float(share), str(of), by)
 
 
@@ -395,7 +399,7 @@ def _schedule(table: Any, problems: _Problems) -> Schedule | None:
     if table is None:
         return None
     if not isinstance(table, dict):
-        problems.add("schedule", "must be a table with cron, at or every")
+        problems.add("schedule", Text("must be a table with cron, at or every"))
         return None
     problems.unknown(table, SCHEDULE_KEYS, "schedule.")
     given = [k for k in ("cron", "at", "every") if k in table]
@@ -406,7 +410,7 @@ def _schedule(table: Any, problems: _Problems) -> Schedule | None:
     cron = table.get("cron")
     if cron is not None:
         if not isinstance(cron, str) or len(cron.split()) != 5:
-            problems.add("schedule.cron", f"must have five fields (minute hour day month weekday), got {cron!r}")
+            problems.add("schedule.cron", Text("must have five fields (minute hour day month weekday), got {cron!r}", cron=cron))
             return None
         from loa.cron import cron_trigger
 
@@ -417,13 +421,13 @@ def _schedule(table: Any, problems: _Problems) -> Schedule | None:
             return None
     at = table.get("at")
     if at is not None and not isinstance(at, datetime):
-        problems.add("schedule.at", f"must be a date and time like 2020-08-18T08:00:00, got {at!r}")
+        problems.add("schedule.at", Text("must be a date and time like 2020-08-18T08:00:00, got {at!r}", at=at))
         return None
     every = _duration(table, "every", problems)
     grace = _duration(table, "grace", problems)
     stop = table.get("stop_at_goal", False)
     if not isinstance(stop, bool):
-        problems.add("schedule.stop_at_goal", "must be true or false")
+        problems.add("schedule.stop_at_goal", Text("must be true or false"))
     return Schedule(cron, at, every, 3600.0 if grace is None else grace, bool(stop))
 
 
@@ -434,7 +438,7 @@ def _duration(table: dict[str, Any], key: str, problems: _Problems, where: str =
         return None
     if isinstance(value, str) and DURATION.match(value) and (zero_ok or parse_duration(value) > 0):
         return parse_duration(value)
-    problems.add(f"{where}.{key}" if where else key, f"must be a duration like \"30m\", \"6h\" or \"1d\", got {value!r}")
+    problems.add(f"{where}.{key}" if where else key, Text("must be a duration like \"30m\", \"6h\" or \"1d\", got {value!r}", value=value))
     return None
 
 
@@ -442,10 +446,10 @@ def _arrival(table: Any, trigger: Any, problems: _Problems) -> ArrivalRule | Non
     if table is None:
         return ArrivalRule() if trigger == "arrival" else None
     if not isinstance(table, dict):
-        problems.add("arrival", "must be a table with delay and regreet_after")
+        problems.add("arrival", Text("must be a table with delay and regreet_after"))
         return None
     if trigger != "arrival":
-        problems.add("arrival", f"an [arrival] table needs trigger = \"arrival\", got {trigger!r}")
+        problems.add("arrival", Text("an [arrival] table needs trigger = \"arrival\", got {trigger!r}", trigger=trigger))
     problems.unknown(table, ARRIVAL_KEYS, "arrival.")
     delay = _duration(table, "delay", problems, "arrival", zero_ok=True)
     regreet = _duration(table, "regreet_after", problems, "arrival")

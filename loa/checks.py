@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from loa import db
 from loa.campaign import Campaign, load_all
 from loa.config import Config
-from loa.errors import LoaError
+from loa.errors import LoaError, Text
 from loa.render import Renderer, variable_problems
 
 # Validation renders each template for the segment's first members, and for those with the
@@ -29,28 +29,32 @@ def campaign_problems(config: Config, campaign: Campaign, attribute_keys: set[st
         try:
             paths = renderer.variables(spec.template, spec.channel)
         except LoaError as exc:
-            problems.append(f"{where}.template: {exc}")
+            problems.append(Text("{where}.template: {problem}", where=where, problem=exc.args[0] if exc.args else exc))
         else:
             problems += [f"{where}.template ({spec.template}): {p}" for p in variable_problems(paths, attribute_keys)]
             if "link" in paths and campaign.raw.get("link"):
                 from loa.links import SECRET_ENV
 
                 if len(os.environ.get(SECRET_ENV, "")) < 16:
-                    problems.append(f"{where}.template ({spec.template}): uses {{{{ link }}}}, which needs "
-                                    f"${SECRET_ENV} (at least 16 characters) to sign link codes")
+                    problems.append(Text("{where}.template ({template}): uses {{{{ link }}}}, which needs "
+                                         "${env} (at least 16 characters) to sign link codes", where=where,
+                                         template=spec.template, env=SECRET_ENV))
                 if not config.serve.get("public_url"):
-                    problems.append(f"{where}.template ({spec.template}): uses {{{{ link }}}}, which needs "
-                                    f"[serve] public_url in {config.label}")
+                    problems.append(Text("{where}.template ({template}): uses {{{{ link }}}}, which needs "
+                                         "[serve] public_url in {config}", where=where, template=spec.template,
+                                         config=config.label))
             if "link" in paths and not campaign.raw.get("link"):
-                problems.append(f"{where}.template ({spec.template}): uses {{{{ link }}}} but the campaign "
-                                "sets no link target (link = \"https://...\")")
+                problems.append(Text("{where}.template ({template}): uses {{{{ link }}}} but the campaign "
+                                     "sets no link target (link = \"https://...\")", where=where, template=spec.template))
         # the gateway is checked even when the template is broken: every problem is listed
         gateway = spec.gateway or config.default_gateway(spec.channel)
         if gateway is None:
-            problems.append(f"{where}.gateway: no gateway set and no defaults.{spec.channel}_gateway in {config.label}")
+            problems.append(Text("{where}.gateway: no gateway set and no defaults.{channel}_gateway in {config}",
+                                 where=where, channel=spec.channel, config=config.label))
         elif gateway not in config.gateways:
             known = ", ".join(sorted(config.gateways)) or "none"
-            problems.append(f"{where}.gateway: unknown gateway {gateway!r} (configured: {known})")
+            problems.append(Text("{where}.gateway: unknown gateway {gateway!r} (configured: {known})", where=where,
+                                 gateway=gateway, known=known))
         else:
             problems += _gateway_problems(config, gateway, spec.channel, where)
     from loa.cost import budget_problems
@@ -93,8 +97,8 @@ def advertising_problems(config: Config, campaign: Campaign) -> list[str]:
         settings = config.gateways[name].settings
         sender = next((str(settings[k]) for k in SENDER_SETTINGS if k in settings), None)
         if sender is not None and not sender.lstrip("+").isdigit() and (reason := brandname_problem(sender)):
-            problems.append(f"{campaign.path}: sms.gateway: advertising needs a registered brandname: {reason} "
-                            f"(gateway {name!r})")
+            problems.append(Text("{path}: sms.gateway: advertising needs a registered brandname: {reason} "
+                                 "(gateway {name!r})", path=str(campaign.path), reason=reason, name=name))
     return problems
 
 
@@ -121,7 +125,7 @@ def render_problems(config: Config, campaign: Campaign, engine: Engine | None,
             samples = sample_contexts(engine, config, campaign, SAMPLE_FIRST, longest=SAMPLE_LONGEST, any_state=True)
         except SegmentError as exc:
             if areas or areas_imported(engine):
-                problems.append(f"{campaign.path}: {exc}")
+                problems.append(Text("{path}: {reason}", path=str(campaign.path), reason=exc.args[0] if exc.args else exc))
     synthetic = not samples
     if synthetic:
         samples = [("a synthetic subscriber", "", synthetic_context(campaign))]
@@ -138,14 +142,16 @@ def render_problems(config: Config, campaign: Campaign, engine: Engine | None,
             if reason is not None:
                 failed.setdefault(reason, []).append(who)
         for reason, who in failed.items():
+            whom: str
             if synthetic:
-                whom = "for a synthetic subscriber: the segment has no members yet" if engine is not None \
-                    else "for a synthetic subscriber: no database yet"
+                whom = Text("for a synthetic subscriber: the segment has no members yet") if engine is not None \
+                    else Text("for a synthetic subscriber: no database yet")
             elif len(who) == len(samples) == 1:
-                whom = f"for {who[0]}, the segment's one member"
+                whom = Text("for {who}, the segment's one member", who=who[0])
             else:
-                whom = f"for {len(who)} of {len(samples)} sample subscribers, e.g. {who[0]}"
-            problems.append(f"{campaign.path}: {spec.channel}.template: {reason} ({whom})")
+                whom = Text("for {n:n} of {of:n} sample subscribers, e.g. {who}", n=len(who), of=len(samples), who=who[0])
+            problems.append(Text("{path}: {channel}.template: {reason} ({whom})", path=str(campaign.path),
+                                 channel=spec.channel, reason=reason, whom=whom))
     return problems
 
 

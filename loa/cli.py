@@ -1203,7 +1203,7 @@ def report(app: App, campaign: str | None, fmt: str, level: str | None, html_pat
     else:
         from loa.reportview import render_table
 
-        render_table(out, result, rep.snapshot_summary(engine, result))
+        render_table(out, result, rep.snapshot_summary(engine, result), lang=app.config.language)
 
 
 # -- gateways -------------------------------------------------------------------

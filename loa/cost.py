@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from loa import db, lifecycle
 from loa.campaign import Campaign
 from loa.config import Config
-from loa.errors import LoaError, NotFound
+from loa.errors import LoaError, NotFound, Text
 
 O, R, C, S = db.outbox, db.runs, db.campaigns, db.subscribers
 HELD = ("claimed", "sending", "unknown")   # a reservation counts while the message may still go out
@@ -139,7 +139,8 @@ def parts_per_message(engine: Engine, config: Config, campaign: Campaign, sample
             sms = renderer.render_sms(spec.template, ctx, unaccented=spec.unaccented, max_parts=spec.max_parts,
                                       advertising_opt_out=campaign.opt_out if campaign.advertising else None)
         except LoaError as exc:
-            raise LoaError(f"campaign {campaign.name}: cannot estimate its cost: {who}: {exc}") from None
+            raise LoaError(Text("campaign {name}: cannot estimate its cost: {who}: {problem}", name=campaign.name,
+                                who=who, problem=exc.args[0] if exc.args else str(exc))) from None
         parts.append(sms.info.parts)
     return sum(parts) / len(parts) if parts else 1.0
 
@@ -218,7 +219,7 @@ def spend(engine: Engine, name: str) -> Spend:
     handed = states_of(*HANDED_OVER)
     with engine.connect() as conn:
         if conn.scalar(select(C.c.id).where(C.c.name == name)) is None:
-            raise NotFound(f"campaign {name!r} has no runs yet")
+            raise NotFound(Text("campaign {name!r} has no runs yet", name=name))
         row = conn.execute(select(
             func.coalesce(func.sum(O.c.cost_vnd), 0),
             func.sum(case((and_(O.c.cost_vnd.is_not(None), O.c.state.in_(handed)), 1), else_=0)),
@@ -357,8 +358,9 @@ def budget_problems(config: Config, campaign: Campaign) -> list[str]:
     for spec in campaign.channels:
         gateway = spec.gateway or config.default_gateway(spec.channel)
         if gateway and gateway in config.gateways and (why := missing_price(config, gateway, spec.channel)):
-            problems.append(f"{campaign.path}: budget: {why} in {config.label}, so the budget cannot be "
-                            f"held for its {spec.channel} messages")
+            problems.append(Text("{path}: budget: {why} in {config}, so the budget cannot be held for its "
+                                 "{channel} messages", path=str(campaign.path), why=why, config=config.label,
+                                 channel=spec.channel))
     return problems
 
 

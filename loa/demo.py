@@ -601,7 +601,7 @@ def _print_report(console: Console, engine: Engine, result: Report, fmt: str, su
                       highlight=False, soft_wrap=True)
     else:
         console.print()
-        render_table(console, result, rep.snapshot_summary(engine, result))
+        render_table(console, result, rep.snapshot_summary(engine, result), lang="en")   # its story quotes the English table
         share = subscribers / sum(int(d["population"]) for d in districts())
         say(f"The {subscribers:,} synthetic subscribers stand for {share:.1%} of the population, so "
             "'installed of pop.' counts only them; with a real subscriber base it is the province's figure.")

@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine
 
 from loa import audit, db, importer
 from loa.config import Config
-from loa.errors import InputError, LoaError, NotFound
+from loa.errors import InputError, LoaError, NotFound, Text
 
 log = logging.getLogger("loa.imports")
 
@@ -47,7 +47,7 @@ J = db.import_jobs
 def handler(kind: str, engine: Engine, config: Config, path: Path, as_of: date | None = None) -> importer.Handler:
     """The importer of ``kind`` for the file at ``path``, as ``loa import`` makes it."""
     if as_of is not None and kind not in DATED:
-        raise InputError(f"as_of dates the figures of areas or snapshots, not of {kind}")
+        raise InputError(Text("as_of dates the figures of areas or snapshots, not of {kind}", kind=kind))
     if kind == "arrivals":
         from loa.arrivals import ArrivalsHandler
 
@@ -61,7 +61,7 @@ def handler(kind: str, engine: Engine, config: Config, path: Path, as_of: date |
         "consents": lambda: _consents(engine, path, config),
     }
     if kind not in made:
-        raise InputError(f"no import of {kind!r}: one of {', '.join(KINDS)}")
+        raise InputError(Text("no import of {kind!r}: one of {kinds}", kind=kind, kinds=", ".join(KINDS)))
     return made[kind]()  # type: ignore[no-any-return]
 
 
@@ -128,7 +128,7 @@ def get(engine: Engine, job_id: int) -> Job:
     with engine.connect() as conn:
         row = conn.execute(select(*_columns()).where(J.c.id == job_id)).one_or_none()
     if row is None:
-        raise NotFound(f"no import job {job_id}")
+        raise NotFound(Text("no import job {id}", id=job_id))
     job = Job(*row)
     if job.state == "running" and db.utcnow() - job.updated_at > STALE:
         return dataclasses.replace(job, state="interrupted")
@@ -140,7 +140,7 @@ def rejects(engine: Engine, job_id: int) -> str | None:
     with engine.connect() as conn:
         row = conn.execute(select(J.c.rejects).where(J.c.id == job_id)).one_or_none()
     if row is None:
-        raise NotFound(f"no import job {job_id}")
+        raise NotFound(Text("no import job {id}", id=job_id))
     return row.rejects
 
 

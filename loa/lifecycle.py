@@ -33,7 +33,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from loa import db
-from loa.errors import LoaError, NotFound
+from loa.errors import LoaError, NotFound, Text
 from loa.receipts import lock_rows
 
 C, R, O = db.campaigns, db.runs, db.outbox
@@ -61,9 +61,13 @@ RUN_ACTIONS: dict[str, dict[str, str]] = {
     "resume": {"paused": "active"},
     "cancel": {"active": "cancelled", "paused": "cancelled"},
 }
-PAST = {"submit": "submitted for approval", "approve": "approved", "reject": "rejected", "edit": "edited",
-         "launch": "launched", "pause": "paused", "resume": "resumed", "finish": "finished",
-         "cancel": "cancelled"}
+PAST = {"submit": Text("submitted for approval"), "approve": Text("approved"), "reject": Text("rejected"),
+        "edit": Text("edited"), "launch": Text("launched"), "pause": Text("paused"), "resume": Text("resumed"),
+        "finish": Text("finished"), "cancel": Text("cancelled")}
+# a state in a message: English keeps the code, other languages say it
+STATE_WORDS = {"draft": Text("draft"), "pending_approval": Text("pending_approval"), "approved": Text("approved"),
+               "active": Text("active"), "paused": Text("paused"), "finished": Text("finished"),
+               "cancelled": Text("cancelled")}
 
 PAUSED_PREFIX = "paused by "        # the reason of a message held back by a pause
 CANCELLED_PREFIX = "cancelled by "  # the reason of a message cancelled
@@ -81,12 +85,30 @@ def transition(kind: str, name: str, current: str, action: str) -> str:
     :class:`LifecycleError` naming the states it applies to if it is not allowed."""
     actions = CAMPAIGN_ACTIONS if kind == "campaign" else RUN_ACTIONS
     if action not in actions:
-        raise LifecycleError(f"{kind} {name}: unknown action {action!r} (one of {', '.join(actions)})")
+        raise LifecycleError(Text("{kind} {name}: unknown action {action!r} (one of {actions})",
+                                  kind=Text("campaign") if kind == "campaign" else Text("run"), name=name,
+                                  action=action, actions=", ".join(actions)))
     target = actions[action].get(current)
     if target is None:
-        allowed = " or ".join(actions[action])
-        raise LifecycleError(f"{kind} {name} is {current}: only a {kind} that is {allowed} can be {PAST[action]}")
+        state, allowed, done = _state(current), either(*map(_state, actions[action])), PAST[action]
+        if kind == "campaign":
+            raise LifecycleError(Text("campaign {name} is {state}: only a campaign that is {allowed} can be {done}",
+                                      name=name, state=state, allowed=allowed, done=done))
+        raise LifecycleError(Text("run {name} is {state}: only a run that is {allowed} can be {done}",
+                                  name=name, state=state, allowed=allowed, done=done))
     return target
+
+
+def _state(code: str) -> Text | str:
+    return STATE_WORDS.get(code, code)
+
+
+def either(*words: Text | str) -> Text | str:
+    """"a or b or c", in any language."""
+    said = words[0]
+    for word in words[1:]:
+        said = Text("{a} or {b}", a=said, b=word)
+    return said
 
 
 def actor() -> str:
@@ -134,7 +156,7 @@ def change_campaign(engine: Engine, name: str, action: str, *, who: str, reason:
     with engine.begin() as conn:
         row = conn.execute(_lock(conn, select(C.c.id, C.c.state).where(C.c.name == name))).first()
         if row is None:
-            raise NotFound(f"campaign {name} is not in the database: it has never been run")
+            raise NotFound(Text("campaign {name} is not in the database: it has never been run", name=name))
         after = transition("campaign", name, row.state, action)
         conn.execute(update(C).where(C.c.id == row.id)
                      .values(state=after, state_reason=reason, state_by=who, state_at=now, updated_at=now))
@@ -163,9 +185,11 @@ def change_run(engine: Engine, campaign: str, run_id: int, action: str, *, who: 
         row = conn.execute(_lock(conn, select(R.c.id, R.c.state, C.c.name).join(C, C.c.id == R.c.campaign_id)
                                  .where(R.c.id == run_id))).first()
         if row is None or row.name != campaign:
-            where = f" (it is a run of {row.name})" if row is not None else ""
-            raise NotFound(f"campaign {campaign} has no run {run_id}{where}")
-        after = transition("run", label, row.state, action)
+            if row is not None:
+                raise NotFound(Text("campaign {campaign} has no run {run} (it is a run of {other})",
+                                    campaign=campaign, run=run_id, other=row.name))
+            raise NotFound(Text("campaign {campaign} has no run {run}", campaign=campaign, run=run_id))
+        after = transition("run", Text("{run} of {campaign}", run=run_id, campaign=campaign), row.state, action)
         conn.execute(update(R).where(R.c.id == run_id)
                      .values(state=after, state_reason=reason, state_by=who, state_at=now))
         runs = select(R.c.id).where(R.c.id == run_id)

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from loa import db
 from loa.campaign import Campaign
 from loa.config import Config
-from loa.errors import LoaError
+from loa.errors import LoaError, Text
 from loa.phones import mask
 from loa.plan import audience_select, preview_counts
 from loa.render import Renderer
@@ -90,7 +90,8 @@ def sample_contexts(engine: Engine, config: Config, campaign: Campaign, count: i
             continue
         seen.add(row["id"])
         ctx = _context(dict(row) | {"campaign": campaign.name, "description": campaign.description})
-        samples.append((f"{row['name'] or '(no name)'} {mask(row['phone'])}", row["area_name"] or "-", ctx))
+        samples.append((Text("{name} {phone}", name=row["name"] or Text("(no name)"), phone=mask(row["phone"])),
+                        row["area_name"] or "-", ctx))
     return samples
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from loa import audit, cost, db
 from loa.campaign import Campaign
 from loa.config import Config
-from loa.errors import InputError, LoaError, NotFound
+from loa.errors import InputError, LoaError, NotFound, Text
 from loa.gateways import GatewayPool
 from loa.phones import PhoneError, mask, normalize
 from providers.base import OutgoingMessage, ProviderError
@@ -65,17 +65,18 @@ class Trial:
 def staff_numbers(raw: list[str]) -> list[str]:
     """The numbers to send to, in E.164, each once; an invalid one is refused by name."""
     if not raw:
-        raise InputError("a test send needs at least one staff number: --to PHONE")
+        raise InputError(Text("a test send needs at least one staff number: --to PHONE"))
     numbers: list[str] = []
     for value in raw:
         try:
             e164 = normalize(value).e164
         except PhoneError as exc:
-            raise InputError(f"--to {value!r}: {exc.reason}; nothing was sent") from None
+            raise InputError(Text("--to {value!r}: {reason}; nothing was sent", value=value, reason=exc.reason)) from None
         if e164 not in numbers:
             numbers.append(e164)
     if len(numbers) > MAX_NUMBERS:
-        raise InputError(f"--to: {len(numbers)} numbers; a test goes to at most {MAX_NUMBERS} staff phones")
+        raise InputError(Text("--to: {n} numbers; a test goes to at most {most} staff phones", n=len(numbers),
+                              most=MAX_NUMBERS))
     return numbers
 
 
@@ -99,24 +100,28 @@ def _subscriber_context(engine: Engine, config: Config, campaign: Campaign, phon
             try:
                 e164 = normalize(phone).e164
             except PhoneError as exc:
-                raise InputError(f"--subscriber {phone!r}: {exc.reason}; nothing was sent") from None
+                raise InputError(Text("--subscriber {phone!r}: {reason}; nothing was sent", phone=phone,
+                                      reason=exc.reason)) from None
             within = getattr(principal, "area_path", None)
             chosen = query.where(s.c.phone == e164)
             if within is not None:
                 chosen = chosen.where(a.c.path.startswith(within, autoescape=True))
             row = conn.execute(chosen).mappings().first()
             if row is None:
-                where = f" in the area of {principal.describe()}" if within is not None else ""
-                raise NotFound(f"--subscriber: no subscriber{where} has the number {mask(e164)}; nothing was sent")
+                if within is not None:
+                    raise NotFound(Text("--subscriber: no subscriber in the area of {who} has the number {phone}; "
+                                        "nothing was sent", who=principal.describe(), phone=mask(e164)))
+                raise NotFound(Text("--subscriber: no subscriber has the number {phone}; nothing was sent",
+                                    phone=mask(e164)))
         else:
             audience = audience_select(conn, config, campaign, db.utcnow()).subquery()
             row = conn.execute(query.join(audience, audience.c.id == s.c.id)
                                .order_by((audience.c.state != "planned"), s.c.id).limit(1)).mappings().first()
             if row is None:
-                raise NotFound(f"campaign {campaign.name}: its audience is empty, so there is no message to "
-                               "test; name a subscriber with --subscriber PHONE")
+                raise NotFound(Text("campaign {name}: its audience is empty, so there is no message to "
+                                    "test; name a subscriber with --subscriber PHONE", name=campaign.name))
     ctx = _context(dict(row) | {"campaign": campaign.name, "description": campaign.description})
-    return int(row["id"]), f"{row['name'] or '(no name)'} {mask(row['phone'])}", ctx
+    return int(row["id"]), Text("{name} {phone}", name=row["name"] or Text("(no name)"), phone=mask(row["phone"])), ctx
 
 
 def _message(config: Config, campaign: Campaign, ctx: dict[str, Any]) -> tuple[str, OutgoingMessage, str, str]:

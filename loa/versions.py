@@ -44,7 +44,7 @@ from sqlalchemy.engine import Connection, Engine
 from loa import audit, db
 from loa.campaign import Campaign, files, parse_text
 from loa.config import ApprovalPolicy, Config
-from loa.errors import CampaignError, LoaError, NotFound
+from loa.errors import CampaignError, LoaError, NotFound, Text
 from loa.render import Renderer
 
 C, V = db.campaigns, db.campaign_versions
@@ -446,7 +446,7 @@ def versions_of(engine: Engine, name: str) -> list[Version]:
     with engine.connect() as conn:
         campaign_id = conn.scalar(select(C.c.id).where(C.c.name == name))
         if campaign_id is None:
-            raise NotFound(f"no campaign named {name!r} in the database")
+            raise NotFound(Text("no campaign named {name!r} in the database", name=name))
         rows = conn.execute(select(V).where(V.c.campaign_id == campaign_id).order_by(V.c.version)).all()
     return [_version_row(r, name) for r in rows]
 
@@ -511,8 +511,9 @@ def load(engine: Engine, config: Config, name: str) -> Campaign:
         if version is None:
             known = ", ".join(conn.scalars(select(C.c.name).where(C.c.current_version.is_not(None))
                                            .order_by(C.c.name))) or "none"
-            raise NotFound(f"no campaign named {name!r} in the database (applied: {known}); "
-                           f"`loa campaigns apply` loads {config.campaigns_dir}")
+            raise NotFound(Text("no campaign named {name!r} in the database (applied: {known}); "
+                                "`loa campaigns apply` loads {folder}", name=name, known=known,
+                                folder=str(config.campaigns_dir)))
     return campaign_of(config, version)
 
 
@@ -553,17 +554,18 @@ def diff(engine: Engine, name: str, a: int | None = None, b: int | None = None) 
     with engine.connect() as conn:
         current = stored(conn, name)
         if current is None:
-            raise NotFound(f"no campaign named {name!r} in the database")
+            raise NotFound(Text("no campaign named {name!r} in the database", name=name))
         if b is None:
             b = current.version
         if a is None:
             a = b - 1
         if a < 1:
-            raise NotFound(f"campaign {name} has only version {b}: nothing to compare it with")
+            raise NotFound(Text("campaign {name} has only version {b}: nothing to compare it with", name=name, b=b))
         old, new = stored(conn, name, a), stored(conn, name, b)
     for number, version in ((a, old), (b, new)):
         if version is None:
-            raise NotFound(f"campaign {name} has no version {number} (current: {current.version})")
+            raise NotFound(Text("campaign {name} has no version {number} (current: {current})", name=name,
+                                number=number, current=current.version))
     assert old is not None and new is not None
     lines: list[str] = []
     pairs = [(old.file, new.file, old.toml, new.toml)]

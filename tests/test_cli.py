@@ -173,8 +173,8 @@ def test_end_to_end(workdir: Path, tmp_path: Path) -> None:
         for name in ("audience", "held_out", "suppressed", "sent", "delivered", "failed", "installed_total"):
             assert int(got[name]) == want[name]
 
-    table = ok(invoke(workdir, "report")).stdout       # the latest campaign, as a table
-    for text in ("remind", "Thành phố Sơn La", "Huyện Mai Sơn", "Total"):
+    table = ok(invoke(workdir, "report")).stdout       # the latest campaign, as a table, in Vietnamese
+    for text in ("remind: theo quận/huyện", "Thành phố Sơn La", "Huyện Mai Sơn", "Tổng", "đối tượng"):
         assert text in table
     one_line_error(invoke(workdir, "report", "remind", "--level", "ward"), "unknown area level 'ward'", code=2)
     engine.dispose()

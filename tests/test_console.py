@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 from test_api import state_of, world  # noqa: F401 - `world` is a fixture
 from test_cli import invoke, ok, one_line_error
+from test_digest import CAMPAIGN
 
 from loa import audit, auth, db
 from loa.config import Config
@@ -164,7 +165,9 @@ def test_pause_resume_and_cancel_follow_the_roles_with_their_audit_entries(engin
     post(operator, url, url + "/action/pause", reason="sai nội dung")
     assert state_of(engine, "bluezone") == "paused"
     page = post(operator, url, url + "/action/resume")
-    assert "Không thực hiện được" in page and "needs approver" in page and state_of(engine, "bluezone") == "paused"
+    assert "Không thực hiện được: vai trò người vận hành không được phép thực hiện campaigns.resume: cần vai trò " \
+           "người phê duyệt trở lên (người dùng olga (người vận hành))" in page   # the engine's refusal, in Vietnamese
+    assert state_of(engine, "bluezone") == "paused"
     approver = sign_in(web, "anh", "approver")
     post(approver, url, url + "/action/resume")
     assert state_of(engine, "bluezone") == "active"
@@ -174,6 +177,34 @@ def test_pause_resume_and_cancel_follow_the_roles_with_their_audit_entries(engin
                if e.action.startswith("campaigns.") and e.action not in ("campaigns.apply", "campaigns.review")]
     assert actions == [("user:olga", "campaigns.pause"), ("user:anh", "campaigns.resume"),
                        ("user:anh", "campaigns.cancel")]
+
+
+def test_the_engines_refusals_and_the_samples_are_in_the_users_language(engine: Engine, web: Web) -> None:
+    operator = sign_in(web, "olga", "operator")
+    url = "/console/campaigns/bluezone"
+    post(operator, url, url + "/action/pause", reason="sai nội dung")
+    page = post(operator, url, url + "/action/pause", reason="lần nữa")
+    assert ("Không thực hiện được: chiến dịch bluezone đang ở trạng thái tạm dừng: chỉ chiến dịch ở trạng thái "
+            "đang chạy mới có thể tạm dừng") in page
+    assert "is paused" not in page
+    page = post(operator, url, url + "/action/submit")
+    assert "chỉ chiến dịch ở trạng thái bản nháp mới có thể trình phê duyệt" in page
+    operator.post("/console/language", data={"csrf": csrf(page), "lang": "en", "next": url})
+    page = post(operator, url, url + "/action/pause", reason="again")
+    assert "Not done: campaign bluezone is paused: only a campaign that is active can be paused" in page
+    page = post(operator, url, url + "/action/resume")
+    assert "Not done: campaigns.resume is not allowed for role operator: it needs approver or above" in page
+    # the preview's samples: whom and by which channel, in the reader's language
+    approver = sign_in(web, "anh", "approver")
+    page = approver.get("/console/campaigns/mocchau").text
+    assert "· tin nhắn SMS ·" in page and "· sms ·" not in page
+    with engine.begin() as conn:
+        conn.execute(db.subscribers.update().values(name=""))
+    page = approver.get("/console/campaigns/mocchau").text
+    assert "(không có tên) " in page and "(no name)" not in page
+    approver.post("/console/language", data={"csrf": csrf(page), "lang": "en", "next": "/console/"})
+    page = approver.get("/console/campaigns/mocchau").text
+    assert "(no name) " in page and "· SMS ·" in page
 
 
 def test_editing_validates_before_saving_and_counts_parts(engine: Engine, web: Web) -> None:
@@ -192,7 +223,12 @@ def test_editing_validates_before_saving_and_counts_parts(engine: Engine, web: W
     assert "Đã lưu phiên bản 1" in page
     toml_url = "/console/campaigns/nhac-nho/toml"
     page = post(operator, toml_url, toml_url, toml='name = "nhac-nho"\nchannels = ["fax"]\n')
-    assert "unknown channel" in page and "chưa lưu gì" in page
+    assert "channels[0]: không có kênh" in page and "unknown channel" not in page and "chưa lưu gì" in page
+    page = post(operator, toml_url, toml_url, toml='name = "nhac-nho"\nchannels = ["sms"]\nholdout = 2\n')
+    assert "holdout: phải là một tỷ lệ trong [0; 1), nhưng nhận được 2" in page      # the validation, in Vietnamese
+    toml = CAMPAIGN.format(name="nhac-nho").replace('template = "sms/nhac-nho.j2"', 'gateway = "nope"\ntemplate = "sms/x.j2"')
+    page = post(operator, toml_url, toml_url, toml=toml)
+    assert "sms.gateway: không có cổng gửi tin &#39;nope&#39;" in page and "chưa lưu gì" in page
     # a district operator may not draft for the whole province
     district = sign_in(web, "dan", "operator", "126")
     page = post(district, "/console/campaigns/new", "/console/campaigns/save", **(form | {"name": "x", "areas": "Sơn La"}))

@@ -4,31 +4,39 @@
   placeholders, and the catalog holds nothing the code no longer asks for.
 * Numbers, percentages and dates are written the Vietnamese way (84.126, 6,74 %, 17/08/2020).
 * The page ``loa report --html``, ``/report`` and the digest write follows ``language``.
+* The engine's errors that reach an official (:class:`loa.errors.Text`) are said in the
+  reader's language: the console's user's, the API client's ``Accept-Language``.
 """
 
 from __future__ import annotations
 
+import pickle
 import re
 import string
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 from conftest import AREAS_CSV, write
+from sqlalchemy.engine import Engine
+from starlette.testclient import TestClient
 from test_cli import invoke, ok, one_line_error, subscribers_csv
 from test_htmlreport import GENERATED, world  # noqa: F401 - `world` is a fixture
 
-from loa import i18n
+from loa import auth, i18n, lifecycle
 from loa import report as rep
 from loa import snapshots as snap
-from loa.config import from_mapping
-from loa.errors import ConfigError
+from loa.campaign import load_one
+from loa.config import Config, from_mapping
+from loa.errors import CampaignError, ConfigError, LoaError, Text
 from loa.htmlreport import render_html
 
 LOA = Path(i18n.__file__).parent
-KEYWORDS = {"_": None, "N_": None, "gettext": None, "ngettext": (1, 2)}
+KEYWORDS = {"_": None, "N_": None, "gettext": None, "ngettext": (1, 2), "Text": None}   # Text: loa.errors
 
 
 def marked() -> dict[str | tuple[str, ...], list[str]]:
@@ -136,3 +144,120 @@ def test_the_configuration_defaults_to_vietnamese() -> None:
     assert from_mapping({"language": "en"}).language == "en"
     with pytest.raises(ConfigError, match="language"):
         from_mapping({"language": 1})
+
+
+# -- the engine's errors, in the reader's language ---------------------------------------------
+
+def test_the_scan_finds_the_engines_error_sentences() -> None:
+    """``Text("...")`` literals are in the catalog check above: a new one without Vietnamese fails it."""
+    code = marked()
+    for message in ("wrong user name or password",
+                    ("campaign {name} is {state}: only a campaign that is {allowed} can be {done}"),
+                    ("campaign {name}: its audience is empty, so there is no message to test; "
+                     "name a subscriber with --subscriber PHONE")):
+        assert any(where.startswith("loa/") for where in code[message]), message
+
+
+def test_a_text_is_english_as_a_string_and_vietnamese_when_said_so() -> None:
+    vi, en = i18n.language("vi"), i18n.language("en")
+    text = Text("{problem} (and {more:n} more problem(s); run `loa campaigns validate`)",
+                problem=Text("wrong user name or password"), more=84126)
+    assert str(text) == text == "wrong user name or password (and 84,126 more problem(s); run `loa campaigns validate`)"
+    assert text.in_language(en) == str(text)
+    assert text.in_language(vi) == ("sai tên người dùng hoặc mật khẩu (và 84.126 lỗi khác; "
+                                    "chạy `loa campaigns validate` để xem)")
+    assert pickle.loads(pickle.dumps(text)).in_language(vi) == text.in_language(vi)
+    # an error keeps its English for logs and the CLI, and says itself in a language on request
+    with pytest.raises(lifecycle.LifecycleError) as refused:
+        lifecycle.transition("campaign", "hi", "draft", "pause")
+    assert str(refused.value) == "campaign hi is draft: only a campaign that is active can be paused"
+    assert refused.value.localized(vi) == ("chiến dịch hi đang ở trạng thái bản nháp: chỉ chiến dịch ở trạng thái "
+                                           "đang chạy mới có thể tạm dừng")
+    with pytest.raises(lifecycle.LifecycleError) as refused:
+        lifecycle.transition("campaign", "hi", "draft", "resume")
+    assert refused.value.localized(vi).endswith("chỉ chiến dịch ở trạng thái tạm dừng mới có thể tiếp tục")
+    problems = CampaignError([Text("no user named {name!r}", name="an"), "sms: a plain sentence"])
+    assert str(problems) == "no user named 'an' (and 1 more problem(s); run `loa campaigns validate`)"
+    assert problems.localized(vi).startswith("không có người dùng nào tên 'an' (và 1 lỗi khác")
+    assert LoaError("an English line").localized(vi) == "an English line"      # not a Text: as it is
+    # a folder taken out of a problem's parameters: still a Text; out of its sentence: plain text
+    where = Text("{path}: {reason}", path="/tmp/x/hi.toml", reason=Text("start is after end"))
+    short = where.replace("/tmp/x/", "")
+    assert short == "hi.toml: start is after end" and short.in_language(vi) == "hi.toml: ngày bắt đầu sau ngày kết thúc"
+    assert not isinstance(where.replace(": ", " - "), Text) and where.replace("nothing", "x") is where
+
+
+@pytest.mark.parametrize(("header", "code"), [
+    (None, "en"), ("", "en"), ("vi", "vi"), ("vi-VN,vi;q=0.9,en-US;q=0.8,en;q=0.7", "vi"),
+    ("en-US,en;q=0.9,vi;q=0.8", "en"), ("en;q=0.5, vi", "vi"), ("vi;q=0.4, en;q=0.6", "en"),
+    ("fr-FR, vi;q=0.3", "vi"), ("vi;q=0, en", "en"), ("vi;q=0", "en"), ("*", "en"), ("VI-vn", "vi"),
+    ("vi;q=nonsense, en;q=0.1", "en"), ("de, fr;q=0.9", "en"),
+])
+def test_accept_language_is_ranked_by_its_q_values(header: str | None, code: str) -> None:
+    from loa.web.errors import language_of
+
+    assert language_of(header) == code
+
+
+@pytest.fixture
+def api(engine: Engine, workdir: Path, config: Config) -> Iterator[TestClient]:
+    """The world of ``test_api``, with ``mocchau`` (Mộc Châu) planned and active."""
+    from test_api import add_campaign
+    from test_digest import add_world
+
+    from loa.plan import plan_run
+    from loa.web import Web
+
+    add_world(engine, workdir)
+    add_campaign(workdir, "mocchau", "Huyện Mộc Châu")
+    plan_run(engine, config, load_one(config.campaigns_dir, "mocchau"))
+    web = Web(engine, config)
+    with TestClient(web, raise_server_exceptions=False) as client:
+        yield client
+    web.pool.close()
+
+
+def said(r: Any, status: int, code: str) -> str:
+    body = r.json()
+    assert (r.status_code, body["error"]["code"]) == (status, code), body
+    return str(body["error"]["message"])
+
+
+VI = {"Accept-Language": "vi-VN,vi;q=0.9,en;q=0.8"}
+EN = {"Accept-Language": "en-US,en;q=0.9,vi;q=0.8"}
+
+
+def test_the_api_answers_errors_in_vietnamese_when_the_client_ranks_it_first(engine: Engine,
+                                                                             api: TestClient) -> None:
+    _, secret = auth.create_key(engine, "os:test", "operator")
+    operator = {"Authorization": f"Bearer {secret}"}
+    assert api.post("/api/v1/campaigns/mocchau/pause", json={"reason": "sai"}, headers=operator).status_code == 200
+    again = "/api/v1/campaigns/mocchau/pause"
+    assert said(api.post(again, json={"reason": "x"}, headers=operator | VI), 409, "conflict") == (
+        "chiến dịch mocchau đang ở trạng thái tạm dừng: chỉ chiến dịch ở trạng thái đang chạy mới có thể tạm dừng")
+    english = "campaign mocchau is paused: only a campaign that is active can be paused"
+    assert said(api.post(again, json={"reason": "x"}, headers=operator | EN), 409, "conflict") == english
+    assert said(api.post(again, json={"reason": "x"}, headers=operator), 409, "conflict") == english
+    # the role, the missing key and a missing campaign: the same codes, in either language
+    resume = "/api/v1/campaigns/mocchau/resume"
+    assert said(api.post(resume, headers=operator | VI), 403, "forbidden").startswith(
+        "vai trò người vận hành không được phép thực hiện campaigns.resume: cần vai trò người phê duyệt trở lên")
+    assert said(api.post(resume, headers=operator | EN), 403, "forbidden").startswith(
+        "campaigns.resume is not allowed for role operator: it needs approver or above")
+    assert said(api.get("/api/v1/campaigns", headers=VI), 401, "unauthorized") == (
+        "cần có khóa API: Authorization: Bearer loa_...")
+    assert said(api.get("/api/v1/campaigns", headers={"Authorization": "Bearer nope"} | VI), 401,
+                "unauthorized") == "không phải khóa API của loa (loa_XXXXXXXX_...)"
+    assert said(api.get("/api/v1/campaigns", headers={"Authorization": "Bearer nope"} | EN), 401,
+                "unauthorized") == "not an API key of loa (loa_XXXXXXXX_...)"
+    assert said(api.post("/api/v1/campaigns/nosuch/pause", json={"reason": "x"}, headers=operator | VI), 404,
+                "not_found") == ("không có chiến dịch nào tên 'nosuch' (một chiến dịch chỉ được biết đến sau khi "
+                                "đã chạy)")
+    # a definition that does not validate: each problem said in the client's language, no server path
+    bad = 'name = "hi"\nchannels = ["fax"]\nholdout = 2\n'
+    toml = operator | {"Content-Type": "application/toml"}
+    message = said(api.post("/api/v1/campaigns", content=bad.encode(), headers=toml | VI), 422, "rejected")
+    assert "hi.toml: holdout: phải là một tỷ lệ trong [0; 1), nhưng nhận được 2" in message
+    assert "hi.toml: channels[0]: không có kênh 'fax'" in message and "/tmp" not in message
+    message = said(api.post("/api/v1/campaigns", content=bad.encode(), headers=toml | EN), 422, "rejected")
+    assert "hi.toml: holdout: must be a fraction in [0, 1), got 2" in message

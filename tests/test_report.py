@@ -304,7 +304,7 @@ def table_text(render: Any, *args: Any) -> str:
 def columns_of(text: str, first: str) -> dict[str, str]:
     """A Rich table's line starting with ``first``, by its header (the header's last line)."""
     lines = text.splitlines()
-    header = next(line for line in lines if line.startswith("┃") and ("area" in line or "campaign" in line))
+    header = next(line for line in lines if line.startswith("┃") and any(w in line for w in ("area", "campaign", "khu vực")))
     names = [c.strip() for c in header.strip("┃│").split("┃")]
     row = next(line for line in lines if line.startswith("│") and line.strip("│ ").startswith(first))
     return dict(zip(names, (c.strip() for c in row.strip("│").split("│")), strict=True))
@@ -338,7 +338,8 @@ def test_province_level_people_get_their_own_line_at_district_level(engine: Engi
     from loa.reportview import render_table
 
     assert ">(chưa rõ quận/huyện)</td>" in render_html(report, None)
-    assert columns_of(table_text(render_table, report), "(not in a district)")["population"] == "—"
+    assert columns_of(table_text(render_table, report, None, "en"), "(not in a district)")["population"] == "—"
+    assert columns_of(table_text(render_table, report), "(chưa rõ quận/huyện)")["dân số"] == "—"
     # at the province's level they are the province's, with everyone else
     [province] = rep.build(engine, "remind", None, level="province").rows
     assert (province.code, province.audience, province.population) == ("14", 33, 1100)
@@ -370,7 +371,7 @@ def test_status_and_report_count_outcomes_alike(engine: Engine, config: Config, 
     line = columns_of(table_text(status_tables), "remind")
     assert (line["delivered"], line["undelivered"], line["failed"]) == ("18", "1", "2")
     assert "expired" not in line["other"]
-    line = columns_of(table_text(render_table, report), "Total")
+    line = columns_of(table_text(render_table, report, None, "en"), "Total")
     assert (line["deliv."], line["undeliv."], line["failed"]) == ("18", "1", "2")
     assert list(csv.DictReader(io.StringIO(rep.to_csv(report))))[-1]["undelivered"] == "1"
     assert json.loads(rep.to_json(report))["total"]["undelivered"] == 1
@@ -427,6 +428,15 @@ def test_snapshots_are_in_every_format(engine: Engine, workdir: Path, tmp_path: 
     assert rows[""]["area"] == "Total" and rows[""]["snapshot_value"] == "150"   # the province: its districts'
     assert "total" in rows[""]["snapshot_flags"].split("; ")
 
+    text = report_cli(workdir)        # in the configured language: Vietnamese by default
+    heading = "số liệu chụp nhanh: cài đặt theo số liệu của nơi khác"
+    line = columns_of(text[text.index(heading):], "Thành phố Sơn La")
+    assert (line["ngày số liệu"], line["trên dân số"], line["thay đổi"], line["mỗi ngày"],
+            line["đạt mục tiêu với tốc độ này"]) == ("17/08/2020", "15,00 %", "+20 trong 5 ngày", "4", "21/09/2020 (chậm)")
+    assert columns_of(text[text.index(heading):], "Huyện Mai Sơn")["chênh lệch"] == "rate"
+
+    config = workdir / "config.toml"
+    config.write_text('language = "en"\n' + config.read_text(encoding="utf-8"), encoding="utf-8")
     text = report_cli(workdir)
     assert "snapshots: installed as others counted it" in text
     line = columns_of(text[text.index("snapshots: installed"):], "Thành phố Sơn La")

@@ -105,8 +105,12 @@ def test_the_population_in_force_at_the_first_run(engine: Engine, config: Config
     assert (rows["125"]["population"], rows["125"]["population_as_of"]) == ("600", "2020-08-16")
 
     console = Console(record=True, width=250)
-    render_table(console, report)
+    render_table(console, report, lang="en")
     assert caption in " ".join(console.export_text().split())
+    console = Console(record=True, width=250)
+    render_table(console, report)                                          # the CLI's table, in Vietnamese
+    assert ("dân số tính đến 16/08/2020 đến 17/08/2020, tùy khu vực: số liệu có hiệu lực ngày 17/08/2020, "
+            "lần chạy đầu tiên của chiến dịch") in " ".join(console.export_text().split())
     assert caption.replace("'", "&#x27;") in render_html(report, lang="en")
     assert ("dân số tính đến 16/08/2020 đến 17/08/2020, tùy khu vực: số liệu có hiệu lực ngày 17/08/2020, "
             "lần chạy đầu tiên của chiến dịch") in render_html(report)           # the page, in Vietnamese

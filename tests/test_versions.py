@@ -140,7 +140,7 @@ def test_a_run_records_its_version_and_the_report_and_status_say_which(town: Pat
     ok(invoke(town, "send"))
     report = json.loads(ok(invoke(town, "report", "remind", "--format", "json")).stdout)
     assert report["versions"] == {"1": [1], "2": [2]}
-    assert "sent from campaign version 1 (run 1); 2 (run 2)" in ok(invoke(town, "report", "remind")).stdout
+    assert "đã gửi từ phiên bản chiến dịch 1 (lần chạy 1); 2 (lần chạy 2)" in ok(invoke(town, "report", "remind")).stdout
     status = json.loads(ok(invoke(town, "status", "--format", "json")).stdout)
     assert {r["run"]: r["version"] for r in status["runs"]} == {1: 1, 2: 2}
     # each run's messages were rendered from its own version's template

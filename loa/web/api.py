@@ -39,8 +39,9 @@ from starlette.responses import Response
 
 from loa import audit, auth, db, imports, lifecycle
 from loa.areas import AreaIndex, AreaLookupError
-from loa.errors import InputError, LoaError, NotFound
-from loa.web.errors import error_response, reply, responses
+from loa.errors import InputError, LoaError, NotFound, Text, say
+from loa.i18n import Language, language
+from loa.web.errors import error_response, language_of, reply, responses
 
 PREFIX = "/api/v1"
 API_KEY = "apiKey"
@@ -54,12 +55,26 @@ C, R, O, V = db.campaigns, db.runs, db.outbox, db.campaign_versions
 
 
 class ApiError(Exception):
-    """An error answered in the one JSON shape."""
+    """An error answered in the one JSON shape.
 
-    def __init__(self, status: int, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.field, self.headers = status, message, field, headers
+    ``message``: a sentence (a :class:`Text` is said in the client's language), or the engine's
+    error itself; ``fix`` rewrites the sentence once said (a CLI option into the field's name)."""
+
+    def __init__(self, status: int, message: str | LoaError, field: str | None = None,
+                 headers: dict[str, str] | None = None,
+                 fix: Callable[[str, Language], str] | None = None) -> None:
+        super().__init__(str(message))
+        self.status, self.message, self.field, self.headers, self.fix = status, message, field, headers, fix
+
+    def said(self, lang: Language) -> str:
+        said = self.message.localized(lang) if isinstance(self.message, LoaError) else say(self.message, lang)
+        return self.fix(said, lang) if self.fix else said
+
+
+def client_language(request: Request) -> Language:
+    """The language of the client's error messages: Vietnamese if its ``Accept-Language`` ranks
+    it first, English otherwise."""
+    return language(language_of(request.headers.get("accept-language")))
 
 
 def _status_of(exc: LoaError) -> int:
@@ -81,7 +96,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
-        return error_response(exc.status, exc.message, exc.field, headers=exc.headers)
+        return error_response(exc.status, exc.said(client_language(request)), exc.field, headers=exc.headers)
 
     @app.exception_handler(LoaError)
     async def loa_error(request: Request, exc: LoaError) -> Response:
@@ -89,7 +104,8 @@ def install(app: FastAPI) -> None:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, auth.LockedOut) else None
         if status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
-        return error_response(status, str(exc).splitlines()[0], getattr(exc, "field", None), headers=headers)
+        return error_response(status, exc.localized(client_language(request)).splitlines()[0],
+                              getattr(exc, "field", None), headers=headers)
 
     from loa.web import subjects  # a person's data: its own module, on its own router
 
@@ -103,12 +119,12 @@ def principal(request: Request) -> auth.Principal:
     """The principal of the request's API key, or 401."""
     scheme, _, given = (request.headers.get("authorization") or "").strip().partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
-        raise ApiError(401, "an API key is needed: Authorization: Bearer loa_...", "Authorization",
+        raise ApiError(401, Text("an API key is needed: Authorization: Bearer loa_..."), "Authorization",
                        {"WWW-Authenticate": "Bearer"})
     try:
         return auth.authenticate_key(request.app.state.web.engine, given.strip())
     except auth.AuthError as exc:
-        raise ApiError(401, str(exc), "Authorization", {"WWW-Authenticate": "Bearer"}) from None
+        raise ApiError(401, exc, "Authorization", {"WWW-Authenticate": "Bearer"}) from None
 
 
 def no_nul(request: Request) -> None:
@@ -193,14 +209,15 @@ class Places:
 def _campaign(conn: Connection, name: str) -> Any:
     row = conn.execute(select(C).where(C.c.name == name)).one_or_none()
     if row is None:
-        raise NotFound(f"no campaign named {name!r} (a campaign is known once it has been run)")
+        raise NotFound(Text("no campaign named {name!r} (a campaign is known once it has been run)", name=name))
     return row
 
 
 def _unseen(who: auth.Principal, action: str, what: str) -> auth.Forbidden:
     """The refusal of an area-bound principal for ``what`` outside its subtree, or unknown: one
     answer for both, so that a key learns nothing of the campaigns of other areas."""
-    return auth.Forbidden(f"{action}: {what} is unknown or outside the area of {who.describe()}", "area")
+    return auth.Forbidden(Text("{action}: {what} is unknown or outside the area of {who}", action=action, what=what,
+                               who=who.describe()), "area")
 
 
 def _check_campaign(conn: Connection, who: auth.Principal, action: str, name: str) -> tuple[Any, list[Any]]:
@@ -210,11 +227,11 @@ def _check_campaign(conn: Connection, who: auth.Principal, action: str, name: st
     auth.require(who, action)
     row = conn.execute(select(C).where(C.c.name == name)).one_or_none()
     if row is None and who.area_path is not None:
-        raise _unseen(who, action, f"campaign {name!r}")
+        raise _unseen(who, action, Text("campaign {name!r}", name=name))
     row = row if row is not None else _campaign(conn, name)
     places = Places(conn).of(row.id)
     if not who.can(action, places):
-        raise _unseen(who, action, f"campaign {name!r}")
+        raise _unseen(who, action, Text("campaign {name!r}", name=name))
     return row, places
 
 
@@ -225,9 +242,9 @@ def _check_run(conn: Connection, who: auth.Principal, action: str, run_id: int) 
                        .where(R.c.id == run_id)).one_or_none()
     if row is None or not who.can(action, Places(conn).of(row.campaign_id)):
         if who.area_path is not None:
-            raise _unseen(who, action, f"run {run_id}")
+            raise _unseen(who, action, Text("run {run}", run=run_id))
         if row is None:
-            raise NotFound(f"no run {run_id}")
+            raise NotFound(Text("no run {run}", run=run_id))
         auth.require(who, action, Places(conn).of(row.campaign_id))
     return row
 
@@ -507,7 +524,7 @@ def campaign_report(request: Request, name: str, who: Who,
     try:
         result = report.for_campaign(web.engine, web.config.campaigns_dir, name, level or None)
     except InputError as exc:
-        raise ApiError(422, str(exc), "level") from None
+        raise ApiError(422, exc, "level") from None
     if index is not None:
         _scope_report(result, who, index)
     body = report.render(web.engine, result, format, lang=web.config.language)
@@ -736,8 +753,9 @@ async def start_import(request: Request, kind: ImportKind, who: Who, as_of: AsOf
         job = await run_in_threadpool(imports.start, web.engine, web.config, who.actor, kind, upload, filename, as_of)
     except InputError as exc:
         shutil.rmtree(folder, ignore_errors=True)
-        message = str(exc).replace(str(folder / "upload.csv"), "the file")
-        raise ApiError(422, message, "as_of" if message.startswith("as_of") else "file") from None
+        upload_path = str(folder / "upload.csv")
+        raise ApiError(422, exc, "as_of" if str(exc).startswith("as_of") else "file",
+                       fix=lambda said, _: said.replace(upload_path, "the file")) from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -798,13 +816,13 @@ def get_rejects(request: Request, job_id: Id, who: Who) -> Response:
     engine = _web(request).engine
     job = imports.get(engine, job_id)
     if job.state == "running":
-        raise ApiError(409, f"import {job_id} is still running: its rejects come when it is done")
+        raise ApiError(409, Text("import {id} is still running: its rejects come when it is done", id=job_id))
     if job.state == "interrupted":
-        raise ApiError(409, f"import {job_id} was interrupted (its process stopped): it has no rejects file; "
-                            f"import the file again")
+        raise ApiError(409, Text("import {id} was interrupted (its process stopped): it has no rejects file; "
+                                 "import the file again", id=job_id))
     text = imports.rejects(engine, job_id)
     if text is None:
-        raise ApiError(404, f"import {job_id} rejected no row")
+        raise ApiError(404, Text("import {id} rejected no row", id=job_id))
     return reply(200, text, "text/csv; charset=utf-8")
 
 
@@ -825,7 +843,7 @@ def _checked(check: Callable[[str], Any], value: str, field: str) -> Any:
     try:
         return check(value)
     except LoaError as exc:
-        raise ApiError(422, str(exc), field) from None
+        raise ApiError(422, exc, field) from None
 
 
 @route("GET", "/users", "The users (within the key's area)", 403, response_model=list[UserOut])
@@ -841,7 +859,7 @@ def add_user(request: Request, body: NewUserIn, who: Who) -> dict[str, Any]:
     try:
         user = auth.add_user(_web(request).engine, who, name, body.password, body.role, body.area)
     except NotFound as exc:
-        raise ApiError(422, str(exc), "area") from None
+        raise ApiError(422, exc, "area") from None
     return _user_out(user)
 
 
@@ -870,7 +888,7 @@ def create_key(request: Request, body: NewKeyIn, who: Who) -> dict[str, Any]:
     try:
         key, secret = auth.create_key(_web(request).engine, who, body.role, body.area, body.name)
     except NotFound as exc:
-        raise ApiError(422, str(exc), "area") from None
+        raise ApiError(422, exc, "area") from None
     return {"key": _key_out(key), "secret": secret}
 
 
@@ -896,7 +914,7 @@ def get_audit(request: Request, who: Who,
     try:
         moment = audit.parse_since(since, web.config.timezone) if since else None
     except InputError as exc:
-        raise ApiError(422, str(exc).replace("--since", "since"), "since") from None
+        raise ApiError(422, exc, "since", fix=lambda said, _: said.replace("--since", "since")) from None
     entries = audit.query(web.engine, actor=actor, action=action, since=moment, object=object, limit=limit)
     return {"entries": [{"id": e.id, "at": e.at, "actor": e.actor, "action": e.action, "object_type": e.object_type,
                          "object_id": e.object_id, "before": e.before, "after": e.after, "reason": e.reason}
@@ -931,11 +949,11 @@ def resume_gateway(request: Request, name: str, who: Who, body: OptionalReasonIn
     if name not in gw.paused(web.engine):
         if name not in web.config.gateways:
             raise NotFound(f"no gateway named {name!r} (configured: {', '.join(sorted(web.config.gateways))})")
-        raise ApiError(409, f"gateway {name!r} is not paused")
+        raise ApiError(409, Text("gateway {name!r} is not paused", name=name))
     try:
         reason = gw.resume(web.engine, name, actor=who.actor, why=body.reason if body else "")
     except NotFound as exc:      # resumed by someone else meanwhile
-        raise ApiError(409, str(exc)) from None
+        raise ApiError(409, exc) from None
     return {"name": name, "was_paused_for": reason}
 
 
@@ -1058,10 +1076,15 @@ class TestOut(BaseModel):
     results: list[TestResultOut] = Field(description="One per staff number; kept in the test sends' own ledger")
 
 
-def _unpack(problems: Sequence[str], folder: FilePath) -> str:
-    """The first problem, and how many more, without the temporary folder's path."""
-    text = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
-    return text.replace(f"{folder}/", "").replace(str(folder), "")
+def _unpack(problems: Sequence[str], folder: FilePath) -> ApiError:
+    """The first three problems, and how many more, without the temporary folder's path."""
+    shown: str = problems[0] if problems else Text("invalid campaign")
+    for problem in problems[1:3]:
+        shown = Text("{a}; {b}", a=shown, b=problem)
+    if len(problems) > 3:
+        shown = Text("{problem} (and {more:n} more)", problem=shown, more=len(problems) - 3)
+    return ApiError(422, shown, "campaign",
+                    fix=lambda said, _: said.replace(f"{folder}/", "").replace(str(folder), ""))
 
 
 def _safe_path(name: str, field: str) -> str:
@@ -1166,7 +1189,7 @@ def _apply_definitions(web: Any, who: auth.Principal, folder: FilePath, reason: 
                                          else f"{name}.toml"))
             row = conn.execute(select(C.c.id).where(C.c.name == name)).first()
             if row is not None and not who.can("campaigns.draft", places.of(row.id)):
-                raise _unseen(who, "campaigns.draft", f"campaign {name!r}")
+                raise _unseen(who, "campaigns.draft", Text("campaign {name!r}", name=name))
     if (folder / "uploaded").is_dir():
         shutil.copytree(folder / "uploaded", templates, dirs_exist_ok=True)
     drafts = versions.read_folder(campaigns, templates)[0]
@@ -1178,12 +1201,12 @@ def _apply_definitions(web: Any, who: auth.Principal, folder: FilePath, reason: 
             except AreaLookupError:
                 where.append(auth.EVERYWHERE)
         if not who.can("campaigns.draft", where or [auth.EVERYWHERE]):
-            raise _unseen(who, "campaigns.draft", f"campaign {draft.campaign.name!r}")
+            raise _unseen(who, "campaigns.draft", Text("campaign {name!r}", name=draft.campaign.name))
     try:
         result = versions.apply(web.engine, web.config, who.actor, folder=campaigns, templates=templates,
                                 reason=reason)
     except CampaignError as exc:
-        raise ApiError(422, _unpack(exc.problems, folder), "campaign") from None
+        raise _unpack(exc.problems, folder) from None
     if result.added:
         scheduler.request_reload(web.engine)
     return {"campaigns": [{"name": a.name, "version": a.version, "added": a.added, "before": a.before,
@@ -1235,7 +1258,7 @@ def get_version(request: Request, name: str, version: Id, who: Who) -> dict[str,
         _check_campaign(conn, who, "campaigns.read", name)
         found = versions.stored(conn, name, version)
     if found is None:
-        raise NotFound(f"campaign {name} has no version {version}")
+        raise NotFound(Text("campaign {name} has no version {version}", name=name, version=version))
     return _version_out(found)
 
 
@@ -1277,7 +1300,9 @@ def _valid_campaign(web: Any, name: str) -> Any:
 
     campaign = versions.load(web.engine, web.config, name)
     if problems := campaign_problems(web.config, campaign, attribute_keys(web.engine)):
-        raise ApiError(422, problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), "name")
+        head = problems[0] if len(problems) < 2 else Text("{problem} (and {more:n} more)", problem=problems[0],
+                                                           more=len(problems) - 1)
+        raise ApiError(422, head, "name")
     return campaign
 
 
@@ -1316,12 +1341,12 @@ def test_campaign(request: Request, name: str, body: TestIn, who: Who) -> dict[s
     try:
         staff_numbers(body.to)        # a bad number is refused before the campaign is even read
     except InputError as exc:
-        raise ApiError(422, str(exc).replace("--to", "to"), "to") from None
+        raise ApiError(422, exc, "to", fix=lambda said, _: said.replace("--to", "to")) from None
     campaign = _valid_campaign(web, name)
     try:
         trial = send_test(web.engine, web.config, campaign, body.to, actor=who.actor, subscriber=body.subscriber,
                           principal=who, pool=web.pool)
     except (InputError, NotFound) as exc:    # whose message: a number of no subscriber, or an empty audience
-        raise ApiError(422, str(exc).replace("--subscriber PHONE", "subscriber").replace("--subscriber", "subscriber"),
-                       "subscriber") from None
+        raise ApiError(422, exc, "subscriber", fix=lambda said, _: said.replace("--subscriber PHONE", "subscriber")
+                       .replace("--subscriber", "subscriber")) from None
     return trial.as_dict()

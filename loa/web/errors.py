@@ -7,6 +7,9 @@ loa's own API endpoints answer every error as one JSON shape::
 ``code`` is one of :data:`CODES` (stable, for programs), ``message`` one line for people,
 ``field`` the request field at fault, or null.  Gateway callbacks, tracked links and the
 unknown paths keep the plain text their callers expect.
+
+``message`` is Vietnamese when the request's ``Accept-Language`` ranks Vietnamese above English
+(:func:`language_of`), English otherwise; ``code`` is the same in every language.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import logging
 from typing import Any
 
+from babel.core import negotiate_locale
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +30,32 @@ CODES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found"
          413: "too_large", 422: "rejected", 429: "locked_out", 500: "internal", 503: "unavailable"}
 API_PATHS = ("/arrivals", "/report")
 API_PREFIX = "/api/"
+
+
+def accepted_languages(header: str | None) -> list[str]:
+    """The language tags of an ``Accept-Language`` header, the most wanted first (RFC 9110
+    12.5.4): ``q`` weighs each (1 by default), ``q=0`` refuses one, and ties keep their order."""
+    ranked = []
+    for n, item in enumerate((header or "").split(",")):
+        tag, *params = (part.strip() for part in item.split(";"))
+        weight = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    weight = float(value.strip())
+                except ValueError:
+                    weight = -1.0
+        if tag and tag != "*" and 0 < weight <= 1:
+            ranked.append((-weight, n, tag))
+    return [tag for _, _, tag in sorted(ranked)]
+
+
+def language_of(header: str | None) -> str:
+    """The language of an API error for an ``Accept-Language`` header: "vi" if the client ranks
+    Vietnamese above English, "en" otherwise (and without the header)."""
+    chosen = negotiate_locale(accepted_languages(header), ["vi", "en"], sep="-")
+    return "vi" if chosen and chosen.lower() == "vi" else "en"
 
 
 def is_api(path: str) -> bool:

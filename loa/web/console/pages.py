@@ -7,6 +7,7 @@ stale version, a role or area refused) changes nothing and is shown as one line 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 import shutil
@@ -29,7 +30,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from loa import approval, audit, auth, db, i18n, imports, lifecycle, versions
 from loa.areas import AreaIndex, AreaLookupError
 from loa.campaign import parse_text
-from loa.errors import CampaignError, LoaError, NotFound
+from loa.errors import CampaignError, LoaError, NotFound, say
 from loa.web.console import signout
 from loa.web.console.session import (
     CSRF,
@@ -199,8 +200,29 @@ def back(p: Page, url: str, message: str | None = None, error: bool = False) -> 
 
 
 def failed(p: Page, exc: LoaError) -> str:
-    """An engine's refusal as one line, after a translated lead."""
-    return p.t.gettext("Not done: {reason}").format(reason=str(exc).splitlines()[0])
+    """An engine's refusal as one line in the reader's language, after a translated lead."""
+    return p.t.gettext("Not done: {reason}").format(reason=exc.localized(p.t).splitlines()[0])
+
+
+def said(p: Page, message: object) -> str:
+    """An engine's message (a problem, an error) in the reader's language, where it is a
+    :class:`loa.errors.Text`; as it is otherwise."""
+    return message.localized(p.t) if isinstance(message, LoaError) else say(message, p.t)
+
+
+def problems_of(p: Page, exc: Exception) -> list[str]:
+    """Every problem an error names, each in the reader's language."""
+    return [said(p, problem) for problem in exc.problems] if isinstance(exc, CampaignError) else [said(p, exc)]
+
+
+CHANNELS = {"sms": N_("SMS"), "zalo": N_("Zalo")}
+
+
+def _in_language(p: Page, sample: Any) -> Any:
+    """A preview's sample with who it is for ("(no name)") and its channel in the reader's language."""
+    channel = CHANNELS.get(sample.channel)
+    return dataclasses.replace(sample, who=said(p, sample.who),
+                               channel=p.t.gettext(channel) if channel else sample.channel)
 
 
 def nav(p: Page) -> list[tuple[str, str]]:
@@ -493,7 +515,7 @@ def campaign_page(request: Request, name: str) -> Response:
         try:
             diff = versions.diff(p.engine, name, a, b)
         except LoaError as exc:
-            diff = str(exc)
+            diff = said(p, exc)
     review, problems = None, []
     if row.current_version:
         problems = _problems(p, name)
@@ -501,8 +523,9 @@ def campaign_page(request: Request, name: str) -> Response:
         try:
             review = approval.review(p.engine, p.config, name, 3)
             approval.record_review(p.engine, p.who.actor, review)   # real subscribers' messages: audited
+            review.samples = [_in_language(p, s) for s in review.samples]
         except LoaError as exc:
-            problems.append(str(exc))
+            problems.append(said(p, exc))
     with p.engine.connect() as conn:
         runs = conn.execute(select(R).where(R.c.campaign_id == row.id).order_by(R.c.id.desc()).limit(20)).all()
     items = progress_of(p, [(row, places)])
@@ -522,11 +545,9 @@ def _problems(p: Page, name: str) -> list[str]:
 
     try:
         campaign = versions.load(p.engine, p.config, name)
-        return list(campaign_problems(p.config, campaign, None, versions.renderer_for(p.config, campaign)))
-    except CampaignError as exc:
-        return list(exc.problems)
+        return [said(p, x) for x in campaign_problems(p.config, campaign, None, versions.renderer_for(p.config, campaign))]
     except LoaError as exc:
-        return [str(exc)]
+        return problems_of(p, exc)
 
 
 def _int(value: str | None) -> int | None:
@@ -808,7 +829,7 @@ async def save_form(request: Request) -> Response:
                                                                                            else "\n")},
                                           form.get("reason", ""))
     except (CampaignError, LoaError, tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
-        problems = exc.problems if isinstance(exc, CampaignError) else [str(exc)]
+        problems = problems_of(p, exc)
         return render(p, "edit.html", 422, form=form, problems=problems, errors={}, name=existing,
                       measure=_measure(p, form.get("text", ""), existing))
     return _saved(p, applied)
@@ -839,7 +860,7 @@ async def save_toml(request: Request, name: str) -> Response:
             raise CampaignError([f"name: this page edits {name!r}, the text names {declared!r}"])
         applied = await run_in_threadpool(save_version, p, text, {}, str(form.get("reason") or ""))
     except (CampaignError, LoaError) as exc:
-        problems = exc.problems if isinstance(exc, CampaignError) else [str(exc)]
+        problems = problems_of(p, exc)
         return render(p, "toml.html", 422, name=name, text=text, problems=problems)
     return _saved(p, applied)
 
