@@ -10,19 +10,21 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select, update
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
-from test_api import state_of, world  # noqa: F401 - `world` is a fixture
+from test_api import add_campaign, state_of, world  # noqa: F401 - `world` is a fixture
 from test_cli import invoke, ok, one_line_error
 from test_digest import CAMPAIGN
 
 from loa import audit, auth, db
 from loa.config import Config
 from loa.errors import LoaError
+from loa.phones import mask
 from loa.web import Web
 
 PASSWORD = "correct-horse-1"
@@ -272,6 +274,123 @@ def test_days_are_typed_dd_mm_yyyy_and_a_bad_one_is_marked_on_its_field(engine: 
     r = operator.post("/console/imports", data={"csrf": csrf(new), "kind": "snapshots", "as_of": "2020-08-17"},
                       files={"file": ("s.csv", b"area,value\n", "text/csv")})
     assert r.status_code == 422 and 'id="as_of-error"' in r.text and 'value="2020-08-17"' in r.text
+
+
+@contextmanager
+def statements(engine: Engine) -> Iterator[list[str]]:
+    """The SQL statements run on ``engine`` meanwhile."""
+    seen: list[str] = []
+
+    def count(conn: object, cursor: object, sql: str, *args: object) -> None:
+        seen.append(sql)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def test_progress_is_polled_with_one_aggregate_and_an_unchanged_poll_renders_nothing(
+        engine: Engine, web: Web, world: Config, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from loa.campaign import load_one
+    from loa.plan import plan_run
+    from loa.web.console import pages
+
+    admin = sign_in(web, "root", "admin")
+    home = admin.get("/console/").text
+    assert 'hx-get="/console/progress"' in home and 'hx-trigger="every 5s"' in home and "If-None-Match" in home
+    first = admin.get("/console/progress")
+    assert first.status_code == 200 and 'data-campaign="bluezone"' in first.text and 'data-campaign="mocchau"' in first.text
+    etag = first.headers["etag"]
+    assert etag.startswith('"') and first.headers["cache-control"] == "no-cache, private"
+    # nothing changed: answered before any template is rendered
+    monkeypatch.setattr(pages, "fragment", lambda *a, **k: pytest.fail("rendered an unchanged poll"))
+    with statements(engine) as seen:
+        again = admin.get("/console/progress", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+    assert sum(" outbox" in q for q in seen) == 1, seen          # one aggregate over the ledger
+    by_htmx = admin.get("/console/progress", headers={"If-None-Match": etag, "HX-Request": "true"})
+    assert by_htmx.status_code == 204 and by_htmx.content == b""
+    monkeypatch.undo()
+    # five messages sent: a new ETag and the new count
+    O, R, C = db.outbox, db.runs, db.campaigns
+    with engine.begin() as conn:
+        ids = list(conn.scalars(select(O.c.id).join(R, R.c.id == O.c.run_id).join(C, C.c.id == R.c.campaign_id)
+                                .where(C.c.name == "bluezone", O.c.state == "planned").order_by(O.c.id).limit(5)))
+        conn.execute(update(O).where(O.c.id.in_(ids)).values(state="sent", sent_at=db.utcnow(), cost_vnd=800))
+    moved = admin.get("/console/progress", headers={"If-None-Match": etag})
+    assert moved.status_code == 200 and moved.headers["etag"] != etag
+    assert re.search(r'data-campaign="bluezone">.*?data-col="sent">5<', moved.text, re.DOTALL)
+    assert "4.000" in moved.text                                     # the spend, in VND
+    # a campaign's page polls its own row; a district viewer gets only its district's, whatever it asks
+    one = admin.get("/console/progress", params={"campaign": "mocchau"}).text
+    assert 'data-campaign="mocchau"' in one and "bluezone" not in one
+    moc = sign_in(web, "moc", "viewer", "126")
+    assert 'data-campaign="bluezone"' not in moc.get("/console/progress", params={"campaign": "bluezone"}).text
+    assert "mocchau" in moc.get("/console/progress").text and "bluezone" not in moc.get("/console/progress").text
+    # the statements of a poll do not grow with the number of campaigns, bound user or not
+    counts = {}
+    for n in (2, 5):
+        for i in range(len(counts) and 3):
+            add_campaign(workdir, f"them{i}", "Huyện Mộc Châu")
+            plan_run(engine, world, load_one(world.campaigns_dir, f"them{i}"))
+        for who in (admin, moc):
+            who.get("/console/progress")
+            with statements(engine) as seen:
+                assert who.get("/console/progress").status_code == 200
+            counts[n, who is admin] = len(seen)
+    assert "them2" in admin.get("/console/progress").text
+    assert counts[2, True] == counts[5, True] and counts[2, False] == counts[5, False], counts
+
+
+def test_a_campaigns_messages_are_masked_and_a_number_is_shown_only_for_a_reason_and_audited(
+        engine: Engine, web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOA_SUBJECT_KEY", "9" * 64)
+    O, R, C, S = db.outbox, db.runs, db.campaigns, db.subscribers
+    with engine.connect() as conn:
+        ledger = conn.execute(select(O.c.id, S.c.phone).join(S, S.c.id == O.c.subscriber_id)
+                              .join(R, R.c.id == O.c.run_id).join(C, C.c.id == R.c.campaign_id)
+                              .where(C.c.name == "bluezone").order_by(O.c.id)).all()
+    assert len(ledger) > 50
+    first, phone = ledger[0]
+    operator = sign_in(web, "olga", "operator")
+    url = "/console/campaigns/bluezone/messages"
+    assert url in operator.get("/console/campaigns/bluezone").text
+    page = operator.get(url).text
+    assert re.findall(r"\+84\d{9}", page) == [] and mask(phone) in page
+    assert "Hiện số" in page and f'data-message="{first}"' in page and 'rel="next"' in page
+    assert len(re.findall(r"data-message=", page)) == 50 and "trang 1/2" in page
+    second = operator.get(url, params={"page": "2"}).text
+    assert len(re.findall(r"data-message=", second)) == len(ledger) - 50 and f'data-message="{first}"' not in second
+    reveal = f"{url}/{first}/reveal"
+
+    def reveals() -> list[audit.Entry]:
+        return [e for e in audit.query(engine, action="subjects") if e.action == "subjects.reveal"]
+
+    # no reason: the field says so, no number, no entry; no form token: refused
+    r = operator.post(reveal, data={"csrf": csrf(page), "reason": "  "})
+    assert r.status_code == 422 and f'id="why-{first}-error"' in r.text and phone not in r.text and not reveals()
+    assert operator.post(reveal, data={"reason": "x"}).status_code == 403 and not reveals()
+    r = operator.post(reveal, data={"csrf": csrf(page), "reason": "dân hỏi lại số 0912345678", "page": "1"})
+    assert r.status_code == 200 and f'data-phone="{first}">{phone}<' in r.text
+    assert r.headers["cache-control"] == "no-store" and re.findall(r"\+84\d{9}", r.text) == [phone]
+    [entry] = reveals()
+    assert (entry.actor, entry.object_type, entry.after) == ("user:olga", "subject", {"campaign": "bluezone",
+                                                                                       "message": first})
+    assert entry.object_id.startswith("#") and phone not in str(entry.as_dict()) and "0912345678" not in entry.reason
+    # a viewer never sees the button, and is refused
+    viewer = sign_in(web, "vy", "viewer")
+    seen = viewer.get(url).text
+    assert "Hiện số" not in seen and "/reveal" not in seen and "che" in seen
+    r = viewer.post(reveal, data={"csrf": csrf(seen), "reason": "tò mò"})
+    assert r.status_code == 403 and phone not in r.text and len(reveals()) == 1
+    # a district operator sees its district's messages only, and reveals none of another campaign
+    district = sign_in(web, "dan", "operator", "126")
+    assert district.get(url).status_code == 403
+    assert district.post(reveal, data={"csrf": csrf(seen), "reason": "x"}).status_code in (403, 404)
+    assert district.get("/console/campaigns/mocchau/messages").status_code == 200
+    assert len(reveals()) == 1
 
 
 def test_an_upload_shows_its_counts_and_offers_its_rejects(engine: Engine, web: Web) -> None:

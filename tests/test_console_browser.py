@@ -2,15 +2,16 @@
 of an official, in Vietnamese.
 
 The server is loa's web application under uvicorn in a thread on a free 127.0.0.1 port; the
-gateway is the eSMS fake (``providers/fakes``), at 10 parts per second so that progress can
-be watched; a dispatcher thread sends what runs plan, as ``loa serve``'s workers do.
+gateway is the eSMS fake (``providers/fakes``), at 5 parts per second so that progress can
+be watched on the 5-second poll; a dispatcher thread sends what runs plan, as ``loa serve``'s workers do.
 
 1. an operator signs in and uploads subscribers (one row rejected, its file offered);
 2. drafts a campaign, and the part counter changes as the text gets accents;
 3. test-sends it to a staff number, and submits it;
 4. an approver approves and launches it, starts a run, and watches the sent count grow;
 5. pauses and resumes it; cancels a second campaign with a reason;
-6. reads the report in Vietnamese;
+6. reads the report in Vietnamese; reads the campaign's messages, numbers masked, and shows one
+   for a reason (audited); switches to English and back (kept with the user);
 7. a viewer bound to Mộc Châu sees only the campaign of Mộc Châu.
 
 Screenshots of the main pages are written to docs/ when ``LOA_SCREENSHOTS=1``.
@@ -21,6 +22,7 @@ SQLite only: the same pages run on PostgreSQL in ``test_console.py``.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -29,11 +31,12 @@ from pathlib import Path
 
 import pytest
 from conftest import PG_URL, ROOT, write
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from test_cost import esms  # noqa: F401 - the fixture
 from test_digest import AREAS
 
-from loa import auth, importer, versions
+from loa import audit, auth, db, importer, versions
 from loa.config import load
 from loa.web import Web
 from providers.fakes.esms import FakeESMS
@@ -69,7 +72,7 @@ def served(engine: Engine, workdir: Path, esms: FakeESMS) -> Iterator[str]:  # n
     write(workdir / "config.toml", "\n".join([
         'timezone = "Asia/Ho_Chi_Minh"', "[defaults]", 'sms_gateway = "esms"', "[gateways.esms]", 'type = "esms"',
         'api_key_env = "T_ESMS_KEY"', 'secret_key_env = "T_ESMS_SECRET"', 'brandname = "LOA"',
-        f'base_url = "{esms.url}"', "rate = 10", "burst = 1", "price_per_part = 800",
+        f'base_url = "{esms.url}"', "rate = 5", "burst = 1", "price_per_part = 800",
         "[send]", "threads = 2", "batch_size = 5", "[approval]", "always = true"]) + "\n")
     config = load(workdir / "config.toml")
     areas = write(workdir / "areas.csv", AREAS)
@@ -108,12 +111,13 @@ def served(engine: Engine, workdir: Path, esms: FakeESMS) -> Iterator[str]:  # n
     web.pool.close()
 
 
-def shoot(page: object, name: str) -> None:
+def shoot(page: object, name: str, full_page: bool = True) -> None:
     if os.environ.get("LOA_SCREENSHOTS"):
-        page.screenshot(path=str(ROOT / "docs" / f"console-{name}.png"), full_page=True)  # type: ignore[attr-defined]
+        page.screenshot(path=str(ROOT / "docs" / f"console-{name}.png"), full_page=full_page)  # type: ignore[attr-defined]
 
 
-def test_an_official_runs_a_campaign_from_upload_to_report(served: str, tmp_path: Path, esms: FakeESMS) -> None:  # noqa: F811
+def test_an_official_runs_a_campaign_from_upload_to_report(served: str, tmp_path: Path, esms: FakeESMS,  # noqa: F811
+                                                           engine: Engine) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     people = tmp_path / "nguoi-dan.csv"
@@ -187,9 +191,9 @@ def test_an_official_runs_a_campaign_from_upload_to_report(served: str, tmp_path
         page.get_by_role("button", name="Bắt đầu một đợt gửi ngay").click()
         expect(page.get_by_role("status")).to_contain_text("Đã lập đợt gửi")
         sent = page.locator('#progress [data-col="sent"]')
-        expect(sent).not_to_have_text("0")
+        expect(sent).not_to_have_text("0", timeout=30_000)     # polled every 5 s
         first = int(sent.inner_text().replace(".", ""))
-        expect(sent).not_to_have_text(str(first))          # it moves while the page is open
+        expect(sent).not_to_have_text(str(first), timeout=30_000)    # it moves while the page is open
         shoot(page, "campaign")
 
         # 5. pause and resume; cancel the second campaign with a reason
@@ -198,7 +202,7 @@ def test_an_official_runs_a_campaign_from_upload_to_report(served: str, tmp_path
         expect(state()).to_have_text("tạm dừng")
         page.get_by_role("button", name="Tiếp tục").click()
         expect(state()).to_have_text("đang chạy")
-        expect(page.locator('#progress [data-col="queued"]')).to_have_text("0", timeout=30_000)
+        expect(page.locator('#progress [data-col="queued"]')).to_have_text("0", timeout=60_000)
         page.goto(f"{console}/campaigns/thu-nghiem")
         page.get_by_label("Lý do (bắt buộc)").last.fill("không cần nữa")
         page.get_by_role("button", name="Hủy chiến dịch").click()
@@ -213,10 +217,36 @@ def test_an_official_runs_a_campaign_from_upload_to_report(served: str, tmp_path
         expect(page.locator("#report-table tbody tr")).to_have_count(2)
         shoot(page, "report")
 
+        # 6b. the campaign's messages, numbers masked; the approver shows one, for a reason
+        page.goto(f"{console}/campaigns/bluezone")
+        page.get_by_role("link", name="Tin nhắn", exact=True).click()
+        expect(page.get_by_role("heading", name="Tin nhắn của bluezone")).to_be_visible()
+        first = page.locator("#messages tbody tr").first
+        expect(first.locator("[data-phone]")).to_have_text(re.compile(r"^\+8491\*+\d{3}$"))
+        first.get_by_text("Hiện số").click()
+        first.get_by_label("Lý do (bắt buộc, ghi vào nhật ký kiểm tra)").fill("người dân hỏi lại, phiếu 2026/17")
+        shoot(page, "messages", full_page=False)
+        first.get_by_role("button", name="Xem", exact=True).click()
+        expect(page.locator("#messages tbody tr").first.locator("[data-phone]")).to_have_text(
+            re.compile(r"^\+84912\d{6}$"))
+        assert [e.reason for e in audit.query(engine, action="subjects") if e.action == "subjects.reveal"] == [
+            "người dân hỏi lại, phiếu 2026/17"]
+
+        # 6c. the approver reads the console in English from now on, wherever they sign in
+        page.get_by_label("Ngôn ngữ").select_option("en")
+        page.get_by_role("button", name="Đổi").click()
+        expect(page.get_by_role("heading", name="Messages of bluezone")).to_be_visible()
+        with engine.connect() as conn:
+            assert conn.scalar(select(db.users.c.language).where(db.users.c.name == "anh")) == "en"
+        page.get_by_label("Language").select_option("vi")
+        page.get_by_role("button", name="Change").click()
+        expect(page.get_by_role("heading", name="Tin nhắn của bluezone")).to_be_visible()
+
         # on a phone's screen nothing overflows sideways, every field has its label, and the
         # keyboard reaches the page: the first Tab lands on "skip to content"
         page.set_viewport_size({"width": 390, "height": 844})
-        for url in ("/", "/reports/bluezone", "/campaigns/bluezone", "/imports", "/campaigns/new"):
+        for url in ("/", "/reports/bluezone", "/campaigns/bluezone", "/imports", "/campaigns/new",
+                    "/campaigns/bluezone/messages"):
             page.goto(console + url)
             assert page.evaluate("document.documentElement.scrollWidth") <= 390, url
             unlabelled = page.evaluate("""[...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
@@ -233,4 +263,7 @@ def test_an_official_runs_a_campaign_from_upload_to_report(served: str, tmp_path
         expect(page.locator("main")).not_to_contain_text("bluezone")
         page.goto(f"{console}/reports/bluezone")
         expect(page.get_by_role("heading", name="Không truy cập được")).to_be_visible()
+        page.goto(f"{console}/campaigns/moc-chau/messages")
+        expect(page.get_by_role("heading", name="Tin nhắn của moc-chau")).to_be_visible()
+        expect(page.get_by_text("Hiện số")).to_have_count(0)
         browser.close()

@@ -159,3 +159,28 @@ def test_the_migration_template_makes_a_revision_that_loads(tmp_path: Path) -> N
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.revision == "0002"
+
+
+def test_a_users_language_is_added_as_vietnamese_and_taken_away_by_the_downgrade(engine: Engine) -> None:
+    """0011: users.language, "vi" for the users already there; the downgrade keeps the users."""
+    from alembic import command
+
+    drop_everything(engine)
+    with engine.begin() as conn:
+        command.upgrade(db._alembic_config(conn), "0010")
+        now = db.utcnow()
+        conn.execute(text("INSERT INTO users (name, password_hash, role, created_at, updated_at) "
+                          "VALUES ('ana', 'x', 'viewer', :now, :now)"), {"now": now})
+    with engine.begin() as conn:
+        command.upgrade(db._alembic_config(conn), "0011")
+    with engine.begin() as conn:
+        assert conn.execute(select(db.users.c.name, db.users.c.language)).all() == [("ana", "vi")]
+        conn.execute(db.users.update().values(language="en"))
+        command.downgrade(db._alembic_config(conn), "0010")
+    with engine.begin() as conn:
+        assert "language" not in {c["name"] for c in inspect(conn).get_columns("users")}
+        assert conn.scalar(text("SELECT name FROM users")) == "ana"
+        command.upgrade(db._alembic_config(conn), "head")
+    with engine.connect() as conn:
+        assert conn.execute(select(db.users.c.name, db.users.c.language)).all() == [("ana", "vi")]
+        assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), db.metadata) == []

@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 import tomli_w
 from fastapi import APIRouter, FastAPI, Request
-from sqlalchemy import select
+from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
@@ -173,7 +173,9 @@ def set_cookie(response: Response, name: str, value: str, max_age: int | None = 
 
 
 def render(p: Page, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+    """A page; ``here`` is where the language switch leads back to, when the page answers a POST."""
     flash = signer(p.request).unsign(FLASH, p.request.cookies.get(FLASH))
+    ctx.setdefault("here", None if p.request.method == "GET" else f"{PREFIX}/")
     body = ENV.get_template(template).render(
         _=p.t.gettext, t=p.t, who=p.who, csrf=p.csrf, nonce=p.nonce, p=p, nav=nav(p), states=STATES,
         flash=flash, prefix=PREFIX, roles=ROLES, job_states=JOB_STATES, **ctx)
@@ -257,17 +259,6 @@ def _campaign(p: Page, name: str, action: str = "campaigns.read") -> tuple[Any, 
     return row, places
 
 
-def readable_campaigns(p: Page) -> list[tuple[Any, list[Any]]]:
-    with p.engine.connect() as conn:
-        rows = conn.execute(select(C).order_by(C.c.name)).all()
-        out = []
-        for row in rows:
-            places = _places(conn, row.id)
-            if p.who.can("campaigns.read", places):
-                out.append((row, places))
-    return out
-
-
 # -- the pages ------------------------------------------------------------------------------
 
 router = APIRouter(include_in_schema=False)
@@ -287,7 +278,10 @@ def install(app: FastAPI) -> None:
         return Response("the form has expired: reload the page and send it again\n", status_code=403,
                         media_type="text/plain; charset=utf-8")
 
+    from loa.web.console import progress
+
     app.include_router(router)
+    app.include_router(progress.router)
 
 
 @router.get("/")
@@ -377,69 +371,6 @@ async def set_language(request: Request) -> Response:
 
 # -- the dashboard ----------------------------------------------------------------------------
 
-@dataclass
-class Progress:
-    name: str
-    state: str
-    description: str
-    sent: int = 0
-    delivered: int = 0
-    failed: int = 0
-    queued: int = 0
-    total: int = 0
-    rate: float = 0.0
-    eta: float | None = None
-    next_send: datetime | None = None
-    next_run: datetime | None = None
-    spent: int = 0
-    budget: int | None = None
-
-    @property
-    def done_share(self) -> float | None:
-        return (self.sent + self.delivered + self.failed) / self.total if self.total else None
-
-
-def progress_of(p: Page, rows: list[tuple[Any, list[Any]]]) -> list[Progress]:
-    from loa import cost, status
-
-    collected = status.collect(p.engine, recent_runs=200)
-    next_runs = _next_runs(p)
-    out = []
-    for row, _ in rows:
-        item = Progress(row.name, row.state, row.description or "", next_run=next_runs.get(row.name))
-        for run in collected["runs"]:
-            if run["campaign"] != row.name:
-                continue
-            o = run["outcomes"]
-            item.sent += o.get("sent", 0) + o.get("undelivered", 0) + o.get("sending", 0)
-            item.delivered += o.get("delivered", 0)
-            item.failed += o.get("failed", 0) + o.get("unknown", 0)
-            item.queued += o.get("queued", 0)
-            item.total += sum(n for k, n in o.items() if k not in ("held_out", "suppressed", "cancelled"))
-            item.rate += run["rate"]
-            if run["eta_seconds"] is not None and run["due"]:
-                item.eta = max(item.eta or 0, run["eta_seconds"])
-            if run["next_at"]:
-                at = datetime.fromisoformat(run["next_at"])
-                item.next_send = at if item.next_send is None else min(item.next_send, at)
-        try:
-            spent = cost.spend(p.engine, row.name)
-            item.spent, item.budget = spent.spent_vnd, spent.budget
-        except NotFound:
-            pass
-        out.append(item)
-    return out
-
-
-def _next_runs(p: Page) -> dict[str, datetime]:
-    try:
-        import scheduler
-
-        return {name: times[0] for name, times in scheduler.next_runs(p.config, 1, engine=p.engine).items() if times}
-    except (ImportError, LoaError):
-        return {}
-
-
 def _gateways(p: Page) -> list[dict[str, Any]]:
     from loa import gateways as gw
 
@@ -454,17 +385,30 @@ def _gateways(p: Page) -> list[dict[str, Any]]:
     return out
 
 
+def progress_of(p: Page, names: list[str] | None = None) -> list[Any]:
+    from loa.web.console import progress
+
+    return progress.collect(p.engine, p.config, p.request.app.state, p.who, names)
+
+
+def _poll(p: Page, items: list[Any], one: str | None = None) -> dict[str, Any]:
+    """What the polling element needs to start: its ETag and interval (loa.web.console.progress)."""
+    from loa.web.console import progress
+
+    return {"etag": progress.etag_of(items, p.t.code, one), "one": one, "poll": progress.POLL_SECONDS}
+
+
 @router.get(PREFIX + "/")
 def dashboard(request: Request) -> Response:
+    from loa.web.console.progress import CURRENT
+
     p = page(request)
-    items = progress_of(p, readable_campaigns(p))
-    current = [i for i in items if i.state in ("active", "paused", "approved")]
+    items = progress_of(p)
+    current = [i for i in items if i.state in CURRENT]
     other = [i for i in items if i not in current]
     paused = [g for g in _gateways(p) if g["paused"]]
-    if request.query_params.get("fragment"):
-        one = request.query_params.get("campaign")
-        return fragment(p, "_progress.html", items=[i for i in items if i.name == one] if one else current)
-    return render(p, "dashboard.html", current=current, other=other, paused=paused)
+    return render(p, "dashboard.html", current=current, other=other, paused=paused, items=current,
+                  **_poll(p, current))
 
 
 # -- a campaign ----------------------------------------------------------------------------------
@@ -528,10 +472,10 @@ def campaign_page(request: Request, name: str) -> Response:
             problems.append(said(p, exc))
     with p.engine.connect() as conn:
         runs = conn.execute(select(R).where(R.c.campaign_id == row.id).order_by(R.c.id.desc()).limit(20)).all()
-    items = progress_of(p, [(row, places)])
+    items = progress_of(p, [name])
     current = history[-1] if history else None
     return render(p, "campaign.html", row=row, places=places, history=history, diff=_diff_lines(diff), a=a, b=b,
-                  current=current, review=review, problems=problems, runs=runs, item=items[0],
+                  current=current, review=review, problems=problems, runs=runs, items=items, **_poll(p, items, name),
                   actions=_allowed_actions(p, row, places), action_labels=ACTIONS, needs_reason=NEEDS_REASON,
                   can_test=row.current_version and p.who.can("campaigns.test", places),
                   can_run=row.state == "active" and p.who.can("campaigns.launch", places),
@@ -632,6 +576,109 @@ async def test_send(request: Request, name: str) -> Response:
     phones = ", ".join(r.phone for r in trial.results)        # masked
     return back(p, url, p.t.gettext("Test sent: {sent} of {count} accepted by the gateway ({phones}).").format(
         sent=sent, count=len(trial.results), phones=phones))
+
+
+# -- a campaign's messages ---------------------------------------------------------------------
+
+PAGE_SIZE = 50
+MESSAGE_STATES = {
+    "planned": N_("queued"), "deferred": N_("deferred"), "claimed": N_("sending"), "sending": N_("sending"),
+    "sent": N_("sent"), "delivered": N_("delivered"), "undelivered": N_("undelivered"), "failed": N_("failed"),
+    "expired": N_("expired"), "unknown": N_("unknown outcome"), "held_out": N_("held out"),
+    "suppressed": N_("suppressed"), "cancelled": N_("cancelled")}
+
+
+@dataclass
+class Message:
+    id: int
+    run: int
+    phone: str
+    area: str
+    state: str
+    reason: str | None
+    gateway: str | None
+    error_code: str | None
+    due_at: datetime | None
+    sent_at: datetime | None
+    delivered_at: datetime | None
+
+    @property
+    def erased(self) -> bool:
+        return self.phone.startswith("#")      # only the number's keyed hash is left
+
+    @property
+    def masked(self) -> str:
+        from loa.phones import mask
+
+        return "—" if self.erased else mask(self.phone)
+
+
+def _messages_query(p: Page, campaign_id: int) -> Any:
+    O, S, AR = db.outbox, db.subscribers, db.areas
+    return (select(O.c.id, O.c.run_id, S.c.phone, func.coalesce(AR.c.name, ""), O.c.state, O.c.reason, O.c.gateway,
+                   O.c.error_code, O.c.due_at, O.c.sent_at, O.c.delivered_at)
+            .join(R, R.c.id == O.c.run_id).join(S, S.c.id == O.c.subscriber_id)
+            .outerjoin(AR, AR.c.id == O.c.area_id)
+            .where(R.c.campaign_id == campaign_id, auth.scope_clause(p.who, O.c.area_id)))
+
+
+def _messages_page(p: Page, row: Any, places: list[Any], page_no: int, status: int = 200,
+                   revealed: dict[int, str] | None = None, errors: dict[int, str] | None = None,
+                   typed: dict[int, str] | None = None) -> HTMLResponse:
+    """One page of the campaign's ledger, numbers masked; the numbers shown on purpose in
+    ``revealed``, each of them audited by :func:`reveal_number`."""
+    query = _messages_query(p, row.id)
+    with p.engine.connect() as conn:
+        total = conn.scalar(select(func.count()).select_from(query.subquery())) or 0
+        pages = max(1, -(-total // PAGE_SIZE))
+        page_no = min(max(page_no, 1), pages)
+        found = [Message(*r) for r in conn.execute(query.order_by(db.outbox.c.id)
+                                                   .limit(PAGE_SIZE).offset((page_no - 1) * PAGE_SIZE))]
+    response = render(p, "messages.html", status, here=f"{PREFIX}/campaigns/{row.name}/messages", row=row, messages=found, total=total, page_no=page_no, pages=pages,
+                      message_states=MESSAGE_STATES, can_reveal=p.who.can("subscribers.read", places),
+                      revealed=revealed or {}, errors=errors or {}, typed=typed or {}, problem=None)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.get(PREFIX + "/campaigns/{name}/messages")
+def messages_page(request: Request, name: str) -> Response:
+    p = page(request)
+    try:
+        row, places = _campaign(p, name, "runs.read")
+    except LoaError as exc:
+        return render(p, "error.html", 404 if isinstance(exc, NotFound) else 403, message=failed(p, exc))
+    return _messages_page(p, row, places, _int(request.query_params.get("page")) or 1)
+
+
+@router.post(PREFIX + "/campaigns/{name}/messages/{message_id}/reveal")
+async def reveal_number(request: Request, name: str, message_id: int) -> Response:
+    """Show one message's number in full, to a role with personal-data access
+    (``subscribers.read``), for a reason; audited as ``subjects.reveal`` under the number's
+    keyed hash.  The number goes into this answer only: never a URL, a cookie or a log."""
+    from loa import subjects
+    from loa.logs import mask_phones
+
+    p = page(request)
+    form = await form_of(request)
+    try:
+        row, places = _campaign(p, name, "runs.read")
+        auth.require(p.who, "subscribers.read", places)
+    except LoaError as exc:
+        return render(p, "error.html", 404 if isinstance(exc, NotFound) else 403, message=failed(p, exc))
+    page_no = _int(str(form.get("page") or "")) or 1
+    with p.engine.connect() as conn:
+        found = conn.execute(_messages_query(p, row.id).where(db.outbox.c.id == message_id)).one_or_none()
+    if found is None or Message(*found).erased:
+        return render(p, "error.html", 404, message=p.t.gettext("No such message in this campaign."))
+    reason = " ".join(str(form.get("reason") or "").split())
+    if not reason:
+        return _messages_page(p, row, places, page_no, 422,
+                              errors={message_id: p.t.gettext("Give a reason for this action.")})
+    message = Message(*found)
+    audit.record_now(p.engine, p.who.actor, "subjects.reveal", "subject", subjects.object_id(message.phone),
+                     after={"campaign": name, "message": message_id}, reason=mask_phones(reason)[:1000])
+    return _messages_page(p, row, places, page_no, revealed={message_id: message.phone})
 
 
 # -- editing ---------------------------------------------------------------------------------

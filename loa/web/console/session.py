@@ -1,9 +1,9 @@
 """Sessions, CSRF tokens and security headers of the console.
 
-A session is a cookie that the server signs (HMAC-SHA256): the user's name, the language,
-when it was issued, and a random nonce.  The user is read again from the database on each
-request (:func:`loa.auth.principal_for_user`), so a disabled user or a changed role takes
-effect at once.  Sessions last :data:`LIFETIME`; signing out clears the cookie.
+A session is a cookie that the server signs (HMAC-SHA256): the user's name, the language
+at sign-in, when it was issued, and a random nonce.  The user is read again from the database
+on each request (:func:`loa.auth.principal_and_language`), so a disabled user, a changed role
+or a changed language (``users.language``) takes effect at once.  Sessions last :data:`LIFETIME`; signing out clears the cookie.
 
 The signing key is ``$LOA_CONSOLE_SECRET`` (set it when several processes serve the console,
 so that they accept each other's sessions); without it each process draws its own, and
