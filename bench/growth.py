@@ -179,7 +179,7 @@ def reset_ledger(url: str) -> None:
     engine.dispose()
 
 
-def raw_plan(url: str) -> float:
+def raw_plan(url: str) -> tuple[float, int]:
     engine = engine_for(url)
     now = datetime.now(UTC)
     raw = engine.raw_connection()
@@ -196,8 +196,9 @@ def raw_plan(url: str) -> float:
         sql = sql.replace("path LIKE '/1/%%'", "path LIKE '/' || (SELECT id FROM areas WHERE code = 'P') || '/%%'")
         start = time.perf_counter()
         cur.execute(sql, {"t": now, "e": now + timedelta(hours=VALIDITY_HOURS)})
+        rows = cur.rowcount
         raw.commit()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, rows
     finally:
         raw.close()
         engine.dispose()
@@ -294,12 +295,13 @@ def measure(url: str, n: int, runs: int, seed: int, folder: Path) -> dict[str, f
     planned = 0
     for i in range(1, runs + 1):
         reset_ledger(url)
-        raw = raw_plan(url)
+        raw, raw_rows = raw_plan(url)
         reset_ledger(url)
         seconds, run_id, wal, (ct, cr) = loa_plan(url, folder, "bench")
         engine = engine_for(url)
         planned = scalar(engine, "SELECT count(*) FROM outbox")
         engine.dispose()
+        assert planned == raw_rows, (planned, raw_rows)   # the same rows, or the ratio means nothing
         out["plan"].append(seconds / planned)
         out["raw_plan"].append(raw / planned)
         print(f"plan run {i}: loa {seconds:.1f} s ({planned / seconds:,.0f} rows/s)   raw INSERT ... SELECT "

@@ -218,3 +218,22 @@ def test_drop_before_a_later_month_is_refused(town_pg: Engine) -> None:
         partitions.partition(town_pg, drop_before=later)
 
     assert len(partitions.partition(town_pg).partitions) == 3
+
+
+@pg_only
+def test_a_report_reads_its_own_months_partition_only(town_pg: Engine, config: Config) -> None:
+    from loa import report
+
+    plan_run(town_pg, config, campaign(config, "old"))   # in the legacy partition
+    partitions.partition(town_pg)
+    plan_run(town_pg, config, campaign(config, "new"))   # in this month's
+    with town_pg.connect() as conn:
+        campaign_id = conn.scalar(select(db.campaigns.c.id).where(db.campaigns.c.name == "new"))
+        clocks = report._run_clocks(conn, campaign_id)
+        people = select(report._people(conn, campaign_id, "installed", clocks))
+        sql = str(people.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        plan = "\n".join(conn.execute(text("EXPLAIN " + sql)).scalars())
+        assert report.build(town_pg, "new", None).total.audience == 5
+
+    assert partitions.name_of(this_month(town_pg)) in plan
+    assert partitions.LEGACY not in plan   # pruned when planned: the campaign's runs are named by id
