@@ -411,6 +411,25 @@ def test_an_upload_shows_its_counts_and_offers_its_rejects(engine: Engine, web: 
     assert viewer.get("/console/imports").status_code == 403
 
 
+def test_the_reports_notes_are_in_the_readers_language(engine: Engine, web: Web) -> None:
+    # the province's population is not the sum of its two districts': the report says so under the table
+    vi, en = sign_in(web, "vu", "viewer"), sign_in(web, "eve", "viewer")
+    en.post("/console/language", data={"csrf": csrf(en.get("/console/").text), "lang": "en", "next": "/console/"})
+
+    def notes(client: TestClient, **params: str) -> list[str]:
+        page = client.get("/console/reports/mocchau", params=params).text
+        section = page.split('<section aria-labelledby="notes-h"', 1)
+        assert len(section) == 2, page[-2000:]
+        return re.findall(r"<li>([^<]*)</li>", section[1].split("</section>", 1)[0])
+
+    said = notes(vi)
+    assert said == [("Sơn La: dân số ghi là 1.248.415, nhưng 2 địa bàn cấp quận/huyện của nó cộng lại được 275.746 "
+                     "(chênh lệch +972.669); tỷ lệ ở đây dùng số liệu riêng của từng địa bàn")], said
+    assert notes(vi, print="1") == said                   # the print page too
+    assert notes(en) == [("Sơn La: population given as 1,248,415, but its 2 district areas add up to 275,746 "
+                          "(difference +972,669); shares here use each area&#39;s own figure")]
+
+
 def _uploaded(client: TestClient, kind: str, body: bytes) -> tuple[str, str]:
     """Upload ``body`` as a ``kind`` file; the job's URL and its page once the import is over."""
     token = csrf(client.get("/console/imports").text)
