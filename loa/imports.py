@@ -210,8 +210,11 @@ def start(engine: Engine, config: Config, actor: str, kind: str, upload: Path, f
     """Check the uploaded file, record the job and its audit entry, and import it in a thread.
 
     The thread owns ``upload`` (a temporary file) and removes it, with its folder, when done."""
-    handle = handler(kind, engine, config, upload, as_of)
-    rows_total = check(upload, handle)
+    try:
+        handle = handler(kind, engine, config, upload, as_of)
+        rows_total = check(upload, handle)
+    except InputError as exc:   # said of "the file", in the reader's language, not of a temporary path
+        raise InputError(_without(exc.args[0], str(upload))) from None
     now = db.utcnow()
     size = upload.stat().st_size
     with engine.begin() as conn:

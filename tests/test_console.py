@@ -474,4 +474,11 @@ def test_an_imports_reasons_and_failure_are_in_the_readers_language(engine: Engi
     assert ("the file:3: not UTF-8 text (save the file as &#34;CSV UTF-8&#34;); the import stopped there: "
             "1 rows before it were imported, 0 rejected") in english
     assert imports.get(engine, int(url.rsplit("/", 1)[1])).as_dict()["failure"].startswith("the file:3: not UTF-8")
+    # a file refused when it is uploaded: said of "the file", in the reader's language
+    token = csrf(vi.get("/console/imports").text)
+    refused = vi.post("/console/imports", data={"csrf": token, "kind": "subscribers"},
+                      files={"file": ("people.csv", b"name,area\nLan,126\n", "text/csv")})
+    assert refused.status_code == 422
+    assert "tệp: tiêu đề sai cho subscribers: thiếu phone (tìm thấy: name, area; cần " in refused.text, refused.text[-3000:]
+    assert "/upload.csv" not in refused.text
 
