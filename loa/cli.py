@@ -156,7 +156,7 @@ def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: i
 
     consents: phone,purpose,time[,granted,source,evidence]; purpose public_interest or advertising;
     granted no (or "withdrawn") records a withdrawal."""
-    from loa import importer
+    from loa import i18n, importer
     from loa.errors import InputError
 
     if not file.is_file():
@@ -188,7 +188,8 @@ def import_(app: App, kind: str, file: Path, rejects: Path | None, batch_size: i
 
     with _progress(f"importing {kind}") as advance:
         summary = importer.run_import(engine, handler, file, rejects_path=rejects, batch_size=batch_size,
-                                      progress=advance, on_reject=on_reject)
+                                      progress=advance, on_reject=on_reject,
+                                      reason=importer.say_in(i18n.language(app.config.language)))
     _audit_import(engine, kind, file, summary)
     if summary.rejected > len(shown):
         err.print(f"... and {summary.rejected - len(shown)} more rejects", highlight=False)

@@ -30,6 +30,7 @@ from plotly.offline import get_plotlyjs
 from sqlalchemy.engine import Engine
 
 from loa import report as rep
+from loa.errors import say
 from loa.i18n import Language, language
 from loa.report import Report, Row
 from loa.snapshots import Summary
@@ -495,7 +496,7 @@ def render_html(report: Report, snapshots_summary: Summary | None = None, *,
                      f'<div id="{fid}" class="chart"></div></section>' for fid, fig in figures)
     specs = json.dumps({fid: json.loads(fig.to_json()) for fid, fig in figures}, ensure_ascii=False)
     specs = specs.replace("<", "\\u003c")    # "<" only occurs in strings: nothing can end the block early
-    notes = rep.notes(report, snapshots_summary)
+    notes = [say(n, t) for n in rep.notes(report, snapshots_summary)]   # in the page's language
     notes_heading = _("Notes")
     notes_html = (f"<h2>{_esc(notes_heading)}</h2><ul class=\"notes\">" + "".join(f"<li>{_esc(n)}</li>" for n in notes)
                   + "</ul>" if notes else "")

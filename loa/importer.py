@@ -43,7 +43,7 @@ from sqlalchemy.schema import CreateTable
 
 from loa import db
 from loa.areas import Area, AreaIndex, AreaLookupError, fold, recompute_paths
-from loa.errors import InputError
+from loa.errors import InputError, Text, say
 from loa.phones import PhoneError, e164_and_carrier
 
 BATCH_SIZE = 5000
@@ -52,10 +52,41 @@ Late = tuple[dict[str, Any], str, str]  # a record refused while writing: (recor
 
 
 class RowError(Exception):
+    """A row refused: its ``column`` ("" for the row as a whole) and the ``reason``, a
+    :class:`~loa.errors.Text` where it can be said in the reader's language."""
+
     def __init__(self, column: str, reason: str) -> None:
         super().__init__(reason)
         self.column = column
         self.reason = reason
+
+
+# The phone parser's reasons (loa.phones), for the catalog: a rejected row says them in its reader's language.
+PHONE_REASONS = (Text("empty"), Text("not a valid Vietnamese number"), Text("landline number, not a mobile"),
+                 Text("toll-free or premium service number (1800/1900)"), Text("not a mobile number"),
+                 Text("not a Vietnamese mobile number"))
+_PHONE_REASONS = {str(t): t for t in PHONE_REASONS}
+
+
+def phone_reason(exc: PhoneError) -> str:
+    """Why a phone cell is refused, translatable where the catalog knows the reason."""
+    return _PHONE_REASONS.get(exc.reason, exc.reason)
+
+
+_AMBIGUOUS = re.compile(r"area (?P<text>.*) is ambiguous: (?P<names>.*); use the code, "
+                        r"or the name as written with its diacritics", re.DOTALL)
+
+
+def area_reason(exc: AreaLookupError, text: str) -> str:
+    """Why an area cell names no one area (loa.areas' sentence), translatable where it is one of
+    the lookup's own sentences; as it is otherwise."""
+    said = str(exc)
+    text = " ".join(text.split())
+    candidates: list[Text] = [Text("empty area"), Text("no area with code or name {text!r}", text=text)]
+    if m := _AMBIGUOUS.fullmatch(said):
+        candidates.append(Text("area {text} is ambiguous: {names}; use the code, "
+                               "or the name as written with its diacritics", text=m["text"], names=m["names"]))
+    return next((c for c in candidates if str(c) == said), said)
 
 
 @dataclass
@@ -107,7 +138,7 @@ def _check_utf8(path: Path, line: int, values: list[str]) -> None:
             joined.encode("utf-8")
         except UnicodeEncodeError:
             raise InputError(
-                f"{path}:{line}: not UTF-8 text (save the file as \"CSV UTF-8\")"
+                Text("{path}:{line}: not UTF-8 text (save the file as \"CSV UTF-8\")", path=str(path), line=line)
             ) from None
 
 
@@ -124,7 +155,7 @@ def _records(
     try:
         raw = path.open("rb")
     except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+        raise InputError(Text("{path}: cannot read: {problem}", path=str(path), problem=exc.strerror)) from None
     total = path.stat().st_size
     # surrogateescape: the text decoder reads ahead in chunks, so a strict decoder would
     # report a bad byte at the wrong line (often line 1); _check_utf8 finds the right one.
@@ -136,10 +167,10 @@ def _records(
         _check_header_cells(path, header)
     except StopIteration:
         raw.close()
-        raise InputError(f"{path}: the file is empty; expected a header row") from None
+        raise InputError(Text("{path}: the file is empty; expected a header row", path=str(path))) from None
     except csv.Error as exc:
         raw.close()
-        raise InputError(f"{path}:1: malformed CSV: {exc}") from None
+        raise InputError(Text("{path}:{line}: malformed CSV: {problem}", path=str(path), line=1, problem=str(exc))) from None
     except InputError:
         raw.close()
         raise
@@ -164,8 +195,9 @@ def _records(
                     # (inside quotes) it cannot tell where the row ends: an unclosed quote.
                     if not str(exc).startswith("field larger than field limit") or reader.line_num != start:
                         raise
-                    yield start, {}, [], RowError(
-                        "", f"a cell is longer than {csv.field_size_limit():,} characters; the row is not copied here")
+                    yield start, {}, [], RowError("", Text(
+                        "a cell is longer than {limit:n} characters; the row is not copied here",
+                        limit=csv.field_size_limit()))
                     start = reader.line_num + 1
                     continue
                 joined = "".join(values)   # once per row: the checks below read it, not each cell
@@ -177,7 +209,8 @@ def _records(
                     yield start, dict(zip(header, values, strict=False)), values, problem
                 start = reader.line_num + 1
         except csv.Error as exc:
-            raise InputError(f"{path}:{start}: malformed CSV: {exc}") from None
+            raise InputError(Text("{path}:{line}: malformed CSV: {problem}", path=str(path), line=start,
+                                  problem=str(exc))) from None
         finally:
             if progress:
                 progress(total, total)
@@ -191,10 +224,11 @@ def _check_header_cells(path: Path, header: list[str]) -> None:
     seen: dict[str, int] = {}
     for number, name in enumerate(header, 1):
         if "\x00" in name:
-            raise InputError(f"{path}:1: header column {number} contains a NUL character (byte 0x00)")
+            raise InputError(Text("{path}:1: header column {number} contains a NUL character (byte 0x00)",
+                                  path=str(path), number=number))
         if name and name in seen:
-            raise InputError(f"{path}:1: column {name!r} is named twice in the header "
-                             f"(columns {seen[name]} and {number})")
+            raise InputError(Text("{path}:1: column {name!r} is named twice in the header (columns {first} and {number})",
+                                  path=str(path), name=name, first=seen[name], number=number))
         seen.setdefault(name, number)
 
 
@@ -204,22 +238,24 @@ def _cell_problem(header: list[str], values: list[str]) -> RowError | None:
     for number, value in enumerate(values, 1):
         if "\x00" in value:
             column = header[number - 1] if number <= len(header) else ""
-            return RowError(column, f"cell {number} contains a NUL character (byte 0x00)")
+            return RowError(column, Text("cell {number} contains a NUL character (byte 0x00)", number=number))
     extra = [(number, v) for number, v in enumerate(values[len(header):], len(header) + 1) if v.strip()]
     if extra:
         number, value = extra[0]
         shown = value if len(value) <= 40 else value[:40] + "..."
-        return RowError("", f"{len(values)} cells but the header has {len(header)} columns: "
-                            f"cell {number} ({shown!r}) has no column")
+        return RowError("", Text("{cells} cells but the header has {columns} columns: cell {number} ({shown!r}) "
+                                 "has no column", cells=len(values), columns=len(header), number=number, shown=shown))
     return None
 
 
 class _Rejects:
-    """A rejects CSV: line, column, reason, then the row as it was."""
+    """A rejects CSV: line, column, reason, then the row as it was; ``word`` writes the reason
+    (in a language, or stored to be said in any)."""
 
-    def __init__(self, path: Path, header: list[str]) -> None:
+    def __init__(self, path: Path, header: list[str], word: Callable[[str], str] = str) -> None:
         self.path = path
         self.header = header
+        self.word = word
         self._writer: Any = None
         self._file: Any = None
 
@@ -228,7 +264,7 @@ class _Rejects:
             self._file = self.path.open("w", encoding="utf-8", newline="")
             self._writer = csv.writer(self._file)
             self._writer.writerow(["line", "column", "reason", *self.header])
-        self._writer.writerow([line, column, reason, *values])
+        self._writer.writerow([line, column, self.word(reason), *values])
 
     def close(self) -> Path | None:
         if self._file is None:
@@ -246,7 +282,10 @@ def run_import(
     batch_size: int = BATCH_SIZE,
     progress: Progress | None = None,
     on_reject: Callable[[str], None] | None = None,
+    reason: Callable[[str], str] | None = None,
 ) -> ImportSummary:
+    """Import the CSV at ``path`` with ``handler``.  ``reason`` writes a rejected row's reason in
+    the rejects file (default: English; ``say_in(language)`` for a reader)."""
     path = Path(path)
     header, rows, close = _records(path, progress)
     try:
@@ -255,7 +294,7 @@ def run_import(
         close()
         raise
     summary = ImportSummary(handler.kind, path)
-    rejects = _Rejects(rejects_path or path.with_name(path.stem + ".rejects.csv"), header)
+    rejects = _Rejects(rejects_path or path.with_name(path.stem + ".rejects.csv"), header, reason or str)
     batch: list[dict[str, Any]] = []
     first_line = 0
     unreadable: list[InputError] = []
@@ -297,7 +336,7 @@ def run_import(
                 handler.finish(conn)
                 summary.new = handler.count(conn) - before
         except _BatchFailed as exc:
-            summary.failure = str(exc)
+            summary.failure = exc.args[0]
             # what was kept must still be complete (area paths), so finish it
             with conn.begin():
                 handler.finish(conn)
@@ -306,11 +345,16 @@ def run_import(
             close()
             summary.rejects_path = rejects.close()
     if unreadable and not summary.failure:
-        raise InputError(
-            f"{unreadable[0]}; the import stopped there: {summary.imported} rows before it were imported"
-            f", {summary.rejected} rejected"
-        )
+        first = unreadable[0].args[0] if unreadable[0].args else str(unreadable[0])
+        raise InputError(Text(
+            "{problem}; the import stopped there: {imported} rows before it were imported, {rejected} rejected",
+            problem=first, imported=summary.imported, rejected=summary.rejected))
     return summary
+
+
+def say_in(language: Any) -> Callable[[str], str]:
+    """A rejected row's reason as a reader of ``language`` (a :class:`loa.i18n.Language`) reads it."""
+    return lambda reason: say(reason, language)
 
 
 def _reject_line(path: Path, line: int, column: str, reason: str) -> str:
@@ -329,11 +373,12 @@ def _commit(conn: Connection, handler: Handler, batch: list[dict[str, Any]], sum
             written, late = handler.write(conn, batch)
     except (SQLAlchemyError, conn.dialect.loaded_dbapi.Error) as exc:   # the driver's own: COPY
         reason = getattr(exc, "orig", None) or exc
-        kept = f"{summary.imported} rows from earlier batches were kept" if summary.imported else "nothing was kept"
-        raise _BatchFailed(
-            f"{path}: lines {first}-{last}: the database refused the batch ({str(reason).splitlines()[0]}); "
-            f"that batch was rolled back and the import stopped; {kept}"
-        ) from exc
+        kept = (Text("{n} rows from earlier batches were kept", n=summary.imported) if summary.imported
+                else Text("nothing was kept"))
+        raise _BatchFailed(Text(
+            "{path}: lines {first}-{last}: the database refused the batch ({reason}); "
+            "that batch was rolled back and the import stopped; {kept}",
+            path=str(path), first=first, last=last, reason=str(reason).splitlines()[0], kept=kept)) from exc
     summary.imported += written
     summary.batches += 1
     for record, column, reason in late:
@@ -373,18 +418,19 @@ def parse_bool(column: str, text: str) -> bool:
         return True
     if value in FALSE:
         return False
-    raise RowError(column, f"expected yes/no, got {text!r}")
+    raise RowError(column, Text("expected yes/no, got {text!r}", text=text))
 
 
 def parse_time(column: str, text: str, tz: ZoneInfo) -> datetime:
     """ISO 8601; a time without zone is local time, a bare date is local midnight."""
     value = text.strip()
     if not value:
-        raise RowError(column, "empty time")
+        raise RowError(column, Text("empty time"))
     try:
         parsed = datetime.fromisoformat(value.replace(" ", "T", 1) if len(value) > 10 else value)
     except ValueError:
-        raise RowError(column, f"not an ISO 8601 time: {text!r} (e.g. 2020-08-17T08:30:00+07:00)") from None
+        raise RowError(column, Text("not an ISO 8601 time: {text!r} (e.g. 2020-08-17T08:30:00+07:00)",
+                                    text=text)) from None
     if len(value) == 10:
         parsed = datetime.combine(parsed.date(), time(0))
     if parsed.tzinfo is None:
@@ -395,7 +441,7 @@ def parse_time(column: str, text: str, tz: ZoneInfo) -> datetime:
 def _fit(column: str, text: str, limit: int) -> str:
     """Refuse a value longer than its database column (PostgreSQL would fail the whole batch)."""
     if len(text) > limit:
-        raise RowError(column, f"too long: {len(text)} characters, at most {limit}")
+        raise RowError(column, Text("too long: {length:n} characters, at most {limit:n}", length=len(text), limit=limit))
     return text
 
 
@@ -404,7 +450,7 @@ def phone_cell(row: Mapping[str, str]) -> str:
     try:
         return e164_and_carrier(row.get("phone", ""))[0]
     except PhoneError as exc:
-        raise RowError("phone", str(exc)) from None
+        raise RowError("phone", phone_reason(exc)) from None
 
 
 def _missing(header: Sequence[str], needed: Sequence[str]) -> list[str]:
@@ -412,10 +458,10 @@ def _missing(header: Sequence[str], needed: Sequence[str]) -> list[str]:
 
 
 def _header_error(path_hint: str, kind: str, header: Sequence[str], missing: list[str], expected: str) -> InputError:
-    return InputError(
-        f"{path_hint}: wrong header for {kind}: missing {', '.join(missing)} "
-        f"(found: {', '.join(h for h in header if h) or 'nothing'}; expected {expected})"
-    )
+    found = ", ".join(h for h in header if h)
+    return InputError(Text(
+        "{path}: wrong header for {kind}: missing {missing} (found: {found}; expected {expected})",
+        path=path_hint, kind=kind, missing=", ".join(missing), found=found or Text("nothing"), expected=expected))
 
 
 # -- areas --------------------------------------------------------------------
@@ -451,31 +497,33 @@ class AreasHandler:
     def prepare(self, row: Mapping[str, str]) -> dict[str, Any]:
         code = _fit("code", row.get("code", "").strip(), 32)
         if not code:
-            raise RowError("code", "empty code")
+            raise RowError("code", Text("empty code"))
         existing = self.index.by_code.get(code.casefold())
         # an empty cell (or a column the file does not have) keeps what is stored
         name = _fit("name", " ".join(row.get("name", "").split()), 200) or (existing.name if existing else "")
         if not name:
-            raise RowError("name", "empty name")
+            raise RowError("name", Text("empty name"))
         area_id = existing.id if existing else self._take_id()
         parent_id = existing.parent_id if existing else None
         if parent := row.get("parent", "").strip():
             try:
                 parent_id = self.index.resolve(parent).id
             except AreaLookupError as exc:
-                raise RowError("parent", f"{exc} (a parent must come earlier in the file or exist already)") from None
+                raise RowError("parent", Text("{problem} (a parent must come earlier in the file or exist already)",
+                                              problem=area_reason(exc, parent))) from None
             if parent_id == area_id:
-                raise RowError("parent", "an area cannot be its own parent")
+                raise RowError("parent", Text("an area cannot be its own parent"))
             node, seen = parent_id, set()
             while node is not None and node not in seen:   # re-parenting under a descendant
                 if node == area_id:
-                    raise RowError("parent", f"{parent!r} lies inside {code} itself; that would make a cycle")
+                    raise RowError("parent", Text("{parent!r} lies inside {code} itself; that would make a cycle",
+                                                  parent=parent, code=code))
                 seen.add(node)
                 node = self.index.by_id[node].parent_id if node in self.index.by_id else None
         population = None
         if text := row.get("population", "").strip().replace(",", "").replace("_", ""):
             if not re.fullmatch(r"[0-9]{1,18}", text):
-                raise RowError("population", f"not a whole number: {row['population']!r}")
+                raise RowError("population", Text("not a whole number: {text!r}", text=row["population"]))
             population = int(text)
         as_of = self.as_of
         if text := row.get("population_as_of", "").strip():
@@ -483,8 +531,9 @@ class AreasHandler:
         dated = self._dated.get(area_id, set())
         if population is not None and as_of is None and dated:
             days = ", ".join(d.isoformat() for d in sorted(dated)[-3:])
-            raise RowError("population_as_of", f"population {population:,} has no date, but {name} has populations "
-                                               f"dated {days}: give its date (population_as_of, or --as-of)")
+            raise RowError("population_as_of", Text(
+                "population {population:n} has no date, but {name} has populations dated {days}: "
+                "give its date (population_as_of, or --as-of)", population=population, name=name, days=days))
         level = _fit("level", row.get("level", "").strip() or (existing.level if existing else ""), 32)
         if population is not None and as_of is not None:
             self._dated.setdefault(area_id, set()).add(as_of)
@@ -579,10 +628,11 @@ class SubscribersHandler:
             raise _header_error(str(self.path), self.kind, header, missing, self.expected)
         self.area_column = next((c for c in ("area", "area_code", "area_name") if c in header), None)
         if self.area_column and len(self.index) == 0:
-            raise InputError(f"{self.path}: has an {self.area_column} column but no areas are loaded; run `loa import areas FILE` first")
+            raise InputError(Text("{path}: has an {column} column but no areas are loaded; "
+                                  "run `loa import areas FILE` first", path=str(self.path), column=self.area_column))
         blank = [i + 1 for i, h in enumerate(header) if not h]
         if blank:
-            raise InputError(f"{self.path}:1: header column {blank[0]} has no name")
+            raise InputError(Text("{path}:1: header column {number} has no name", path=str(self.path), number=blank[0]))
         self.attribute_columns = [h for h in header if h not in RESERVED_SUBSCRIBER_COLUMNS]
         self.has_language, self.has_opted_out = "language" in header, "opted_out" in header
         if len(self.attribute_columns) == 1:
@@ -591,13 +641,14 @@ class SubscribersHandler:
         elif self.attribute_columns:
             self._attribute_cells = itemgetter(*self.attribute_columns)   # type: ignore[assignment]
         if long := [h for h in self.attribute_columns if len(h) > 100]:
-            raise InputError(f"{self.path}:1: column name {long[0][:40]!r}... is too long (at most 100 characters)")
+            raise InputError(Text("{path}:1: column name {name!r}... is too long (at most 100 characters)",
+                                  path=str(self.path), name=long[0][:40]))
 
     def prepare(self, row: Mapping[str, str]) -> dict[str, Any]:
         try:
             phone, operator = e164_and_carrier(row.get("phone", ""))
         except PhoneError as exc:
-            raise RowError("phone", str(exc)) from None
+            raise RowError("phone", phone_reason(exc)) from None
         area_id = None
         if self.area_column and (text := row.get(self.area_column, "").strip()):
             area_id = self._areas.get(text)
@@ -605,12 +656,12 @@ class SubscribersHandler:
                 try:
                     area_id = self.index.resolve(text).id
                 except AreaLookupError as exc:
-                    raise RowError(self.area_column, str(exc)) from None
+                    raise RowError(self.area_column, area_reason(exc, text)) from None
                 if len(self._areas) < 100_000:   # an area is named the same way on many rows
                     self._areas[text] = area_id
         language = (row.get("language", "").strip().lower() or None) if self.has_language else None
         if language is not None and not re.fullmatch(r"[a-z]{2,3}(-[a-z0-9]{2,8})?", language):
-            raise RowError("language", f"not a language code: {language!r} (e.g. vi, en)")
+            raise RowError("language", Text("not a language code: {language!r} (e.g. vi, en)", language=language))
         if language is not None:
             _fit("language", language, 8)
         # a blank cell keeps what was there, like name and area: it must not opt anyone back in
@@ -809,7 +860,8 @@ class EventsHandler:
         phone = phone_cell(row)
         kind = row.get("type", "").strip().lower()
         if not _EVENT_TYPE.match(kind):
-            raise RowError("type", f"not an event type: {kind!r} (lowercase letters, digits, _; e.g. installed)")
+            raise RowError("type", Text("not an event type: {kind!r} (lowercase letters, digits, _; e.g. installed)",
+                                        kind=kind))
         at = parse_time("time", row.get("time", ""), self.tz)
         attributes = {c: attribute_value(v.strip()) for c in self.extra if (v := row.get(c, "")).strip()}
         return {"phone": phone, "type": kind, "occurred_at": at,
@@ -820,7 +872,8 @@ class EventsHandler:
         unknown: list[Late] = []
         written = record_events(
             conn, records,
-            on_unknown=lambda r: unknown.append((r, "phone", "no subscriber has this phone; import subscribers first")),
+            on_unknown=lambda r: unknown.append(
+                (r, "phone", Text("no subscriber has this phone; import subscribers first"))),
         )
         return written, unknown
 
@@ -910,10 +963,11 @@ def _count(column: str, text: str, *, signed: bool = False) -> int:
     """A whole number; thousands may be grouped with ',', '.', ' ' or '_' ("84.124" is 84124)."""
     value = text.strip()
     if not _COUNT.match(value) or (value.startswith("-") and not signed):
-        raise RowError(column, f"not a whole number{'' if signed else ' (0 or more)'}: {text!r}")
+        raise RowError(column, Text("not a whole number: {text!r}", text=text) if signed
+                       else Text("not a whole number (0 or more): {text!r}", text=text))
     number = int(re.sub(r"[,. _\u00a0]", "", value))
     if abs(number) >= 2**63:
-        raise RowError(column, f"too large: {text!r}")
+        raise RowError(column, Text("too large: {text!r}", text=text))
     return number
 
 
@@ -921,7 +975,7 @@ def parse_date(column: str, text: str) -> date:
     try:
         return date.fromisoformat(text.strip())
     except ValueError:
-        raise RowError(column, f"not a date (YYYY-MM-DD): {text!r}") from None
+        raise RowError(column, Text("not a date (YYYY-MM-DD): {text!r}", text=text)) from None
 
 
 class SnapshotsHandler:
@@ -954,7 +1008,8 @@ class SnapshotsHandler:
     def __init__(self, engine: Engine, path: Path, *, as_of: date | None = None, metric: str = "installed",
                  source: str | None = None) -> None:
         if not _METRIC.match(metric):
-            raise InputError(f"not a metric name: {metric!r} (lowercase letters, digits, _; e.g. installed)")
+            raise InputError(Text("not a metric name: {metric!r} (lowercase letters, digits, _; e.g. installed)",
+                                  metric=metric))
         self.path = path
         self.as_of = as_of
         self.metric = metric
@@ -972,32 +1027,35 @@ class SnapshotsHandler:
         if missing := _missing(header, needed):
             raise _header_error(str(self.path), self.kind, header, missing, self.expected)
         if len(self.index) == 0:
-            raise InputError(f"{self.path}: no areas are loaded; run `loa import areas FILE` first")
+            raise InputError(Text("{path}: no areas are loaded; run `loa import areas FILE` first", path=str(self.path)))
         if "change_since" in header and "change" not in header:
-            raise InputError(f"{self.path}:1: a change_since column needs a change column")
+            raise InputError(Text("{path}:1: a change_since column needs a change column", path=str(self.path)))
 
     def prepare(self, row: Mapping[str, str]) -> dict[str, Any]:
         metric = row.get("metric", "").strip().lower() or self.metric
         if not _METRIC.match(metric):
-            raise RowError("metric", f"not a metric name: {metric!r} (lowercase letters, digits, _; e.g. installed)")
+            raise RowError("metric", Text("not a metric name: {metric!r} (lowercase letters, digits, _; e.g. installed)",
+                                          metric=metric))
         as_of = parse_date("as_of", text) if (text := row.get("as_of", "").strip()) else self.as_of
         if as_of is None:
-            raise RowError("as_of", "empty date")
+            raise RowError("as_of", Text("empty date"))
         parent = None
         if text := row.get("parent", "").strip():
             try:
                 parent = self.index.resolve(text)
             except AreaLookupError as exc:
-                raise RowError("parent", str(exc)) from None
+                raise RowError("parent", area_reason(exc, text)) from None
         name = " ".join(row.get("area", "").split())
         if not name:
-            raise RowError("area", "empty area")
+            raise RowError("area", Text("empty area"))
         key = fold(name)
         unknown = bool(_UNKNOWN_AREA.search(key))
         if unknown or key in _TOTAL_AREA:
             if parent is None:
-                what = "people in no known area" if unknown else "a total"
-                raise RowError("parent", f"{name!r} counts {what}: say in the parent column which area it belongs to")
+                raise RowError("parent", Text(
+                    "{name!r} counts people in no known area: say in the parent column which area it belongs to",
+                    name=name) if unknown else Text(
+                    "{name!r} counts a total: say in the parent column which area it belongs to", name=name))
             area = parent
         else:
             area = self._resolve(name, parent)
@@ -1006,24 +1064,28 @@ class SnapshotsHandler:
         if text := row.get("change", "").strip():
             change = _count("change", text, signed=True)
             if not (since_text := row.get("change_since", "").strip()):
-                raise RowError("change_since", "a change needs the date it is counted from")
+                raise RowError("change_since", Text("a change needs the date it is counted from"))
             since = parse_date("change_since", since_text)
             if since >= as_of:
-                raise RowError("change_since", f"{since} is not before as_of {as_of}")
+                raise RowError("change_since", Text("{since} is not before as_of {as_of}", since=since, as_of=as_of))
         elif row.get("change_since", "").strip():
-            raise RowError("change", "change_since is given but the change is empty")
+            raise RowError("change", Text("change_since is given but the change is empty"))
         if text := row.get("rate", "").strip():
             m = _PERCENT.match(text)
             if not m:
-                raise RowError("rate", f"not a percentage: {text!r} (e.g. 6.4 or 6,4%)")
+                raise RowError("rate", Text("not a percentage: {text!r} (e.g. 6.4 or 6,4%)", text=text))
             rate = m.group(1) + (f".{m.group(2)}" if m.group(2) is not None else "")
             _fit("rate", rate, 16)
         if unknown and (change is not None or rate is not None):
-            raise RowError("area", f"{name!r} counts people in no known area: it cannot carry a change or a rate")
+            raise RowError("area", Text("{name!r} counts people in no known area: it cannot carry a change or a rate",
+                                        name=name))
         seen = (area.id, metric, as_of, unknown)
         if seen in self._seen:
-            what = f"people in no area of {area.name}" if unknown else f"{area.name} ({area.code})"
-            raise RowError("area", f"{what}: {metric} on {as_of} is already given earlier in this file")
+            raise RowError("area", Text(
+                "people in no area of {name}: {metric} on {as_of} is already given earlier in this file",
+                name=area.name, metric=metric, as_of=as_of) if unknown else Text(
+                "{name} ({code}): {metric} on {as_of} is already given earlier in this file",
+                name=area.name, code=area.code, metric=metric, as_of=as_of))
         self._seen.add(seen)
         return {
             "area_id": area.id, "metric": metric, "as_of": as_of, "unknown": unknown, "value": value,
@@ -1041,14 +1103,16 @@ class SnapshotsHandler:
                     return hits[0]
                 if hits:
                     names = "; ".join(f"{a.name} ({a.code})" for a in hits[:5])
-                    raise RowError("area", f"area {name!r} is ambiguous in {parent.name}: {names}; "
-                                           "use the code, or the name as written with its diacritics")
+                    raise RowError("area", Text("area {name!r} is ambiguous in {parent}: {names}; "
+                                                "use the code, or the name as written with its diacritics",
+                                                name=name, parent=parent.name, names=names))
         try:
             area = self.index.resolve(name)
         except AreaLookupError as exc:
-            raise RowError("area", str(exc)) from None
+            raise RowError("area", area_reason(exc, name)) from None
         if parent is not None and area.id not in {a.id for a in self._within(parent)}:
-            raise RowError("area", f"{area.name} ({area.code}) is not in {parent.name} ({parent.code})")
+            raise RowError("area", Text("{name} ({code}) is not in {parent} ({parent_code})", name=area.name,
+                                        code=area.code, parent=parent.name, parent_code=parent.code))
         return area
 
     def _within(self, parent: Area) -> list[Area]:

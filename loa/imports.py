@@ -12,12 +12,19 @@ A file whose header is wrong is refused when it is uploaded (:func:`check`), bef
 job exists.  The upload and the outcome are each an audit entry of the principal who
 sent the file.  A process that stops mid-import leaves its job ``running`` with an old
 ``updated_at``: :func:`get` calls such a job ``interrupted``.
+
+What a job says to its reader, its failure and its rejected rows' reasons, is stored as the
+sentence's English template and parameters (JSON, :func:`stored`), so that the console says it
+in each user's language (:func:`rejects` with a language, :func:`said`); a text stored before
+is shown as it is.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
+import json
 import logging
 import shutil
 import tempfile
@@ -33,7 +40,7 @@ from sqlalchemy.engine import Engine
 
 from loa import audit, db, importer
 from loa.config import Config
-from loa.errors import InputError, LoaError, NotFound, Text
+from loa.errors import InputError, LoaError, NotFound, Text, say
 
 log = logging.getLogger("loa.imports")
 
@@ -100,7 +107,7 @@ class Job:
     imported: int
     new: int
     rejected: int
-    failure: str | None
+    failure: str | None       # a Text where it was stored as one: str() English, said() in a language
     has_rejects: bool
     created_at: datetime
     updated_at: datetime
@@ -112,7 +119,7 @@ class Job:
             "progress": {"bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
                          "rows_done": self.rows_done, "rows_total": self.rows_total},
             "counts": {"imported": self.imported, "new": self.new, "rejected": self.rejected},
-            "failure": self.failure, "rejects": self.has_rejects,
+            "failure": str(self.failure) if self.failure is not None else None, "rejects": self.has_rejects,
             "created_at": self.created_at.isoformat(), "updated_at": self.updated_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
         }
@@ -130,18 +137,72 @@ def get(engine: Engine, job_id: int) -> Job:
     if row is None:
         raise NotFound(Text("no import job {id}", id=job_id))
     job = Job(*row)
+    if job.failure is not None:
+        job = dataclasses.replace(job, failure=loaded(job.failure))
     if job.state == "running" and db.utcnow() - job.updated_at > STALE:
         return dataclasses.replace(job, state="interrupted")
     return job
 
 
-def rejects(engine: Engine, job_id: int) -> str | None:
-    """The rejects CSV of a finished job; None when it rejected nothing (or is not done)."""
+def rejects(engine: Engine, job_id: int, language: Any = None, limit: int | None = None) -> str | None:
+    """The rejects CSV of a finished job, its reasons in ``language`` (a :class:`loa.i18n.Language`;
+    English for None); None when it rejected nothing (or is not done).  ``limit``: its first rows only."""
     with engine.connect() as conn:
         row = conn.execute(select(J.c.rejects).where(J.c.id == job_id)).one_or_none()
     if row is None:
         raise NotFound(Text("no import job {id}", id=job_id))
-    return row.rejects
+    if row.rejects is None:
+        return None
+    out = io.StringIO()
+    writer = csv.writer(out)
+    for n, cells in enumerate(csv.reader(io.StringIO(row.rejects, newline=""))):
+        if limit is not None and n > limit:
+            break
+        if n and len(cells) > 2:   # line, column, reason, the row: the header says "reason"
+            cells[2] = say(loaded(cells[2]), language)
+        writer.writerow(cells)
+    return out.getvalue()
+
+
+def rejected_rows(engine: Engine, job_id: int, language: Any = None, limit: int = 10) -> list[tuple[str, str, str]]:
+    """The first ``limit`` rejected rows of a job as (line, column, reason in ``language``)."""
+    text = rejects(engine, job_id, language, limit)
+    if text is None:
+        return []
+    return [(c[0], c[1], c[2]) for c in list(csv.reader(io.StringIO(text, newline="")))[1:] if len(c) > 2]
+
+
+def stored(message: str) -> str:
+    """``message`` as the database keeps it: a :class:`Text` as JSON of its template and parameters
+    (said in any language later, :func:`loaded`), a plain string as it is."""
+    return json.dumps(_plain(message), ensure_ascii=False) if isinstance(message, Text) else str(message)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Text):
+        return {"template": value.template, "params": {k: _plain(v) for k, v in value.params.items()}}
+    return value if isinstance(value, int | float | str | bool) or value is None else str(value)
+
+
+def loaded(text: str) -> str:
+    """What :func:`stored` kept: a :class:`Text` again; any other text as it is."""
+    if not text.startswith('{"template": '):
+        return text
+    try:
+        return _text(json.loads(text))
+    except (ValueError, TypeError, KeyError, IndexError):
+        return text
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"template", "params"}:
+        return Text(value["template"], **{k: _text(v) for k, v in value["params"].items()})
+    return value
+
+
+def said(message: str | None, language: Any) -> str:
+    """A job's failure (or a stored reason) in ``language``."""
+    return "" if message is None else say(message, language)
 
 
 def start(engine: Engine, config: Config, actor: str, kind: str, upload: Path, filename: str,
@@ -149,8 +210,11 @@ def start(engine: Engine, config: Config, actor: str, kind: str, upload: Path, f
     """Check the uploaded file, record the job and its audit entry, and import it in a thread.
 
     The thread owns ``upload`` (a temporary file) and removes it, with its folder, when done."""
-    handle = handler(kind, engine, config, upload, as_of)
-    rows_total = check(upload, handle)
+    try:
+        handle = handler(kind, engine, config, upload, as_of)
+        rows_total = check(upload, handle)
+    except InputError as exc:   # said of "the file", in the reader's language, not of a temporary path
+        raise InputError(_without(exc.args[0], str(upload))) from None
     now = db.utcnow()
     size = upload.stat().st_size
     with engine.begin() as conn:
@@ -219,17 +283,17 @@ def _run(engine: Engine, config: Config, actor: str, job_id: int, kind: str, han
     failure: str | None = None
     try:
         summary = importer.run_import(engine, _Counted(handle, progress), upload, rejects_path=rejects_path,  # type: ignore[arg-type]
-                                      progress=progress.on_bytes, on_reject=progress.on_reject)
-        failure = summary.failure
+                                      progress=progress.on_bytes, on_reject=progress.on_reject, reason=stored)
+        failure = _without(summary.failure, str(upload)) if summary.failure else None
         if kind == "arrivals":   # greet what was kept, as `loa import arrivals` does
             from loa.arrivals import arrival_campaigns, greet
 
             greet(engine, config, arrival_campaigns(config))
     except LoaError as exc:
-        failure = str(exc).replace(str(upload), "the file")
+        failure = _without(exc.args[0] if exc.args else str(exc), str(upload))
     except Exception as exc:   # the job must end, whatever happened
         log.exception("import job %s failed", job_id)
-        failure = f"internal error: {type(exc).__name__}"
+        failure = Text("internal error: {name}", name=type(exc).__name__)
     try:
         text = rejects_path.read_text(encoding="utf-8") if rejects_path.exists() else None
         read = summary.read if summary else progress.imported + progress.rejected
@@ -239,13 +303,24 @@ def _run(engine: Engine, config: Config, actor: str, job_id: int, kind: str, han
         now = db.utcnow()
         with engine.begin() as conn:
             conn.execute(update(J).where(J.c.id == job_id).values(
-                state="failed" if failure else "done", failure=failure, rejects=text, rows_done=read,
+                state="failed" if failure else "done", failure=stored(failure) if failure else None, rejects=text,
+                rows_done=read,
                 bytes_done=J.c.bytes_total if summary else progress.bytes_done, updated_at=now, finished_at=now,
                 **counts))
             audit.record(conn, actor, f"imports.{kind}", "import", job_id,
-                         after={"read": read, **counts, "failure": failure})
+                         after={"read": read, **counts, "failure": str(failure) if failure else None})
     finally:
         shutil.rmtree(upload.parent, ignore_errors=True)
+
+
+def _without(message: Any, path: str) -> Any:
+    """``message`` with the upload's temporary path said as "the file" (in the reader's language)."""
+    if isinstance(message, Text):
+        params = {k: _without(v, path) for k, v in message.params.items()}
+        return Text(message.template, **params)
+    if message == path:
+        return Text("the file")
+    return message.replace(path, "the file") if isinstance(message, str) else message
 
 
 def upload_dir() -> Path:
@@ -253,4 +328,5 @@ def upload_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="loa-import-"))
 
 
-__all__ = ["KINDS", "Job", "check", "get", "handler", "rejects", "start", "upload_dir"]
+__all__ = ["KINDS", "Job", "check", "get", "handler", "loaded", "rejected_rows", "rejects", "said", "start", "stored",
+           "upload_dir"]

@@ -58,7 +58,7 @@ from loa import db, snapshots, stats
 from loa.areas import Area, AreaIndex, AreaLookupError, populations_on
 from loa.campaign import ATTRIBUTION, VALIDITY_HOURS, ArrivalRule, Goal, load_one, parse_duration
 from loa.config import DEFAULT_TIMEZONE
-from loa.errors import InputError, LoaError, NotFound
+from loa.errors import InputError, LoaError, NotFound, Text
 from loa.ratelimit import db_epoch
 from loa.snapshots import Series, Summary
 from loa.status import HANDED_OVER, states_of
@@ -286,20 +286,39 @@ def build(engine: Engine, campaign: str, goal: Goal | None, level: str | None = 
                     whole=_whole(index, ordered, level))
     report.notes = _disagreements(index, ordered, level) + notes
     if later := [r for r in ordered if r.population_as_of and r.population_as_of > day]:
-        report.notes.append(f"no population dated on or before {day} (the campaign's first run) for: "
-                            + ", ".join(f"{r.area} (used {r.population_as_of})" for r in later))
+        used = [Text("{area} (used {day})", area=r.area, day=r.population_as_of) for r in later]
+        report.notes.append(Text("no population dated on or before {day} (the campaign's first run) for: {areas}",
+                                 day=day, areas=_joined(used)))
     if len(windows) > 1:
-        report.notes.append("the runs have different attribution windows ("
-                            + ", ".join(_duration_text(w / 1000) for w in sorted(windows))
-                            + "): each run's responses are counted within its own")
+        report.notes.append(Text(
+            "the runs have different attribution windows ({windows}): each run's responses are counted within its own",
+            windows=", ".join(_duration_text(w / 1000) for w in sorted(windows))))
     if any(r.population is None and r.code for r in ordered):
         missing = ", ".join(r.area for r in ordered if r.population is None and r.code)
-        report.notes.append(f"no population for: {missing}; their shares are left blank")
+        report.notes.append(Text("no population for: {areas}; their shares are left blank", areas=missing))
     report.versions = versions
     if cancelled:   # counted as targeted and not sent, as the intent-to-treat uplift needs
-        report.notes.append(f"{sum(n for _, n in cancelled):,} message(s) cancelled before they were sent ("
-                            + ", ".join(f"run {run_id}: {n:,}" for run_id, n in cancelled) + ")")
+        runs = [Text("run {run}: {n:n}", run=run_id, n=n) for run_id, n in cancelled]
+        report.notes.append(Text("{n:n} message(s) cancelled before they were sent ({runs})",
+                                 n=sum(n for _, n in cancelled), runs=_joined(runs)))
     return report
+
+
+def _joined(items: list[Text]) -> Text:
+    """Sentences joined by ", ", each said in the reader's language (the joint is no sentence
+    of the catalog: it stays as it is)."""
+    joint = ", ".join(f"{{i{n}}}" for n in range(len(items)))
+    return Text(joint, **{f"i{n}": t for n, t in enumerate(items)})
+
+
+_LEVEL_WORDS = ("province", "district", "commune", "ward", "region")   # loa.htmlreport.LEVELS says them
+
+
+def _level_word(level: str) -> str:
+    """A level as a note names it, translatable where the catalog knows it."""
+    if level in _LEVEL_WORDS:
+        return Text(level)
+    return level or Text("child")
 
 
 def _row_of(index: AreaIndex, area_id: int | None, level: str) -> tuple[int | str | None, Area | None]:
@@ -327,7 +346,10 @@ def _segment_areas(index: AreaIndex, definitions: list[dict[str, Any]], level: s
         try:
             root = index.resolve(name)
         except AreaLookupError as exc:
-            notes.append(f"segment area {name!r}: {exc}; only its areas with an audience are listed")
+            from loa.importer import area_reason
+
+            notes.append(Text("segment area {name!r}: {problem}; only its areas with an audience are listed",
+                              name=name, problem=area_reason(exc, name)))
             continue
         if (above := _ancestor_at(index, root, level)) is not None:
             out[above.id] = above
@@ -571,11 +593,13 @@ def _disagreements(index: AreaIndex, rows: list[Row], level: str) -> list[str]:
             continue
         summed = sum(c.population or 0 for c in all_children)
         if summed != parent.population:
-            notes.append(
-                f"{parent.name}: population given as {parent.population:,}, but its {len(all_children)} "
-                f"{level or 'child'} areas add up to {summed:,} (difference {parent.population - summed:+,}); "
-                "shares here use each area's own figure"
-            )
+            difference = parent.population - summed
+            notes.append(Text(
+                "{parent}: population given as {given:n}, but its {count} {level} areas add up to {summed:n} "
+                "(difference {sign}{difference:n}); shares here use each area's own figure",
+                parent=parent.name, given=parent.population, count=len(all_children),
+                level=_level_word(level), summed=summed,
+                sign="+" if difference >= 0 else "-", difference=abs(difference)))
     return notes
 
 

@@ -410,3 +410,75 @@ def test_an_upload_shows_its_counts_and_offers_its_rejects(engine: Engine, web: 
     viewer = sign_in(web, "vy", "viewer")
     assert viewer.get("/console/imports").status_code == 403
 
+
+def test_the_reports_notes_are_in_the_readers_language(engine: Engine, web: Web) -> None:
+    # the province's population is not the sum of its two districts': the report says so under the table
+    vi, en = sign_in(web, "vu", "viewer"), sign_in(web, "eve", "viewer")
+    en.post("/console/language", data={"csrf": csrf(en.get("/console/").text), "lang": "en", "next": "/console/"})
+
+    def notes(client: TestClient, **params: str) -> list[str]:
+        page = client.get("/console/reports/mocchau", params=params).text
+        section = page.split('<section aria-labelledby="notes-h"', 1)
+        assert len(section) == 2, page[-2000:]
+        return re.findall(r"<li>([^<]*)</li>", section[1].split("</section>", 1)[0])
+
+    said = notes(vi)
+    assert said == [("Sơn La: dân số ghi là 1.248.415, nhưng 2 địa bàn cấp quận/huyện của nó cộng lại được 275.746 "
+                     "(chênh lệch +972.669); tỷ lệ ở đây dùng số liệu riêng của từng địa bàn")], said
+    assert notes(vi, print="1") == said                   # the print page too
+    assert notes(en) == [("Sơn La: population given as 1,248,415, but its 2 district areas add up to 275,746 "
+                          "(difference +972,669); shares here use each area&#39;s own figure")]
+
+
+def _uploaded(client: TestClient, kind: str, body: bytes) -> tuple[str, str]:
+    """Upload ``body`` as a ``kind`` file; the job's URL and its page once the import is over."""
+    token = csrf(client.get("/console/imports").text)
+    r = client.post("/console/imports", data={"csrf": token, "kind": kind},
+                    files={"file": ("people.csv", body, "text/csv")})
+    assert r.status_code == 200 and re.search(r"/console/imports/\d+$", str(r.url)), r.text[:300]
+    deadline = time.monotonic() + 30
+    while 'data-state="running"' in (page := client.get(str(r.url)).text):
+        assert time.monotonic() < deadline, page
+        time.sleep(0.05)
+    return str(r.url), page
+
+
+def test_an_imports_reasons_and_failure_are_in_the_readers_language(engine: Engine, web: Web) -> None:
+    from loa import imports
+
+    vi = sign_in(web, "vu", "operator")                    # Vietnamese: the default
+    en = sign_in(web, "eve", "operator")
+    en.post("/console/language", data={"csrf": csrf(en.get("/console/").text), "lang": "en", "next": "/console/"})
+    body = "phone,name,area\n0913000001,Lan,126\nnot-a-phone,Bad,126\n0913000002,Hoa,Atlantis\n"
+    url, page = _uploaded(vi, "subscribers", body.encode())
+    reasons = re.findall(r"<td data-reason>([^<]*)</td>", page)
+    assert reasons == ["không phải số điện thoại Việt Nam hợp lệ",
+                       "không có địa bàn nào có mã hoặc tên &#39;Atlantis&#39;"], page
+    assert re.findall(r"<td data-reason>([^<]*)</td>", en.get(url).text) == [
+        "not a valid Vietnamese number", "no area with code or name &#39;Atlantis&#39;"]
+    # the download: the same machine-readable columns, the reason in the reader's language
+    csv_vi, csv_en = vi.get(url + "/rejects.csv").text, en.get(url + "/rejects.csv").text
+    assert csv_vi.splitlines()[0] == csv_en.splitlines()[0] == "line,column,reason,phone,name,area"
+    assert csv_vi.splitlines()[1:] == ["3,phone,không phải số điện thoại Việt Nam hợp lệ,not-a-phone,Bad,126",
+                                       "4,area,không có địa bàn nào có mã hoặc tên 'Atlantis',0913000002,Hoa,Atlantis"]
+    assert csv_en.splitlines()[1] == "3,phone,not a valid Vietnamese number,not-a-phone,Bad,126"
+    job_id = int(url.rsplit("/", 1)[1])
+    assert (imports.rejects(engine, job_id) or "").splitlines() == csv_en.splitlines()   # the API's: English
+    # a failure is kept so that each reader reads it in their language
+    url, page = _uploaded(vi, "subscribers", b"phone,name,area\n0913000003,Lan,126\n0913000004,\xff\xfe,126\n")
+    failure = re.search(r"<p class=\"flash error\" data-failure>([^<]*)</p>", page)
+    assert failure and failure.group(1) == (
+        "tệp:3: không phải văn bản UTF-8 (hãy lưu tệp dạng &#34;CSV UTF-8&#34;); việc nhập dừng ở đó: "
+        "1 dòng trước đó đã được nhập, 0 dòng bị loại"), page
+    english = en.get(url).text
+    assert ("the file:3: not UTF-8 text (save the file as &#34;CSV UTF-8&#34;); the import stopped there: "
+            "1 rows before it were imported, 0 rejected") in english
+    assert imports.get(engine, int(url.rsplit("/", 1)[1])).as_dict()["failure"].startswith("the file:3: not UTF-8")
+    # a file refused when it is uploaded: said of "the file", in the reader's language
+    token = csrf(vi.get("/console/imports").text)
+    refused = vi.post("/console/imports", data={"csrf": token, "kind": "subscribers"},
+                      files={"file": ("people.csv", b"name,area\nLan,126\n", "text/csv")})
+    assert refused.status_code == 422
+    assert "tệp: tiêu đề sai cho subscribers: thiếu phone (tìm thấy: name, area; cần " in refused.text, refused.text[-3000:]
+    assert "/upload.csv" not in refused.text
+

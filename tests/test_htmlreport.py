@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import csv
+import html
 import json
 import random
 import re
@@ -35,6 +36,7 @@ from loa.campaign import load_one
 from loa.config import Config
 from loa.demo import DATA as SON_LA_CSV
 from loa.demo import DISTRICT_CODES
+from loa.errors import Text
 from loa.htmlreport import render_html, render_report
 from loa.plan import plan_run
 
@@ -189,7 +191,23 @@ def test_the_page_is_self_contained(world: tuple[rep.Report, snap.Summary]) -> N
     for d in son_la():
         assert d["district"] in text
     assert "Huyện Mai Sơn: rate on 2020-08-17 printed as 6.4%, but 10,329 / 162,696 = 6.35%" in text
-    assert text.count("population given as 1,248,415") == 1           # said once, not by both parts
+    # the report's own note, in the page's language, said once though the snapshots find it too
+    assert text.count("Sơn La: dân số ghi là 1.248.415, nhưng 12 địa bàn cấp quận/huyện của nó cộng lại được") == 1
+    assert "population given as 1,248,415" not in text
+
+
+def test_the_notes_follow_the_pages_language(world: tuple[rep.Report, snap.Summary]) -> None:
+    report, summary = world
+    report.notes.append(Text("no population for: {areas}; their shares are left blank", areas="Xã A, Xã B"))
+    said = {}
+    for lang in ("vi", "en"):
+        page = render_html(report, summary, generated_at=GENERATED, lang=lang)
+        items = page.split('<ul class="notes">', 1)[1].split("</ul>", 1)[0]
+        said[lang] = [html.unescape(li) for li in re.findall(r"<li>(.*?)</li>", items)]
+    assert "không có dân số cho: Xã A, Xã B; tỷ lệ của các địa bàn này để trống" in said["vi"]
+    assert "no population for: Xã A, Xã B; their shares are left blank" in said["en"]
+    assert any(n.startswith("Sơn La: dân số ghi là 1.248.415, nhưng 12 địa bàn cấp quận/huyện") for n in said["vi"])
+    assert any(n.startswith("Sơn La: population given as 1,248,415, but its 12 district areas") for n in said["en"])
 
 
 def test_escaping(world: tuple[rep.Report, snap.Summary]) -> None:

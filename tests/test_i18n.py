@@ -139,6 +139,34 @@ def test_the_configured_language_is_followed_by_loa_report(workdir: Path, tmp_pa
                    '"vi" or "en", got \'fr\'')
 
 
+def test_the_rejects_file_of_loa_import_follows_the_configured_language(workdir: Path, tmp_path: Path) -> None:
+    """Its columns stay the same words; the reason is said in the configuration's language."""
+    ok(invoke(workdir, "init"))
+    ok(invoke(workdir, "import", "areas", str(write(tmp_path / "areas.csv", AREAS_CSV))))
+    people = write(tmp_path / "people.csv", "phone,area\n0912345678,Atlantis\n02438123456,\n0913000001,\n")
+    ok(invoke(workdir, "import", "subscribers", str(people)))
+    rejects = tmp_path / "people.rejects.csv"
+    assert rejects.read_text(encoding="utf-8").splitlines() == [
+        "line,column,reason,phone,area",
+        "2,area,không có địa bàn nào có mã hoặc tên 'Atlantis',0912345678,Atlantis",
+        "3,phone,\"số cố định, không phải số di động\",02438123456,"]
+    config = workdir / "config.toml"
+    config.write_text('language = "en"\n' + config.read_text(encoding="utf-8"), encoding="utf-8")
+    ok(invoke(workdir, "import", "subscribers", str(people)))
+    assert rejects.read_text(encoding="utf-8").splitlines()[1:] == [
+        "2,area,no area with code or name 'Atlantis',0912345678,Atlantis",
+        "3,phone,\"landline number, not a mobile\",02438123456,"]
+
+
+def test_every_reason_the_phone_parser_gives_is_in_the_catalog() -> None:
+    from loa import importer, phones
+
+    given = {phones.EMPTY, phones.INVALID, phones.LANDLINE, phones.SERVICE, phones.NOT_MOBILE, phones.FOREIGN}
+    assert {str(t) for t in importer.PHONE_REASONS} == given
+    vi = i18n.language("vi")
+    assert importer.phone_reason(phones.PhoneError(phones.LANDLINE)).in_language(vi) == "số cố định, không phải số di động"
+
+
 def test_the_configuration_defaults_to_vietnamese() -> None:
     assert from_mapping({}).language == "vi"
     assert from_mapping({"language": "en"}).language == "en"
@@ -261,3 +289,22 @@ def test_the_api_answers_errors_in_vietnamese_when_the_client_ranks_it_first(eng
     assert "hi.toml: channels[0]: không có kênh 'fax'" in message and "/tmp" not in message
     message = said(api.post("/api/v1/campaigns", content=bad.encode(), headers=toml | EN), 422, "rejected")
     assert "hi.toml: holdout: must be a fraction in [0, 1), got 2" in message
+
+
+def test_a_stored_sentence_is_said_later_in_either_language() -> None:
+    """An import job's failure and reasons are kept as template and parameters; older plain text as it is."""
+    from loa import imports
+
+    failure = Text("{problem}; the import stopped there: {imported} rows before it were imported, {rejected} rejected",
+                   problem=Text("{path}:{line}: malformed CSV: {problem}", path=Text("the file"), line=3,
+                                problem="unexpected end of data"), imported=1, rejected=0)
+    kept = imports.stored(failure)
+    assert kept.startswith('{"template": ') and "Text" not in kept
+    back = imports.loaded(kept)
+    assert isinstance(back, Text) and back == failure
+    assert back.in_language(i18n.language("vi")) == (
+        "tệp:3: CSV sai định dạng: unexpected end of data; việc nhập dừng ở đó: 1 dòng trước đó đã được nhập, "
+        "0 dòng bị loại")
+    assert imports.loaded("the file:3: an English line") == "the file:3: an English line"
+    assert imports.loaded('{"template": broken') == '{"template": broken'
+    assert imports.said(None, i18n.language("vi")) == ""

@@ -995,7 +995,8 @@ def report_page(request: Request, name: str) -> Response:
     snapshots = snapshots_table(summary, p.t) if summary is not None and summary.series else ""
     rows = [{"name": area_name(result, r, p.t), "row": r} for r in result.rows]
     top = max([r["row"].rate_delivered or 0 for r in rows] + [r["row"].installed_share or 0 for r in rows] + [0.01])
-    return render(p, "report.html", name=name, report=result, rows=rows, top=top, snapshots=snapshots,
+    notes = [said(p, n) for n in report.notes(result, summary)]   # the notes in the reader's language
+    return render(p, "report.html", name=name, report=result, rows=rows, top=top, snapshots=snapshots, notes=notes,
                   level=level or result.level, level_label=level_name(p.t, result.level),
                   levels=[(lv, level_name(p.t, lv)) for lv in sorted(report.levels(p.engine))],
                   printing=bool(request.query_params.get("print")))
@@ -1025,6 +1026,9 @@ def report_file(request: Request, name: str, fmt: str) -> Response:
 
 
 # -- imports ----------------------------------------------------------------------------------
+
+SHOWN_REJECTS = 10   # rejected rows shown on an import's page; the CSV has them all
+
 
 def _jobs(p: Page, limit: int = 20) -> list[imports.Job]:
     J = db.import_jobs
@@ -1088,15 +1092,19 @@ def import_page(request: Request, job_id: int) -> Response:
     job = _job(p, job_id, imports.get)
     if isinstance(job, Response):
         return job
+    # what the job says, in the reader's language: its failure and its first rejected rows' reasons
+    ctx = {"job": job, "kinds": KINDS, "failure": imports.said(job.failure, p.t),
+           "rejected": imports.rejected_rows(p.engine, job.id, p.t, SHOWN_REJECTS)
+           if job.state != "running" and job.has_rejects else []}
     if request.query_params.get("fragment"):
-        return fragment(p, "_import.html", job=job, kinds=KINDS)
-    return render(p, "import.html", job=job, kinds=KINDS)
+        return fragment(p, "_import.html", **ctx)
+    return render(p, "import.html", **ctx)
 
 
 @router.get(PREFIX + "/imports/{job_id}/rejects.csv")
 def import_rejects(request: Request, job_id: int) -> Response:
     p = page(request)
-    text = _job(p, job_id, imports.rejects)
+    text = _job(p, job_id, lambda engine, i: imports.rejects(engine, i, p.t))   # reasons in the reader's language
     if isinstance(text, Response):
         return text
     if text is None:
