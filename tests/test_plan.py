@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import re
 import random
+import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +12,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import case, event, func, select
+from conftest import write
+from sqlalchemy import case, event, func, select, text
 from sqlalchemy.engine import Engine
 
 from loa import db
@@ -22,7 +23,6 @@ from loa.errors import ConfigError
 from loa.importer import AreasHandler, EventsHandler, SubscribersHandler, run_import
 from loa.plan import plan_run, preview_counts
 from loa.preview import preview
-from conftest import write
 
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 AT = datetime(2020, 8, 18, 8, 0, tzinfo=TZ)
@@ -210,6 +210,88 @@ def test_failure_in_the_last_step_rolls_back(config: Config, town: Engine, monke
     with pytest.raises(RuntimeError, match="connection lost"):
         plan_run(town, config, campaign(config), scheduled_for=AT)
     assert count(town, R) == 0 and count(town, O) == 0
+
+
+def test_a_plan_holds_up_only_its_own_campaign(config: Config, town: Engine, tmp_path: Path) -> None:
+    """PostgreSQL: while campaign alpha's plan is inside its transaction (its insert done, not
+    committed), bravo is planned and applied; a second plan of alpha waits, then adds nothing."""
+    import threading
+
+    from loa import versions
+
+    if town.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer: every plan and apply waits for the one being written")
+    alpha, bravo = campaign(config, "alpha"), campaign(config, "bravo")
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if threading.current_thread().name == "alpha-1" and statement.lstrip().upper().startswith("INSERT INTO OUTBOX"):
+            inside.set()
+            release.wait(120)
+
+    results: dict[str, Any] = {}
+
+    def call(key: str, fn: Any, *args: Any, **kw: Any) -> threading.Thread:
+        def run() -> None:
+            try:
+                results[key] = fn(*args, **kw)
+            except Exception as exc:     # noqa: BLE001 - shown by the assertions below
+                results[key] = exc
+        thread = threading.Thread(target=run, name=key)
+        thread.start()
+        return thread
+
+    def waiting_on_locks() -> int:
+        with town.connect() as conn:
+            return conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                    "AND wait_event_type = 'Lock'"))
+
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    write(changed / "bravo.toml", (config.campaigns_dir / "bravo.toml").read_text().replace("holdout = 0.0",
+                                                                                            "holdout = 0.5"))
+    event.listen(town, "after_cursor_execute", hold)
+    threads = []
+    try:
+        threads.append(call("alpha-1", plan_run, town, config, alpha, scheduled_for=AT))
+        assert inside.wait(60), f"alpha's plan never reached its insert: {results}"
+
+        def meanwhile() -> tuple[Any, Any]:
+            return (plan_run(town, config, bravo, scheduled_for=AT),
+                    versions.apply(town, config, "os:t", folder=changed, templates=config.templates_dir))
+        other = call("bravo", meanwhile)
+        other.join(60)
+        assert not other.is_alive(), "planning and applying bravo waited for alpha's plan to commit"
+
+        threads.append(call("alpha-2", plan_run, town, config, alpha, scheduled_for=AT))
+        for _ in range(600):       # bounded: the second plan of alpha waits for the first
+            if waiting_on_locks() or "alpha-2" in results:
+                break
+            threading.Event().wait(0.1)
+        assert "alpha-2" not in results, f"alpha was planned twice at once: {results['alpha-2']}"
+        assert waiting_on_locks(), "the second plan of alpha never waited for the first"
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(120)
+        event.remove(town, "after_cursor_execute", hold)
+    assert not [r for r in results.values() if isinstance(r, Exception)], results
+    first, second = results["alpha-1"], results["alpha-2"]
+    planned_bravo, applied = results["bravo"]
+    assert (first.created, first.added) == (True, 5)
+    assert (second.run_id, second.created, second.added) == (first.run_id, False, 0)
+    assert planned_bravo.created and planned_bravo.added == 5
+    assert [(a.name, a.version, a.added) for a in applied.campaigns] == [("bravo", 2, True)]
+    with town.connect() as conn:
+        ids = conn.scalars(select(O.c.subscriber_id).where(O.c.run_id == first.run_id)).all()
+        assert len(ids) == len(set(ids)) == 5
+        numbers = conn.execute(select(db.campaigns.c.name, db.campaign_versions.c.version)
+                               .join(db.campaigns, db.campaigns.c.id == db.campaign_versions.c.campaign_id)
+                               .order_by(db.campaigns.c.name, db.campaign_versions.c.version)).all()
+        assert [tuple(n) for n in numbers] == [("alpha", 1), ("bravo", 1), ("bravo", 2)]
+        runs = conn.execute(select(db.campaigns.c.name, R.c.campaign_version).join(
+            db.campaigns, db.campaigns.c.id == R.c.campaign_id).order_by(db.campaigns.c.name)).all()
+        assert [tuple(r) for r in runs] == [("alpha", 1), ("bravo", 1)]
 
 
 # -- holdout ------------------------------------------------------------------------
