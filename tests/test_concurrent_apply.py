@@ -3,8 +3,10 @@ processes, on SQLite and PostgreSQL: one new version per distinct content, versi
 1, 2, 3... each once, and no apply's version lost or overwritten by another's.
 
 ``loa.versions.apply`` serialises applies (SQLite's one writer, taken at BEGIN IMMEDIATE;
-PostgreSQL's advisory transaction lock and the campaign's row lock), and compares each
-content with the campaign's current version inside that lock.
+PostgreSQL's advisory transaction locks, one per campaign it changes and one for applies, and
+the campaign's row lock), and compares each content with the campaign's current version inside
+those locks.  A plan holds its campaign's locks, not the applies' one: on PostgreSQL an apply
+waits for a plan only to change the campaign being planned.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import write
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -112,3 +115,80 @@ def test_applies_at_once_from_processes_add_one_version(engine: Engine, workdir:
     said = sorted(out.splitlines()[0] for out, _ in outputs)
     assert said == ["remind: unchanged (version 2)"] * 2 + ["remind: version 2 applied, active"], said
     assert stored(engine) == [(1, "v1"), (2, "P")] and current(engine) == 2
+
+
+def test_an_apply_waits_for_a_plan_only_to_change_its_campaign(engine: Engine, config: Config,
+                                                               tmp_path: Path) -> None:
+    """PostgreSQL: while remind's stored version is being planned (its insert done, not
+    committed), applying it unchanged and applying another campaign complete; applying a change
+    to remind waits for the plan, then adds version 2, and the run keeps version 1."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import event, text
+
+    from loa.plan import plan_run
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer: every apply waits for the plan being written")
+    v1 = folder(tmp_path / "v1", "v1")
+    versions.apply(engine, config, "os:t", folder=v1[0], templates=v1[1])
+    remind = versions.load(engine, config, "remind")
+    other = folder(tmp_path / "other", "v1")
+    (other[0] / "remind.toml").rename(other[0] / "other.toml")
+    write(other[0] / "other.toml", CAMPAIGN.replace('"remind"', '"other"'))
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if threading.current_thread().name == "plan" and statement.lstrip().upper().startswith("INSERT INTO OUTBOX"):
+            inside.set()
+            release.wait(120)
+
+    results: dict[str, Any] = {}
+
+    def call(key: str, fn: Any, *args: Any, **kw: Any) -> threading.Thread:
+        def run() -> None:
+            try:
+                results[key] = fn(*args, **kw)
+            except Exception as exc:     # noqa: BLE001 - shown by the assertions below
+                results[key] = exc
+        thread = threading.Thread(target=run, name=key)
+        thread.start()
+        return thread
+
+    def waiting_on_locks() -> int:
+        with engine.connect() as conn:
+            return int(conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                        "AND wait_event_type = 'Lock'")) or 0)
+
+    def apply(contents: tuple[Path, Path]) -> versions.Applied:
+        return versions.apply(engine, config, "os:t", folder=contents[0], templates=contents[1]).campaigns[0]
+
+    v2 = folder(tmp_path / "v2", "v2")
+    event.listen(engine, "after_cursor_execute", hold)
+    threads = []
+    try:
+        threads.append(call("plan", plan_run, engine, config, remind, scheduled_for=datetime(2020, 8, 18, tzinfo=UTC)))
+        assert inside.wait(60), f"remind's plan never reached its insert: {results}"
+        meanwhile = call("meanwhile", lambda: (apply(v1), apply(other)))
+        meanwhile.join(60)
+        assert not meanwhile.is_alive(), "applying remind unchanged, or another campaign, waited for remind's plan"
+        threads.append(call("change", apply, v2))
+        for _ in range(600):       # bounded: the change waits for the plan
+            if waiting_on_locks() or "change" in results:
+                break
+            threading.Event().wait(0.1)
+        assert "change" not in results, f"remind changed while it was being planned: {results['change']}"
+        assert waiting_on_locks(), "applying a change to remind never waited for its plan"
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(120)
+        event.remove(engine, "after_cursor_execute", hold)
+    assert not [r for r in results.values() if isinstance(r, Exception)], results
+    unchanged, added = results["meanwhile"]
+    assert (unchanged.name, unchanged.version, unchanged.added) == ("remind", 1, False)
+    assert (added.name, added.version, added.added) == ("other", 1, True)
+    assert (results["change"].version, results["change"].added) == (2, True)
+    assert stored(engine) == [(1, "v1"), (1, "v1"), (2, "v2")]
+    with engine.connect() as conn:
+        assert conn.scalar(select(db.runs.c.campaign_version)) == 1
