@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import write
-from sqlalchemy import case, event, func, select, text
+from sqlalchemy import case, event, func, select
 from sqlalchemy.engine import Engine
 
 from loa import db
@@ -215,69 +215,30 @@ def test_failure_in_the_last_step_rolls_back(config: Config, town: Engine, monke
 def test_a_plan_holds_up_only_its_own_campaign(config: Config, town: Engine, tmp_path: Path) -> None:
     """PostgreSQL: while campaign alpha's plan is inside its transaction (its insert done, not
     committed), bravo is planned and applied; a second plan of alpha waits, then adds nothing."""
-    import threading
+    from test_concurrent_apply import HeldPlan
 
     from loa import versions
 
     if town.dialect.name != "postgresql":
         pytest.skip("SQLite has one writer: every plan and apply waits for the one being written")
     alpha, bravo = campaign(config, "alpha"), campaign(config, "bravo")
-    inside, release = threading.Event(), threading.Event()
-
-    def hold(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if threading.current_thread().name == "alpha-1" and statement.lstrip().upper().startswith("INSERT INTO OUTBOX"):
-            inside.set()
-            release.wait(120)
-
-    results: dict[str, Any] = {}
-
-    def call(key: str, fn: Any, *args: Any, **kw: Any) -> threading.Thread:
-        def run() -> None:
-            try:
-                results[key] = fn(*args, **kw)
-            except Exception as exc:     # noqa: BLE001 - shown by the assertions below
-                results[key] = exc
-        thread = threading.Thread(target=run, name=key)
-        thread.start()
-        return thread
-
-    def waiting_on_locks() -> int:
-        with town.connect() as conn:
-            return conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                    "AND wait_event_type = 'Lock'"))
-
     changed = tmp_path / "changed"
     changed.mkdir()
     write(changed / "bravo.toml", (config.campaigns_dir / "bravo.toml").read_text().replace("holdout = 0.0",
                                                                                             "holdout = 0.5"))
-    event.listen(town, "after_cursor_execute", hold)
-    threads = []
-    try:
-        threads.append(call("alpha-1", plan_run, town, config, alpha, scheduled_for=AT))
-        assert inside.wait(60), f"alpha's plan never reached its insert: {results}"
 
-        def meanwhile() -> tuple[Any, Any]:
-            return (plan_run(town, config, bravo, scheduled_for=AT),
-                    versions.apply(town, config, "os:t", folder=changed, templates=config.templates_dir))
-        other = call("bravo", meanwhile)
-        other.join(60)
-        assert not other.is_alive(), "planning and applying bravo waited for alpha's plan to commit"
+    def bravo_now() -> tuple[Any, Any]:
+        return (plan_run(town, config, bravo, scheduled_for=AT),
+                versions.apply(town, config, "os:t", folder=changed, templates=config.templates_dir))
 
-        threads.append(call("alpha-2", plan_run, town, config, alpha, scheduled_for=AT))
-        for _ in range(600):       # bounded: the second plan of alpha waits for the first
-            if waiting_on_locks() or "alpha-2" in results:
-                break
-            threading.Event().wait(0.1)
-        assert "alpha-2" not in results, f"alpha was planned twice at once: {results['alpha-2']}"
-        assert waiting_on_locks(), "the second plan of alpha never waited for the first"
-    finally:
-        release.set()
-        for thread in threads:
-            thread.join(120)
-        event.remove(town, "after_cursor_execute", hold)
-    assert not [r for r in results.values() if isinstance(r, Exception)], results
+    with HeldPlan(town, "alpha-1") as held:
+        held.call("alpha-1", plan_run, town, config, alpha, scheduled_for=AT)
+        planned_bravo, applied = held.completes("bravo", bravo_now,
+                                                why="planning and applying bravo waited for alpha's plan to commit")
+        held.waits("alpha-2", plan_run, town, config, alpha, scheduled_for=AT,
+                   why="alpha was planned twice at once")
+    results = held.outcome()
     first, second = results["alpha-1"], results["alpha-2"]
-    planned_bravo, applied = results["bravo"]
     assert (first.created, first.added) == (True, 5)
     assert (second.run_id, second.created, second.added) == (first.run_id, False, 0)
     assert planned_bravo.created and planned_bravo.added == 5
