@@ -240,7 +240,8 @@ def plan_run(engine: Engine, config: Config, campaign: Campaign, *,
         if campaign.version is None:
             stored = versions.stored(conn, campaign.name)
             campaign = versions.record_definition(conn, config, campaign, cli_actor())
-        # the upsert locks the campaign's row until commit: two manual runs at once are checked in turn
+        # the upsert locks the campaign's row until commit: two manual runs at once are checked in turn;
+        # other campaigns' plans and applies do not wait (record_definition locks this campaign only)
         campaign_id = ensure_campaign(conn, campaign)
         if refusal := planning_refusal(conn, campaign_id, campaign.version):   # not active, or not this version
             if stored is not None and stored.version != campaign.version and " is draft:" in refusal:

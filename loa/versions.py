@@ -51,6 +51,7 @@ C, V = db.campaigns, db.campaign_versions
 SOURCE_KEY = "campaigns_source"      # loa_meta: "database" once `loa campaigns apply` has run
 SOURCE_DATABASE = "database"
 _APPLY_LOCK = 0x6C6F6135             # PostgreSQL: applies, implicit or not, one after the other
+_CAMPAIGN_LOCK = 0x6C6F6136          # PostgreSQL, with the name's hash: one campaign's versions, one writer
 EDITABLE = ("pending_approval", "approved", "active", "paused")   # a changed version sends these to draft
 STARTING = ("draft", "pending_approval", "approved")              # without approval, applying makes these active
 
@@ -283,14 +284,40 @@ class ApplyResult:
 
 
 def _lock(conn: Connection) -> None:
+    """Applies one after the other (PostgreSQL; SQLite's one writer does it at BEGIN IMMEDIATE):
+    taken after :func:`_lock_campaigns`, never held while planning."""
     if conn.dialect.name == "postgresql":
         conn.execute(select(func.pg_advisory_xact_lock(_APPLY_LOCK)))
 
 
+def _lock_campaigns(conn: Connection, names: Iterable[str]) -> None:
+    """Lock the versions of campaigns ``names`` until the transaction ends (PostgreSQL).
+
+    Whoever adds a version (an apply, a plan of a definition) holds its campaign's lock, so
+    the campaign's current version read under it stays current, and a new campaign is
+    inserted once.  Per campaign: planning a definition holds it for the whole plan, and
+    must not hold up another campaign's plan or apply.  Taken in name order, always before
+    :func:`_lock` and the campaigns' rows, so two transactions never wait for each other."""
+    if conn.dialect.name == "postgresql":
+        for name in sorted(set(names)):
+            conn.execute(select(func.pg_advisory_xact_lock(_CAMPAIGN_LOCK, func.hashtext(name))))
+
+
+def _current(conn: Connection, name: str) -> Any:
+    """(id, name, state, version, digest) of campaign ``name``'s current version, or None."""
+    return conn.execute(select(C.c.id, C.c.name, C.c.state, V.c.version, V.c.digest).join(
+        V, (V.c.campaign_id == C.c.id) & (V.c.version == C.c.current_version)).where(C.c.name == name)).first()
+
+
 def _store(conn: Connection, config: Config, draft: Draft, who: str, reason: str) -> Applied:
-    """Add ``draft`` as the campaign's next version if its digest changed; audited."""
+    """Add ``draft`` as the campaign's next version if its digest changed; audited.  Under
+    the campaign's lock (:func:`_lock_campaigns`): an unchanged campaign's row is not locked,
+    so a campaign being planned does not hold up an apply that leaves it as it is."""
     now = db.utcnow()
     campaign = draft.campaign
+    same = _current(conn, campaign.name)
+    if same is not None and same.digest == draft.digest:
+        return Applied(campaign.name, same.version, False, same.state, same.state)
     query = select(C).where(C.c.name == campaign.name)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
@@ -299,8 +326,6 @@ def _store(conn: Connection, config: Config, draft: Draft, who: str, reason: str
     if row is not None and row.current_version is not None:
         current = conn.execute(select(V.c.version, V.c.digest)
                                .where(V.c.campaign_id == row.id, V.c.version == row.current_version)).first()
-    if current is not None and current.digest == draft.digest:
-        return Applied(campaign.name, current.version, False, row.state, row.state)
     approval = _approval_reason(conn, config, campaign)
     if row is None:
         state = "draft" if approval else "active"
@@ -377,11 +402,22 @@ def apply(engine: Engine, config: Config, who: str, *, folder: Path | None = Non
                                         now[d.campaign.name].state, now[d.campaign.name].state) for d in drafts]
             return result
     with engine.begin() as conn:
+        # Only the campaigns this apply changes are locked, theirs first, then their rows, then
+        # the apply lock: a campaign being planned holds up only the applies that change it.
+        before = {d.campaign.name: _current(conn, d.campaign.name) for d in drafts}
+        changed = [d.campaign.name for d in drafts
+                   if (c := before[d.campaign.name]) is None or c.digest != d.digest]
+        _lock_campaigns(conn, changed)
+        if changed and conn.dialect.name == "postgresql":
+            conn.execute(select(C.c.id).where(C.c.name.in_(changed)).order_by(C.c.name).with_for_update())
         _lock(conn)
         if implicit and is_database_source(conn):   # applied meanwhile: the database rules now
             return result
         for draft in drafts:
-            result.campaigns.append(_store(conn, config, draft, who, reason))
+            if (same := before[draft.campaign.name]) is not None and draft.campaign.name not in changed:
+                result.campaigns.append(Applied(same.name, same.version, False, same.state, same.state))
+            else:   # compared again under the lock: another apply may have added this content meanwhile
+                result.campaigns.append(_store(conn, config, draft, who, reason))
         if not implicit:
             stmt = db.insert_for(conn, db.meta).values(key=SOURCE_KEY, value=SOURCE_DATABASE)
             conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": SOURCE_DATABASE}))
@@ -391,7 +427,9 @@ def apply(engine: Engine, config: Config, who: str, *, folder: Path | None = Non
 def record_definition(conn: Connection, config: Config, campaign: Campaign, who: str) -> Campaign:
     """A campaign given as a parsed file (``version`` None), as its stored version: the file's
     text and its templates are added as a version if they changed (a caller that plans a
-    definition applies it).  In the caller's transaction."""
+    definition applies it).  In the caller's transaction, which holds the campaign's lock
+    (:func:`_lock_campaigns`) until it ends, and not the apply lock: a plan's transaction
+    lasts as long as its insert, and holds up only plans and applies of this campaign."""
     try:
         text = campaign.path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError):
@@ -399,7 +437,7 @@ def record_definition(conn: Connection, config: Config, campaign: Campaign, who:
     if text is None or parse_text(text, campaign.path)[0] != campaign:
         text = _toml_of(campaign)    # built in code, or its file changed since: store what is planned
     used, _ = templates_for(campaign, config.templates_dir)
-    _lock(conn)
+    _lock_campaigns(conn, [campaign.name])
     applied = _store(conn, config, Draft(campaign.path.name, text, campaign, used, digest_of(text, used)), who,
                      "planned from its definition")
     return dataclasses.replace(campaign, version=applied.version, templates=used)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import re
 import random
+import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from conftest import write
 from sqlalchemy import case, event, func, select
 from sqlalchemy.engine import Engine
 
@@ -22,7 +23,6 @@ from loa.errors import ConfigError
 from loa.importer import AreasHandler, EventsHandler, SubscribersHandler, run_import
 from loa.plan import plan_run, preview_counts
 from loa.preview import preview
-from conftest import write
 
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 AT = datetime(2020, 8, 18, 8, 0, tzinfo=TZ)
@@ -210,6 +210,49 @@ def test_failure_in_the_last_step_rolls_back(config: Config, town: Engine, monke
     with pytest.raises(RuntimeError, match="connection lost"):
         plan_run(town, config, campaign(config), scheduled_for=AT)
     assert count(town, R) == 0 and count(town, O) == 0
+
+
+def test_a_plan_holds_up_only_its_own_campaign(config: Config, town: Engine, tmp_path: Path) -> None:
+    """PostgreSQL: while campaign alpha's plan is inside its transaction (its insert done, not
+    committed), bravo is planned and applied; a second plan of alpha waits, then adds nothing."""
+    from test_concurrent_apply import HeldPlan
+
+    from loa import versions
+
+    if town.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer: every plan and apply waits for the one being written")
+    alpha, bravo = campaign(config, "alpha"), campaign(config, "bravo")
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    write(changed / "bravo.toml", (config.campaigns_dir / "bravo.toml").read_text().replace("holdout = 0.0",
+                                                                                            "holdout = 0.5"))
+
+    def bravo_now() -> tuple[Any, Any]:
+        return (plan_run(town, config, bravo, scheduled_for=AT),
+                versions.apply(town, config, "os:t", folder=changed, templates=config.templates_dir))
+
+    with HeldPlan(town, "alpha-1") as held:
+        held.call("alpha-1", plan_run, town, config, alpha, scheduled_for=AT)
+        planned_bravo, applied = held.completes("bravo", bravo_now,
+                                                why="planning and applying bravo waited for alpha's plan to commit")
+        held.waits("alpha-2", plan_run, town, config, alpha, scheduled_for=AT,
+                   why="alpha was planned twice at once")
+    results = held.outcome()
+    first, second = results["alpha-1"], results["alpha-2"]
+    assert (first.created, first.added) == (True, 5)
+    assert (second.run_id, second.created, second.added) == (first.run_id, False, 0)
+    assert planned_bravo.created and planned_bravo.added == 5
+    assert [(a.name, a.version, a.added) for a in applied.campaigns] == [("bravo", 2, True)]
+    with town.connect() as conn:
+        ids = conn.scalars(select(O.c.subscriber_id).where(O.c.run_id == first.run_id)).all()
+        assert len(ids) == len(set(ids)) == 5
+        numbers = conn.execute(select(db.campaigns.c.name, db.campaign_versions.c.version)
+                               .join(db.campaigns, db.campaigns.c.id == db.campaign_versions.c.campaign_id)
+                               .order_by(db.campaigns.c.name, db.campaign_versions.c.version)).all()
+        assert [tuple(n) for n in numbers] == [("alpha", 1), ("bravo", 1), ("bravo", 2)]
+        runs = conn.execute(select(db.campaigns.c.name, R.c.campaign_version).join(
+            db.campaigns, db.campaigns.c.id == R.c.campaign_id).order_by(db.campaigns.c.name)).all()
+        assert [tuple(r) for r in runs] == [("alpha", 1), ("bravo", 1)]
 
 
 # -- holdout ------------------------------------------------------------------------
