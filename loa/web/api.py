@@ -165,6 +165,23 @@ def _web(request: Request) -> Any:
 
 # -- where a campaign lies ---------------------------------------------------------------
 
+def places_of_definitions(index: AreaIndex, definitions: Sequence[Any]) -> list[Any]:
+    """The areas that campaign definitions' segments name; the whole country if one of them
+    names none, or names one that no longer resolves."""
+    places: dict[str, Any] = {}
+    for definition in definitions:
+        names = ((definition or {}).get("segment") or {}).get("areas") or []
+        if not names:
+            return [auth.EVERYWHERE]
+        for name in names:
+            try:
+                area = index.resolve(str(name))
+            except AreaLookupError:
+                return [auth.EVERYWHERE]
+            places[area.path] = area
+    return list(places.values()) or [auth.EVERYWHERE]
+
+
 class Places:
     """The areas campaigns lie in: the segment areas of their current version and of their
     runs' definitions; the whole country for a segment without areas, or one that no longer
@@ -178,7 +195,6 @@ class Places:
         q = select(R.c.definition).where(R.c.campaign_id == campaign_id)
         if run_id is not None:
             q = q.where(R.c.id == run_id)
-        places: dict[str, Any] = {}
         definitions = list(self.conn.scalars(q))
         if run_id is None:          # a campaign applied but not yet run lies where its version says
             current = self.conn.scalar(
@@ -189,17 +205,7 @@ class Places:
                     definitions.append(tomllib.loads(current))
                 except tomllib.TOMLDecodeError:     # stored versions were validated when applied
                     return [auth.EVERYWHERE]
-        for definition in definitions:
-            names = ((definition or {}).get("segment") or {}).get("areas") or []
-            if not names:
-                return [auth.EVERYWHERE]
-            for name in names:
-                try:
-                    area = self.index.resolve(str(name))
-                except AreaLookupError:
-                    return [auth.EVERYWHERE]
-                places[area.path] = area
-        return list(places.values()) or [auth.EVERYWHERE]
+        return places_of_definitions(self.index, definitions)
 
     @staticmethod
     def codes(places: Sequence[Any]) -> list[str]:

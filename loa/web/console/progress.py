@@ -28,9 +28,10 @@ from sqlalchemy.engine import Connection
 from starlette.responses import Response
 
 from loa import auth, db
-from loa.areas import AreaIndex, AreaLookupError
+from loa.areas import AreaIndex
 from loa.errors import LoaError
 from loa.status import IN_FLIGHT, MIN_SPAN, OPEN, SENT, WINDOW, outcome
+from loa.web.api import places_of_definitions
 
 C, R, O, V = db.campaigns, db.runs, db.outbox, db.campaign_versions
 POLL_SECONDS = 5
@@ -73,22 +74,6 @@ def _budget(definition: Any) -> int | None:
     return int(budget) if budget else None
 
 
-def _definitions_places(index: AreaIndex, definitions: list[Any]) -> list[Any]:
-    """The areas a campaign lies in, by its definitions (as ``loa.web.api.Places``)."""
-    places: dict[str, Any] = {}
-    for definition in definitions:
-        names = ((definition or {}).get("segment") or {}).get("areas") or []
-        if not names:
-            return [auth.EVERYWHERE]
-        for name in names:
-            try:
-                area = index.resolve(str(name))
-            except AreaLookupError:
-                return [auth.EVERYWHERE]
-            places[area.path] = area
-    return list(places.values()) or [auth.EVERYWHERE]
-
-
 def _readable(conn: Connection, who: auth.Principal, rows: list[Any]) -> list[Any]:
     """The rows of the campaigns ``who`` may read: all of them for an unbound user; for a
     bound one, two statements whatever their number (the areas, and the runs' definitions)."""
@@ -107,7 +92,7 @@ def _readable(conn: Connection, who: auth.Principal, rows: list[Any]) -> list[An
                 mine.append(tomllib.loads(r.toml))
             except tomllib.TOMLDecodeError:
                 mine.append(None)
-        if who.can("campaigns.read", _definitions_places(index, mine)):
+        if who.can("campaigns.read", places_of_definitions(index, mine)):
             out.append(r)
     return out
 
