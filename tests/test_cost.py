@@ -293,6 +293,18 @@ def test_several_dispatchers_at_once_never_take_a_campaign_over_its_budget(
     plan_run(engine, config, make_campaign(workdir, budget=budget))
     dispatchers = [Dispatcher(engine, config, threads=3, batch_size=8) for _ in range(3)]
     start = threading.Barrier(len(dispatchers))
+    # the gateway answers no send until more than one dispatcher's 3 senders wait on it at once:
+    # then at least two dispatchers are sending together, however the machine schedules them
+    gate, arrived, count = threading.Event(), threading.Lock(), [0]
+
+    def hold() -> None:
+        with arrived:
+            count[0] += 1
+            if count[0] > 3:
+                gate.set()
+        gate.wait(120)
+
+    esms.hold = hold
     errors: list[BaseException] = []
 
     def go(d: Dispatcher) -> None:
@@ -318,7 +330,7 @@ def test_several_dispatchers_at_once_never_take_a_campaign_over_its_budget(
         state, by = conn.execute(select(C.c.state, C.c.state_by).where(C.c.name == "c")).one()
     assert (state, by) == ("paused", "system")
     assert any(d.summary.over_budget for d in dispatchers)
-    assert sum(1 for d in dispatchers if d.summary.outcomes["sent"]) >= 2   # they did send at once
+    assert gate.is_set() and sum(1 for d in dispatchers if d.summary.outcomes["sent"]) >= 2   # at once
     left = Counter(r.state for r in rows(engine))
     assert left["sent"] + left["planned"] == 160 and left["planned"] > 0, left
 

@@ -38,7 +38,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -169,6 +169,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if app.latency and endpoint == SEND:
             time.sleep(app.latency)  # processed already: a timed-out client leaves it accepted
+        if app.hold is not None and endpoint == SEND:
+            app.hold()               # a test's gate: the answer waits until it lets it go
         self._reply(200, answer)
 
     def do_GET(self) -> None:  # noqa: N802
@@ -206,6 +208,7 @@ class FakeESMS:
         self.advertising_batch_only = advertising_batch_only
         self.callback_glue = callback_glue   # "auto": "&" if the URL has a query; or "?" always
         self.codes: dict[str, str] = {}      # phone -> CodeResult to answer instead
+        self.hold: Callable[[], None] | None = None   # called before a send is answered
         self.user_id = 9999
 
         self.lock = threading.Lock()
