@@ -28,8 +28,8 @@ from loa import db
 from loa.areas import AreaIndex, AreaLookupError
 from loa.campaign import Campaign, load_all
 from loa.config import Config
-from loa.errors import LoaError
-from loa.importer import RowError, parse_time
+from loa.errors import LoaError, Text
+from loa.importer import RowError, area_reason, parse_time, phone_reason
 from loa.lifecycle import planning_refusal
 from loa.phones import PhoneError, normalize
 from loa.plan import audience_select, ensure_campaign, gateway_for
@@ -65,7 +65,7 @@ def record(engine: Engine, items: Sequence[Mapping[str, Any]], tz: ZoneInfo, *, 
         known = []
         for r in rows:
             if r["phone"] not in ids:
-                outcome.rejected.append((r["_index"], "phone", "no subscriber has this phone"))
+                outcome.rejected.append((r["_index"], "phone", Text("no subscriber has this phone")))
                 continue
             known.append({"subscriber_id": ids[r["phone"]], "area_id": r["area_id"], "arrived_at": r["arrived_at"],
                           "source": r["source"], "created_at": now})
@@ -78,15 +78,15 @@ def record(engine: Engine, items: Sequence[Mapping[str, Any]], tz: ZoneInfo, *, 
 
 def _row(item: Mapping[str, Any], index: AreaIndex, tz: ZoneInfo, source: str) -> dict[str, Any]:
     if not isinstance(item, Mapping):
-        raise RowError("", "an arrival must be an object with phone and area")
+        raise RowError("", Text("an arrival must be an object with phone and area"))
     try:
         phone = normalize(str(item.get("phone") or "")).e164
     except PhoneError as exc:
-        raise RowError("phone", str(exc)) from None
+        raise RowError("phone", phone_reason(exc)) from None
     try:
         area = index.resolve(str(item.get("area") or ""))
     except AreaLookupError as exc:
-        raise RowError("area", str(exc)) from None
+        raise RowError("area", area_reason(exc, str(item.get("area") or ""))) from None
     when = item.get("time")
     arrived = parse_time("time", str(when), tz) if when else db.utcnow()
     return {"phone": phone, "area_id": area.id, "arrived_at": arrived,
@@ -114,7 +114,7 @@ class ArrivalsHandler:
 
     def prepare(self, row: Mapping[str, str]) -> dict[str, Any]:
         if not row.get("time", "").strip():
-            raise RowError("time", "empty time")
+            raise RowError("time", Text("empty time"))
         return _row(row, self.index, self.tz, self.path.name)
 
     def write(self, conn: Connection, records: list[dict[str, Any]]) -> tuple[int, list[Any]]:
@@ -124,7 +124,7 @@ class ArrivalsHandler:
         rows, late = [], []
         for r in records:
             if r["phone"] not in ids:
-                late.append((r, "phone", "no subscriber has this phone; import subscribers first"))
+                late.append((r, "phone", Text("no subscriber has this phone; import subscribers first")))
                 continue
             rows.append({"subscriber_id": ids[r["phone"]], "area_id": r["area_id"], "arrived_at": r["arrived_at"],
                          "source": r["source"], "created_at": now})

@@ -1442,12 +1442,13 @@ def users_add(app: App, name: str, role: str, area_code: str | None) -> None:
 @click.pass_obj
 @fail_cleanly
 def users_list(app: App) -> None:
-    """Every user, its role, area and last sign-in."""
+    """Every user, its role, area, language (vi or en) and last sign-in."""
     from loa import auth
 
-    table = Table("name", "role", "area", "created", "last sign-in", "state")
+    table = Table("name", "role", "area", "language", "created", "last sign-in", "state")
     for u in auth.list_users(app.engine()):
         table.add_row(escape(u.name), u.role, escape(f"{u.area_name} ({u.area_code})") if u.area_code else "all",
+                      u.language,
                       _when(app, u.created_at), _when(app, u.last_login_at),
                       f"disabled {_when(app, u.disabled_at)}" if u.disabled_at else "active")
     out.print(table)

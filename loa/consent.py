@@ -12,6 +12,7 @@ history of what a person said stays.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from loa import db
-from loa.errors import LoaError
+from loa.errors import LoaError, Text
 from loa.importer import (
     Late,
     RowError,
@@ -57,7 +58,8 @@ def suppressions(campaign: Any) -> list[tuple[Any, str]]:
 def check_purpose(column: str, value: str) -> str:
     purpose = value.strip().lower()
     if purpose not in PURPOSES:
-        raise RowError(column, f"unknown purpose {value!r}: one of {', '.join(PURPOSES)}")
+        raise RowError(column, Text("unknown purpose {value!r}: one of {purposes}", value=value,
+                                     purposes=", ".join(PURPOSES)))
     return purpose
 
 
@@ -90,6 +92,21 @@ def of(conn: Connection, subscriber_id: int) -> list[dict[str, Any]]:
              "current": r.withdrawn_at is None} for r in rows]
 
 
+_UNKNOWN = Text("no subscriber has this phone; import subscribers first")
+_ERASED = re.compile(r"erased on (?P<day>\d{4}-\d{2}-\d{2}) at the person's request: "
+                     r"only a consent given after that brings the number back")
+
+
+def readmit_reason(problem: str) -> str:
+    """Why loa.subjects.readmit refused a number, translatable where it is one of its sentences."""
+    if problem == str(_UNKNOWN):
+        return _UNKNOWN
+    if m := _ERASED.fullmatch(problem):
+        return Text("erased on {day} at the person's request: only a consent given after that "
+                    "brings the number back", day=m["day"])
+    return problem
+
+
 class ConsentsHandler:
     """``loa import consents FILE``: phone, purpose, time[, granted, source, evidence].
 
@@ -114,7 +131,7 @@ class ConsentsHandler:
         purpose = check_purpose("purpose", row.get("purpose", ""))
         at = parse_time("time", row.get("time", ""), self.tz)
         if at > db.utcnow():
-            raise RowError("time", f"in the future: {row.get('time', '').strip()!r}")
+            raise RowError("time", Text("in the future: {text!r}", text=row.get("time", "").strip()))
         granted_text = row.get("granted", "").strip()
         granted = True if not granted_text else (False if granted_text.lower() == "withdrawn"
                                                  else parse_bool("granted", granted_text))
@@ -133,7 +150,7 @@ class ConsentsHandler:
             if sid is None:
                 problem, sid = subjects.readmit(conn, self.config, r["phone"], r["at"] if r["granted"] else None)
                 if problem:
-                    late.append((r, "phone", problem))
+                    late.append((r, "phone", readmit_reason(problem)))
                     continue
                 ids[r["phone"]] = sid
             record(conn, sid, r["purpose"], r["at"], r["source"], r["evidence"], granted=r["granted"])

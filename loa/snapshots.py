@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from fractions import Fraction
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -38,7 +38,7 @@ from sqlalchemy.engine import Engine
 from loa import db
 from loa.areas import Area, AreaIndex, AreaLookupError
 from loa.campaign import Goal
-from loa.errors import NotFound
+from loa.errors import NotFound, Text
 
 
 @dataclass
@@ -324,8 +324,31 @@ def _tree_order(index: AreaIndex, series: dict[int, Series]) -> list[Series]:
 
 
 def _level_word(index: AreaIndex, ids: list[int]) -> str:
+    """The level of the areas ``ids`` as a note names it ("district", or "child" when they differ),
+    translatable as the report's notes say it."""
+    from loa.report import _level_word as word  # loa.report imports this module
+
     levels = {index.by_id[i].level for i in ids}
-    return f"{levels.pop()} areas" if len(levels) == 1 and "" not in levels else "child areas"
+    return word(levels.pop() if len(levels) == 1 else "")
+
+
+class _Figure(Text):
+    """A decimal figure in a note, written with ``digits`` decimals the language's way (6.35 / 6,35)."""
+
+    def __new__(cls, value: float, digits: int) -> Self:
+        self = super().__new__(cls, "{value}", value=f"{value:.{digits}f}")  # said by in_language, not the catalog
+        self.value, self.digits = value, digits
+        return self
+
+    def __reduce__(self) -> Any:
+        return _Figure, (self.value, self.digits)
+
+    def in_language(self, language: Any) -> str:
+        return str(self) if language is None else language.number(self.value, self.digits)
+
+
+def _sign(value: float) -> str:
+    return "+" if value >= 0 else "-"
 
 
 def _disagreements(index: AreaIndex, series: dict[int, Series], stored: dict[tuple[int, date], dict[str, Any]],
@@ -340,9 +363,10 @@ def _disagreements(index: AreaIndex, series: dict[int, Series], stored: dict[tup
             if summed != s.population:
                 out.append(Disagreement(
                     s.code, s.area, metric, None, "population", s.population, summed,
-                    f"{s.area}: population given as {s.population:,}, but its {len(kids)} "
-                    f"{_level_word(index, kids)} add up to {summed:,} (difference {s.population - summed:+,}); "
-                    "shares here use each area's own figure"))
+                    Text("{parent}: population given as {given:n}, but its {count} {level} areas add up to {summed:n} "
+                         "(difference {sign}{difference:n}); shares here use each area's own figure",
+                         parent=s.area, given=s.population, count=len(kids), level=_level_word(index, kids),
+                         summed=summed, sign=_sign(s.population - summed), difference=abs(s.population - summed))))
         for p in s.points:
             row = stored.get((area_id, p.as_of))
             if row is None:
@@ -350,31 +374,38 @@ def _disagreements(index: AreaIndex, series: dict[int, Series], stored: dict[tup
             when = p.as_of.isoformat()
             # a stated total against the sum of the children
             if p.stated is not None and p.children is not None and p.stated != p.value:
-                counted = f"{p.children:,}"
-                if p.unallocated:
-                    counted += f", {p.value:,} with the {p.unallocated:,} counted in none of them"
+                rest = (Text(", {value:n} with the {unallocated:n} counted in none of them", value=p.value,
+                             unallocated=p.unallocated) if p.unallocated else "")
                 out.append(Disagreement(
                     s.code, s.area, metric, p.as_of, "total", p.stated, p.value,
-                    f"{s.area}: {metric} on {when} stated as {p.stated:,}, but its {len(kids)} "
-                    f"{_level_word(index, kids)} add up to {counted} (difference {p.stated - p.value:+,}); "
-                    f"{p.value:,} is used"))
+                    Text("{area}: {metric} on {when} stated as {stated:n}, but its {count} {level} areas add up to "
+                         "{children:n}{rest} (difference {sign}{difference:n}); {value:n} is used",
+                         area=s.area, metric=metric, when=when, stated=p.stated, count=len(kids),
+                         level=_level_word(index, kids), children=p.children, rest=rest,
+                         sign=_sign(p.stated - p.value), difference=abs(p.stated - p.value), value=p.value)))
             # a stated change against the children's stated changes, or against the series
             if p.stated_change is not None and p.change_since is not None:
                 since = p.change_since
                 kid_rows = [stored.get((k, p.as_of)) for k in kids]
                 found: int | None = None
+                what: Text | None = None
                 if kids and all(r and r.get("stated_change") is not None and r.get("change_since") == since
                                 for r in kid_rows):
                     found = sum(r["stated_change"] for r in kid_rows if r)
-                    what = f"its {len(kids)} {_level_word(index, kids)}' changes add up to {found:,}"
+                    what = Text("its {count} {level} areas' changes add up to {found:n}", count=len(kids),
+                                level=_level_word(index, kids), found=found)
                 elif (before := point(area_id, since)) is not None and not before.implied:
                     found = p.value - before.value
-                    what = f"the figures say {p.value:,} - {before.value:,} = {found:+,}"
+                    what = Text("the figures say {value:n} - {before:n} = {sign}{found:n}", value=p.value,
+                                before=before.value, sign=_sign(found), found=abs(found))
                 if found is not None and found != p.stated_change:
                     out.append(Disagreement(
                         s.code, s.area, metric, p.as_of, "change", p.stated_change, found,
-                        f"{s.area}: {metric} change from {since.isoformat()} to {when} stated as "
-                        f"{p.stated_change:+,}, but {what} (difference {p.stated_change - found:+,})"))
+                        Text("{area}: {metric} change from {since} to {when} stated as {stated_sign}{stated:n}, "
+                             "but {what} (difference {sign}{difference:n})", area=s.area, metric=metric,
+                             since=since.isoformat(), when=when, stated_sign=_sign(p.stated_change),
+                             stated=abs(p.stated_change), what=what, sign=_sign(p.stated_change - found),
+                             difference=abs(p.stated_change - found))))
             # a printed rate against the count over the population
             if p.stated_rate is not None and p.rate is not None:
                 printed = float(p.stated_rate)
@@ -383,8 +414,9 @@ def _disagreements(index: AreaIndex, series: dict[int, Series], stored: dict[tup
                 if abs(computed - printed) > 0.5 * 10 ** -decimals + 1e-9:
                     out.append(Disagreement(
                         s.code, s.area, metric, p.as_of, "rate", p.stated_rate, computed,
-                        f"{s.area}: rate on {when} printed as {p.stated_rate}%, but {p.value:,} / "
-                        f"{s.population:,} = {computed:.{decimals + 1}f}%"))
+                        Text("{area}: rate on {when} printed as {printed}%, but {value:n} / {population:n} = "
+                             "{computed}%", area=s.area, when=when, printed=_Figure(printed, decimals),
+                             value=p.value, population=s.population, computed=_Figure(computed, decimals + 1))))
     order = {s.code: i for i, s in enumerate(_tree_order(index, series))}
     kinds = ("total", "change", "population", "rate")
     out.sort(key=lambda d: (kinds.index(d.kind), order.get(d.code, 0), d.as_of or date.min))

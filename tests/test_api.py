@@ -376,8 +376,15 @@ def test_an_uploaded_csv_is_imported_in_the_background_with_progress_and_rejects
     r = client.get(f"/api/v1/imports/{job['id']}/rejects", headers=operator)
     assert r.status_code == 200 and r.headers["Content-Type"] == "text/csv; charset=utf-8"
     rejects = list(csv.DictReader(io.StringIO(r.text)))
-    assert [(row["line"], row["column"], row["phone"]) for row in rejects] == [
-        ("11", "phone", "not-a-phone"), ("21", "area", "0913999999")]
+    assert [(row["line"], row["column"], row["phone"], row["reason"]) for row in rejects] == [
+        ("11", "phone", "not-a-phone", "not a valid Vietnamese number"),
+        ("21", "area", "0913999999", "no area with code or name 'Hà Giang'")]
+    # the reasons in the language the client asks for; the other cells and the header the same
+    r = client.get(f"/api/v1/imports/{job['id']}/rejects", headers=operator | {"Accept-Language": "vi, en;q=0.5"})
+    assert r.status_code == 200 and r.text.splitlines()[0] == "line,column,reason,phone,name,area"
+    assert [(row["line"], row["column"], row["phone"], row["reason"]) for row in csv.DictReader(io.StringIO(r.text))] == [
+        ("11", "phone", "not-a-phone", "không phải số điện thoại Việt Nam hợp lệ"),
+        ("21", "area", "0913999999", "không có địa bàn nào có mã hoặc tên 'Hà Giang'")]
     assert [(e.action, e.actor, e.object) for e in entries(engine, action="imports")] == [
         ("imports.upload", actor(operator), f"import:{job['id']}"),
         ("imports.subscribers", actor(operator), f"import:{job['id']}")]
@@ -441,6 +448,12 @@ def test_an_import_that_stops_midway_fails_with_what_it_kept(engine: Engine, cli
     done = wait_done(client, operator, r.json()["id"])
     assert done["state"] == "failed" and "line 4" not in done["failure"] and ":4: not UTF-8" in done["failure"]
     assert "upload" not in done["failure"] and done["counts"]["imported"] == 2
+    # said in the language the client asks for; the state and counts the same
+    vi = client.get(f"/api/v1/imports/{done['id']}", headers=operator | {"Accept-Language": "vi"}).json()
+    assert done["failure"].startswith('the file:4: not UTF-8 text (save the file as "CSV UTF-8"); the import stopped')
+    assert vi["failure"] == ('tệp:4: không phải văn bản UTF-8 (hãy lưu tệp dạng "CSV UTF-8"); việc nhập dừng ở đó: '
+                             "2 dòng trước đó đã được nhập, 0 dòng bị loại")
+    assert vi["failure"] != done["failure"] and vi | {"failure": None} == done | {"failure": None}
     [entry] = entries(engine, action="imports.dnc")
     assert entry.after is not None and entry.after["failure"] == done["failure"]
 

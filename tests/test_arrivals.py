@@ -14,6 +14,7 @@ campaign's areas are where they *arrive*.
 
 from __future__ import annotations
 
+import csv
 import json
 import textwrap
 import time
@@ -484,6 +485,11 @@ def test_cli_import_arrivals(people: Engine, workdir: Path, tmp_path: Path, via:
     rejects = (tmp_path / "feed.rejects.csv").read_text(encoding="utf-8").splitlines()
     assert rejects[0] == "line,column,reason,phone,area,time,source"
     assert sorted(line.split(",")[:2] for line in rejects[1:]) == [["3", "phone"], ["4", "area"], ["6", "time"]]
+    # the reasons in the configuration's language (Vietnamese by default), as the console shows them
+    assert sorted(tuple(row[:3]) for row in csv.reader(rejects[1:])) == [
+        ("3", "phone", "không có thuê bao nào có số này; hãy nhập thuê bao trước"),
+        ("4", "area", "không có địa bàn nào có mã hoặc tên 'Nowhere'"),
+        ("6", "time", "thời gian để trống")]
     assert arrivals(engine) == [(phone(0), "116", at_local(2020, 8, 17, 10), "vinaphone"),
                                 (phone(4), "66", at_local(2020, 8, 17, 10, 3), "feed.csv")]
     [row] = outbox(engine)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -72,9 +73,14 @@ def test_users_are_added_listed_given_roles_and_disabled_and_the_password_is_onl
     ok(invoke(ready, "users", "disable", "binh"))
     one_line_error(invoke(ready, "users", "disable", "binh"), "disabled already")
     one_line_error(invoke(ready, "users", "role", "dung", "viewer"), "no user named 'dung'")
+    ok(invoke(ready, "users", "language", "ana", "en"))
     listed = ok(invoke(ready, "users", "list")).stdout
     assert "ana" in listed and "approver" in listed and "Sơn La (14)" in listed
     assert "binh" in listed and "disabled" in listed
+    # each user's language: the one it chose (en), the default (vi) for the other
+    rows = {cells[0]: cells for line in listed.splitlines()
+            if len(cells := [c.strip() for c in re.split(r"[│┃|]", line.strip("│┃| "))]) > 3}
+    assert rows["name"][3] == "language" and rows["ana"][3] == "en" and rows["binh"][3] == "vi"
 
     with engine.connect() as conn:
         hashes = dict(conn.execute(select(db.users.c.name, db.users.c.password_hash)).all())
@@ -87,7 +93,8 @@ def test_users_are_added_listed_given_roles_and_disabled_and_the_password_is_onl
 
     entries = json.loads(ok(invoke(ready, "audit", "--object", "user:ana", "--format", "json")).stdout)
     assert [(e["action"], e["actor"]) for e in entries] == [("users.add", "trưởng-phòng"),
-                                                            ("users.role", "trưởng-phòng")]
+                                                            ("users.role", "trưởng-phòng"),
+                                                            ("users.language", "trưởng-phòng")]
     assert entries[1]["before"]["role"] == "operator" and entries[1]["after"]["role"] == "approver"
     assert entries[1]["reason"] == "trực tuần"
 

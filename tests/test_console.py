@@ -103,6 +103,17 @@ def test_english_per_user_and_formats(web: Web) -> None:
     assert "Tổng quan" in client.get("/console/").text
 
 
+def test_the_users_page_shows_each_users_language(engine: Engine, web: Web) -> None:
+    admin = sign_in(web, "an", "admin")
+    auth.add_user(engine, "os:test", "ben", PASSWORD, "viewer")
+    auth.set_language(engine, "os:test", "ben", "en")
+    page = admin.get("/console/users").text
+    assert "<th scope=\"col\">Ngôn ngữ</th>" in page
+    rows = {m[0]: m[1] for m in re.findall(r"<tr><td>([^<]+)</td>.*?<td lang=\"(vi|en)\">", page, re.DOTALL)}
+    assert rows == {"an": "vi", "ben": "en"}
+    assert '<td lang="en">English</td>' in page and '<td lang="vi">Tiếng Việt</td>' in page
+
+
 def test_each_users_language_is_kept_with_the_user_and_every_change_is_audited(
         engine: Engine, web: Web, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ben = sign_in(web, "ben", "viewer")

@@ -190,7 +190,7 @@ def test_the_page_is_self_contained(world: tuple[rep.Report, snap.Summary]) -> N
     text = " ".join(found.text)
     for d in son_la():
         assert d["district"] in text
-    assert "Huyện Mai Sơn: rate on 2020-08-17 printed as 6.4%, but 10,329 / 162,696 = 6.35%" in text
+    assert "Huyện Mai Sơn: tỷ lệ ngày 2020-08-17 in là 6,4 %, nhưng 10.329 / 162.696 = 6,35 %" in text
     # the report's own note, in the page's language, said once though the snapshots find it too
     assert text.count("Sơn La: dân số ghi là 1.248.415, nhưng 12 địa bàn cấp quận/huyện của nó cộng lại được") == 1
     assert "population given as 1,248,415" not in text

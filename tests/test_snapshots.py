@@ -17,13 +17,13 @@ from conftest import ROOT, write
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from loa import db, importer
+from loa import db, i18n, importer
 from loa import snapshots as snap
 from loa.areas import Area, AreaIndex
 from loa.campaign import Goal
 from loa.demo import DATA as SON_LA_CSV
 from loa.demo import DISTRICT_CODES
-from loa.errors import InputError, NotFound
+from loa.errors import InputError, NotFound, say
 
 SHARED = ROOT.parent / "shared" / "data"
 SON_LA_PRINTED_POPULATION = 1_248_415    # the table's printed total
@@ -110,6 +110,19 @@ def test_son_la_disagreements_are_listed(engine: Engine, tmp_path: Path) -> None
         "Huyện Mai Sơn: rate on 2020-08-17 printed as 6.4%, but 10,329 / 162,696 = 6.35%",
         "Huyện Phù Yên: rate on 2020-08-17 printed as 6.0%, but 6,763 / 113,779 = 5.94%",
     ]
+    # in the report's language: Vietnamese words and numbers (84.124, 6,35 %)
+    vi = i18n.language("vi")
+    assert [say(n, vi) for n in summary.notes] == [
+        ("Sơn La: installed ngày 2020-08-17 ghi là 84.124, nhưng 12 địa bàn cấp quận/huyện của nó cộng lại được "
+         "84.099, 84.126 nếu tính cả 27 không thuộc địa bàn nào (chênh lệch -2); dùng 84.126"),
+        ("Sơn La: mức thay đổi installed từ 2020-08-12 đến 2020-08-17 ghi là +19.867, nhưng mức thay đổi của "
+         "12 địa bàn cấp quận/huyện của nó cộng lại được 19.855 (chênh lệch +12)"),
+        ("Sơn La: dân số ghi là 1.248.415, nhưng 12 địa bàn cấp quận/huyện của nó cộng lại được 1.234.854 "
+         "(chênh lệch +13.561); tỷ lệ ở đây dùng số liệu riêng của từng địa bàn"),
+        "Huyện Mai Sơn: tỷ lệ ngày 2020-08-17 in là 6,4 %, nhưng 10.329 / 162.696 = 6,35 %",
+        "Huyện Phù Yên: tỷ lệ ngày 2020-08-17 in là 6,0 %, nhưng 6.763 / 113.779 = 5,94 %",
+    ]
+    assert [say(n, i18n.language("en")) for n in summary.notes] == summary.notes
 
 
 def test_son_la_stated_changes_give_a_pace(engine: Engine, tmp_path: Path) -> None:
@@ -250,6 +263,9 @@ def test_series_on_a_constructed_history() -> None:
         ("Huyện A: installed change from 2020-08-01 to 2020-08-11 stated as +90, but the figures say "
         "160 - 60 = +100 (difference -10)"),
     ]
+    assert [say(n, i18n.language("vi")) for n in summary.notes] == [
+        ("Huyện A: mức thay đổi installed từ 2020-08-01 đến 2020-08-11 ghi là +90, nhưng theo số liệu thì "
+         "160 - 60 = +100 (chênh lệch -10)")]
     assert summary.get("B").latest.stated_rate == "10"     # 40 of 400 is 10%: as printed
 
 

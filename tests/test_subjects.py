@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -104,6 +105,14 @@ def test_advertising_plans_only_consenting_subscribers_and_an_opt_out_reply_with
     assert f"{consents}:7: purpose: unknown purpose 'marketing'" in rejects
     assert f"{consents}:8: time: in the future" in rejects
     assert f"{consents}:9: phone:" in rejects
+    # the rejects file says the reasons in the configuration's language (Vietnamese by default)
+    reasons = {row["line"]: (row["column"], row["reason"])
+               for row in csv.DictReader((tmp_path / "consents.rejects.csv").open(encoding="utf-8"))}
+    assert reasons == {"6": ("phone", "không có thuê bao nào có số này; hãy nhập thuê bao trước"),
+                       "7": ("purpose", ("mục đích không xác định 'marketing': phải là một trong "
+                                         "public_interest, advertising")),
+                       "8": ("time", "thời điểm ở tương lai: '3026-01-02'"),
+                       "9": ("phone", "không phải số điện thoại Việt Nam hợp lệ")}
     assert "has an advertising consent" not in ok(invoke(workdir, "campaigns", "validate")).stderr
 
     ok(invoke(workdir, "campaigns", "run", "offer"))
@@ -196,6 +205,9 @@ def test_export_then_erase_leaves_report_totals_and_no_byte_of_the_number(
     old = ok(invoke(workdir, "import", "consents", str(write(workdir / "old.csv",
                                                             f"phone,purpose,time\n{PHONE},advertising,2026-01-02\n"))))
     assert "1 rejected" in old.stdout and "only a consent given after that" in old.stderr
+    [erased] = list(csv.DictReader((workdir / "old.rejects.csv").open(encoding="utf-8")))
+    assert erased["reason"].startswith("đã bị xóa ngày ") and erased["reason"].endswith(
+        " theo yêu cầu của người đó: chỉ một sự đồng ý được đưa ra sau ngày đó mới đưa số này trở lại")
     new = write(workdir / "new.csv", f"phone,purpose,time,evidence\n{PHONE},advertising,"
                                      f"{(db.utcnow() + timedelta(seconds=1)).isoformat()},DK lại\n")
     with engine.connect() as conn:   # a moment after the erasure

@@ -440,7 +440,8 @@ class ImportOut(BaseModel):
     filename: str
     progress: ImportProgress
     counts: ImportCounts
-    failure: str | None
+    failure: str | None = Field(description="Why it failed, in the language of the request's Accept-Language "
+                                            "(Vietnamese or English; English without it)")
     rejects: bool = Field(description="Whether rows were rejected: GET .../rejects has them")
     created_at: datetime
     updated_at: datetime
@@ -765,7 +766,7 @@ async def start_import(request: Request, kind: ImportKind, who: Who, as_of: AsOf
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return job.as_dict()
+    return _job_out(request, job)
 
 
 async def _receive(request: Request, folder: FilePath) -> tuple[FilePath, str]:
@@ -811,10 +812,20 @@ async def _receive(request: Request, folder: FilePath) -> tuple[FilePath, str]:
        403, 404, response_model=ImportOut)
 def get_import(request: Request, job_id: Id, who: Who) -> dict[str, Any]:
     auth.require(who, "imports.run")
-    return imports.get(_web(request).engine, job_id).as_dict()
+    return _job_out(request, imports.get(_web(request).engine, job_id))
 
 
-@route("GET", "/imports/{job_id}/rejects", "The rows an import rejected: line, column, reason, then the row",
+def _job_out(request: Request, job: imports.Job) -> dict[str, Any]:
+    """An import job for the client: its ``failure`` said in the client's language (English unless
+    its ``Accept-Language`` ranks Vietnamese first); the other fields the same in every language."""
+    out = job.as_dict()
+    if job.failure is not None:
+        out["failure"] = say(job.failure, client_language(request))
+    return out
+
+
+@route("GET", "/imports/{job_id}/rejects", "The rows an import rejected: line, column, reason (in the language of "
+       "the Accept-Language header, English without it), then the row",
        403, 404, 409, response_class=Response,
        responses={200: {"description": "The rejects CSV", "content": {"text/csv": {"schema": {"type": "string"}}}}})
 def get_rejects(request: Request, job_id: Id, who: Who) -> Response:
@@ -826,7 +837,7 @@ def get_rejects(request: Request, job_id: Id, who: Who) -> Response:
     if job.state == "interrupted":
         raise ApiError(409, Text("import {id} was interrupted (its process stopped): it has no rejects file; "
                                  "import the file again", id=job_id))
-    text = imports.rejects(engine, job_id)
+    text = imports.rejects(engine, job_id, client_language(request))   # the reasons in the client's language
     if text is None:
         raise ApiError(404, Text("import {id} rejected no row", id=job_id))
     return reply(200, text, "text/csv; charset=utf-8")

@@ -1141,7 +1141,9 @@ def users_page(request: Request) -> Response:
     p = page(request)
     if not p.who.can("users.manage"):
         return render(p, "error.html", 403, message=p.t.gettext("Only an administrator manages users."))
-    return render(p, "users.html", users=auth.list_users(p.engine, by=p.who), problem=None)
+    # each user's language named in itself, as the language menu names it
+    return render(p, "users.html", users=auth.list_users(p.engine, by=p.who), problem=None,
+                  languages={"vi": "Tiếng Việt", "en": "English"})
 
 
 @router.post(PREFIX + "/users")
