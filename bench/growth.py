@@ -38,8 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from import_subscribers import make_areas, make_csv
-from plan import CAMPAIGN, VALIDITY_HOURS
-from plan import raw_sql as plan_raw_sql
+from plan import CAMPAIGN, VALIDITY_HOURS, raw_postgresql_run
 
 SCHEMA = "loa_bench_growth"
 OTHER = CAMPAIGN.replace('name = "bench"', 'name = "other"')
@@ -185,14 +184,8 @@ def raw_plan(url: str) -> tuple[float, int]:
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
-        cur.execute("INSERT INTO campaigns (name, description, advertising, created_at, updated_at) "
-                    "VALUES ('raw', '', false, %s, %s) RETURNING id", (now, now))
-        campaign_id = cur.fetchone()[0]
-        cur.execute("INSERT INTO runs (campaign_id, scheduled_for, trigger, status, definition, created_at, note) "
-                    "VALUES (%s, %s, 'manual', 'planning', '{}', %s, '') RETURNING id", (campaign_id, now, now))
-        run_id = cur.fetchone()[0]
+        sql = raw_postgresql_run(cur, now)
         raw.commit()
-        sql = plan_raw_sql(run_id, "@t@", "@e@").replace("%", "%%").replace("@t@", "%(t)s").replace("@e@", "%(e)s")
         sql = sql.replace("path LIKE '/1/%%'", "path LIKE '/' || (SELECT id FROM areas WHERE code = 'P') || '/%%'")
         start = time.perf_counter()
         cur.execute(sql, {"t": now, "e": now + timedelta(hours=VALIDITY_HOURS)})

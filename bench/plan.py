@@ -28,6 +28,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
@@ -171,20 +172,26 @@ def raw_sqlite(path: Path, foreign_keys: bool) -> tuple[float, int]:
     return elapsed, rows
 
 
+def raw_postgresql_run(cur: Any, now: datetime) -> str:
+    """Add a raw campaign and its run through a psycopg cursor, and return the raw statement
+    that plans that run, with ``%(t)s`` and ``%(e)s`` for its times."""
+    cur.execute("INSERT INTO campaigns (name, description, advertising, created_at, updated_at) "
+                "VALUES ('raw', '', false, %s, %s) RETURNING id", (now, now))
+    campaign_id = cur.fetchone()[0]
+    cur.execute("INSERT INTO runs (campaign_id, scheduled_for, trigger, status, definition, created_at, note) "
+                "VALUES (%s, %s, 'manual', 'planning', '{}', %s, '') RETURNING id", (campaign_id, now, now))
+    run_id = cur.fetchone()[0]
+    return raw_sql(run_id, "@t@", "@e@").replace("%", "%%").replace("@t@", "%(t)s").replace("@e@", "%(e)s")
+
+
 def raw_postgresql(url: str, foreign_keys: bool) -> tuple[float, int]:
     engine = pg_engine(url)
     now = datetime.now(UTC)
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
-        cur.execute("INSERT INTO campaigns (name, description, advertising, created_at, updated_at) "
-                    "VALUES ('raw', '', false, %s, %s) RETURNING id", (now, now))
-        campaign_id = cur.fetchone()[0]
-        cur.execute("INSERT INTO runs (campaign_id, scheduled_for, trigger, status, definition, created_at, note) "
-                    "VALUES (%s, %s, 'manual', 'planning', '{}', %s, '') RETURNING id", (campaign_id, now, now))
-        run_id = cur.fetchone()[0]
+        sql = raw_postgresql_run(cur, now)
         raw.commit()
-        sql = raw_sql(run_id, "@t@", "@e@").replace("%", "%%").replace("@t@", "%(t)s").replace("@e@", "%(e)s")
         start = time.perf_counter()
         if not foreign_keys:
             cur.execute("SET LOCAL session_replication_role = replica")
