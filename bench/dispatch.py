@@ -180,16 +180,17 @@ def sent_count(database_url: str) -> int:
     return n
 
 
-def run_dispatcher(config: Config) -> float:
-    """One Dispatcher.run_until_empty(); its wall time (the final receipt drain included)."""
+def run_dispatcher(config: Config) -> tuple[float, int]:
+    """One Dispatcher.run_until_empty(): its wall time (the final receipt drain included),
+    and the rate-limit slots its senders woke too late for."""
     engine = db.make_engine(config.database_url)
     dispatcher = Dispatcher(engine, config)
     start = time.perf_counter()
-    dispatcher.run_until_empty()
+    summary = dispatcher.run_until_empty()
     elapsed = time.perf_counter() - start
     dispatcher.pool.close()
     engine.dispose()
-    return elapsed
+    return elapsed, summary.missed_slots
 
 
 def bare_posts(url: str, n: int, threads: int) -> float:
@@ -229,7 +230,7 @@ def bench_overhead(n: int, threads: int) -> list[tuple[str, str, str]]:
             config = make_config(folder, f"sqlite:///{folder / 'loa.db'}", srv.url, rate=1e9, burst=1000,
                                  threads=threads)
             prepare(folder, config, n)
-            elapsed = run_dispatcher(config)
+            elapsed, _ = run_dispatcher(config)
             loa_rates.append(sent_count(config.database_url) / elapsed)
             bare_rates.append(n / bare_posts(srv.url, n, threads))
         single_rates.append(n / bare_posts(srv.url, n, 1))
@@ -256,11 +257,12 @@ def bench_limit(n: int, threads: int, rate: float, latency_ms: float) -> list[tu
             config = make_config(folder, f"sqlite:///{folder / 'loa.db'}", srv.url, rate=rate, burst=1,
                                  threads=threads, limiter=limiter)
             prepare(folder, config, n)
-            elapsed = run_dispatcher(config)
+            elapsed, missed = run_dispatcher(config)
             times = srv.stop()["times"]
         achieved = rate_of(times)
         note = (f"{achieved / rate:.1%} of the limit; largest 1-s window {max_window(times)} "
-                f"(limit {rate:g} + burst 1); {len(times):,} arrivals in {elapsed:.1f} s")
+                f"(limit {rate:g} + burst 1); {len(times):,} arrivals in {elapsed:.1f} s; "
+                f"{missed:,} slots missed")
         rows.append((f"(b) {latency_ms:g} ms latency, limit {rate:g}/s, {limiter} limiter, {threads} threads",
                      f"{achieved:,.1f} msg/s", note))
     return rows

@@ -96,6 +96,7 @@ class SendSummary:
     responses: int = 0
     inbound: int = 0
     expired: int = 0
+    missed_slots: int = 0    # rate-limit slots a sender woke too late for: booked again, not sent late
 
     @property
     def attempted(self) -> int:
@@ -146,6 +147,9 @@ class Dispatcher:
         self.stop = threading.Event()
         self._rng = random.Random()
         self._next: list[_Item] = []    # a batch claimed ahead, while the last window was sending
+        # the last window of the last batch, still sending while the next batch is prepared
+        self._inflight: tuple[list[_Item], list[Any]] | None = None
+        self._missed: list[_Item] = []   # what missed its slot in the window before: booked with the next
         self._polled = False            # receipts polled while the last window was sending
         # gateway -> (until, outcome) while its quota is used up: its messages wait, uncalled
         self._held: dict[str, tuple[datetime, dict[str, Any]]] = {}
@@ -168,15 +172,18 @@ class Dispatcher:
         self.open_gateways_owing_receipts()
         with ThreadPoolExecutor(self.threads, thread_name_prefix="loa-send") as executor:
             self._executor = executor
-            while not self.stop.is_set():
-                self.housekeeping()
-                items = self._take()
-                if not items:
-                    break
-                self._process(items)
-                if not self._polled:   # polled while the batch's last window sent
-                    self.poll()
-                self._polled = False
+            try:
+                while not self.stop.is_set():
+                    self.housekeeping()
+                    items = self._take()
+                    if not items:
+                        break
+                    self._process(items)
+                    if not self._polled:   # polled while the batch's last window sent
+                        self.poll()
+                    self._polled = False
+            finally:
+                self._drain()
             self._give_back()
         self.finish_runs()
         self.poll(drain=not self.stop.is_set())
@@ -192,19 +199,22 @@ class Dispatcher:
         self.open_gateways_owing_receipts()
         with ThreadPoolExecutor(self.threads, thread_name_prefix="loa-send") as executor:
             self._executor = executor
-            while not self.stop.is_set():
-                if time.monotonic() - last >= housekeeping_every:
-                    self.housekeeping()
-                    self.finish_runs()
-                    last = time.monotonic()
-                items = self._take()
-                if items:
-                    self._process(items)
-                if not self._polled:   # polled while the batch's last window sent
-                    self.poll()
-                self._polled = False
-                if not items:
-                    self.stop.wait(idle)
+            try:
+                while not self.stop.is_set():
+                    if time.monotonic() - last >= housekeeping_every:
+                        self.housekeeping()
+                        self.finish_runs()
+                        last = time.monotonic()
+                    items = self._take()
+                    if items:
+                        self._process(items)
+                    if not self._polled:   # polled while the batch's last window sent
+                        self.poll()
+                    self._polled = False
+                    if not items:
+                        self.stop.wait(idle)
+            finally:
+                self._drain()
             self._give_back()
         return self.summary
 
@@ -303,7 +313,8 @@ class Dispatcher:
             self._record(failed_early)
         ready, stops = self._reserve(ready)
         try:
-            self._send_windows(ready)
+            # a campaign stopped by its budget is paused once what fitted has gone out
+            self._send_windows(ready, carry=not stops)
         finally:
             # what fitted in the budget went out first; the campaign is paused once it has
             for stop in stops:
@@ -312,7 +323,7 @@ class Dispatcher:
                                 extra={"kind": "budget", "campaign": stop.campaign})
                 self.summary.over_budget[stop.campaign] = stop.reason
 
-    def _send_windows(self, ready: list[_Item]) -> None:
+    def _send_windows(self, ready: list[_Item], *, carry: bool = True) -> None:
         """Send the batch window by window, two windows in flight: the next window is
         booked and handed to the senders while the current one is still sending, so that
         neither the senders nor the limiter's slots wait for a window's last call, its
@@ -321,21 +332,33 @@ class Dispatcher:
         A window is what the limiter books at once; each row is marked sending on its own
         turn.  With the batch's last window, the next batch is claimed and the gateways are
         polled for receipts while it sends (:meth:`_send_all`).
+
+        The pipeline runs on across batches: when the next batch is claimed already, the
+        batch's last window is left sending (:attr:`_inflight`) while the next batch is
+        checked, rendered and booked, and its first window waits for it.  Whatever ends
+        the batch otherwise (a stop, nothing claimed, an error, or not ``carry``) waits for
+        the window first.
         """
         window = max(self.threads * 16, 64)
-        inflight: tuple[list[_Item], list[Any]] | None = None
+        inflight, self._inflight = self._inflight, None
+        missed, self._missed = self._missed, []
+        left_sending = False
         try:
             for start in range(0, len(ready), window):
                 if self.stop.is_set():
-                    self._release(ready[start:])
+                    self._release(missed + ready[start:])
+                    missed = []
                     return
-                held = [i for i in ready[start:start + window] if self._held_outcome(i)]
+                # what missed its slot in the window before is booked again with this one: the
+                # senders do not wait for it, and no slot goes by unbooked in the meantime
+                candidates, missed = missed + ready[start:start + window], []
+                held = [i for i in candidates if self._held_outcome(i)]
                 if held:
                     self._record(held)
-                chunk = [i for i in ready[start:start + window]
+                chunk = [i for i in candidates
                          if i.outcome is None and i.gateway not in self.summary.paused
                          and i.run_id not in self._halted]
-                skipped = [i for i in ready[start:start + window]
+                skipped = [i for i in candidates
                            if i.outcome is None and i.gateway in self.summary.paused]
                 if skipped:
                     self._release(skipped)
@@ -346,11 +369,30 @@ class Dispatcher:
                 if start + window >= len(ready):
                     self._ahead()
                 if inflight is not None:
-                    self._send_all(*inflight)
+                    missed = self._send_all(*inflight, rounds=1)
                 inflight = (chunk, futures)
+            left_sending = carry and bool(self._next) and not self.stop.is_set()
         finally:
-            if inflight is not None:
-                self._send_all(*inflight)
+            if left_sending:
+                self._inflight, self._missed = inflight, missed
+            else:
+                self._finish(inflight, missed)
+
+    def _finish(self, inflight: tuple[list[_Item], list[Any]] | None, missed: list[_Item]) -> None:
+        """The end of the pipeline: wait for the last window, and send what missed its slot in
+        the one before (on a stop, it goes back for other workers)."""
+        if inflight is not None:
+            self._send_all(*inflight)
+        if missed and self.stop.is_set():
+            self._release(missed)
+        elif missed:
+            self._send_all(missed, self._start(missed, book=True))
+
+    def _drain(self) -> None:
+        """Wait for the window left sending by the last batch (:meth:`_send_windows`)."""
+        inflight, self._inflight = self._inflight, None
+        missed, self._missed = self._missed, []
+        self._finish(inflight, missed)
 
     def _start(self, chunk: list[_Item], *, book: bool) -> list[Any]:
         """Book the window's slots (``book``) and hand its messages to the senders."""
@@ -373,16 +415,17 @@ class Dispatcher:
         self.poll()
         self._polled = True
 
-    def _send_all(self, chunk: list[_Item], futures: list[Any]) -> None:
+    def _send_all(self, chunk: list[_Item], futures: list[Any], rounds: int = 3) -> list[_Item]:
         """Wait for a window handed to the senders, renewing this worker's lease while it
-        lasts, and send again what missed its slot.
+        lasts, and send again what missed its slot; with ``rounds=1``, return what missed
+        its slot instead (booked again with the next window: :meth:`_send_windows`).
 
         A window held back by a slow gateway or a tight rate limit can outlast the lease;
         without the renewal, another worker's recover() would take a live worker's rows
         (back to planned, so sent twice, or to unknown, though nothing crashed).
         """
         todo = chunk
-        for round_ in range(3):
+        for round_ in range(rounds):
             # a slot missed (a busy machine, a collector's pause) is booked again after the
             # window, not waited for in its thread while the next slots go by unserved; the
             # third time, the message books its own slots as it goes, until it makes one
@@ -402,6 +445,7 @@ class Dispatcher:
                 todo = [item for item in todo if item.run_id not in halted]
             if not todo:
                 break
+        return todo
 
     def _book(self, chunk: list[_Item]) -> None:
         """Book the window's slots with each gateway's limiter at once, where it can
@@ -550,6 +594,7 @@ class Dispatcher:
         item.attempts -= 1
         with self._ledger:
             self._to_unmark.append(item)
+            self.summary.missed_slots += 1
 
     def _flush(self) -> None:
         """Write what the senders queued; raise what a shared commit failed with."""
@@ -711,10 +756,15 @@ class Dispatcher:
             handed_over = db.utcnow()
             if on_time and limiter.on_time(slot):   # type: ignore[attr-defined]
                 return handed_over
+            take_now = getattr(limiter, "take_now", None)
+            if take_now is not None and take_now(parts):   # nothing booked in the way: go now
+                return db.utcnow()
             if booked is not None:
                 item.missed = True
                 self._unmark(item)
                 return None
+            with self._ledger:   # booked here: booked again at once, the slot lost all the same
+                self.summary.missed_slots += 1
 
     def _classify(self, item: _Item, gw: Gateway | None, exc: ProviderError) -> dict[str, Any]:
         code, text = exc.code, str(exc)[:500]

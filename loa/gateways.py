@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from loa import db
 from loa.config import Config, resolve_settings
 from loa.errors import ConfigError, NotFound
-from loa.ratelimit import DatabaseGCRA, MemoryGCRA, RateLimiter
+from loa.ratelimit import DatabaseGCRA, PacedMemoryGCRA, RateLimiter
 from providers import registry
 from providers.base import Provider, ProviderError, StateStore
 
@@ -57,7 +57,7 @@ def build(config: Config, name: str, engine: Engine | None = None, *, shared_lim
     rate = float(spec.rate or cls.rate)
     burst = spec.burst or 1
     limiter: RateLimiter = (DatabaseGCRA(engine, name, rate, burst) if shared_limit and engine is not None
-                            else MemoryGCRA(rate, burst))
+                            else PacedMemoryGCRA(rate, burst))
     return Gateway(name, provider, limiter, rate)
 
 

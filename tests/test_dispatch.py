@@ -33,7 +33,7 @@ from loa.dispatch import BACKOFF, MAX_ATTEMPTS, Dispatcher
 from loa import gateways as gw_state
 from loa.gateways import Gateway, GatewayPool
 from loa.plan import plan_run
-from loa.ratelimit import DatabaseGCRA, MemoryGCRA, db_epoch
+from loa.ratelimit import DatabaseGCRA, MemoryGCRA, PacedMemoryGCRA, db_epoch
 from loa.receipts import apply_receipts
 from providers import registry
 from providers.base import (
@@ -646,6 +646,66 @@ def test_a_message_of_three_parts_takes_three_tokens_from_its_gateways_limit(
         booked = n * 3 * gcra.interval
         # the gateway's theoretical arrival time moved on by 30 slots from a moment of the run
         assert before + booked <= tat + 0.002 and tat <= after + booked + 0.002, (tat - before, after - before)
+
+
+
+class WakesLate(PacedMemoryGCRA):
+    """A real limiter whose senders wake too late for every third slot the first time, as on
+    a busy machine: those slots are missed, and the messages must be booked again."""
+
+    def __init__(self, room: bool) -> None:
+        super().__init__(100_000, 1)   # burst 1: every slot a moment of its own
+        self.room = room        # False: as if the slots ahead were booked, none free at once
+        self.late = 3600.0      # otherwise never late: the misses are these, not the machine's
+        self.late_for: set[float] = set()
+        self.misses = 0
+        self._count = 0
+        self._lock2 = threading.Lock()
+
+    def book(self, costs: Any) -> list[float]:
+        slots = super().book(costs)
+        with self._lock2:
+            for slot in slots:
+                self._count += 1
+                if self._count % 3 == 0:
+                    self.late_for.add(slot)
+        return slots
+
+    def take_now(self, cost: float = 1.0) -> bool:
+        return self.room and super().take_now(cost)
+
+    def on_time(self, deadline: float) -> bool:
+        with self._lock2:
+            if deadline in self.late_for:
+                self.late_for.discard(deadline)
+                self.misses += 1
+                return False
+        return super().on_time(deadline)
+
+
+@pytest.mark.parametrize("room", [False, True])
+def test_messages_that_miss_their_slot_are_booked_with_the_next_window_and_sent_once(
+        room: bool, engine: Engine, workdir: Path, tmp_path: Path) -> None:
+    """Several batches of several windows each: a message whose sender woke too late goes
+    with the next window, or the next batch's, and leaves once, its attempt counted once.
+    Where the limit has room at that moment (``room``), it goes at once instead."""
+    n = 300
+    import_people(engine, tmp_path, n=n)
+    config = make_config(workdir)
+    plan = plan_run(engine, config, make_campaign(workdir))
+    net = SimulatedNetwork(seed=11, delivery_rate=1.0)
+    pool = sim_pool(config, net)
+    limiter = WakesLate(room)
+    pool._built["sim"] = Gateway("sim", pool._built["sim"].provider, limiter, 100_000.0)
+    # two threads: windows of 64; batches of 100
+    summary = Dispatcher(engine, config, pool=pool, threads=2, batch_size=100).run_until_empty()
+
+    rows = outbox(engine, plan.run_id)
+    assert net.received == Counter({key(r): 1 for r in rows})
+    assert {(r["state"], r["attempts"]) for r in rows} == {("delivered", 1)}
+    assert limiter.misses >= n // 3
+    assert summary.missed_slots == (0 if room else limiter.misses)
+    assert summary.outcomes == Counter({"sent": n})
 
 
 def test_concurrent_claims_never_take_the_same_row(engine: Engine, workdir: Path, tmp_path: Path) -> None:

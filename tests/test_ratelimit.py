@@ -6,10 +6,10 @@ from __future__ import annotations
 import threading
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from loa.ratelimit import MemoryGCRA
+from loa.ratelimit import MemoryGCRA, PacedMemoryGCRA
 
 
 class FakeClock:
@@ -216,3 +216,86 @@ def test_long_run_throughput_is_the_rate(case: tuple[float, int, list[tuple[floa
     # everything but the last message fits in [first, last] at the rate, plus one burst
     last_cost = max(c for s, c in releases if s == last)
     assert total - last_cost <= rate * (last - first) + max(burst, max(c for _, c in arrivals)) + 1e-6
+
+
+# -- paced and booked, as a dispatcher uses it --------------------------------------
+
+@st.composite
+def late_senders(draw: st.DrawFn) -> tuple[float, int, list[int], list[float]]:
+    rate = draw(st.sampled_from([1, 2, 5, 10, 50, 100, 500]))
+    burst = draw(st.integers(1, 4))
+    # up to three seconds of traffic at the highest rate: a second must be full to be over
+    costs = draw(st.lists(st.integers(1, burst), min_size=1, max_size=10)) * draw(st.integers(1, 150))
+    # how late each wake-up is: scheduling, a busy machine, a collector's pause
+    delays = draw(st.lists(st.floats(0, 0.3, allow_nan=False), min_size=1, max_size=40))
+    return rate, burst, costs, delays
+
+
+def booked_replay(lim: MemoryGCRA, clock: FakeClock, costs: list[int],
+                  delays: list[float]) -> tuple[list[tuple[float, float]], int]:
+    """A window booked at once; each sender wakes ``delay`` after its slot and sends if the
+    limiter says it is on time, or else books a slot again (as the dispatcher does).  The
+    moments the messages left, and the slots missed."""
+    import heapq
+    import itertools
+
+    late = itertools.cycle([*delays, 0.0])     # a sender is on time sooner or later
+    events = [(slot + next(late), slot, cost, i) for i, (slot, cost) in enumerate(zip(lim.book(costs), costs,
+                                                                                      strict=True))]
+    heapq.heapify(events)
+    releases, missed = [], 0
+    while events:
+        wake, slot, cost, i = heapq.heappop(events)
+        clock.now = max(clock.now, wake)
+        if lim.on_time(slot):
+            releases.append((clock.now, float(cost)))
+        else:
+            missed += 1
+            again = lim.book([cost])[0]
+            heapq.heappush(events, (again + next(late), again, cost, i))
+    return releases, missed
+
+
+@settings(max_examples=300, deadline=None)
+@given(late_senders())
+# the worst case: a quarter of the senders just under the lateness allowed, the others on time
+@example((500, 1, [1] * 1500, [0.0099] * 10 + [0.0] * 30))
+def test_senders_that_wake_late_never_put_a_second_over_the_limit(case: tuple[float, int, list[int],
+                                                                             list[float]]) -> None:
+    rate, burst, costs, delays = case
+    clock = FakeClock()
+    lim = PacedMemoryGCRA(rate, burst, clock=clock, sleep=clock.sleep)
+    releases, _ = booked_replay(lim, clock, costs, delays)
+    assert sorted(i for i, _ in enumerate(releases)) == list(range(len(costs)))   # every message left
+    assert max_in_window(releases) <= rate * 1 + burst
+
+
+def test_a_late_sender_books_again_and_a_pushback_voids_the_slots_booked_before_it() -> None:
+    clock = FakeClock()
+    lim = PacedMemoryGCRA(100, 1, clock=clock, sleep=clock.sleep)
+    slots = lim.book([1, 1, 1])
+    assert slots == pytest.approx([0.0, 0.0102, 0.0204])       # 2% under the configured rate
+    assert lim.wait_until(slots[1]) and clock.now == pytest.approx(0.0102)
+    clock.now = slots[2] + lim.late + 0.001                     # woke up too late for its slot
+    assert not lim.on_time(slots[2])
+    again = lim.book([1])[0]
+    assert again == pytest.approx(clock.now) and lim.on_time(again)
+    ahead = lim.book([1, 1])
+    lim.slow_down(1.0)
+    assert not any(lim.wait_until(s) for s in ahead)           # booked before the pushback: booked again
+    assert lim.book([1])[0] >= clock.now + 1.0 - 0.05
+
+
+def test_without_the_lateness_check_late_senders_do_put_a_second_over_the_limit() -> None:
+    """The check is what keeps the seconds within the limit: a second's worth of senders held
+    up 0.3 s (a collector's pause) and sent anyway bunch up with the next second's."""
+    delays = [0.3] * 100 + [0.0] * 200
+    clock = FakeClock()
+    lim = PacedMemoryGCRA(100, 1, clock=clock, sleep=clock.sleep)
+    releases, missed = booked_replay(lim, clock, [1] * 300, delays)
+    assert missed >= 100 and max_in_window(releases) <= 100 + 1   # held up: booked again
+    clock = FakeClock()
+    lim = PacedMemoryGCRA(100, 1, clock=clock, sleep=clock.sleep)
+    lim.late = float("inf")
+    releases, missed = booked_replay(lim, clock, [1] * 300, delays)
+    assert missed == 0 and max_in_window(releases) > 100 + 1
