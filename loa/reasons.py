@@ -130,9 +130,9 @@ def _expired(f: dict[str, Any]) -> Text:
     return Text("not sent within the validity of {hours:n} h", hours=f["hours"])
 
 
-def _event(f: dict[str, Any]) -> Text:
+def _event(f: dict[str, Any]) -> Text | None:
     # an event type is the campaign's own word; the usual ones are in the catalog (the report's)
-    return Text("already {event}", event=Text(f["kind"]))
+    return Text("already {event}", event=Text(f["kind"])) if f["kind"] else None
 
 
 def _gateway_paused(f: dict[str, Any]) -> Text | None:
