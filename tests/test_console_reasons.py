@@ -9,6 +9,7 @@ keeps the English as before: the CLI, the API and the exports read it.
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Iterator
 from datetime import datetime, time, timedelta
@@ -45,6 +46,11 @@ def configure(workdir: Path, extra: str = "") -> Config:
     if extra:
         path.write_text(path.read_text(encoding="utf-8") + extra, encoding="utf-8")
     return load(path)
+
+
+def gateway(name: str, **settings: Any) -> str:
+    """A [gateways.NAME] table of config.toml."""
+    return f"\n[gateways.{name}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
 
 
 def campaign(workdir: Path, name: str, top: str = "", tables: str = ALL_DAY, *, channels: tuple[str, ...] = ("sms",),
@@ -166,8 +172,7 @@ def test_the_policys_reasons_are_said_in_each_readers_language(engine: Engine, w
 def test_a_pause_a_budget_stop_and_a_cancellation_are_said_in_each_readers_language(
         engine: Engine, workdir: Path, tmp_path: Path, web: Web) -> None:
     import_people(engine, tmp_path, n=6)
-    config = configure(workdir, '\n[gateways.priced]\ntype = "simulator"\nrate = 100000\ndelivery_rate = 1.0\n'
-                                'price_per_part = 1000\n')
+    config = configure(workdir, gateway("priced", type="simulator", rate=100000, delivery_rate=1.0, price_per_part=1000))
     plan_run(engine, config, campaign(workdir, "budgeted", "budget = 2500\n", sms='gateway = "priced"'))
     send(engine, config, threads=1)          # two messages fit; the third would take it over 2,500
     for name in ("held", "stopped"):
@@ -205,8 +210,8 @@ def _state_reason(client: TestClient, name: str) -> str:
 def test_fallbacks_and_an_expiry_are_said_in_each_readers_language(
         engine: Engine, workdir: Path, tmp_path: Path, web: Web, vietnam_daytime: datetime) -> None:
     import_people(engine, tmp_path, n=4)
-    config = configure(workdir, '\n[gateways.lost]\ntype = "simulator"\nrate = 100000\ndelivery_rate = 0.0\n'
-                                '[gateways.held]\ntype = "simulator"\n')
+    config = configure(workdir, gateway("lost", type="simulator", rate=100000, delivery_rate=0.0)
+                       + gateway("held", type="simulator"))
     plan_run(engine, config, campaign(workdir, "lost", channels=("sms", "zalo"), sms='gateway = "lost"'))
     plan_run(engine, config, campaign(workdir, "quiet", channels=("sms", "zalo"),
                                       sms='gateway = "jsonl"\nfallback_after = "2h"'))
@@ -241,19 +246,10 @@ def test_what_zalo_answers_is_said_in_each_readers_language_its_words_as_they_ar
         for name, value in (("SECRET", fake.secret_key), ("OA_SECRET", fake.oa_secret), ("AT", fake.access_token),
                             ("RT", fake.refresh_token)):
             monkeypatch.setenv(f"LOA_TEST_ZALO_{name}", value)
-        config = configure(workdir, f"""
-[gateways.zl]
-type = "zalo_zns"
-app_id = "{fake.app_id}"
-secret_key_env = "LOA_TEST_ZALO_SECRET"
-oa_secret_env = "LOA_TEST_ZALO_OA_SECRET"
-access_token_env = "LOA_TEST_ZALO_AT"
-refresh_token_env = "LOA_TEST_ZALO_RT"
-base_url = "{fake.url}"
-oauth_url = "{fake.url}"
-timeout = 5
-rate = 1000
-""")
+        config = configure(workdir, gateway(
+            "zl", type="zalo_zns", app_id=fake.app_id, secret_key_env="LOA_TEST_ZALO_SECRET",
+            oa_secret_env="LOA_TEST_ZALO_OA_SECRET", access_token_env="LOA_TEST_ZALO_AT",
+            refresh_token_env="LOA_TEST_ZALO_RT", base_url=fake.url, oauth_url=fake.url, timeout=5, rate=1000))
         fake.fail_phone(phone(0), -133)      # "no ZNS at night", in daylight: wait and send later
         fake.fail_phone(phone(1), -108)      # not a Zalo user: on to SMS
         plan_run(engine, config, campaign(workdir, "zns", channels=("zalo", "sms"), sms='gateway = "jsonl"',
@@ -284,16 +280,9 @@ def test_a_gateways_words_in_a_messages_error_are_shown_as_they_are_their_number
         monkeypatch.delenv(variable, raising=False)
     with FakeTwilio() as fake:
         monkeypatch.setenv("LOA_TEST_TWILIO_TOKEN", fake.auth_token)
-        config = configure(workdir, f"""
-[gateways.tw]
-type = "twilio"
-account_sid = "{fake.account_sid}"
-auth_token_env = "LOA_TEST_TWILIO_TOKEN"
-from_number = "+15005550006"
-base_url = "{fake.url}"
-timeout = 5
-rate = 1000
-""")
+        config = configure(workdir, gateway("tw", type="twilio", account_sid=fake.account_sid,
+                                            auth_token_env="LOA_TEST_TWILIO_TOKEN", from_number="+15005550006",
+                                            base_url=fake.url, timeout=5, rate=1000))
         fake.failures[phone(0)] = (400, 21211, f"The 'To' number {phone(0)} is not a valid phone number.")
         plan_run(engine, config, campaign(workdir, "tw", sms='gateway = "tw"'))
         send(engine, config)
@@ -319,14 +308,8 @@ def test_a_paused_gateways_reason_is_said_in_each_readers_language_and_an_unknow
     monkeypatch.setenv("T_ESMS_SECRET", "test-secret-key")
     monkeypatch.delenv("T_ESMS_NOWHERE", raising=False)
     with FakeESMS() as fake:
-        tables = "".join(f"""
-[gateways.{name}]
-type = "esms"
-api_key_env = "{key}"
-secret_key_env = "T_ESMS_SECRET"
-brandname = "LOA"
-base_url = "{fake.url}"
-""" for name, key in (("esms", "T_ESMS_KEY"), ("broken", "T_ESMS_NOWHERE")))
+        tables = "".join(gateway(name, type="esms", api_key_env=key, secret_key_env="T_ESMS_SECRET", brandname="LOA",
+                                 base_url=fake.url) for name, key in (("esms", "T_ESMS_KEY"), ("broken", "T_ESMS_NOWHERE")))
         config = configure(workdir, tables)
         plan_run(engine, config, campaign(workdir, "refused", sms='gateway = "esms"'))
         plan_run(engine, config, campaign(workdir, "unbuilt", sms='gateway = "broken"'))
