@@ -34,6 +34,11 @@ from loa.errors import LoaError, NotFound, Text
 O, R, C, S = db.outbox, db.runs, db.campaigns, db.subscribers
 HELD = ("claimed", "sending", "unknown")   # a reservation counts while the message may still go out
 SYSTEM = "system"                          # the actor of a pause for budget
+# Why a campaign was paused for its budget, as its state_reason and its messages keep it (in
+# English, which the CLI, the API and the exports read; loa.reasons says it in the console's language)
+BUDGET_STOP = "budget {budget:,} VND: {total:,} VND spent or in flight, and the next message {next}"
+NEXT_COSTS = "costs {cost:,} VND"
+NEXT_UNPRICED = "has no price"
 SAMPLE = 50                                # recipients rendered for an estimate's parts per message
 SAMPLE_LONGEST = 5
 
@@ -295,9 +300,8 @@ def reserve(engine: Engine, worker: str, items: Sequence[Any]) -> tuple[set[int]
                         continue
                     rest = its[n:]
                     refused |= {i.id for i in rest}
-                    nxt = ("has no price" if item.cost is None else f"costs {item.cost:,} VND")
-                    stops.append(BudgetStop(name, f"budget {budget:,} VND: {total:,} VND spent or in flight, and "
-                                                  f"the next message {nxt}", len(rest)))
+                    nxt = NEXT_UNPRICED if item.cost is None else NEXT_COSTS.format(cost=item.cost)
+                    stops.append(BudgetStop(name, BUDGET_STOP.format(budget=budget, total=total, next=nxt), len(rest)))
                     break
         from loa.receipts import lock_rows
 

@@ -54,7 +54,7 @@ from loa.gateways import Gateway, GatewayPool
 from loa.inbound import receive_inbound
 from loa.logs import mask_phones
 from loa.phones import mask
-from loa.policy import WINDOW_REASON, Policy, channel_window, opt_out, parse_window
+from loa.policy import CAP_REASON, WINDOW_REASON, Policy, channel_window, opt_out, parse_window, window_reason
 from loa.receipts import RECEIVABLE, apply_receipts, apply_responses, lock_rows
 from loa.render import Renderer
 from providers.base import Provider as ProviderBase
@@ -493,12 +493,11 @@ class Dispatcher:
             window = channel_window(item.channel, parse_window(item.definition.get("window")))
             if not window.contains(now, self.config.timezone):
                 item.outcome = {"state": "deferred", "due_at": window.next_open(now, self.config.timezone),
-                                "reason": f"{WINDOW_REASON}{item.channel} send window "
-                                          f"{window.start:%H:%M}-{window.end:%H:%M}"}
+                                "reason": window_reason(item.channel, window)}
                 held.append(item)
         rest = [i for i in items if i.outcome is None]
         for item, until in self.policy.over_cap(self.engine, rest, now).items():
-            item.outcome = {"state": "deferred", "due_at": until, "reason": "frequency cap"}
+            item.outcome = {"state": "deferred", "due_at": until, "reason": CAP_REASON}
             held.append(item)
         if held:
             self._record(held)
@@ -771,7 +770,7 @@ class Dispatcher:
         log.info("gateway %s refused %s: %s", item.gateway, mask(item.phone), text,
                  extra={"gateway": item.gateway, "kind": exc.kind, "code": code})
         if isinstance(exc, PAUSING):
-            self._pause(item.gateway, f"{exc.kind} error: {text}")
+            self._pause(item.gateway, gateway_state.PAUSED_FOR.format(kind=exc.kind, text=text))
             # nothing was sent: the row goes back, and this attempt does not count
             return {"state": "planned", "attempts": item.attempts - 1, "error_code": code, "error_text": text}
         if isinstance(exc, NotReachableError):
@@ -937,6 +936,9 @@ class Dispatcher:
         except LoaError:
             return False
 
+    #: an expired message's error_text (read back by loa.reasons, in the console's language)
+    EXPIRED = "not sent within the validity of {hours:g} h"
+
     def expire(self) -> int:
         """Messages not sent within their campaign's validity expire with that reason."""
         now = db.utcnow()
@@ -951,11 +953,15 @@ class Dispatcher:
                 # arrival greeting the arrival's time plus the validity
                 n += conn.execute(
                     update(O).where(O.c.run_id == run_id, O.c.state.in_(DUE), O.c.expires_at < now)
-                    .values(state="expired", error_text=f"not sent within the validity of {hours:g} h",
+                    .values(state="expired", error_text=self.EXPIRED.format(hours=hours),
                             updated_at=now)
                 ).rowcount
         self.summary.expired += n
         return n
+
+    #: the reason of a message moved on to its campaign's next channel (read back by loa.reasons)
+    UNDELIVERED = "{channel} undelivered; moved to {next}"
+    NO_RECEIPT = "no {channel} receipt within {after}; moved to {next}"
 
     def fallback_timeouts(self) -> int:
         """Move messages on to the campaign's next channel: at once when the first channel
@@ -981,11 +987,11 @@ class Dispatcher:
                 for channel, nxt in zip(channels, channels[1:], strict=False):
                     gateway = definition.get(nxt, {}).get("gateway") or self.config.default_gateway(nxt)
                     after = definition.get(channel, {}).get("fallback_after")
-                    cases = [(O.c.state == "undelivered", f"{channel} undelivered; moved to {nxt}")]
+                    cases = [(O.c.state == "undelivered", self.UNDELIVERED.format(channel=channel, next=nxt))]
                     if after:
                         limit = now - timedelta(seconds=parse_duration(after))
                         cases.append(((O.c.state == "sent") & (O.c.sent_at < limit),
-                                      f"no {channel} receipt within {after}; moved to {nxt}"))
+                                      self.NO_RECEIPT.format(channel=channel, after=after, next=nxt)))
                     for late, reason in cases:
                         n += conn.execute(
                             update(O).where(O.c.run_id == run_id, O.c.channel == channel, late,

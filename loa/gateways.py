@@ -87,6 +87,11 @@ class GatewayPool:
 
 # -- pause and resume ---------------------------------------------------------------
 
+# Why the dispatcher paused a gateway that refused it ("auth error: ...", then the gateway's own
+# words): kept in English as paused_reason; loa.reasons says it in the console's language.
+PAUSED_FOR = "{kind} error: {text}"
+
+
 def pause(engine: Engine, name: str, reason: str) -> bool:
     """Pause a gateway for every worker; return False if it was paused already."""
     now = db.utcnow()

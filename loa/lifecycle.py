@@ -71,6 +71,11 @@ STATE_WORDS = {"draft": Text("draft"), "pending_approval": Text("pending_approva
 
 PAUSED_PREFIX = "paused by "        # the reason of a message held back by a pause
 CANCELLED_PREFIX = "cancelled by "  # the reason of a message cancelled
+# The reasons the outbox stores, in English as the CLI, the API and the exports read them;
+# loa.reasons reads them back to say them in the console's language.
+PAUSED = PAUSED_PREFIX + "{who}: {reason}"
+CANCELLED = CANCELLED_PREFIX + "{who}: {reason}"
+WAITING = "campaign {state}"        # a message of a campaign not (yet, or any more) active
 REASON_WIDTH = 200                  # outbox.reason
 
 
@@ -135,13 +140,13 @@ class Change:
 Record = Callable[[Connection, Change], None]
 
 
-def _reason_text(prefix: str, who: str, reason: str) -> str:
-    return f"{prefix}{who}: {reason}"[:REASON_WIDTH]
+def _reason_text(form: str, who: str, reason: str) -> str:
+    return form.format(who=who, reason=reason)[:REASON_WIDTH]
 
 
 def pause_reason(who: str, reason: str) -> str:
     """The reason a message held back by ``who``'s pause carries (a resume clears it)."""
-    return _reason_text(PAUSED_PREFIX, who, reason)
+    return _reason_text(PAUSED, who, reason)
 
 
 def _lock(conn: Connection, query: Any) -> Any:
@@ -165,9 +170,9 @@ def change_campaign(engine: Engine, name: str, action: str, *, who: str, reason:
         if action == "cancel":
             conn.execute(update(R).where(R.c.campaign_id == row.id, R.c.state != "cancelled")
                          .values(state="cancelled", state_reason=reason, state_by=who, state_at=now))
-            n = _cancel_messages(conn, runs, _reason_text(CANCELLED_PREFIX, who, reason or ""), now)
+            n = _cancel_messages(conn, runs, _reason_text(CANCELLED, who, reason or ""), now)
         elif action == "pause":
-            n = _hold_messages(conn, runs, _reason_text(PAUSED_PREFIX, who, reason or ""), now)
+            n = _hold_messages(conn, runs, _reason_text(PAUSED, who, reason or ""), now)
         elif action == "resume":
             n = _release_messages(conn, runs, now)
         change = Change("campaign", name, row.state, after, n)
@@ -195,9 +200,9 @@ def change_run(engine: Engine, campaign: str, run_id: int, action: str, *, who: 
         runs = select(R.c.id).where(R.c.id == run_id)
         n = 0
         if action == "cancel":
-            n = _cancel_messages(conn, runs, _reason_text(CANCELLED_PREFIX, who, reason or ""), now)
+            n = _cancel_messages(conn, runs, _reason_text(CANCELLED, who, reason or ""), now)
         elif action == "pause":
-            n = _hold_messages(conn, runs, _reason_text(PAUSED_PREFIX, who, reason or ""), now)
+            n = _hold_messages(conn, runs, _reason_text(PAUSED, who, reason or ""), now)
         elif action == "resume":
             n = _release_messages(conn, runs, now)
         change = Change("run", label, row.state, after, n)
@@ -280,13 +285,13 @@ def halted_runs(conn: Connection, run_ids: Any) -> dict[int, tuple[str, str]]:
     for r in rows:
         if "cancelled" in (r.state, r.c_state):
             by, why = (r.c_by, r.c_reason) if r.c_state == "cancelled" else (r.state_by, r.state_reason)
-            out[r.id] = ("cancelled", _reason_text(CANCELLED_PREFIX, by or "?", why or ""))
+            out[r.id] = ("cancelled", _reason_text(CANCELLED, by or "?", why or ""))
         elif r.c_state == "paused":
-            out[r.id] = ("planned", _reason_text(PAUSED_PREFIX, r.c_by or "?", r.c_reason or ""))
+            out[r.id] = ("planned", _reason_text(PAUSED, r.c_by or "?", r.c_reason or ""))
         elif r.state == "paused":
-            out[r.id] = ("planned", _reason_text(PAUSED_PREFIX, r.state_by or "?", r.state_reason or ""))
+            out[r.id] = ("planned", _reason_text(PAUSED, r.state_by or "?", r.state_reason or ""))
         else:   # a campaign not (yet, or any more) active: its messages wait, planned
-            out[r.id] = ("planned", f"campaign {r.c_state}"[:REASON_WIDTH])
+            out[r.id] = ("planned", WAITING.format(state=r.c_state)[:REASON_WIDTH])
     return out
 
 

@@ -36,6 +36,7 @@ from loa.segments import compile_segment
 
 S = db.subscribers
 O = db.outbox
+EVENT_REASON = "event:{kind}"      # the reason of a subscriber suppressed for an event of the campaign's list
 HASH_PRIME = 2_147_483_647          # 2^31 - 1: every product below stays under 2^62
 HASH_A = 1_103_515_245
 HASH_B = 48_271
@@ -95,7 +96,7 @@ def audience_select(conn: Connection, config: Config, campaign: Campaign, now: d
         # correlated EXISTS would probe the events index again for every subscriber.
         had = select(e.c.subscriber_id.label("sid")).where(e.c.type == kind).distinct().subquery(f"sup{i}")
         source = source.outerjoin(had, had.c.sid == S.c.id)
-        whens.append((had.c.sid.is_not(None), f"event:{kind}"))
+        whens.append((had.c.sid.is_not(None), EVENT_REASON.format(kind=kind)))
     # personal data (loa.consent): a restricted subject is never planned; advertising needs consent
     whens += suppressions(campaign)
     reason = case(*whens, else_=None)

@@ -62,6 +62,15 @@ def parse_window(table: Any) -> tuple[time, time]:
 
 
 WINDOW_REASON = "outside the "   # how a message deferred by its send window is marked (dispatch)
+# The reasons a message held back by the policy keeps in the outbox (in English, which the CLI,
+# the API and the exports read; loa.reasons says them in the console's language)
+WINDOW = WINDOW_REASON + "{channel} send window {start}-{end}"
+CAP_REASON = "frequency cap"
+
+
+def window_reason(channel: str, window: Window) -> str:
+    """Why a message of ``channel`` waits for ``window``: "outside the sms send window 07:00-22:00"."""
+    return WINDOW.format(channel=channel, start=f"{window.start:%H:%M}", end=f"{window.end:%H:%M}")
 
 
 def _window_text(window: tuple[time, time]) -> str:

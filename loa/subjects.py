@@ -38,6 +38,9 @@ KEY_ENV = "LOA_SUBJECT_KEY"
 MIN_KEY = 16
 S, O, E, A, K, D = db.subscribers, db.outbox, db.events, db.arrivals, db.consents, db.dnc
 QUEUED = ("planned", "deferred", "claimed")          # not yet handed to a gateway: cancelled first
+# the reason of a message so cancelled (in English as stored; loa.reasons says it in the console's language)
+RESTRICTED = "cancelled: processing restricted by {who}: {reason}"
+ERASED = "cancelled: erasure requested by {who}: {reason}"
 IN_FLIGHT = ("sending", "unknown")                   # with a gateway: an erasure waits for them
 
 
@@ -176,7 +179,7 @@ def restrict(engine: Engine, phone: str, who: Any, reason: str, *, lift: bool = 
             conn.execute(update(S).where(S.c.id == row.id).values(restricted_at=None, updated_at=now))
         else:
             conn.execute(update(S).where(S.c.id == row.id).values(restricted_at=func.coalesce(S.c.restricted_at, now)))
-            cancelled = _cancel_queued(conn, row.id, f"cancelled: processing restricted by {actor}: {why}", now)
+            cancelled = _cancel_queued(conn, row.id, RESTRICTED.format(who=actor, reason=why), now)
         after = {"restricted": not lift, "cancelled": cancelled}
         audit.record(conn, actor, "subjects.lift" if lift else "subjects.restrict", "subject", object_id(row.phone),
                      before={"restricted": row.restricted_at is not None}, after=after, reason=why)
@@ -207,7 +210,7 @@ def erase(engine: Engine, phone: str, who: Any, reason: str) -> dict[str, Any]:
         row = find(conn, phone)
         authorize(conn, who, row, "subjects.erase")
         hashed = pseudonym(key, row.phone)
-        cancelled = _cancel_queued(conn, row.id, f"cancelled: erasure requested by {actor}: {why}", now)
+        cancelled = _cancel_queued(conn, row.id, ERASED.format(who=actor, reason=why), now)
         busy = conn.scalar(select(func.count()).select_from(O).where(O.c.subscriber_id == row.id,
                                                                     O.c.state.in_(IN_FLIGHT))) or 0
         if busy:

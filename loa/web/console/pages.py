@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from loa import approval, audit, auth, db, i18n, imports, lifecycle, versions
+from loa import approval, audit, auth, db, i18n, imports, lifecycle, reasons, versions
 from loa.areas import AreaIndex, AreaLookupError
 from loa.campaign import parse_text
 from loa.errors import CampaignError, LoaError, NotFound, say
@@ -212,6 +212,12 @@ def said(p: Page, message: object) -> str:
     return message.localized(p.t) if isinstance(message, LoaError) else say(message, p.t)
 
 
+def reason_of(p: Page, stored: str | None) -> str:
+    """A reason as the database keeps it (in English), said in the reader's language where it is
+    one of loa's own (loa.reasons); an official's or a gateway's words as they are."""
+    return say(reasons.read(stored), p.t) if stored else ""
+
+
 def problems_of(p: Page, exc: Exception) -> list[str]:
     """Every problem an error names, each in the reader's language."""
     return [said(p, problem) for problem in exc.problems] if isinstance(exc, CampaignError) else [said(p, exc)]
@@ -380,7 +386,7 @@ def _gateways(p: Page) -> list[dict[str, Any]]:
         spec = p.config.gateways.get(name)
         held = paused.get(name)
         out.append({"name": name, "type": spec.type if spec else "—", "rate": spec.rate if spec else None,
-                    "paused": held is not None, "reason": held["reason"] if held else "",
+                    "paused": held is not None, "reason": reason_of(p, held["reason"]) if held else "",
                     "since": held["since"] if held else None})
     return out
 
@@ -476,6 +482,7 @@ def campaign_page(request: Request, name: str) -> Response:
     current = history[-1] if history else None
     return render(p, "campaign.html", row=row, places=places, history=history, diff=_diff_lines(diff), a=a, b=b,
                   current=current, review=review, problems=problems, runs=runs, items=items, **_poll(p, items, name),
+                  state_reason=reason_of(p, row.state_reason),
                   actions=_allowed_actions(p, row, places), action_labels=ACTIONS, needs_reason=NEEDS_REASON,
                   can_test=row.current_version and p.who.can("campaigns.test", places),
                   can_run=row.state == "active" and p.who.can("campaigns.launch", places),
@@ -598,6 +605,7 @@ class Message:
     reason: str | None
     gateway: str | None
     error_code: str | None
+    error_text: str | None
     due_at: datetime | None
     sent_at: datetime | None
     delivered_at: datetime | None
@@ -613,10 +621,19 @@ class Message:
         return "—" if self.erased else mask(self.phone)
 
 
+def _said(p: Page, message: Message) -> Message:
+    """``message`` with its reason and error in the reader's language; a gateway's words in its
+    error are kept, their numbers masked as the page masks the recipients'."""
+    from loa.logs import mask_phones
+
+    return dataclasses.replace(message, reason=reason_of(p, message.reason),
+                               error_text=reason_of(p, mask_phones(message.error_text or "")))
+
+
 def _messages_query(p: Page, campaign_id: int) -> Any:
     O, S, AR = db.outbox, db.subscribers, db.areas
     return (select(O.c.id, O.c.run_id, S.c.phone, func.coalesce(AR.c.name, ""), O.c.state, O.c.reason, O.c.gateway,
-                   O.c.error_code, O.c.due_at, O.c.sent_at, O.c.delivered_at)
+                   O.c.error_code, O.c.error_text, O.c.due_at, O.c.sent_at, O.c.delivered_at)
             .join(R, R.c.id == O.c.run_id).join(S, S.c.id == O.c.subscriber_id)
             .outerjoin(AR, AR.c.id == O.c.area_id)
             .where(R.c.campaign_id == campaign_id, auth.scope_clause(p.who, O.c.area_id)))
@@ -632,8 +649,8 @@ def _messages_page(p: Page, row: Any, places: list[Any], page_no: int, status: i
         total = conn.scalar(select(func.count()).select_from(query.subquery())) or 0
         pages = max(1, -(-total // PAGE_SIZE))
         page_no = min(max(page_no, 1), pages)
-        found = [Message(*r) for r in conn.execute(query.order_by(db.outbox.c.id)
-                                                   .limit(PAGE_SIZE).offset((page_no - 1) * PAGE_SIZE))]
+        found = [_said(p, Message(*r)) for r in conn.execute(query.order_by(db.outbox.c.id)
+                                                             .limit(PAGE_SIZE).offset((page_no - 1) * PAGE_SIZE))]
     response = render(p, "messages.html", status, here=f"{PREFIX}/campaigns/{row.name}/messages", row=row, messages=found, total=total, page_no=page_no, pages=pages,
                       message_states=MESSAGE_STATES, can_reveal=p.who.can("subscribers.read", places),
                       revealed=revealed or {}, errors=errors or {}, typed=typed or {}, problem=None)
