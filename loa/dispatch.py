@@ -313,7 +313,6 @@ class Dispatcher:
             self._record(failed_early)
         ready, stops = self._reserve(ready)
         try:
-            # a campaign stopped by its budget is paused once what fitted has gone out
             self._send_windows(ready, carry=not stops)
         finally:
             # what fitted in the budget went out first; the campaign is paused once it has
@@ -765,6 +764,13 @@ class Dispatcher:
             with self._ledger:   # booked here: booked again at once, the slot lost all the same
                 self.summary.missed_slots += 1
 
+    #: what a gateway's refusal leaves in the outbox, the gateway's own words after the colon
+    #: (read back by loa.reasons, in the console's language)
+    OPTED_OUT = "opted_out:{code}"                      # reason: the gateway's code
+    UNKNOWN = "outcome unknown: {text}"
+    GAVE_UP = "gave up after {attempts:,} attempts: {text}"
+    MOVED = "moved to {channel}: {text}"
+
     def _classify(self, item: _Item, gw: Gateway | None, exc: ProviderError) -> dict[str, Any]:
         code, text = exc.code, str(exc)[:500]
         log.info("gateway %s refused %s: %s", item.gateway, mask(item.phone), text,
@@ -777,11 +783,12 @@ class Dispatcher:
             return self._fallback(item, code, text)
         if isinstance(exc, OptedOutError):
             item.opted_out = code or exc.kind
-            return {"state": "suppressed", "reason": f"opted_out:{code}", "error_code": code, "error_text": text}
+            return {"state": "suppressed", "reason": self.OPTED_OUT.format(code=code), "error_code": code,
+                    "error_text": text}
         if isinstance(exc, PermanentError):
             return _failed(code, text)
         if exc.ambiguous and not (gw and gw.provider.dedupes_by_key):
-            return {"state": "unknown", "error_code": code, "error_text": f"outcome unknown: {text}"}
+            return {"state": "unknown", "error_code": code, "error_text": self.UNKNOWN.format(text=text)}
         if isinstance(exc, QuotaError):
             return self._hold(item, exc)
         if isinstance(exc, ThrottledError | DeferredError):
@@ -793,7 +800,7 @@ class Dispatcher:
             return {"state": "deferred", "attempts": item.attempts - 1, "error_code": code, "error_text": text,
                     "due_at": db.utcnow() + timedelta(seconds=delay), "reason": exc.kind}
         if item.attempts >= MAX_ATTEMPTS:
-            return _failed(code, f"gave up after {item.attempts} attempts: {text}")
+            return _failed(code, self.GAVE_UP.format(attempts=item.attempts, text=text))
         delay = exc.retry_after or BACKOFF[item.attempts - 1] * self._rng.uniform(0.8, 1.2)
         return {"state": "deferred", "due_at": db.utcnow() + timedelta(seconds=delay),
                 "error_code": code, "error_text": text}
@@ -808,7 +815,7 @@ class Dispatcher:
         if gateway is None:
             return _failed(code, f"{text}; no gateway for fallback channel {nxt}")
         return {"state": "planned", "channel": nxt, "gateway": gateway, "due_at": db.utcnow(),
-                "attempts": 0, "error_code": code, "error_text": f"moved to {nxt}: {text}"}
+                "attempts": 0, "error_code": code, "error_text": self.MOVED.format(channel=nxt, text=text)}
 
     def _record(self, items: list[_Item]) -> None:
         now = db.utcnow()

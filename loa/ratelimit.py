@@ -92,8 +92,6 @@ class PacedMemoryGCRA(MemoryGCRA):
 
     def __init__(self, rate: float, burst: int = 1, *, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
         super().__init__(rate / (1.0 + DatabaseGCRA.MARGIN), burst, clock=clock, sleep=sleep)
         self.late = DatabaseGCRA.LATE
         self._slowed = float("-inf")    # the last pushback's end: slots booked before it wait too

@@ -164,6 +164,7 @@ def _opted_out_at(f: dict[str, Any]) -> Text:
     return Text("opted out at the gateway ({code})", code=f["code"])
 
 
+@functools.cache
 def _formats() -> list[tuple[str, Callable[[dict[str, Any]], Text | None]]]:
     # the dispatcher's own texts, imported when first needed (it imports much of loa)
     from loa.dispatch import Dispatcher
@@ -174,13 +175,9 @@ def _formats() -> list[tuple[str, Callable[[dict[str, Any]], Text | None]]]:
         (Dispatcher.UNDELIVERED, _undelivered), (Dispatcher.NO_RECEIPT, _no_receipt), (Dispatcher.EXPIRED, _expired),
         (EVENT_REASON, _event), (gw.PAUSED_FOR, _gateway_paused),
         (subjects.RESTRICTED, _restricted), (subjects.ERASED, _erased),
-        # as loa.dispatch writes a message's error_text, the gateway's own words after the colon
-        ("moved to {channel}: {text}", _moved), ("outcome unknown: {text}", _unknown),
-        ("gave up after {attempts:,} attempts: {text}", _gave_up), ("opted_out:{code}", _opted_out_at),
+        (Dispatcher.MOVED, _moved), (Dispatcher.UNKNOWN, _unknown), (Dispatcher.GAVE_UP, _gave_up),
+        (Dispatcher.OPTED_OUT, _opted_out_at),
     ]
-
-
-_FORMATS: list[tuple[str, Callable[[dict[str, Any]], Text | None]]] = []
 
 
 def read(stored: str) -> str:
@@ -191,9 +188,7 @@ def read(stored: str) -> str:
 
 def _sentence(stored: str) -> str:
     """``stored`` as a :class:`Text` where it is made from one of the formats; else as it is."""
-    if not _FORMATS:
-        _FORMATS.extend(_formats())
-    for form, said in _FORMATS:
+    for form, said in _formats():
         found = fields(form, stored) if stored else None
         if found is not None and (text := said(found)) is not None:
             return text
